@@ -1,0 +1,71 @@
+//! The serving and dialing every Breakwater gRPC component shares.
+//!
+//! [`serve`] runs one component's service next to `grpc.health.v1` and server
+//! reflection until shutdown; [`connect_lazy`] makes the client channel the edge
+//! uses. Keeping both here gives the components one shape and `up` and split
+//! mode one code path.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::transport::{Channel, Endpoint, Server};
+
+/// Serving or dialing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("grpc transport")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection set-up")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("invalid endpoint {0:?}")]
+    Endpoint(String),
+}
+
+/// Serves `service` on `listener`, with health (reported SERVING for it) and
+/// reflection, until `shutdown` resolves; in-flight calls then finish.
+///
+/// # Errors
+/// When the transport fails.
+pub async fn serve<S>(service: S, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), GrpcError>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<S>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// A channel to `uri` (`http://host:port`) that connects on first use and
+/// reconnects by itself, so a component that starts later or restarts is
+/// picked up without restarting the edge.
+///
+/// # Errors
+/// When `uri` is not a valid endpoint.
+pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Channel, GrpcError> {
+    let endpoint = Endpoint::from_shared(uri.to_owned()).map_err(|_| GrpcError::Endpoint(uri.to_owned()))?;
+    Ok(endpoint
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_lazy())
+}

@@ -1,0 +1,58 @@
+//! Redis connection settings of one service.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a service's Redis is and how the service uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`. Each service should connect as
+    /// its own ACL user (see `deploy/redis/`).
+    pub url: String,
+    /// First part of every key; tests give each run its own root.
+    pub key_root: String,
+    /// Maximum pooled connections.
+    pub pool_size: u32,
+    /// How long to wait for a connection before the store counts as unavailable.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_root: "bw".into(),
+            pool_size: 16,
+            connect_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Checks the values a service cannot run with; the message names the key
+    /// under `section`, the bad value and what is allowed.
+    ///
+    /// # Errors
+    /// A sentence for the operator.
+    pub fn validate(&self, section: &str) -> Result<(), String> {
+        if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://") || self.url.starts_with("unix://")) {
+            return Err(format!(
+                "{section}.redis.url = {:?} is not a Redis URL: use redis://host:port, rediss://host:port or unix:///path",
+                self.url
+            ));
+        }
+        if self.key_root.is_empty() || self.key_root.contains([':', ' ', '*', '?', '[']) {
+            return Err(format!(
+                "{section}.redis.key_root = {:?} is not allowed: use a non-empty name without ':', spaces or glob characters",
+                self.key_root
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(format!("{section}.redis.pool_size = 0 is not allowed: use at least 1"));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(format!("{section}.redis.connect_timeout_ms = 0 is not allowed: use at least 1"));
+        }
+        Ok(())
+    }
+}

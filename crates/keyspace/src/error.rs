@@ -1,0 +1,63 @@
+//! Redis faults, classified by what the caller should do about them.
+
+/// `Result` of keyspace operations.
+pub type Result<T, E = KeyspaceError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyspaceError {
+    /// Redis refused a write because `maxmemory` is reached.
+    #[error("redis out of memory running {script}")]
+    OutOfMemory { script: &'static str, #[source] source: redis::RedisError },
+    /// No connection could be had, or it broke.
+    #[error("redis unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Redis did not answer in time.
+    #[error("redis timed out")]
+    Timeout,
+    /// The ACL user may not run this (NOPERM).
+    #[error("redis permission denied running {script}")]
+    Permission { script: &'static str, #[source] source: redis::RedisError },
+    /// The script failed or returned something unexpected.
+    #[error("redis script {script} failed")]
+    Script { script: &'static str, #[source] source: redis::RedisError },
+    /// Bad connection settings.
+    #[error("invalid redis config: {0}")]
+    Config(String),
+}
+
+impl KeyspaceError {
+    pub(crate) fn from_pool(e: bb8::RunError<redis::RedisError>) -> Self {
+        match e {
+            bb8::RunError::TimedOut => Self::Unavailable("connection pool timed out".into()),
+            bb8::RunError::User(e) => Self::from_redis("connect", e),
+        }
+    }
+
+    pub(crate) fn from_redis(script: &'static str, e: redis::RedisError) -> Self {
+        let text = e.to_string();
+        let code = e.code().unwrap_or_default();
+        if code == "OOM" || text.contains("OOM command not allowed") {
+            Self::OutOfMemory { script, source: e }
+        } else if code == "NOPERM" || text.contains("NOPERM") {
+            Self::Permission { script, source: e }
+        } else if e.is_timeout() {
+            Self::Timeout
+        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+            Self::Unavailable(Box::new(e))
+        } else {
+            Self::Script { script, source: e }
+        }
+    }
+
+    /// Bounded label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::OutOfMemory { .. } => "oom",
+            Self::Unavailable(_) => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Permission { .. } => "permission",
+            Self::Script { .. } => "script",
+            Self::Config(_) => "config",
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The Redis keyspace discipline every stateful Breakwater service follows.
+//!
+//! # Layout
+//! - [`config`]: where Redis is, which key root and budget a service uses.
+//! - [`error`]: [`KeyspaceError`] tells OOM, unavailable, timeout, permission and
+//!   script faults apart, so each service can apply the degradation table.
+//! - [`Keyspace`]: a pool plus the service's key prefix. The only way to change
+//!   data is [`Keyspace::run`] with a registered [`Script`] and a [`Ttl`]: the API
+//!   cannot express a write without an expiry.
+
+pub mod config;
+pub mod error;
+
+use std::time::Duration;
+
+use bb8_redis::RedisConnectionManager;
+use redis::{FromRedisValue, ToRedisArgs};
+
+pub use config::RedisConfig;
+pub use error::{KeyspaceError, Result};
+
+/// A Lua script, registered by name; runs as EVALSHA with a reload on NOSCRIPT.
+#[derive(Debug)]
+pub struct Script {
+    name: &'static str,
+    script: redis::Script,
+}
+
+impl Script {
+    /// `source` must apply `ARGV[1]` (milliseconds) as the TTL of every key it writes.
+    pub fn new(name: &'static str, source: &str) -> Self {
+        Self { name, script: redis::Script::new(source) }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The expiry every write carries, in milliseconds (at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(u64);
+
+impl Ttl {
+    pub fn from_duration(d: Duration) -> Self {
+        Self(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
+
+    pub fn from_millis(ms: u64) -> Self {
+        Self(ms.max(1))
+    }
+
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+}
+
+/// One service's share of a Redis server: a connection pool and a key prefix
+/// (`<root>:<component>:`). Every key the service touches starts with it.
+#[derive(Clone)]
+pub struct Keyspace {
+    pool: bb8::Pool<RedisConnectionManager>,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Keyspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyspace").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Keyspace {
+    /// Builds the pool lazily: nothing connects until the first command, so a
+    /// service starts (degraded) while its Redis is down.
+    ///
+    /// # Errors
+    /// [`KeyspaceError::Config`] when the URL does not parse.
+    pub fn from_config(config: &RedisConfig, component: &str) -> Result<Self> {
+        let manager = RedisConnectionManager::new(config.url.as_str())
+            .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", config.url)))?;
+        let pool = bb8::Pool::builder()
+            .max_size(config.pool_size)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .retry_connection(false)
+            .build_unchecked(manager);
+        Ok(Self::new(pool, format!("{}:{component}:", config.key_root)))
+    }
+
+    pub fn new(pool: bb8::Pool<RedisConnectionManager>, prefix: String) -> Self {
+        Self { pool, prefix }
+    }
+
+    /// The prefix of every key of this keyspace, e.g. `bw:dedup:`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix><suffix>`.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// Runs `script` atomically over `keys` (already prefixed) with `ttl` as
+    /// `ARGV[1]` followed by `args`.
+    ///
+    /// # Errors
+    /// A classified [`KeyspaceError`].
+    pub async fn run<T: FromRedisValue, A: ToRedisArgs>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        ttl: Ttl,
+        args: &[A],
+    ) -> Result<T> {
+        let mut conn = self.pool.get().await.map_err(KeyspaceError::from_pool)?;
+        let mut invocation = script.script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(ttl.as_millis());
+        for arg in args {
+            invocation.arg(arg);
+        }
+        invocation
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(|e| KeyspaceError::from_redis(script.name, e))
+    }
+
+    /// A read-only command, for health and budget checks (`PING`, `INFO`, `CONFIG GET`).
+    ///
+    /// # Errors
+    /// A classified [`KeyspaceError`].
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let mut conn = self.pool.get().await.map_err(KeyspaceError::from_pool)?;
+        cmd.query_async(&mut *conn).await.map_err(|e| KeyspaceError::from_redis("query", e))
+    }
+}

@@ -1,0 +1,44 @@
+//! Deterministic RemediationRequest names.
+//!
+//! A name is a pure function of the incident (fingerprint, window start), so
+//! retries and fallbacks produce the same name and Kubernetes' AlreadyExists
+//! makes a second create harmless. Names are DNS-1123 labels of at most 63
+//! characters: `rr-<16 hex>-<ms>` is 33, `storm-<16 hex>-<ms>` is 36.
+
+use crate::UnixMillis;
+use crate::fingerprint::fingerprint_of;
+
+/// Name of the CR of the incident `fingerprint` whose window opened at `first_seen`.
+pub fn incident_cr_name(fingerprint: &str, first_seen: UnixMillis) -> String {
+    format!("rr-{}-{}", dns_hex16(fingerprint), first_seen.max(0))
+}
+
+/// Name of the storm CR of `(namespace, alert_name)` whose window opened at `window_start`.
+pub fn storm_cr_name(namespace: &str, alert_name: &str, window_start: UnixMillis) -> String {
+    let key = fingerprint_of(&[namespace, alert_name]);
+    format!("storm-{}-{}", dns_hex16(&key), window_start.max(0))
+}
+
+/// Resource identity used in storm state and on storm CRs: `ns:Kind:name`, or
+/// `Kind:name` for cluster-scoped resources (reference spec §2.3).
+pub fn resource_id(namespace: &str, kind: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        format!("{kind}:{name}")
+    } else {
+        format!("{namespace}:{kind}:{name}")
+    }
+}
+
+/// The first 16 characters of a fingerprint, or of its hash when it is not
+/// lower-case hex, so the name stays DNS-1123 whatever the caller passed.
+fn dns_hex16(fingerprint: &str) -> String {
+    let hex = if crate::fingerprint::is_valid(fingerprint) {
+        fingerprint.to_owned()
+    } else {
+        fingerprint_of(&[fingerprint])
+    };
+    hex[..16].to_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Cross-service integration tests live in the `[[test]]` targets of this package.
