@@ -1,0 +1,126 @@
+//! Redis dedup store: one Lua script per batch over fixed-size string records
+//! `bw:dedup:f:<fingerprint>` whose TTL is the window.
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use breakwater_keyspace::{Keyspace, KeyspaceError, Script, Ttl};
+use breakwater_signal::UnixMillis;
+
+use super::{Bind, DedupStore};
+use crate::window::{Binding, DedupWindow, Decision, Query, Record, Status, Verdict};
+
+static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_check", include_str!("check.lua")));
+static BIND: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_bind", include_str!("bind.lua")));
+
+#[derive(Debug, Clone)]
+pub struct RedisDedupStore {
+    keyspace: Keyspace,
+    window: DedupWindow,
+}
+
+impl RedisDedupStore {
+    pub fn new(keyspace: Keyspace, window: DedupWindow) -> Self {
+        Self { keyspace, window }
+    }
+
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.keyspace
+    }
+
+    /// The key of a fingerprint's record.
+    pub fn record_key(&self, fingerprint: &str) -> String {
+        self.keyspace.key(&format!("f:{fingerprint}"))
+    }
+
+    fn ttl(&self) -> Ttl {
+        Ttl::from_millis(u64::try_from(self.window.window_ms()).unwrap_or(u64::MAX))
+    }
+}
+
+#[async_trait]
+impl DedupStore for RedisDedupStore {
+    async fn check(&self, queries: &[Query], now: UnixMillis) -> Result<Vec<Verdict>, KeyspaceError> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = queries.iter().map(|q| self.record_key(&q.fingerprint)).collect();
+        let mut args = vec![now.to_string(), self.window.window_ms().to_string()];
+        args.extend(queries.iter().map(|q| if q.status == Status::Firing { "f" } else { "r" }.to_owned()));
+        let replies: Vec<String> = self.keyspace.run(&CHECK, &keys, self.ttl(), &args).await?;
+        if replies.len() != queries.len() {
+            return Err(bad_reply(&CHECK, format!("{} replies for {} queries", replies.len(), queries.len())));
+        }
+        replies.iter().map(|r| parse_verdict(r).ok_or_else(|| bad_reply(&CHECK, format!("reply {r:?}")))).collect()
+    }
+
+    async fn bind(&self, binds: &[Bind], now: UnixMillis) -> Result<u32, KeyspaceError> {
+        if binds.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<String> = binds.iter().map(|b| self.record_key(&b.fingerprint)).collect();
+        let mut args = vec![now.to_string(), self.window.window_ms().to_string()];
+        for b in binds {
+            args.push(b.first_seen.to_string());
+            args.push(format!("{}/{}", b.to.namespace, b.to.name));
+        }
+        self.keyspace.run(&BIND, &keys, self.ttl(), &args).await
+    }
+}
+
+fn bad_reply(script: &Script, what: String) -> KeyspaceError {
+    KeyspaceError::Script {
+        script: script.name(),
+        source: redis::RedisError::from((redis::ErrorKind::Parse, "unexpected script reply", what)),
+    }
+}
+
+fn parse_verdict(reply: &str) -> Option<Verdict> {
+    if reply == "U" {
+        return Some(Verdict { decision: Decision::ResolvedUnknown, record: None });
+    }
+    let (tag, record) = reply.split_once('|')?;
+    let decision = match tag {
+        "N" => Decision::New,
+        "D" => Decision::Duplicate,
+        "R" => Decision::Resolved,
+        _ => return None,
+    };
+    Some(Verdict { decision, record: Some(parse_record(record)?) })
+}
+
+fn parse_record(s: &str) -> Option<Record> {
+    let mut parts = s.splitn(4, '|');
+    let first_seen = parts.next()?.parse().ok()?;
+    let last_seen = parts.next()?.parse().ok()?;
+    let count = parts.next()?.parse().ok()?;
+    let bound_to = match parts.next()? {
+        "" => None,
+        b => b.split_once('/').map(|(ns, name)| Binding { namespace: ns.to_owned(), name: name.to_owned() }),
+    };
+    Some(Record { first_seen, last_seen, count, bound_to })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_script_replies() {
+        assert_eq!(parse_verdict("U"), Some(Verdict { decision: Decision::ResolvedUnknown, record: None }));
+        let v = parse_verdict("D|10|20|3|prod/storm-a").unwrap();
+        assert_eq!(v.decision, Decision::Duplicate);
+        assert_eq!(
+            v.record,
+            Some(Record {
+                first_seen: 10,
+                last_seen: 20,
+                count: 3,
+                bound_to: Some(Binding { namespace: "prod".into(), name: "storm-a".into() })
+            })
+        );
+        assert_eq!(parse_verdict("N|1|1|1|").and_then(|v| v.record).map(|r| r.bound_to), Some(None));
+        assert_eq!(parse_verdict("X|1|1|1|"), None);
+        assert_eq!(parse_verdict("N|a|1|1|"), None);
+    }
+}
