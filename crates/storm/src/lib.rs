@@ -1,1 +1,53 @@
-//! placeholder
+//! The storm service: folds bursts of similar new incidents into one storm CR.
+//!
+//! # Layout
+//! - [`detector`]: the pure decision, `StormRules::decide(window, listed, now)`.
+//! - [`store`]: [`StormStore`], batch-shaped, with [`MemoryStormStore`] and
+//!   [`RedisStormStore`] (one Lua script per batch; a constant-size window record
+//!   plus a capped resource set per (namespace, alertname)).
+//! - [`grpc`]: [`StormGrpc`], the thin `breakwater.v1.StormService` face.
+//! - [`config`]: [`StormConfig`].
+//!
+//! Entry point: [`run`].
+
+pub mod config;
+pub mod detector;
+pub mod error;
+pub mod grpc;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use breakwater_proto::v1::storm_service_server::StormServiceServer;
+use tokio::net::TcpListener;
+
+pub use config::{StoreKind, StormConfig};
+pub use detector::{Outcome, StormRules, StormType, Verdict, Window};
+pub use error::{Error, Result};
+pub use grpc::StormGrpc;
+pub use store::{MemoryStormStore, RedisStormStore, StormQuery, StormStore};
+
+/// The store `config` asks for. Builds lazily: nothing connects yet.
+///
+/// # Errors
+/// [`Error::Store`] when the Redis settings are unusable.
+pub fn store_from_config(config: &StormConfig) -> Result<Arc<dyn StormStore>> {
+    let rules = config.rules();
+    Ok(match config.store {
+        StoreKind::Memory => Arc::new(MemoryStormStore::new(rules)),
+        StoreKind::Redis => {
+            let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, "storm")?;
+            Arc::new(RedisStormStore::new(keyspace, rules))
+        }
+    })
+}
+
+/// Serves the storm gRPC service on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// When the transport fails.
+pub async fn run(grpc: StormGrpc, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    breakwater_grpc::serve(StormServiceServer::new(grpc), listener, shutdown).await?;
+    Ok(())
+}

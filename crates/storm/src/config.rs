@@ -1,0 +1,113 @@
+//! Storm settings (`[storm]` in the config file).
+
+use std::time::Duration;
+
+use breakwater_keyspace::RedisConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::detector::StormRules;
+
+/// Which store the storm service keeps its windows in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In-process: the embedded default; windows are lost on restart.
+    #[default]
+    Memory,
+    /// Redis: windows survive restarts and are shared by replicas.
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StormConfig {
+    /// `memory` (default) or `redis`.
+    pub store: StoreKind,
+    /// Used when `store = "redis"`; keys live under `<key_root>:storm:`.
+    pub redis: RedisConfig,
+    /// More than this many alerts of one (namespace, alertname) in a window is
+    /// a rate storm; default 10.
+    pub rate_threshold: u64,
+    /// More than this many distinct resources in a window is a pattern storm;
+    /// default 5.
+    pub pattern_threshold: u64,
+    /// A window closes this long after its last alert; default 60.
+    pub inactivity_secs: u64,
+    /// A window closes this long after it opened, however busy; default 300.
+    pub max_window_secs: u64,
+    /// Most resources listed on a storm CR; the rest are counted; default 100.
+    pub affected_resources_cap: u64,
+}
+
+impl Default for StormConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::Memory,
+            redis: RedisConfig::default(),
+            rate_threshold: 10,
+            pattern_threshold: 5,
+            inactivity_secs: 60,
+            max_window_secs: 300,
+            affected_resources_cap: 100,
+        }
+    }
+}
+
+impl StormConfig {
+    pub fn rules(&self) -> StormRules {
+        StormRules::new(
+            self.rate_threshold,
+            self.pattern_threshold,
+            Duration::from_secs(self.inactivity_secs),
+            Duration::from_secs(self.max_window_secs),
+            self.affected_resources_cap,
+        )
+    }
+
+    /// # Errors
+    /// A sentence naming the key, the bad value and what is allowed.
+    pub fn validate(&self) -> Result<(), String> {
+        // A threshold of 0 would make every alert a storm (reference gotcha §4.2).
+        if self.rate_threshold == 0 {
+            return Err("storm.rate_threshold = 0 is not allowed: use 1 or more alerts per window".into());
+        }
+        if self.pattern_threshold == 0 {
+            return Err("storm.pattern_threshold = 0 is not allowed: use 1 or more distinct resources".into());
+        }
+        if !(1..=86_400).contains(&self.inactivity_secs) {
+            return Err(format!("storm.inactivity_secs = {} is not allowed: use 1..=86400", self.inactivity_secs));
+        }
+        if self.max_window_secs < self.inactivity_secs || self.max_window_secs > 86_400 {
+            return Err(format!(
+                "storm.max_window_secs = {} is not allowed: use storm.inactivity_secs ({})..=86400",
+                self.max_window_secs, self.inactivity_secs
+            ));
+        }
+        if self.affected_resources_cap <= self.pattern_threshold || self.affected_resources_cap > 1_000 {
+            return Err(format!(
+                "storm.affected_resources_cap = {} is not allowed: use more than storm.pattern_threshold ({}) and at most 1000",
+                self.affected_resources_cap, self.pattern_threshold
+            ));
+        }
+        if self.store == StoreKind::Redis {
+            self.redis.validate("storm")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_thresholds_are_rejected_with_the_key_named() {
+        let c = StormConfig { rate_threshold: 0, ..Default::default() };
+        assert!(c.validate().unwrap_err().starts_with("storm.rate_threshold = 0"));
+        let c = StormConfig { pattern_threshold: 0, ..Default::default() };
+        assert!(c.validate().unwrap_err().starts_with("storm.pattern_threshold = 0"));
+        let c = StormConfig { max_window_secs: 10, ..Default::default() };
+        assert!(c.validate().unwrap_err().contains("storm.max_window_secs = 10"));
+        assert_eq!(StormConfig::default().validate(), Ok(()));
+    }
+}

@@ -1,0 +1,102 @@
+//! `breakwater.v1.StormService`: proto in, store call, proto out.
+
+use std::sync::Arc;
+
+use breakwater_proto::v1 as pb;
+use breakwater_signal::{Clock, storm_cr_name};
+use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::Error;
+use crate::detector::{Outcome, StormType};
+use crate::store::{StormQuery, StormStore};
+
+/// The gRPC face of the storm service.
+#[derive(Clone)]
+pub struct StormGrpc {
+    store: Arc<dyn StormStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl StormGrpc {
+    pub fn new(store: Arc<dyn StormStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::storm_service_server::StormService for StormGrpc {
+    #[tracing::instrument(skip_all, fields(queries = request.get_ref().queries.len()))]
+    async fn detect_storms(
+        &self,
+        request: Request<pb::DetectStormsRequest>,
+    ) -> Result<Response<pb::DetectStormsResponse>, Status> {
+        let request = request.into_inner();
+        let queries = request
+            .queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                if q.alert_name.is_empty() {
+                    return Err(invalid(format!("queries[{i}].alert_name"), "non-empty"));
+                }
+                if q.resource_id.is_empty() {
+                    return Err(invalid(format!("queries[{i}].resource_id"), "non-empty"));
+                }
+                Ok(StormQuery {
+                    namespace: q.namespace.clone(),
+                    alert_name: q.alert_name.clone(),
+                    resource_id: q.resource_id.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let verdicts = self.store.detect(&queries, self.clock.now()).await.map_err(Error::from)?;
+        let verdicts = request
+            .queries
+            .iter()
+            .zip(verdicts)
+            .map(|(q, v)| {
+                let outcome = match v.outcome {
+                    Outcome::None => pb::StormOutcome::None,
+                    Outcome::Opened => pb::StormOutcome::Opened,
+                    Outcome::Joined => pb::StormOutcome::Joined,
+                };
+                metrics::counter!("breakwater_storm_decisions_total", "outcome" => outcome.as_str_name())
+                    .increment(1);
+                let storm_type = match v.storm {
+                    None => pb::StormType::Unspecified,
+                    Some(StormType::Rate) => pb::StormType::Rate,
+                    Some(StormType::Pattern) => pb::StormType::Pattern,
+                };
+                let remediation = (v.outcome != Outcome::None).then(|| pb::RemediationRef {
+                    namespace: q.remediation_namespace.clone(),
+                    name: storm_cr_name(&q.namespace, &q.alert_name, v.window_start),
+                });
+                pb::StormVerdict {
+                    outcome: outcome.into(),
+                    remediation,
+                    storm_type: storm_type.into(),
+                    window_start_unix_ms: v.window_start,
+                    storm_alert_count: v.storm_alerts,
+                    resource_listed: v.resource_listed,
+                    resources_omitted: v.omitted,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::DetectStormsResponse { verdicts }))
+    }
+}
+
+fn invalid(field: String, expected: &str) -> Status {
+    let details = ErrorDetails::with_bad_request_violation(field.clone(), format!("must be {expected}"));
+    Status::with_error_details(tonic::Code::InvalidArgument, format!("invalid {field}"), details)
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        metrics::counter!("breakwater_storm_store_errors_total", "kind" => e.metric_label()).increment(1);
+        tracing::warn!(cause = %e, source = ?std::error::Error::source(&e), "storm store failed");
+        // The edge applies the degradation table (individual CRs) to Unavailable.
+        Status::unavailable("storm store unavailable")
+    }
+}

@@ -1,0 +1,27 @@
+//! Where the storm service keeps its windows.
+
+mod memory;
+mod redis;
+
+use async_trait::async_trait;
+use breakwater_keyspace::KeyspaceError;
+use breakwater_signal::UnixMillis;
+
+pub use self::memory::MemoryStormStore;
+pub use self::redis::RedisStormStore;
+use crate::detector::Verdict;
+
+/// One new incident to fold or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StormQuery {
+    pub namespace: String,
+    pub alert_name: String,
+    pub resource_id: String,
+}
+
+#[async_trait]
+pub trait StormStore: Send + Sync {
+    /// Decides every query at `now` and records it. Returns one verdict per
+    /// query, in order; the batch is applied in order, atomically.
+    async fn detect(&self, queries: &[StormQuery], now: UnixMillis) -> Result<Vec<Verdict>, KeyspaceError>;
+}
