@@ -1,0 +1,175 @@
+//! Command line: one subcommand per component, `up` for all of them, `crd`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use breakwater_signal::SystemClock;
+use breakwater_telemetry::LogFormat;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+
+use crate::compose::{Component, Gateway, Shutdown, edge_state, run_component};
+use crate::config::Config;
+
+/// Breakwater: alert-ingestion gateway for Kubernetes remediation.
+///
+/// Alertmanager and Kubernetes events post signals to the edge; ratelimit,
+/// dedup and storm decide; crd-writer creates one RemediationRequest per incident.
+#[derive(Debug, Parser)]
+#[command(name = "breakwater", version)]
+pub struct Cli {
+    /// TOML config file; `BREAKWATER_<SECTION>__<KEY>` variables and flags override it.
+    #[arg(long, global = true, env = "BREAKWATER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format; default: pretty for `up`, json otherwise.
+    #[arg(long, global = true)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run all five components in one process. With no config: in-process
+    /// stores and RemediationRequests as YAML files under ./remediations.
+    Up {
+        /// Where the HTTP edge listens [default: listen.edge, 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Write RemediationRequests as YAML under this directory (implies the directory sink).
+        #[arg(long)]
+        sink_dir: Option<PathBuf>,
+    },
+    /// Run the HTTP edge: webhooks in, calls to the components out (edge.components).
+    Edge {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the dedup gRPC service (new incident or repeat?).
+    Dedup {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the storm gRPC service (fold bursts into one storm CR).
+    Storm {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the ratelimit gRPC service (per-sender token buckets).
+    Ratelimit {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the crd-writer gRPC service, the only writer of RemediationRequests.
+    CrdWriter {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Write RemediationRequests as YAML under this directory (implies the directory sink).
+        #[arg(long)]
+        sink_dir: Option<PathBuf>,
+    },
+    /// Print the RemediationRequest CustomResourceDefinition as YAML.
+    Crd,
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Configuration, start-up and serving failures, with context.
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Crd = cli.command {
+        print!("{}", breakwater_crd_writer::crd_yaml()?);
+        return Ok(());
+    }
+    let format = match (cli.log_format, &cli.command) {
+        (Some(LogFormatArg::Json), _) => LogFormat::Json,
+        (Some(LogFormatArg::Pretty), _) | (None, Command::Up { .. }) => LogFormat::Pretty,
+        (None, _) => LogFormat::Json,
+    };
+    breakwater_telemetry::init_logging(format, "info");
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut config = Config::load(cli.config.as_deref(), &env)?;
+    if let Command::Up { sink_dir: Some(dir), .. } | Command::CrdWriter { sink_dir: Some(dir), .. } = &cli.command {
+        config.crd_writer.sink = breakwater_crd_writer::SinkKind::Directory;
+        config.crd_writer.directory.clone_from(dir);
+    }
+    let shutdown = Shutdown::default();
+    tokio::spawn(trigger_on_signal(shutdown.clone()));
+    let (component, listen) = match cli.command {
+        Command::Up { listen, .. } => return up(config, listen, shutdown).await,
+        Command::Edge { listen } => {
+            let listener = bind(listen.unwrap_or(config.listen.edge), "edge").await?;
+            let state = edge_state(&config, Arc::new(SystemClock))?;
+            return Ok(breakwater_edge::run(state, listener, shutdown.wait()).await?);
+        }
+        Command::Ratelimit { listen } => (Component::RateLimit, listen.unwrap_or(config.listen.ratelimit)),
+        Command::Dedup { listen } => (Component::Dedup, listen.unwrap_or(config.listen.dedup)),
+        Command::Storm { listen } => (Component::Storm, listen.unwrap_or(config.listen.storm)),
+        Command::CrdWriter { listen, .. } => (Component::CrdWriter, listen.unwrap_or(config.listen.crd_writer)),
+        // Printed before any configuration was read.
+        Command::Crd => return Ok(()),
+    };
+    let listener = bind(listen, component.name()).await?;
+    run_component(component, &config, Arc::new(SystemClock), None, listener, shutdown.wait()).await
+}
+
+async fn up(config: Config, listen: Option<SocketAddr>, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = bind(listen.unwrap_or(config.listen.edge), "edge").await?;
+    let sink = match config.crd_writer.sink {
+        breakwater_crd_writer::SinkKind::Directory => format!("YAML files under {}", config.crd_writer.directory.display()),
+        breakwater_crd_writer::SinkKind::Kubernetes => "the Kubernetes API".to_owned(),
+    };
+    let gateway = Gateway::start(config, None, listener).await?;
+    tracing::info!(edge = %gateway.edge_addr, remediations = %sink, "breakwater up");
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    // Exit when asked to, or when a component dies (its error is reported by shutdown).
+    while !gateway.any_finished() {
+        tokio::select! {
+            () = &mut stop => break,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    gateway.shutdown(Duration::from_secs(30)).await
+}
+
+/// Binds `addr` and prints where the component listens (tests read this line).
+async fn bind(addr: SocketAddr, component: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {component}"))?;
+    println!("breakwater {component} listening on {}", listener.local_addr()?);
+    Ok(listener)
+}
+
+async fn trigger_on_signal(shutdown: Shutdown) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot watch SIGTERM; only Ctrl-C stops breakwater");
+                let _ = ctrl_c.await;
+                shutdown.trigger();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.trigger();
+}

@@ -1,0 +1,191 @@
+//! Starting components: each one alone on its listener, or all five in one
+//! process (`breakwater up`) talking over loopback gRPC, so `up` runs the same
+//! code path as split mode.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use breakwater_crd_writer::{CrdWriter, RemediationSink};
+use breakwater_signal::{Clock, SystemClock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// A shutdown trigger whose futures resolve once [`Shutdown::trigger`] is called.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Sender<bool>);
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self(watch::channel(false).0)
+    }
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves when triggered.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
+
+/// A component that runs on its own listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    RateLimit,
+    Dedup,
+    Storm,
+    CrdWriter,
+}
+
+impl Component {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RateLimit => "ratelimit",
+            Self::Dedup => "dedup",
+            Self::Storm => "storm",
+            Self::CrdWriter => "crd-writer",
+        }
+    }
+}
+
+/// Runs one gRPC component until `shutdown` resolves. `sink` replaces the
+/// crd-writer sink of `config` (tests pass a fake API server's client).
+///
+/// # Errors
+/// When the component cannot start or its transport fails.
+pub async fn run_component(
+    component: Component,
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    sink: Option<Arc<dyn RemediationSink>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    match component {
+        Component::RateLimit => {
+            let store = breakwater_ratelimit::store_from_config(&config.ratelimit)?;
+            let grpc = breakwater_ratelimit::RateLimitGrpc::new(store, clock, config.ratelimit.enabled);
+            breakwater_ratelimit::run(grpc, listener, shutdown).await?;
+        }
+        Component::Dedup => {
+            let store = breakwater_dedup::store_from_config(&config.dedup)?;
+            breakwater_dedup::run(breakwater_dedup::DedupGrpc::new(store, clock), listener, shutdown).await?;
+        }
+        Component::Storm => {
+            let store = breakwater_storm::store_from_config(&config.storm)?;
+            breakwater_storm::run(breakwater_storm::StormGrpc::new(store, clock), listener, shutdown).await?;
+        }
+        Component::CrdWriter => {
+            let sink = match sink {
+                Some(sink) => sink,
+                None => breakwater_crd_writer::sink_from_config(&config.crd_writer).await?,
+            };
+            let writer = CrdWriter::new(config.crd_writer.clone(), sink).with_clock(clock);
+            breakwater_crd_writer::run(writer, listener, shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the edge's state for `config` (clients connect lazily).
+///
+/// # Errors
+/// When a component URL is invalid.
+pub fn edge_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<breakwater_edge::EdgeState> {
+    let timeout = Duration::from_millis(config.edge.component_timeout_ms);
+    let components = breakwater_edge::Components::connect_lazy(&config.edge.components, timeout)?;
+    Ok(breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, breakwater_telemetry::metrics_handle()))
+}
+
+/// All five components in this process: what `breakwater up` runs.
+pub struct Gateway {
+    /// Where the HTTP edge listens.
+    pub edge_addr: SocketAddr,
+    /// Where each gRPC component listens (loopback).
+    pub component_addrs: Vec<(Component, SocketAddr)>,
+    stop_edge: Shutdown,
+    stop_components: Shutdown,
+    edge: JoinHandle<anyhow::Result<()>>,
+    components: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Gateway {
+    /// Starts the four gRPC components on loopback ports of their own, then the
+    /// edge on `edge_listener`, pointed at them.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound or a component cannot be built.
+    pub async fn start(
+        mut config: Config,
+        sink: Option<Arc<dyn RemediationSink>>,
+        edge_listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (stop_edge, stop_components) = (Shutdown::default(), Shutdown::default());
+        let mut components = Vec::new();
+        let mut component_addrs = Vec::new();
+        for component in [Component::RateLimit, Component::Dedup, Component::Storm, Component::CrdWriter] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
+            let addr = listener.local_addr()?;
+            let url = format!("http://{addr}");
+            let urls = &mut config.edge.components;
+            match component {
+                Component::RateLimit => urls.ratelimit = url,
+                Component::Dedup => urls.dedup = url,
+                Component::Storm => urls.storm = url,
+                Component::CrdWriter => urls.crd_writer = url,
+            }
+            component_addrs.push((component, addr));
+            // Built before spawning so configuration errors surface here, not in a task.
+            let (config, clock, sink, stop) = (config.clone(), clock.clone(), sink.clone(), stop_components.wait());
+            components.push(tokio::spawn(async move {
+                run_component(component, &config, clock, sink, listener, stop)
+                    .await
+                    .with_context(|| format!("{} failed", component.name()))
+            }));
+        }
+        let state = edge_state(&config, clock)?;
+        let edge_addr = edge_listener.local_addr()?;
+        let stop = stop_edge.wait();
+        let edge = tokio::spawn(async move { Ok(breakwater_edge::run(state, edge_listener, stop).await?) });
+        Ok(Self { edge_addr, component_addrs, stop_edge, stop_components, edge, components })
+    }
+
+    /// Stops the edge (in-flight requests finish), then the components (the
+    /// crd-writer flushes pending counts), within `grace`.
+    ///
+    /// # Errors
+    /// The first component failure, or the grace period running out.
+    pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
+        self.stop_edge.trigger();
+        let stopped = async {
+            self.edge.await.context("edge task")??;
+            self.stop_components.trigger();
+            for task in self.components {
+                task.await.context("component task")??;
+            }
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(grace, stopped).await {
+            Ok(result) => result,
+            Err(_) => anyhow::bail!("graceful shutdown did not complete within {grace:?}"),
+        }
+    }
+
+    /// Whether a component task ended early (it failed); for `up` to exit on.
+    pub fn any_finished(&self) -> bool {
+        self.edge.is_finished() || self.components.iter().any(JoinHandle::is_finished)
+    }
+}

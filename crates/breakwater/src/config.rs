@@ -1,0 +1,146 @@
+//! The one configuration of every component: a TOML file, then environment
+//! overrides, then flags; validated before anything starts.
+//!
+//! Environment variables are `BREAKWATER_<SECTION>__<KEY>[__<SUBKEY>…]`, e.g.
+//! `BREAKWATER_DEDUP__REDIS__URL=redis://dedup@redis:6379` or
+//! `BREAKWATER_STORM__RATE_THRESHOLD=20`; a value is read with the type of the
+//! key it overrides.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use breakwater_crd_writer::CrdWriterConfig;
+use breakwater_dedup::DedupConfig;
+use breakwater_edge::EdgeConfig;
+use breakwater_ratelimit::RateLimitConfig;
+use breakwater_storm::StormConfig;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "BREAKWATER_";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub edge: EdgeConfig,
+    pub ratelimit: RateLimitConfig,
+    pub dedup: DedupConfig,
+    pub storm: StormConfig,
+    pub crd_writer: CrdWriterConfig,
+}
+
+/// Where each component listens when run on its own (`breakwater edge`, …).
+/// `breakwater up` uses `edge` and puts the others on loopback ports of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// HTTP edge. Default 127.0.0.1:8080.
+    pub edge: SocketAddr,
+    /// gRPC components. Defaults 127.0.0.1:9101..9104.
+    pub ratelimit: SocketAddr,
+    pub dedup: SocketAddr,
+    pub storm: SocketAddr,
+    pub crd_writer: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self { edge: at(8080), ratelimit: at(9101), dedup: at(9102), storm: at(9103), crd_writer: at(9104) }
+    }
+}
+
+/// Why the configuration cannot be used; the message is for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `file` (if any), applies `env` overrides, and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key, the bad value and what is allowed.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::try_from(Self::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            let from_file: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.display().to_string(), message: e.to_string() })?;
+            merge(&mut table, from_file);
+        }
+        let mut overrides: Vec<(&String, &String)> = env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        overrides.sort();
+        for (name, raw) in overrides {
+            let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(str::to_lowercase).collect();
+            set_path(&mut table, &path, raw).map_err(|why| ConfigError::Invalid(format!("{name}: {why}")))?;
+        }
+        let config: Self = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid(format!("{}: {}", e.path(), e.inner())))?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// # Errors
+    /// The first problem found, as a sentence naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.edge.validate()?;
+        self.ratelimit.validate()?;
+        self.dedup.validate()?;
+        self.storm.validate()?;
+        self.crd_writer.validate()?;
+        Ok(())
+    }
+}
+
+/// Merges `from` into `into`, tables recursively, other values replaced.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(new)) => merge(existing, new),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Sets `path` to `raw`, read with the type of the value it replaces (a
+/// string when the key is new, so `deny_unknown_fields` can name it).
+fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else { return Err("empty key".into()) };
+    let mut current = table;
+    for part in parents {
+        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| format!("{part} is not a section"))?;
+    }
+    let typed = match current.get(last) {
+        Some(toml::Value::String(_)) | None => toml::Value::String(raw.to_owned()),
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| format!("{raw:?} is not an integer"))?)
+        }
+        Some(toml::Value::Float(_)) => toml::Value::Float(raw.trim().parse().map_err(|_| format!("{raw:?} is not a number"))?),
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(raw.trim().parse().map_err(|_| format!("{raw:?} is not true or false"))?)
+        }
+        Some(_) => {
+            let doc: toml::Table =
+                format!("v = {raw}").parse().map_err(|_| format!("{raw:?} is not a TOML value for this key"))?;
+            doc.get("v").cloned().ok_or_else(|| format!("{raw:?} is not a TOML value"))?
+        }
+    };
+    current.insert(last.clone(), typed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,88 @@
+use super::*;
+use breakwater_signal::fingerprint_of;
+use serde_json::json;
+
+fn parse_json(v: serde_json::Value) -> Result<Vec<pb::Signal>, EdgeError> {
+    parse(v.to_string().as_bytes(), 1_000, &FingerprintRule::Resource)
+}
+
+fn bad_request(v: serde_json::Value) -> String {
+    match parse_json(v) {
+        Err(EdgeError::BadRequest(detail)) => detail,
+        other => panic!("expected 400, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_alert_of_the_batch_becomes_a_signal() {
+    let signals = parse_json(json!({
+        "version": "4", "status": "firing",
+        "commonLabels": {"team": "platform"},
+        "alerts": [
+            {"status": "firing", "labels": {"alertname": "A", "namespace": "prod", "pod": "p1", "severity": "critical"}, "startsAt": "2025-11-01T10:00:00Z"},
+            {"status": "firing", "labels": {"alertname": "B", "namespace": "prod", "deployment": "d"}},
+            {"status": "resolved", "labels": {"alertname": "C", "node": "n1"}}
+        ]
+    }))
+    .unwrap();
+    assert_eq!(signals.len(), 3);
+    let a = &signals[0];
+    assert_eq!(a.fingerprint, fingerprint_of(&["A", "prod", "Pod", "p1"]));
+    assert_eq!(a.severity(), pb::Severity::Critical);
+    assert_eq!(a.firing_time_unix_ms, 1_761_991_200_000);
+    assert_eq!(a.labels.get("team").map(String::as_str), Some("platform"));
+    assert_eq!(a.source_type, SOURCE_TYPE);
+    let b = &signals[1];
+    assert_eq!(b.resource.as_ref().map(|r| r.kind.as_str()), Some("Deployment"));
+    assert_eq!(b.severity(), pb::Severity::Warning);
+    assert_eq!(b.firing_time_unix_ms, 1_000, "missing startsAt falls back to the received time");
+    let c = &signals[2];
+    assert_eq!(c.status(), pb::SignalStatus::Resolved);
+    assert_eq!(c.namespace, "default");
+    assert_eq!(c.resource.as_ref().map(|r| (r.kind.as_str(), r.name.as_str())), Some(("Node", "n1")));
+}
+
+#[test]
+fn original_payload_is_the_alert_itself() {
+    let s = parse_json(json!({"alerts": [{"labels": {"alertname": "A"}, "annotations": {"summary": "x"}}]})).unwrap();
+    let raw: serde_json::Value = serde_json::from_slice(&s[0].original_payload).unwrap();
+    assert_eq!(raw, json!({"labels": {"alertname": "A"}, "annotations": {"summary": "x"}}));
+}
+
+#[test]
+fn resource_precedence_and_defaults() {
+    let s = parse_json(json!({"alerts": [
+        {"labels": {"alertname": "A", "service": "s", "pod": "p"}},
+        {"labels": {"alertname": "A", "exported_namespace": "ex"}}
+    ]}))
+    .unwrap();
+    assert_eq!(s[0].resource.as_ref().map(|r| r.kind.as_str()), Some("Pod"));
+    assert_eq!(s[1].namespace, "ex");
+    assert_eq!(s[1].resource.as_ref().map(|r| (r.kind.as_str(), r.name.as_str())), Some(("Unknown", "unknown")));
+}
+
+#[test]
+fn malformed_timestamp_falls_back_to_received_time() {
+    let s = parse_json(json!({"alerts": [{"labels": {"alertname": "A"}, "startsAt": "yesterday"}]})).unwrap();
+    assert_eq!(s[0].firing_time_unix_ms, 1_000);
+}
+
+#[test]
+fn invalid_payloads_are_rejected_with_a_reason() {
+    assert!(parse(b"{not json", 0, &FingerprintRule::Resource).is_err());
+    assert!(parse(b"", 0, &FingerprintRule::Resource).is_err());
+    assert!(parse(b"null", 0, &FingerprintRule::Resource).is_err());
+    assert!(parse(b"{\"alerts\":[]}\0", 0, &FingerprintRule::Resource).is_err());
+    assert_eq!(bad_request(json!({"status": "firing"})), "missing alerts array");
+    assert_eq!(bad_request(json!({"alerts": []})), "no alerts in webhook payload");
+    assert_eq!(bad_request(json!({"alerts": [{"labels": {"severity": "x"}}]})), "alerts[0]: labels.alertname is required");
+    assert!(bad_request(json!({"alerts": [42]})).starts_with("alerts[0] is not a valid alert"));
+    assert!(bad_request(json!({"alerts": [{"labels": "nope"}]})).starts_with("alerts[0] is not a valid alert"));
+    assert!(bad_request(json!({"alerts": [{"labels": {"alertname": "A"}, "status": "pending"}]})).contains("\"pending\""));
+}
+
+#[test]
+fn a_bad_alert_anywhere_rejects_the_whole_batch() {
+    let r = parse_json(json!({"alerts": [{"labels": {"alertname": "A"}}, {"labels": {}}]}));
+    assert!(matches!(r, Err(EdgeError::BadRequest(d)) if d.starts_with("alerts[1]")));
+}

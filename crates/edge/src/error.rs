@@ -1,0 +1,147 @@
+//! Every HTTP error of the edge, rendered as RFC 7807 in one place.
+//!
+//! Handlers and layers return [`EdgeError`]; its `IntoResponse` only records a
+//! [`Problem`] in the response extensions. [`render_problems`] (a layer inside
+//! request-id) turns it into the `application/problem+json` body with the
+//! request id and path, and logs server-side causes once.
+
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+const TYPE_PREFIX: &str = "https://kubernaut.io/errors/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The payload cannot be used; the detail says why.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("sender rate limit exceeded")]
+    RateLimited { retry_after: Duration },
+    #[error("too many requests in flight")]
+    Overloaded,
+    #[error("request timed out")]
+    Timeout,
+    /// A RemediationRequest could not be written: the one fault that is the
+    /// sender's problem (Alertmanager retries 5xx).
+    #[error("remediation requests could not be written, retry later")]
+    CannotPersist { retry_after: Duration, cause: String },
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// The cause table: HTTP status, problem type suffix, title.
+impl EdgeError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "validation-error", "Bad Request"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported Media Type")
+            }
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload Too Large"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method Not Allowed"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not Found"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too Many Requests"),
+            Self::Overloaded | Self::CannotPersist { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Service Unavailable")
+            }
+            Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", "Gateway Timeout"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal Server Error"),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after } | Self::CannotPersist { retry_after, .. } => Some(*retry_after),
+            Self::Overloaded => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// What the server log needs and the client must not see.
+    fn cause(&self) -> Option<&str> {
+        match self {
+            Self::CannotPersist { cause, .. } | Self::Internal(cause) => Some(cause),
+            _ => None,
+        }
+    }
+}
+
+/// RFC 7807 body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    pub instance: String,
+    #[serde(rename = "request_id", skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Server-side cause travelling to [`render_problems`] to be logged once.
+#[derive(Debug, Clone)]
+struct Cause(String);
+
+impl IntoResponse for EdgeError {
+    fn into_response(self) -> Response {
+        let (status, suffix, title) = self.parts();
+        let problem = Problem {
+            kind: format!("{TYPE_PREFIX}{suffix}"),
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+            instance: String::new(),
+            request_id: None,
+        };
+        let mut response = status.into_response();
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_millis().div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        if matches!(self, Self::UnsupportedMediaType) {
+            response.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        }
+        if let Some(cause) = self.cause() {
+            response.extensions_mut().insert(Cause(cause.to_owned()));
+        }
+        response.extensions_mut().insert(problem);
+        response
+    }
+}
+
+/// Renders [`Problem`]s with the request id and path; must run inside the
+/// request-id layer so the id is on the request.
+pub async fn render_problems(request: Request, next: Next) -> Response {
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    let Some(mut problem) = response.extensions_mut().remove::<Problem>() else {
+        return response;
+    };
+    if let Some(Cause(cause)) = response.extensions_mut().remove::<Cause>() {
+        tracing::error!(request_id = request_id.as_deref().unwrap_or(""), status = problem.status, %cause, "request failed");
+    }
+    problem.instance = path;
+    problem.request_id = request_id;
+    let (mut parts, _) = response.into_parts();
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}

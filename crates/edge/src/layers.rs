@@ -1,0 +1,83 @@
+//! The edge's middleware, in one stack read top to bottom (outermost first).
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{BoxError, ServiceBuilder};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::EdgeConfig;
+use crate::error::{EdgeError, render_problems};
+
+/// The configured body limit, for the 413 detail.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &EdgeConfig) -> Router<S> {
+    let stack = ServiceBuilder::new()
+        // An id for every request (or the caller's), echoed as X-Request-Id.
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // One span per request carrying the id; inside request-id so it can read it.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = id)
+        }))
+        // Renders every EdgeError as RFC 7807 with the request id; must be inside request-id.
+        .layer(middleware::from_fn(render_problems))
+        .layer(middleware::from_fn(record_http_metrics))
+        // Turns timeout and load-shed errors into EdgeErrors; must wrap them.
+        .layer(HandleErrorLayer::new(handle_overload))
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        // Sheds instead of queueing when the concurrency limit is reached.
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(config.max_concurrent_requests))
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(axum::Extension(BodyLimit(config.body_limit_bytes)));
+    router.layer(stack)
+}
+
+async fn handle_overload(err: BoxError) -> EdgeError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        EdgeError::Timeout
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        EdgeError::Overloaded
+    } else {
+        EdgeError::Internal(err.to_string())
+    }
+}
+
+/// Rejects bodies that are not JSON; a missing Content-Type is accepted, as
+/// the reference gateway does, because some senders omit it.
+pub async fn require_json(request: Request, next: Next) -> Response {
+    if let Some(value) = request.headers().get(header::CONTENT_TYPE) {
+        let Some(mime) = value.to_str().ok().and_then(|v| v.parse::<mime::Mime>().ok()) else {
+            return EdgeError::BadRequest("Invalid Content-Type header format".into()).into_response();
+        };
+        if mime.essence_str() != "application/json" {
+            return EdgeError::UnsupportedMediaType.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Request rate, errors and duration per route.
+async fn record_http_metrics(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = request.method().to_string();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("breakwater_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("breakwater_http_request_duration_seconds", "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    response
+}

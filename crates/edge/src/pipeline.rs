@@ -1,0 +1,462 @@
+//! The signal pipeline: ratelimit → dedup → storm → crd-writer, as tower
+//! stages over one [`Batch`] per webhook, each calling its component through
+//! a tonic client. `breakwater up` and split mode run exactly this code.
+//!
+//! Each stage is an [`AsyncPredicate`] wrapped by tower's `AsyncFilterLayer`:
+//! it annotates the batch (or refuses it) and hands it on. A component that
+//! cannot be reached degrades its own feature only (design brief, degradation
+//! table); only a CR that cannot be written fails the request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use breakwater_proto::v1 as pb;
+use breakwater_proto::v1::crd_writer_service_client::CrdWriterServiceClient;
+use breakwater_proto::v1::dedup_service_client::DedupServiceClient;
+use breakwater_proto::v1::rate_limit_service_client::RateLimitServiceClient;
+use breakwater_proto::v1::storm_service_client::StormServiceClient;
+use breakwater_signal::{Clock, incident_cr_name, resource_id};
+use serde::Serialize;
+use tonic::transport::Channel;
+use tower::filter::{AsyncFilterLayer, AsyncPredicate};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceBuilder};
+
+use crate::config::ComponentUrls;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The whole pipeline as one cloneable service.
+pub type Pipeline = BoxCloneSyncService<Batch, Vec<AlertResult>, BoxError>;
+
+/// gRPC clients of the four components; channels connect lazily and reconnect.
+#[derive(Clone, Debug)]
+pub struct Components {
+    pub ratelimit: RateLimitServiceClient<Channel>,
+    pub dedup: DedupServiceClient<Channel>,
+    pub storm: StormServiceClient<Channel>,
+    pub crd_writer: CrdWriterServiceClient<Channel>,
+    pub channels: [(&'static str, Channel); 4],
+}
+
+impl Components {
+    /// # Errors
+    /// When a URL is not a valid endpoint.
+    pub fn connect_lazy(urls: &ComponentUrls, timeout: Duration) -> Result<Self, breakwater_grpc::GrpcError> {
+        let ratelimit = breakwater_grpc::connect_lazy(&urls.ratelimit, timeout)?;
+        let dedup = breakwater_grpc::connect_lazy(&urls.dedup, timeout)?;
+        let storm = breakwater_grpc::connect_lazy(&urls.storm, timeout)?;
+        let crd_writer = breakwater_grpc::connect_lazy(&urls.crd_writer, timeout)?;
+        Ok(Self {
+            ratelimit: RateLimitServiceClient::new(ratelimit.clone()),
+            dedup: DedupServiceClient::new(dedup.clone()),
+            storm: StormServiceClient::new(storm.clone()),
+            crd_writer: CrdWriterServiceClient::new(crd_writer.clone()),
+            channels: [("ratelimit", ratelimit), ("dedup", dedup), ("storm", storm), ("crd-writer", crd_writer)],
+        })
+    }
+}
+
+/// One webhook's signals on their way through the pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Who sent the webhook (rate-limit key).
+    pub sender: String,
+    pub signals: Vec<pb::Signal>,
+    /// Namespace each signal's CR goes to.
+    pub targets: Vec<String>,
+    /// Dedup's verdict per signal (filled by the dedup stage).
+    pub dedup: Vec<pb::DedupVerdict>,
+    /// Whether dedup answered; if not, names are per fallback window and
+    /// AlreadyExists means "duplicate".
+    pub dedup_degraded: bool,
+    /// Storm verdict per signal, for new firing incidents (filled by the storm stage).
+    pub storm: Vec<Option<pb::StormVerdict>>,
+}
+
+/// What happened to one alert; the response lists one per alert, in order.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertResult {
+    pub index: usize,
+    pub outcome: AlertOutcome,
+    pub fingerprint: String,
+    pub alert_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remediation_request_namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remediation_request_name: Option<String>,
+    /// Occurrences of this incident so far (dedup's exact count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurrence_count: Option<u64>,
+    /// Alerts counted on the storm CR so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_alert_count: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertOutcome {
+    /// A new CR was created for this alert.
+    Created,
+    /// Counted as an occurrence on an existing CR.
+    Duplicate,
+    /// This alert opened a storm; the storm CR was created.
+    StormCreated,
+    /// Counted on an open storm's CR.
+    StormAggregated,
+    /// A resolution that closed its incident's window.
+    Resolved,
+    /// A resolution for an incident that was not open.
+    ResolvedUnknown,
+}
+
+/// Why the pipeline refused or failed a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("sender rate limit exceeded")]
+    RateLimited { retry_after: Duration },
+    #[error("remediation requests could not be written: {cause}")]
+    CannotPersist { retry_after: Duration, cause: String },
+}
+
+/// Builds the pipeline over `components`.
+pub fn pipeline(components: &Components, clock: Arc<dyn Clock>, dedup_fallback_window: Duration) -> Pipeline {
+    let window_ms = i64::try_from(dedup_fallback_window.as_millis()).unwrap_or(i64::MAX).max(1);
+    let service = ServiceBuilder::new()
+        // Refuses the whole webhook before anything is recorded, so the sender can retry it as is.
+        .layer(AsyncFilterLayer::new(RateLimitStage { client: components.ratelimit.clone() }))
+        // Must run before storm: duplicates never count towards a storm (reference §4.1).
+        .layer(AsyncFilterLayer::new(DedupStage { client: components.dedup.clone(), clock, window_ms }))
+        .layer(AsyncFilterLayer::new(StormStage { client: components.storm.clone() }))
+        .service(CrdWrite { client: components.crd_writer.clone() });
+    BoxCloneSyncService::new(service)
+}
+
+/// Marks a component as skipped for this batch, in logs and metrics.
+fn degraded(component: &'static str, status: &tonic::Status) {
+    metrics::counter!("breakwater_edge_degraded_calls_total", "component" => component).increment(1);
+    tracing::warn!(component, code = ?status.code(), message = status.message(), "component unavailable, degrading");
+}
+
+#[derive(Clone)]
+struct RateLimitStage {
+    client: RateLimitServiceClient<Channel>,
+}
+
+impl AsyncPredicate<Batch> for RateLimitStage {
+    type Future = BoxFuture<Result<Batch, BoxError>>;
+    type Request = Batch;
+
+    fn check(&mut self, batch: Batch) -> Self::Future {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let request = pb::CheckRateLimitRequest {
+                sender: batch.sender.clone(),
+                signal_count: u32::try_from(batch.signals.len()).unwrap_or(u32::MAX),
+            };
+            match client.check_rate_limit(request).await {
+                Ok(answer) if !answer.get_ref().allowed => {
+                    let retry_after = Duration::from_millis(answer.get_ref().retry_after_ms);
+                    Err(PipelineError::RateLimited { retry_after }.into())
+                }
+                Ok(_) => Ok(batch),
+                Err(status) => {
+                    degraded("ratelimit", &status);
+                    Ok(batch)
+                }
+            }
+        })
+    }
+}
+
+#[derive(Clone)]
+struct DedupStage {
+    client: DedupServiceClient<Channel>,
+    clock: Arc<dyn Clock>,
+    window_ms: i64,
+}
+
+impl AsyncPredicate<Batch> for DedupStage {
+    type Future = BoxFuture<Result<Batch, BoxError>>;
+    type Request = Batch;
+
+    fn check(&mut self, mut batch: Batch) -> Self::Future {
+        let mut client = self.client.clone();
+        let (clock, window_ms) = (self.clock.clone(), self.window_ms);
+        Box::pin(async move {
+            let queries = batch
+                .signals
+                .iter()
+                .zip(&batch.targets)
+                .map(|(s, target)| pb::DedupQuery {
+                    fingerprint: s.fingerprint.clone(),
+                    status: s.status,
+                    namespace: target.clone(),
+                })
+                .collect();
+            match client.check_signals(pb::CheckSignalsRequest { queries }).await {
+                Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
+                    batch.dedup = answer.into_inner().verdicts;
+                }
+                Ok(_) => {
+                    let status = tonic::Status::internal("dedup answered the wrong number of verdicts");
+                    fallback_dedup(&mut batch, clock.now(), window_ms, &status);
+                }
+                Err(status) => fallback_dedup(&mut batch, clock.now(), window_ms, &status),
+            }
+            Ok(batch)
+        })
+    }
+}
+
+/// Without dedup, every firing alert is a "new" incident named after its
+/// fallback window, so identical alerts share one name and Kubernetes'
+/// AlreadyExists is the dedup of last resort.
+fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::Status) {
+    degraded("dedup", status);
+    batch.dedup_degraded = true;
+    let window_start = now - now.rem_euclid(window_ms);
+    batch.dedup = batch
+        .signals
+        .iter()
+        .zip(&batch.targets)
+        .map(|(s, target)| {
+            if s.status() == pb::SignalStatus::Resolved {
+                return pb::DedupVerdict { outcome: pb::DedupOutcome::ResolvedUnknown.into(), ..Default::default() };
+            }
+            pb::DedupVerdict {
+                outcome: pb::DedupOutcome::New.into(),
+                remediation: Some(pb::RemediationRef {
+                    namespace: target.clone(),
+                    name: incident_cr_name(&s.fingerprint, window_start),
+                }),
+                first_seen_unix_ms: window_start,
+                last_seen_unix_ms: now,
+                occurrence_count: 1,
+            }
+        })
+        .collect();
+}
+
+#[derive(Clone)]
+struct StormStage {
+    client: StormServiceClient<Channel>,
+}
+
+impl AsyncPredicate<Batch> for StormStage {
+    type Future = BoxFuture<Result<Batch, BoxError>>;
+    type Request = Batch;
+
+    fn check(&mut self, mut batch: Batch) -> Self::Future {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            batch.storm = vec![None; batch.signals.len()];
+            // Only new firing incidents can make or join a storm.
+            let asked: Vec<usize> = (0..batch.signals.len())
+                .filter(|&i| {
+                    batch.signals[i].status() == pb::SignalStatus::Firing
+                        && batch.dedup[i].outcome() == pb::DedupOutcome::New
+                })
+                .collect();
+            if asked.is_empty() {
+                return Ok(batch);
+            }
+            let queries = asked
+                .iter()
+                .map(|&i| {
+                    let s = &batch.signals[i];
+                    let (kind, name) = s.resource.as_ref().map_or(("", ""), |r| (r.kind.as_str(), r.name.as_str()));
+                    pb::StormQuery {
+                        namespace: s.namespace.clone(),
+                        alert_name: s.alert_name.clone(),
+                        resource_id: resource_id(&s.namespace, kind, name),
+                        remediation_namespace: batch.targets[i].clone(),
+                    }
+                })
+                .collect();
+            match client.detect_storms(pb::DetectStormsRequest { queries }).await {
+                Ok(answer) if answer.get_ref().verdicts.len() == asked.len() => {
+                    for (i, verdict) in asked.into_iter().zip(answer.into_inner().verdicts) {
+                        batch.storm[i] = Some(verdict);
+                    }
+                }
+                Ok(_) => degraded("storm", &tonic::Status::internal("storm answered the wrong number of verdicts")),
+                // No storm detection: every alert gets its own CR.
+                Err(status) => degraded("storm", &status),
+            }
+            Ok(batch)
+        })
+    }
+}
+
+/// The last stage: turns verdicts into CR writes and the writes' results into
+/// the per-alert answer.
+#[derive(Clone)]
+struct CrdWrite {
+    client: CrdWriterServiceClient<Channel>,
+}
+
+impl Service<Batch> for CrdWrite {
+    type Response = Vec<AlertResult>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Vec<AlertResult>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, batch: Batch) -> Self::Future {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let plan: Vec<Planned> = (0..batch.signals.len()).map(|i| plan(&batch, i)).collect();
+            let writes: Vec<pb::RemediationWrite> = plan.iter().filter_map(|p| p.write.clone()).collect();
+            let results = if writes.is_empty() {
+                Vec::new()
+            } else {
+                let n = writes.len();
+                let answer = client
+                    .write_remediations(pb::WriteRemediationsRequest { writes })
+                    .await
+                    .map_err(|status| cannot_persist(Duration::from_secs(5), format!("crd-writer: {status}")))?
+                    .into_inner();
+                if answer.results.len() != n {
+                    return Err(cannot_persist(Duration::from_secs(5), "crd-writer answered the wrong number of results".into()));
+                }
+                answer.results
+            };
+            let mut results = results.into_iter();
+            let mut failure: Option<(Duration, String)> = None;
+            let mut out = Vec::with_capacity(plan.len());
+            for (index, (p, signal)) in plan.into_iter().zip(&batch.signals).enumerate() {
+                let mut outcome = p.outcome;
+                if p.write.is_some() {
+                    let result = results.next().unwrap_or_default();
+                    match result.outcome() {
+                        pb::WriteOutcome::Failed => {
+                            let after = Duration::from_millis(result.retry_after_ms.max(1000));
+                            let cause = format!("{}: {}", p.remediation.1, result.error);
+                            failure = Some(failure.map_or((after, cause.clone()), |(a, c)| (a.max(after), c)));
+                        }
+                        // The CR was there already: a retried webhook, or dedup's fallback names at work.
+                        pb::WriteOutcome::AlreadyExisted => {
+                            outcome = match outcome {
+                                AlertOutcome::Created => AlertOutcome::Duplicate,
+                                AlertOutcome::StormCreated => AlertOutcome::StormAggregated,
+                                other => other,
+                            };
+                        }
+                        _ => {}
+                    }
+                }
+                out.push(AlertResult {
+                    index,
+                    outcome,
+                    fingerprint: signal.fingerprint.clone(),
+                    alert_name: signal.alert_name.clone(),
+                    remediation_request_namespace: Some(p.remediation.0).filter(|s| !s.is_empty()),
+                    remediation_request_name: Some(p.remediation.1).filter(|s| !s.is_empty()),
+                    occurrence_count: p.occurrence_count,
+                    storm_alert_count: p.storm_alert_count,
+                });
+            }
+            for r in &out {
+                metrics::counter!("breakwater_signals_total", "outcome" => outcome_label(r.outcome)).increment(1);
+            }
+            match failure {
+                Some((retry_after, cause)) => Err(cannot_persist(retry_after, cause)),
+                None => Ok(out),
+            }
+        })
+    }
+}
+
+fn cannot_persist(retry_after: Duration, cause: String) -> BoxError {
+    PipelineError::CannotPersist { retry_after, cause }.into()
+}
+
+fn outcome_label(o: AlertOutcome) -> &'static str {
+    match o {
+        AlertOutcome::Created => "created",
+        AlertOutcome::Duplicate => "duplicate",
+        AlertOutcome::StormCreated => "storm_created",
+        AlertOutcome::StormAggregated => "storm_aggregated",
+        AlertOutcome::Resolved => "resolved",
+        AlertOutcome::ResolvedUnknown => "resolved_unknown",
+    }
+}
+
+/// What to write for one alert, and how to report it.
+struct Planned {
+    write: Option<pb::RemediationWrite>,
+    outcome: AlertOutcome,
+    remediation: (String, String),
+    occurrence_count: Option<u64>,
+    storm_alert_count: Option<u64>,
+}
+
+fn plan(batch: &Batch, i: usize) -> Planned {
+    let signal = &batch.signals[i];
+    let dedup = &batch.dedup[i];
+    let dedup_ref = dedup.remediation.clone().unwrap_or_default();
+    let base = pb::RemediationWrite {
+        signal: Some(signal.clone()),
+        first_seen_unix_ms: dedup.first_seen_unix_ms,
+        last_seen_unix_ms: dedup.last_seen_unix_ms,
+        occurrence_count: dedup.occurrence_count,
+        ..Default::default()
+    };
+    let reported = |outcome, r: &pb::RemediationRef, write: Option<pb::RemediationWrite>| Planned {
+        write,
+        outcome,
+        remediation: (r.namespace.clone(), r.name.clone()),
+        occurrence_count: None,
+        storm_alert_count: None,
+    };
+    match dedup.outcome() {
+        pb::DedupOutcome::Resolved => reported(AlertOutcome::Resolved, &dedup_ref, None),
+        pb::DedupOutcome::ResolvedUnknown | pb::DedupOutcome::Unspecified => {
+            reported(AlertOutcome::ResolvedUnknown, &dedup_ref, None)
+        }
+        pb::DedupOutcome::Duplicate => {
+            let write = pb::RemediationWrite {
+                kind: pb::WriteKind::Occurrence.into(),
+                remediation: Some(dedup_ref.clone()),
+                ..base
+            };
+            Planned {
+                occurrence_count: Some(dedup.occurrence_count),
+                ..reported(AlertOutcome::Duplicate, &dedup_ref, Some(write))
+            }
+        }
+        pb::DedupOutcome::New => match batch.storm[i].as_ref().filter(|s| s.outcome() != pb::StormOutcome::None) {
+            None => {
+                let write =
+                    pb::RemediationWrite { kind: pb::WriteKind::Create.into(), remediation: Some(dedup_ref.clone()), ..base };
+                Planned { occurrence_count: Some(1), ..reported(AlertOutcome::Created, &dedup_ref, Some(write)) }
+            }
+            Some(storm) => {
+                let storm_ref = storm.remediation.clone().unwrap_or_default();
+                let (kind, outcome) = if storm.outcome() == pb::StormOutcome::Opened {
+                    (pb::WriteKind::StormCreate, AlertOutcome::StormCreated)
+                } else {
+                    (pb::WriteKind::StormAdd, AlertOutcome::StormAggregated)
+                };
+                let write = pb::RemediationWrite {
+                    kind: kind.into(),
+                    remediation: Some(storm_ref.clone()),
+                    storm_type: storm.storm_type,
+                    storm_window_start_unix_ms: storm.window_start_unix_ms,
+                    storm_alert_count: storm.storm_alert_count,
+                    resource_listed: storm.resource_listed,
+                    resources_omitted: storm.resources_omitted,
+                    ..base
+                };
+                Planned { storm_alert_count: Some(storm.storm_alert_count), ..reported(outcome, &storm_ref, Some(write)) }
+            }
+        },
+    }
+}

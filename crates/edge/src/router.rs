@@ -1,0 +1,209 @@
+//! Routes and handlers: `fn router(state) -> Router`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use breakwater_proto::v1 as pb;
+use breakwater_signal::Clock;
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tower::ServiceExt;
+
+use crate::adapters::{kubernetes_event, prometheus};
+use crate::config::EdgeConfig;
+use crate::error::EdgeError;
+use crate::pipeline::{AlertOutcome, AlertResult, Batch, Components, Pipeline, PipelineError};
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct EdgeState {
+    pub(crate) pipeline: Pipeline,
+    pub(crate) components: Components,
+    pub(crate) config: Arc<EdgeConfig>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) shutting_down: Arc<AtomicBool>,
+}
+
+impl EdgeState {
+    pub fn new(config: EdgeConfig, components: Components, clock: Arc<dyn Clock>, metrics: PrometheusHandle) -> Self {
+        let window = Duration::from_secs(config.dedup_fallback_window_secs);
+        Self {
+            pipeline: crate::pipeline::pipeline(&components, clock.clone(), window),
+            components,
+            config: Arc::new(config),
+            clock,
+            metrics,
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Makes `/readyz` answer 503 from now on (graceful shutdown).
+    pub fn mark_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn router(state: EdgeState) -> Router {
+    let signals = Router::new()
+        .route("/api/v1/signals/prometheus", post(prometheus_webhook))
+        .route("/api/v1/signals/kubernetes-event", post(kubernetes_event_webhook))
+        .layer(axum::middleware::from_fn(crate::layers::require_json));
+    let router = Router::new()
+        .merge(signals)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(crate::health::readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { EdgeError::NotFound })
+        .method_not_allowed_fallback(|| async { EdgeError::MethodNotAllowed });
+    crate::layers::apply(router, &state.config).with_state(state)
+}
+
+/// The request body, read up to the configured limit (`DefaultBodyLimit`).
+pub struct SignalBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for SignalBody {
+    type Rejection = EdgeError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<crate::layers::BodyLimit>().map_or(0, |l| l.0);
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(BytesRejection::FailedToBufferBody(e))
+                if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) =>
+            {
+                Err(EdgeError::PayloadTooLarge { limit })
+            }
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(EdgeError::PayloadTooLarge { limit }),
+            Err(e) => Err(EdgeError::BadRequest(format!("failed to read request body: {}", e.body_text()))),
+        }
+    }
+}
+
+/// Who sent the request: the peer address, or the first `X-Forwarded-For` hop
+/// when `edge.trust_forwarded_for` is set.
+pub struct Sender(String);
+
+impl FromRequestParts<EdgeState> for Sender {
+    type Rejection = EdgeError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &EdgeState) -> Result<Self, Self::Rejection> {
+        if state.config.trust_forwarded_for
+            && let Some(first) = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        {
+            return Ok(Self(first.to_owned()));
+        }
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
+        Ok(Self(peer.unwrap_or_else(|| "unknown".to_owned())))
+    }
+}
+
+/// The success body: an overall status and one result per alert, in order.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalsResponse {
+    /// `created` when at least one CR was created, else `accepted`.
+    pub status: &'static str,
+    pub message: String,
+    pub results: Vec<AlertResult>,
+}
+
+async fn prometheus_webhook(State(state): State<EdgeState>, sender: Sender, SignalBody(body): SignalBody) -> Response {
+    let signals = prometheus::parse(&body, state.clock.now(), &state.config.fingerprint);
+    process(&state, sender, prometheus::SOURCE_TYPE, signals).await
+}
+
+async fn kubernetes_event_webhook(
+    State(state): State<EdgeState>,
+    sender: Sender,
+    SignalBody(body): SignalBody,
+) -> Response {
+    let signals = kubernetes_event::parse(&body, state.clock.now(), &state.config.fingerprint);
+    process(&state, sender, kubernetes_event::SOURCE_TYPE, signals).await
+}
+
+async fn process(
+    state: &EdgeState,
+    Sender(sender): Sender,
+    source: &'static str,
+    signals: Result<Vec<pb::Signal>, EdgeError>,
+) -> Response {
+    let signals = match signals {
+        Ok(signals) => signals,
+        Err(e) => {
+            metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid").increment(1);
+            return e.into_response();
+        }
+    };
+    metrics::counter!("breakwater_signals_received_total", "source" => source).increment(signals.len() as u64);
+    let targets = signals
+        .iter()
+        .map(|s| if s.namespace.is_empty() { state.config.fallback_namespace.clone() } else { s.namespace.clone() })
+        .collect();
+    let batch = Batch { sender, signals, targets, ..Default::default() };
+    match state.pipeline.clone().oneshot(batch).await {
+        Ok(results) => respond(results),
+        Err(e) => match e.downcast::<PipelineError>() {
+            Ok(e) => {
+                let reason = match *e {
+                    PipelineError::RateLimited { .. } => "rate_limited",
+                    PipelineError::CannotPersist { .. } => "cannot_persist",
+                };
+                metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason).increment(1);
+                match *e {
+                    PipelineError::RateLimited { retry_after } => EdgeError::RateLimited { retry_after },
+                    PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
+                }
+                .into_response()
+            }
+            Err(other) => EdgeError::Internal(other.to_string()).into_response(),
+        },
+    }
+}
+
+fn respond(results: Vec<AlertResult>) -> Response {
+    let created = results.iter().any(|r| matches!(r.outcome, AlertOutcome::Created | AlertOutcome::StormCreated));
+    let count = |o: AlertOutcome| results.iter().filter(|r| r.outcome == o).count();
+    let message = format!(
+        "{} alerts: {} created, {} duplicate, {} storm created, {} storm aggregated, {} resolved",
+        results.len(),
+        count(AlertOutcome::Created),
+        count(AlertOutcome::Duplicate),
+        count(AlertOutcome::StormCreated),
+        count(AlertOutcome::StormAggregated),
+        count(AlertOutcome::Resolved) + count(AlertOutcome::ResolvedUnknown),
+    );
+    let (status, word) = if created { (StatusCode::CREATED, "created") } else { (StatusCode::ACCEPTED, "accepted") };
+    (status, Json(SignalsResponse { status: word, message, results })).into_response()
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    timestamp: String,
+}
+
+async fn healthz(State(state): State<EdgeState>) -> Json<Health> {
+    let timestamp = jiff::Timestamp::from_millisecond(state.clock.now()).map(|t| t.to_string()).unwrap_or_default();
+    Json(Health { status: "healthy", timestamp })
+}
+
+async fn metrics(State(state): State<EdgeState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
