@@ -1,1 +1,54 @@
-//! placeholder
+//! The ratelimit service: may this sender push these signals now?
+//!
+//! # Layout
+//! - [`limiter`]: the pure decision, `TokenBucket::decide(bucket, signals, now)`: a token
+//!   bucket per sender that admits or refuses a webhook whole.
+//! - [`store`]: [`RateLimitStore`], with [`MemoryRateLimitStore`] (the embedded default)
+//!   and [`RedisRateLimitStore`] (one Lua script, one round trip per webhook, a small
+//!   string per sender that expires once its bucket is full again).
+//! - [`grpc`]: [`RateLimitGrpc`], the thin `breakwater.v1.RateLimitService` face.
+//! - [`config`]: [`RateLimitConfig`], with a documented default on every knob.
+//!
+//! Entry point: [`run`].
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod limiter;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use breakwater_proto::v1::rate_limit_service_server::RateLimitServiceServer;
+use tokio::net::TcpListener;
+
+pub use config::{RateLimitConfig, StoreKind};
+pub use error::{Error, Result};
+pub use grpc::RateLimitGrpc;
+pub use limiter::{BucketState, Decision, TokenBucket};
+pub use store::{MemoryRateLimitStore, RateLimitStore, RedisRateLimitStore};
+
+/// The store `config` asks for. Builds lazily: nothing connects yet.
+///
+/// # Errors
+/// [`Error::Store`] when the Redis settings are unusable.
+pub fn store_from_config(config: &RateLimitConfig) -> Result<Arc<dyn RateLimitStore>> {
+    let bucket = config.bucket();
+    Ok(match config.store {
+        StoreKind::Memory => Arc::new(MemoryRateLimitStore::new(bucket)),
+        StoreKind::Redis => {
+            let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, "rl")?;
+            Arc::new(RedisRateLimitStore::new(keyspace, bucket))
+        }
+    })
+}
+
+/// Serves the ratelimit gRPC service on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// When the transport fails.
+pub async fn run(grpc: RateLimitGrpc, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    breakwater_grpc::serve(RateLimitServiceServer::new(grpc), listener, shutdown).await?;
+    Ok(())
+}
