@@ -1,1 +1,200 @@
-//! Cross-service integration tests live in the `[[test]]` targets of this package.
+//! Support for the cross-service tests: a whole gateway on loopback, on
+//! either backend, and alert fixtures.
+//!
+//! [`TestGateway::start`] runs what `breakwater up` runs (the same
+//! [`breakwater::Gateway`]) with either the embedded default (in-process
+//! stores, YAML files in a temporary directory) or Redis (a real
+//! `redis-server` of the test's own) plus the fake Kubernetes API server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use breakwater::{Config, Gateway};
+use breakwater_crd_writer::{KubeSink, RemediationSink};
+use breakwater_keyspace::RedisConfig;
+use breakwater_testkit::{FakeApiServer, RedisServer, unique_key_root};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// Where state and CRs live in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `breakwater up` defaults: in-process stores, CRs as YAML files.
+    Embedded,
+    /// Redis for ratelimit, dedup and storm; CRs in the fake Kubernetes API.
+    RedisAndKube,
+}
+
+/// A running gateway and the parts behind it.
+pub struct TestGateway {
+    pub url: String,
+    pub backend: Backend,
+    pub fake_api: Option<FakeApiServer>,
+    pub redis: Option<RedisServer>,
+    gateway: Option<Gateway>,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl TestGateway {
+    /// Starts a gateway with coalesced writes flushed every 50 ms.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestGateway::start`], with a chance to adjust the config.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory for the directory sink");
+        let mut config = Config::default();
+        config.crd_writer.directory = dir.path().to_path_buf();
+        config.crd_writer.flush_interval_ms = 50;
+        let (mut fake_api, mut redis, mut sink) = (None, None, None::<Arc<dyn RemediationSink>>);
+        if backend == Backend::RedisAndKube {
+            let server = RedisServer::start().await;
+            let redis_config =
+                RedisConfig { url: server.url(), key_root: unique_key_root("gateway"), ..RedisConfig::default() };
+            config.dedup.store = breakwater_dedup::StoreKind::Redis;
+            config.dedup.redis = redis_config.clone();
+            config.storm.store = breakwater_storm::StoreKind::Redis;
+            config.storm.redis = redis_config.clone();
+            config.ratelimit.store = breakwater_ratelimit::StoreKind::Redis;
+            config.ratelimit.redis = redis_config;
+            let api = FakeApiServer::start().await;
+            sink = Some(Arc::new(KubeSink::new(
+                api.client(),
+                config.crd_writer.retry.clone(),
+                config.crd_writer.fallback_namespace.clone(),
+            )));
+            fake_api = Some(api);
+            redis = Some(server);
+        }
+        adjust(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port for the edge");
+        let gateway = Gateway::start(config, sink, listener).await.expect("gateway starts");
+        let url = format!("http://{}", gateway.edge_addr);
+        Self { url, backend, fake_api, redis, gateway: Some(gateway), dir, http: reqwest::Client::new() }
+    }
+
+    /// Posts an Alertmanager webhook; returns the status and the JSON body.
+    pub async fn post_prometheus(&self, body: &Value) -> (u16, Value) {
+        self.post("/api/v1/signals/prometheus", body).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Every RemediationRequest written so far, as JSON objects.
+    pub fn remediations(&self) -> Vec<Value> {
+        match &self.fake_api {
+            Some(api) => api.objects("remediationrequests"),
+            None => read_yaml_tree(self.dir.path()),
+        }
+    }
+
+    /// The RemediationRequest `namespace/name`, if written.
+    pub fn remediation(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.remediations()
+            .into_iter()
+            .find(|cr| cr["metadata"]["namespace"] == namespace && cr["metadata"]["name"] == name)
+    }
+
+    /// Stops the gateway the way `breakwater up` does on SIGTERM (pending counts are flushed).
+    pub async fn stop(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown(Duration::from_secs(20)).await.expect("graceful shutdown");
+        }
+    }
+}
+
+fn read_yaml_tree(root: &std::path::Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let Ok(namespaces) = std::fs::read_dir(root) else { return out };
+    for ns in namespaces.flatten().filter(|e| e.path().is_dir()) {
+        for file in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            if file.path().extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(file.path()).expect("readable CR file");
+                out.push(serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.path().display())));
+            }
+        }
+    }
+    out
+}
+
+/// An Alertmanager alert, built up fluently: `Alert::firing("PodCrash").in_ns("prod").pod("p1")`.
+#[derive(Debug, Clone)]
+pub struct Alert(Value);
+
+impl Alert {
+    pub fn firing(name: &str) -> Self {
+        Self(json!({"status": "firing", "labels": {"alertname": name, "severity": "critical"}, "annotations": {}}))
+    }
+
+    pub fn resolved(name: &str) -> Self {
+        let mut a = Self::firing(name);
+        a.0["status"] = json!("resolved");
+        a
+    }
+
+    pub fn in_ns(self, ns: &str) -> Self {
+        self.label("namespace", ns)
+    }
+
+    pub fn pod(self, pod: &str) -> Self {
+        self.label("pod", pod)
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.0["labels"][key] = json!(value);
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.0["annotations"][key] = json!(value);
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        self.0.clone()
+    }
+}
+
+/// An Alertmanager webhook v4 body carrying `alerts`.
+pub fn webhook(alerts: &[Alert]) -> Value {
+    json!({
+        "version": "4",
+        "groupKey": "{}:{}",
+        "status": "firing",
+        "receiver": "breakwater",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.local",
+        "alerts": alerts.iter().map(Alert::json).collect::<Vec<_>>(),
+    })
+}
+
+/// The invariant of promise 1: accepted firing alerts =
+/// Σ occurrenceCount over non-storm CRs + Σ stormAlertCount over storm CRs.
+pub fn accounted_alerts(remediations: &[Value]) -> u64 {
+    remediations
+        .iter()
+        .map(|cr| {
+            let spec = &cr["spec"];
+            if spec["isStorm"].as_bool().unwrap_or(false) {
+                spec["stormAlertCount"].as_u64().unwrap_or(0)
+            } else {
+                spec["deduplication"]["occurrenceCount"].as_u64().unwrap_or(0)
+            }
+        })
+        .sum()
+}

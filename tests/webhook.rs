@@ -1,0 +1,166 @@
+//! The webhook contract end to end, on both backends: per-alert results,
+//! resolutions, duplicates and bad input (reference spec §11.1, §11.2).
+
+use std::time::Duration;
+
+use breakwater_testkit::assert_eventually;
+use breakwater_tests::{Alert, Backend, TestGateway, webhook};
+use serde_json::json;
+
+async fn three_alerts_get_three_results(backend: Backend) {
+    let gw = TestGateway::start(backend).await;
+    let body = webhook(&[
+        Alert::firing("HighMemory").in_ns("prod").pod("api-1"),
+        Alert::firing("DiskFull").in_ns("prod").pod("db-0"),
+        Alert::resolved("CpuHigh").in_ns("prod").pod("web-1"),
+    ]);
+    let (status, answer) = gw.post_prometheus(&body).await;
+    assert_eq!(status, 201, "{answer}");
+    let results = answer["results"].as_array().expect("results list");
+    assert_eq!(results.len(), 3, "{answer}");
+    assert_eq!(results[0]["outcome"], "created");
+    assert_eq!(results[0]["alertName"], "HighMemory");
+    assert_eq!(results[1]["outcome"], "created");
+    assert_eq!(results[2]["outcome"], "resolved_unknown");
+    assert!(results[2].get("remediationRequestName").is_none(), "a resolution names no CR: {answer}");
+    let crs = gw.remediations();
+    assert_eq!(crs.len(), 2, "the resolved alert creates no CR: {crs:?}");
+    for r in &results[..2] {
+        let ns = r["remediationRequestNamespace"].as_str().expect("namespace");
+        let name = r["remediationRequestName"].as_str().expect("name");
+        let cr = gw.remediation(ns, name).unwrap_or_else(|| panic!("CR {ns}/{name} exists"));
+        assert_eq!(cr["spec"]["signalFingerprint"], r["fingerprint"]);
+    }
+}
+
+#[tokio::test]
+async fn three_alerts_get_three_results_embedded() {
+    three_alerts_get_three_results(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn three_alerts_get_three_results_redis_and_kube() {
+    three_alerts_get_three_results(Backend::RedisAndKube).await;
+}
+
+/// Reference: "returns 202 Accepted for duplicate alerts within TTL window" and
+/// "tracks duplicate count and timestamps".
+async fn duplicate_alert_is_counted_on_its_cr(backend: Backend) {
+    let mut gw = TestGateway::start(backend).await;
+    let body = webhook(&[Alert::firing("HighMemory").in_ns("prod").pod("api-1")]);
+    let (first, answer) = gw.post_prometheus(&body).await;
+    assert_eq!(first, 201, "{answer}");
+    let name = answer["results"][0]["remediationRequestName"].as_str().expect("CR name").to_owned();
+    let (second, answer) = gw.post_prometheus(&body).await;
+    assert_eq!(second, 202, "{answer}");
+    assert_eq!(answer["results"][0]["outcome"], "duplicate");
+    assert_eq!(answer["results"][0]["remediationRequestName"], name.as_str());
+    assert_eq!(answer["results"][0]["occurrenceCount"], 2);
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { gw.remediation("prod", &name).is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == 2) },
+        "occurrenceCount reaches 2: {:?}",
+        gw.remediation("prod", &name)
+    );
+    assert_eq!(gw.remediations().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_alert_is_counted_on_its_cr_embedded() {
+    duplicate_alert_is_counted_on_its_cr(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn duplicate_alert_is_counted_on_its_cr_redis_and_kube() {
+    duplicate_alert_is_counted_on_its_cr(Backend::RedisAndKube).await;
+}
+
+/// A resolution closes the incident: the next firing is a new incident with a new CR.
+#[tokio::test]
+async fn resolved_then_firing_again_is_a_new_incident() {
+    let gw = TestGateway::start(Backend::Embedded).await;
+    let firing = webhook(&[Alert::firing("HighMemory").in_ns("prod").pod("api-1")]);
+    let (_, a) = gw.post_prometheus(&firing).await;
+    let (status, r) = gw.post_prometheus(&webhook(&[Alert::resolved("HighMemory").in_ns("prod").pod("api-1")])).await;
+    assert_eq!((status, r["results"][0]["outcome"].as_str()), (202, Some("resolved")));
+    assert_eq!(r["results"][0]["remediationRequestName"], a["results"][0]["remediationRequestName"]);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let (status, b) = gw.post_prometheus(&firing).await;
+    assert_eq!(status, 201, "{b}");
+    assert_ne!(a["results"][0]["remediationRequestName"], b["results"][0]["remediationRequestName"]);
+    assert_eq!(gw.remediations().len(), 2);
+}
+
+/// Reference: "should reject invalid payloads" — and nothing is left behind.
+#[tokio::test]
+async fn bad_input_gets_rfc7807_and_leaves_nothing_behind() {
+    let gw = TestGateway::start(Backend::Embedded).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/signals/prometheus", gw.url);
+    let cases: Vec<(&str, Option<&str>, u16)> = vec![
+        ("{not json", Some("application/json"), 400),
+        ("", Some("application/json"), 400),
+        ("null", Some("application/json"), 400),
+        (r#"{"alerts":[]}"#, Some("application/json"), 400),
+        (r#"{"alerts":[{"labels":{"alertname":"A"}},{"labels":{}}]}"#, Some("application/json"), 400),
+        (r#"{"alerts":[{"labels":{"alertname":"A"}}]}"#, Some("text/plain"), 415),
+        (r#"{"alerts":[{"labels":{"alertname":"A"}}]}"#, Some("not a mime"), 400),
+    ];
+    for (body, content_type, expected) in cases {
+        let mut req = http.post(&url).body(body.to_owned());
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let response = req.send().await.expect("request");
+        assert_eq!(response.status().as_u16(), expected, "body {body:?}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let request_id = response.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+        let problem: serde_json::Value = response.json().await.expect("problem body");
+        assert_eq!(problem["status"], expected);
+        assert_eq!(problem["request_id"], request_id.as_str());
+        assert_eq!(problem["instance"], "/api/v1/signals/prometheus");
+        assert!(problem["type"].as_str().is_some_and(|t| t.starts_with("https://kubernaut.io/errors/")));
+    }
+    let too_big = json!({"alerts": [Alert::firing("A").annotation("x", &"y".repeat(600 * 1024)).json()]});
+    let response = http.post(&url).json(&too_big).send().await.expect("request");
+    assert_eq!(response.status().as_u16(), 413);
+    let response = http.get(&url).send().await.expect("request");
+    assert_eq!(response.status().as_u16(), 405);
+    let response = http.post(format!("{}/api/v1/nowhere", gw.url)).send().await.expect("request");
+    assert_eq!(response.status().as_u16(), 404);
+    assert!(gw.remediations().is_empty(), "rejected input created CRs: {:?}", gw.remediations());
+    // The valid first alert of the half-bad batch was not recorded either: it is new now.
+    let (status, _) = gw.post_prometheus(&webhook(&[Alert::firing("A")])).await;
+    assert_eq!(status, 201);
+}
+
+/// Reference: "creates CRD from Kubernetes Warning events".
+#[tokio::test]
+async fn kubernetes_warning_event_creates_a_cr() {
+    let gw = TestGateway::start(Backend::RedisAndKube).await;
+    let event = json!({
+        "type": "Warning", "reason": "OOMKilled", "message": "container killed",
+        "involvedObject": {"kind": "Pod", "namespace": "prod", "name": "api-1"},
+        "firstTimestamp": "2026-11-01T10:00:00Z"
+    });
+    let (status, answer) = gw.post("/api/v1/signals/kubernetes-event", &event).await;
+    assert_eq!(status, 201, "{answer}");
+    let name = answer["results"][0]["remediationRequestName"].as_str().expect("name");
+    let cr = gw.remediation("prod", name).expect("CR in the fake API server");
+    assert_eq!(cr["spec"]["signalName"], "OOMKilled");
+    assert_eq!(cr["spec"]["signalType"], "kubernetes-event");
+    assert_eq!(cr["spec"]["severity"], "critical");
+    let (status, _) = gw.post("/api/v1/signals/kubernetes-event", &json!({"type": "Normal", "reason": "Pulled", "involvedObject": {"kind": "Pod", "name": "p"}})).await;
+    assert_eq!(status, 400);
+}
+
+/// Cluster-scoped signals land in the fallback namespace.
+#[tokio::test]
+async fn cluster_scoped_event_goes_to_the_fallback_namespace() {
+    let gw = TestGateway::start(Backend::Embedded).await;
+    let event = json!({"type": "Warning", "reason": "NodeNotReady", "involvedObject": {"kind": "Node", "name": "n1"}});
+    let (status, answer) = gw.post("/api/v1/signals/kubernetes-event", &event).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["results"][0]["remediationRequestNamespace"], "kubernaut-system");
+}
