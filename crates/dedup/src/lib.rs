@@ -1,11 +1,11 @@
 //! The dedup service: tells a new incident from a repeat of an open one.
 //!
 //! # Layout
-//! - [`window`]: the pure decision, `DedupWindow::decide(record, status, now)`.
-//! - [`store`]: [`DedupStore`], batch-shaped, with [`MemoryDedupStore`] (the embedded
+//! - [`window`] — the pure decision, `DedupWindow::decide(record, status, now)`.
+//! - [`store`] — [`DedupStore`], batch-shaped, with [`MemoryDedupStore`] (the embedded
 //!   default) and [`RedisDedupStore`] (one Lua script per batch, fixed-size records).
-//! - [`grpc`]: [`DedupGrpc`], the thin `breakwater.v1.DedupService` face.
-//! - [`config`]: [`DedupConfig`].
+//! - [`grpc`] — [`DedupGrpc`], the thin `breakwater.v1.DedupService` face.
+//! - [`config`] — [`DedupConfig`].
 //!
 //! Entry point: [`run`].
 

@@ -3,13 +3,13 @@
 //! crd-writer.
 //!
 //! # Layout
-//! - [`router`]: `fn router(state) -> Router`, the handlers and the response body.
-//! - [`layers`]: the middleware stack, one `ServiceBuilder`.
-//! - [`error`]: [`EdgeError`], every HTTP error as RFC 7807.
-//! - [`adapters`]: payload → signals (Prometheus webhook v4, Kubernetes events).
-//! - [`pipeline`]: the tower stages calling the components over gRPC.
-//! - [`health`]: `/readyz`.
-//! - [`config`]: [`EdgeConfig`].
+//! - [`router`] — `fn router(state) -> Router`, the handlers and the response body.
+//! - [`layers`] — the middleware stack, one `ServiceBuilder`.
+//! - [`error`] — [`EdgeError`], every HTTP error as RFC 7807.
+//! - [`adapters`] — payload → signals (Prometheus webhook v4, Kubernetes events).
+//! - [`pipeline`] — the tower stages calling the components over gRPC.
+//! - [`health`] — `/readyz`.
+//! - [`config`] — [`EdgeConfig`].
 //!
 //! Entry point: [`run`].
 

@@ -1,10 +1,10 @@
 //! The Redis keyspace discipline every stateful Breakwater service follows.
 //!
 //! # Layout
-//! - [`config`]: where Redis is, which key root and budget a service uses.
-//! - [`error`]: [`KeyspaceError`] tells OOM, unavailable, timeout, permission and
+//! - [`config`] — where Redis is, which key root and budget a service uses.
+//! - [`error`] — [`KeyspaceError`] tells OOM, unavailable, timeout, permission and
 //!   script faults apart, so each service can apply the degradation table.
-//! - [`Keyspace`]: a pool plus the service's key prefix. The only way to change
+//! - [`Keyspace`] — a pool plus the service's key prefix. The only way to change
 //!   data is [`Keyspace::run`] with a registered [`Script`] and a [`Ttl`]: the API
 //!   cannot express a write without an expiry.
 
@@ -27,7 +27,8 @@ pub struct Script {
 }
 
 impl Script {
-    /// `source` must apply `ARGV[1]` (milliseconds) as the TTL of every key it writes.
+    /// `source` must give every key it writes a TTL: `ARGV[1]` (milliseconds),
+    /// or one it computes that is never longer than `ARGV[1]`.
     pub fn new(name: &'static str, source: &str) -> Self {
         Self { name, script: redis::Script::new(source) }
     }

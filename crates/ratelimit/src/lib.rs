@@ -1,13 +1,13 @@
 //! The ratelimit service: may this sender push these signals now?
 //!
 //! # Layout
-//! - [`limiter`]: the pure decision, `TokenBucket::decide(bucket, signals, now)`: a token
+//! - [`limiter`] — the pure decision, `TokenBucket::decide(bucket, signals, now)`: a token
 //!   bucket per sender that admits or refuses a webhook whole.
-//! - [`store`]: [`RateLimitStore`], with [`MemoryRateLimitStore`] (the embedded default)
+//! - [`store`] — [`RateLimitStore`], with [`MemoryRateLimitStore`] (the embedded default)
 //!   and [`RedisRateLimitStore`] (one Lua script, one round trip per webhook, a small
 //!   string per sender that expires once its bucket is full again).
-//! - [`grpc`]: [`RateLimitGrpc`], the thin `breakwater.v1.RateLimitService` face.
-//! - [`config`]: [`RateLimitConfig`], with a documented default on every knob.
+//! - [`grpc`] — [`RateLimitGrpc`], the thin `breakwater.v1.RateLimitService` face.
+//! - [`config`] — [`RateLimitConfig`], with a documented default on every knob.
 //!
 //! Entry point: [`run`].
 

@@ -1,9 +1,9 @@
 //! What every Breakwater component agrees on about a signal.
 //!
 //! # Layout
-//! - [`clock`]: the one place that reads the wall clock; tests inject [`ManualClock`].
-//! - [`fingerprint`]: incident identity (reference spec §3.1) and its configurable variant.
-//! - [`names`]: deterministic, DNS-1123 RemediationRequest names from fingerprint and window,
+//! - [`clock`] — the one place that reads the wall clock; tests inject [`ManualClock`].
+//! - [`fingerprint`] — incident identity (reference spec §3.1) and its configurable variant.
+//! - [`names`] — deterministic, DNS-1123 RemediationRequest names from fingerprint and window,
 //!   so a retried create is idempotent and every duplicate knows its CR without a read.
 
 pub mod clock;

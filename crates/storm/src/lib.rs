@@ -1,12 +1,12 @@
 //! The storm service: folds bursts of similar new incidents into one storm CR.
 //!
 //! # Layout
-//! - [`detector`]: the pure decision, `StormRules::decide(window, listed, now)`.
-//! - [`store`]: [`StormStore`], batch-shaped, with [`MemoryStormStore`] and
+//! - [`detector`] — the pure decision, `StormRules::decide(window, listed, now)`.
+//! - [`store`] — [`StormStore`], batch-shaped, with [`MemoryStormStore`] and
 //!   [`RedisStormStore`] (one Lua script per batch; a constant-size window record
 //!   plus a capped resource set per (namespace, alertname)).
-//! - [`grpc`]: [`StormGrpc`], the thin `breakwater.v1.StormService` face.
-//! - [`config`]: [`StormConfig`].
+//! - [`grpc`] — [`StormGrpc`], the thin `breakwater.v1.StormService` face.
+//! - [`config`] — [`StormConfig`].
 //!
 //! Entry point: [`run`].
 

@@ -1,0 +1,104 @@
+//! Split mode: every component as its own `breakwater` process, the edge
+//! talking to them over loopback gRPC.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use breakwater_testkit::assert_eventually;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A `breakwater` subcommand running as a child process, killed on drop.
+struct Process {
+    child: Child,
+    addr: String,
+}
+
+impl Process {
+    /// Starts `breakwater <args>` and waits for its "listening on ADDR" line.
+    #[allow(clippy::expect_used)] // test harness: a failed start must fail the test loudly
+    async fn start(args: &[&str], env: &[(String, String)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater"))
+            .args(args)
+            .envs(env.iter().cloned())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the breakwater binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("breakwater {args:?} printed no listening line within 20 s"))
+            .expect("read stdout")
+            .unwrap_or_else(|| panic!("breakwater {args:?} exited before listening"));
+        let addr = line.rsplit(' ').next().expect("address at the end of the line").to_owned();
+        assert!(line.contains("listening on"), "unexpected first line {line:?}");
+        Self { child, addr }
+    }
+}
+
+#[allow(clippy::expect_used)] // test helper: a broken answer must fail the test loudly
+async fn post(client: &reqwest::Client, edge: &str, body: &Value) -> (u16, Value) {
+    let response = client
+        .post(format!("http://{edge}/api/v1/signals/prometheus"))
+        .json(body)
+        .send()
+        .await
+        .expect("edge answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+fn read_cr(dir: &std::path::Path, ns: &str, name: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(ns).join(format!("{name}.yaml"))).ok()?;
+    serde_saphyr::from_str(&text).ok()
+}
+
+#[tokio::test]
+async fn each_component_in_its_own_process() {
+    let dir = tempfile::tempdir().expect("temporary sink directory");
+    let sink = dir.path().to_str().expect("utf-8 path").to_owned();
+    let fast_flush = vec![("BREAKWATER_CRD_WRITER__FLUSH_INTERVAL_MS".to_owned(), "50".to_owned())];
+    let ratelimit = Process::start(&["ratelimit", "--listen", "127.0.0.1:0"], &[]).await;
+    let dedup = Process::start(&["dedup", "--listen", "127.0.0.1:0"], &[]).await;
+    let mut storm = Process::start(&["storm", "--listen", "127.0.0.1:0"], &[]).await;
+    let crd_writer = Process::start(&["crd-writer", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &fast_flush).await;
+    let url = |p: &Process| format!("http://{}", p.addr);
+    let edge_env = vec![
+        ("BREAKWATER_EDGE__COMPONENTS__RATELIMIT".to_owned(), url(&ratelimit)),
+        ("BREAKWATER_EDGE__COMPONENTS__DEDUP".to_owned(), url(&dedup)),
+        ("BREAKWATER_EDGE__COMPONENTS__STORM".to_owned(), url(&storm)),
+        ("BREAKWATER_EDGE__COMPONENTS__CRD_WRITER".to_owned(), url(&crd_writer)),
+    ];
+    let edge = Process::start(&["edge", "--listen", "127.0.0.1:0"], &edge_env).await;
+    let client = reqwest::Client::new();
+
+    let ready: Value = client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz").json().await.expect("json");
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    let alert = json!({"alerts": [{"status": "firing", "labels": {"alertname": "HighMemory", "namespace": "prod", "pod": "api-1"}}]});
+    let (status, first) = post(&client, &edge.addr, &alert).await;
+    assert_eq!(status, 201, "{first}");
+    let name = first["results"][0]["remediationRequestName"].as_str().expect("CR name").to_owned();
+    let (status, second) = post(&client, &edge.addr, &alert).await;
+    assert_eq!(status, 202, "{second}");
+    assert_eq!(second["results"][0]["occurrenceCount"], 2);
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { read_cr(dir.path(), "prod", &name).is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == 2) },
+        "CR {name} counts 2 occurrences"
+    );
+
+    // A component process dying degrades its feature only: storm gone, alerts still land.
+    storm.child.kill().await.expect("kill storm");
+    let other = json!({"alerts": [{"status": "firing", "labels": {"alertname": "DiskFull", "namespace": "prod", "pod": "db-0"}}]});
+    let (status, answer) = post(&client, &edge.addr, &other).await;
+    assert_eq!(status, 201, "{answer}");
+    let ready: Value = client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz").json().await.expect("json");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert!(ready["components"]["storm"].as_str().is_some_and(|s| s.starts_with("unreachable")), "{ready}");
+}
