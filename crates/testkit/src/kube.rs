@@ -1,0 +1,784 @@
+//! A fake Kubernetes API server for namespaced custom resources, driven by a real
+//! `kube::Client` over plain HTTP on loopback.
+//!
+//! It implements what the API server does for a CRD with the `status` subresource enabled:
+//! create, get, list (namespaced and cluster-wide, with label and field selectors), replace,
+//! JSON merge patch, delete, and get/replace/patch on `/status`. Objects are stored as JSON and
+//! keyed by (group, plural, namespace, name); the version in the path is not checked against
+//! a schema. Errors are `Status` objects with the codes, reasons and messages of a real server.
+//!
+//! Deliberately not supported (the request fails loudly instead): watches (405), server-side
+//! apply, strategic merge and JSON patch (415), cluster-scoped resources, core (`/api/v1`)
+//! resources and discovery beyond `/version` (404). Finalizers are stored but not honoured:
+//! DELETE removes the object at once.
+
+mod merge_patch;
+mod selector;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use serde_json::{Map, Value, json};
+use tokio::task::JoinHandle;
+
+use self::merge_patch::merge_patch;
+use self::selector::{FieldSelector, LabelSelector};
+
+/// What a request did, as the API server's audit log would name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// GET of one object (or its `/status`).
+    Get,
+    /// GET of a collection.
+    List,
+    /// GET of a collection with `watch=true` (rejected with 405).
+    Watch,
+    /// POST to a collection.
+    Create,
+    /// PUT of one object (or its `/status`).
+    Replace,
+    /// PATCH of one object (or its `/status`).
+    Patch,
+    /// DELETE of one object.
+    Delete,
+    /// Anything else: `/version`, unknown paths, unsupported methods.
+    Other,
+}
+
+/// A fault to inject with [`FakeApiServer::inject`] or [`FakeApiServer::inject_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status and a `Status` body (reason `TooManyRequests` for 429,
+    /// `InternalError` for 500, `ServiceUnavailable` for 503, `Timeout` for 504). With
+    /// `retry_after_secs`, the answer also carries a `Retry-After` header and
+    /// `details.retryAfterSeconds`, as the API server's priority-and-fairness 429s do.
+    Status {
+        /// HTTP status code.
+        code: u16,
+        /// Seconds the client should wait before retrying.
+        retry_after_secs: Option<u32>,
+    },
+    /// Delay the request by this long, then serve it normally (or with a status fault that
+    /// also matches).
+    Latency(Duration),
+}
+
+/// One entry of [`FakeApiServer::request_log`]: verb, path (without query) and status code.
+pub type LoggedRequest = (Verb, String, u16);
+
+#[derive(Debug)]
+struct FaultRule {
+    verb: Option<Verb>,
+    fault: Fault,
+    remaining: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ObjectKey {
+    group: String,
+    plural: String,
+    namespace: String,
+    name: String,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    objects: BTreeMap<ObjectKey, Value>,
+    /// Kind per (group, plural), learnt from creates, for list kinds.
+    kinds: HashMap<(String, String), String>,
+    /// The global resourceVersion counter, like etcd's revision.
+    revision: u64,
+    missing_namespaces: HashSet<String>,
+    faults: Vec<FaultRule>,
+    log: Vec<LoggedRequest>,
+}
+
+/// A fake Kubernetes API server on `127.0.0.1:0` (plain HTTP); stops on `Drop`.
+///
+/// Every namespace exists unless marked with
+/// [`set_missing_namespace`](Self::set_missing_namespace).
+pub struct FakeApiServer {
+    addr: SocketAddr,
+    store: Arc<Mutex<Store>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeApiServer {
+    /// Starts a fake API server with no objects.
+    ///
+    /// # Panics
+    ///
+    /// Panics when it cannot bind a loopback port.
+    pub async fn start() -> Self {
+        let listener = match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
+            Ok(listener) => listener,
+            Err(err) => panic!("fake API server cannot bind 127.0.0.1:0: {err}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(addr) => addr,
+            Err(err) => panic!("fake API server has no local address: {err}"),
+        };
+        let store = Arc::new(Mutex::new(Store { revision: 1000, ..Store::default() }));
+        let app = Router::new().fallback(handle).with_state(Arc::clone(&store));
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::error!(cause = %err, "fake API server stopped");
+            }
+        });
+        Self { addr, store, task }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A real `kube::Client` for this server, configured like production (`Config::new`):
+    /// default namespace `default` and kube's default retry of 429/503/504 responses, which
+    /// honours `Retry-After`. Must be called inside a tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Panics when kube cannot build a client from the config.
+    pub fn client(&self) -> ::kube::Client {
+        self.build_client(true)
+    }
+
+    /// Like [`client`](Self::client) but without kube's automatic retries, so an injected
+    /// 429/503/504 surfaces as `kube::Error::Api` on the first attempt.
+    ///
+    /// # Panics
+    ///
+    /// Panics when kube cannot build a client from the config.
+    pub fn client_without_retry(&self) -> ::kube::Client {
+        self.build_client(false)
+    }
+
+    fn build_client(&self, default_retry: bool) -> ::kube::Client {
+        let uri: Uri = match self.url().parse() {
+            Ok(uri) => uri,
+            Err(err) => panic!("fake API server URL {} is not a URI: {err}", self.url()),
+        };
+        let mut config = ::kube::Config::new(uri);
+        "default".clone_into(&mut config.default_namespace);
+        config.default_retry = default_retry;
+        match ::kube::Client::try_from(config) {
+            Ok(client) => client,
+            Err(err) => panic!("cannot build a kube::Client for the fake API server: {err}"),
+        }
+    }
+
+    /// Makes creates in `namespace` fail with 404 `namespaces "NAMESPACE" not found`.
+    pub fn set_missing_namespace(&self, namespace: &str) {
+        self.lock().missing_namespaces.insert(namespace.to_owned());
+    }
+
+    /// Applies `fault` to the next `times` resource requests of any verb. Requests to
+    /// `/version` and unknown paths are never faulted.
+    pub fn inject(&self, fault: Fault, times: usize) {
+        self.lock().faults.push(FaultRule { verb: None, fault, remaining: times });
+    }
+
+    /// Applies `fault` to the next `times` requests with this verb.
+    pub fn inject_for(&self, verb: Verb, fault: Fault, times: usize) {
+        self.lock().faults.push(FaultRule { verb: Some(verb), fault, remaining: times });
+    }
+
+    /// Removes every pending fault.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Every stored object of this plural (any group), ordered by namespace and name.
+    pub fn objects(&self, plural: &str) -> Vec<Value> {
+        let store = self.lock();
+        store.objects.iter().filter(|(key, _)| key.plural == plural).map(|(_, object)| object.clone()).collect()
+    }
+
+    /// One stored object of this plural (any group).
+    pub fn get(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let store = self.lock();
+        store
+            .objects
+            .iter()
+            .find(|(key, _)| key.plural == plural && key.namespace == namespace && key.name == name)
+            .map(|(_, object)| object.clone())
+    }
+
+    /// Every request so far, in arrival order of completion, faulted ones included.
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.lock().log.clone()
+    }
+
+    /// How many requests with this verb were served, faulted ones included.
+    pub fn count(&self, verb: Verb) -> usize {
+        self.lock().log.iter().filter(|(logged, _, _)| *logged == verb).count()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Where a request path points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Version,
+    /// `/apis/{group}/{version}/namespaces/{ns}/{plural}`, or without `namespaces/{ns}` for a
+    /// cluster-wide list.
+    Collection {
+        group: String,
+        version: String,
+        namespace: Option<String>,
+        plural: String,
+    },
+    /// `/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}[/status]`.
+    Object {
+        key: ObjectKey,
+        version: String,
+        status: bool,
+    },
+    Unknown,
+}
+
+fn parse_target(path: &str) -> Target {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let owned = |s: &str| s.to_owned();
+    match segments.as_slice() {
+        ["version"] => Target::Version,
+        ["apis", group, version, plural] => {
+            Target::Collection { group: owned(group), version: owned(version), namespace: None, plural: owned(plural) }
+        }
+        ["apis", group, version, "namespaces", namespace, plural] => Target::Collection {
+            group: owned(group),
+            version: owned(version),
+            namespace: Some(owned(namespace)),
+            plural: owned(plural),
+        },
+        ["apis", group, version, "namespaces", namespace, plural, name, rest @ ..]
+            if rest.is_empty() || rest == ["status"] =>
+        {
+            Target::Object {
+                key: ObjectKey {
+                    group: owned(group),
+                    plural: owned(plural),
+                    namespace: owned(namespace),
+                    name: owned(name),
+                },
+                version: owned(version),
+                status: !rest.is_empty(),
+            }
+        }
+        _ => Target::Unknown,
+    }
+}
+
+fn verb_for(method: &Method, target: &Target, query: &HashMap<String, String>) -> Verb {
+    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    match (target, method) {
+        (Target::Collection { .. }, &Method::GET) if watch => Verb::Watch,
+        (Target::Collection { .. }, &Method::GET) => Verb::List,
+        (Target::Collection { namespace: Some(_), .. }, &Method::POST) => Verb::Create,
+        (Target::Object { .. }, &Method::GET) => Verb::Get,
+        (Target::Object { .. }, &Method::PUT) => Verb::Replace,
+        (Target::Object { .. }, &Method::PATCH) => Verb::Patch,
+        (Target::Object { status: false, .. }, &Method::DELETE) => Verb::Delete,
+        _ => Verb::Other,
+    }
+}
+
+/// An answer: status code, JSON body and an optional `Retry-After`.
+#[derive(Debug)]
+struct Reply {
+    code: StatusCode,
+    body: Value,
+    retry_after: Option<u32>,
+}
+
+impl Reply {
+    fn ok(code: StatusCode, body: Value) -> Self {
+        Self { code, body, retry_after: None }
+    }
+
+    /// A failure `Status` object, shaped like the API server's.
+    fn failure(code: u16, message: String, details: Option<Value>) -> Self {
+        let mut body = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason_for(code),
+            "code": code,
+        });
+        if let Some(details) = details {
+            body["details"] = details;
+        }
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self { code, body, retry_after: None }
+    }
+
+    fn bad_request(message: String) -> Self {
+        Self::failure(400, message, None)
+    }
+
+    fn not_found(key: &ObjectKey) -> Self {
+        Self::failure(404, format!("{}.{} {:?} not found", key.plural, key.group, key.name), Some(object_details(key)))
+    }
+
+    fn conflict(key: &ObjectKey) -> Self {
+        Self::failure(
+            409,
+            format!(
+                "Operation cannot be fulfilled on {}.{} {:?}: the object has been modified; \
+                 please apply your changes to the latest version and try again",
+                key.plural, key.group, key.name
+            ),
+            Some(object_details(key)),
+        )
+    }
+
+    /// 409 with reason `AlreadyExists`, which a create conflict has instead of `Conflict`.
+    fn already_exists(key: &ObjectKey) -> Self {
+        let mut reply = Self::failure(
+            409,
+            format!("{}.{} {:?} already exists", key.plural, key.group, key.name),
+            Some(object_details(key)),
+        );
+        reply.body["reason"] = json!("AlreadyExists");
+        reply
+    }
+
+    fn method_not_allowed(message: &str) -> Self {
+        Self::failure(405, message.to_owned(), None)
+    }
+
+    fn injected(code: u16, retry_after: Option<u32>) -> Self {
+        let message = match code {
+            429 => "Too many requests, please try again later.".to_owned(),
+            500 => "Internal error occurred: injected by the testkit fake API server".to_owned(),
+            503 => "the server is currently unable to handle the request".to_owned(),
+            504 => "the server was unable to return a response in the time allotted, but may still \
+                    be processing the request"
+                .to_owned(),
+            _ => format!("injected fault with status {code}"),
+        };
+        let details = retry_after.map(|secs| json!({ "retryAfterSeconds": secs }));
+        Self { retry_after, ..Self::failure(code, message, details) }
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let mut response = (self.code, axum::Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+fn reason_for(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "Conflict",
+        410 => "Expired",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "",
+    }
+}
+
+fn object_details(key: &ObjectKey) -> Value {
+    json!({ "name": key.name, "group": key.group, "kind": key.plural })
+}
+
+async fn handle(
+    State(store): State<Arc<Mutex<Store>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let path = uri.path().to_owned();
+    let target = parse_target(&path);
+    let lock = || store.lock().unwrap_or_else(PoisonError::into_inner);
+    let query = match Query::<HashMap<String, String>>::try_from_uri(&uri) {
+        Ok(Query(query)) => query,
+        Err(err) => {
+            let reply = Reply::bad_request(format!("invalid query string: {err}"));
+            lock().log.push((Verb::Other, path, reply.code.as_u16()));
+            return reply;
+        }
+    };
+    let verb = verb_for(&method, &target, &query);
+
+    if verb != Verb::Other {
+        let (latency, status) = lock().take_faults(verb);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if let Some(reply) = status {
+            lock().log.push((verb, path, reply.code.as_u16()));
+            return reply;
+        }
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut store = lock();
+    let reply = store.serve(verb, target, &query, content_type, &body);
+    store.log.push((verb, path, reply.code.as_u16()));
+    reply
+}
+
+impl Store {
+    /// Consumes matching faults: the summed latency, and the first matching status fault.
+    fn take_faults(&mut self, verb: Verb) -> (Duration, Option<Reply>) {
+        let mut latency = Duration::ZERO;
+        let mut status = None;
+        for rule in &mut self.faults {
+            if rule.remaining == 0 || rule.verb.is_some_and(|only| only != verb) {
+                continue;
+            }
+            match rule.fault {
+                Fault::Latency(delay) => latency += delay,
+                Fault::Status { code, retry_after_secs } if status.is_none() => {
+                    status = Some(Reply::injected(code, retry_after_secs));
+                }
+                Fault::Status { .. } => continue,
+            }
+            rule.remaining -= 1;
+        }
+        self.faults.retain(|rule| rule.remaining > 0);
+        (latency, status)
+    }
+
+    fn serve(
+        &mut self,
+        verb: Verb,
+        target: Target,
+        query: &HashMap<String, String>,
+        content_type: &str,
+        body: &[u8],
+    ) -> Reply {
+        match (verb, target) {
+            (Verb::Other, Target::Version) => Reply::ok(StatusCode::OK, version_info()),
+            (Verb::Other, Target::Unknown) => Reply::failure(
+                404,
+                "the server could not find the requested resource (the testkit fake API server \
+                 serves only /version and namespaced custom resources under /apis)"
+                    .to_owned(),
+                None,
+            ),
+            (Verb::Watch, _) => {
+                Reply::method_not_allowed("watch is not supported by the testkit fake API server; use get or list")
+            }
+            (Verb::List, Target::Collection { group, version, namespace, plural }) => {
+                self.list(&group, &version, namespace.as_deref(), &plural, query)
+            }
+            (Verb::Create, Target::Collection { group, version, namespace: Some(namespace), plural }) => {
+                let key = ObjectKey { group, plural, namespace, name: String::new() };
+                self.create(key, &version, body)
+            }
+            (Verb::Get, Target::Object { key, .. }) => match self.objects.get(&key) {
+                Some(object) => Reply::ok(StatusCode::OK, object.clone()),
+                None => Reply::not_found(&key),
+            },
+            (Verb::Replace, Target::Object { key, status, .. }) => self.replace(&key, status, body),
+            (Verb::Patch, Target::Object { key, status, .. }) => self.patch(&key, status, content_type, body),
+            (Verb::Delete, Target::Object { key, .. }) => match self.objects.remove(&key) {
+                Some(object) => Reply::ok(StatusCode::OK, object),
+                None => Reply::not_found(&key),
+            },
+            _ => Reply::method_not_allowed("the testkit fake API server does not support this method here"),
+        }
+    }
+
+    fn list(
+        &self,
+        group: &str,
+        version: &str,
+        namespace: Option<&str>,
+        plural: &str,
+        query: &HashMap<String, String>,
+    ) -> Reply {
+        let labels = match LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str)) {
+            Ok(selector) => selector,
+            Err(err) => return Reply::bad_request(format!("unable to parse labelSelector: {err}")),
+        };
+        let fields = match FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str)) {
+            Ok(selector) => selector,
+            Err(err) => return Reply::bad_request(err),
+        };
+        let items: Vec<Value> = self
+            .objects
+            .iter()
+            .filter(|(key, _)| key.group == group && key.plural == plural)
+            .filter(|(key, _)| namespace.is_none_or(|ns| key.namespace == ns))
+            .filter(|(key, _)| fields.matches(&key.name, &key.namespace))
+            .filter(|(_, object)| labels.matches(&labels_of(object)))
+            .map(|(_, object)| object.clone())
+            .collect();
+        let kind =
+            self.kinds.get(&(group.to_owned(), plural.to_owned())).cloned().unwrap_or_else(|| guess_kind(plural));
+        Reply::ok(
+            StatusCode::OK,
+            json!({
+                "apiVersion": format!("{group}/{version}"),
+                "kind": format!("{kind}List"),
+                "metadata": { "resourceVersion": self.revision.to_string() },
+                "items": items,
+            }),
+        )
+    }
+
+    fn create(&mut self, mut key: ObjectKey, version: &str, body: &[u8]) -> Reply {
+        if self.missing_namespaces.contains(&key.namespace) {
+            return Reply::failure(
+                404,
+                format!("namespaces {:?} not found", key.namespace),
+                Some(json!({ "name": key.namespace, "kind": "namespaces" })),
+            );
+        }
+        let mut object = match parse_object(body) {
+            Ok(object) => object,
+            Err(reply) => return reply,
+        };
+        let expected_api_version = format!("{}/{version}", key.group);
+        if object["apiVersion"] != expected_api_version.as_str() {
+            return Reply::bad_request(format!(
+                "the API version in the data ({}) does not match the expected API version ({expected_api_version})",
+                object["apiVersion"]
+            ));
+        }
+        let Some(kind) = object["kind"].as_str().filter(|kind| !kind.is_empty()).map(str::to_owned) else {
+            return Reply::bad_request("Object 'Kind' is missing in the request body".to_owned());
+        };
+        if !object["metadata"].is_object() {
+            object["metadata"] = json!({});
+        }
+        let metadata = &object["metadata"];
+        if metadata["namespace"].as_str().is_some_and(|ns| ns != key.namespace) {
+            return Reply::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request".to_owned(),
+            );
+        }
+        if metadata.get("resourceVersion").is_some_and(|rv| !rv.is_null()) {
+            return Reply::failure(500, "resourceVersion should not be set on objects to be created".to_owned(), None);
+        }
+        key.name = match (metadata["name"].as_str(), metadata["generateName"].as_str()) {
+            (Some(name), _) if !name.is_empty() => name.to_owned(),
+            (_, Some(prefix)) if !prefix.is_empty() => {
+                format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..5])
+            }
+            _ => {
+                return Reply::failure(
+                    422,
+                    format!(
+                        "{kind}.{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+                        key.group
+                    ),
+                    Some(json!({ "group": key.group, "kind": kind })),
+                );
+            }
+        };
+        if self.objects.contains_key(&key) {
+            return Reply::already_exists(&key);
+        }
+        // With the status subresource enabled, the API server drops `.status` on create.
+        if let Some(fields) = object.as_object_mut() {
+            fields.remove("status");
+        }
+        self.revision += 1;
+        let metadata = &mut object["metadata"];
+        metadata["name"] = json!(key.name);
+        metadata["namespace"] = json!(key.namespace);
+        metadata["uid"] = json!(uuid::Uuid::new_v4().to_string());
+        metadata["resourceVersion"] = json!(self.revision.to_string());
+        metadata["generation"] = json!(1);
+        metadata["creationTimestamp"] = json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        self.kinds.insert((key.group.clone(), key.plural.clone()), kind);
+        self.objects.insert(key, object.clone());
+        Reply::ok(StatusCode::CREATED, object)
+    }
+
+    fn replace(&mut self, key: &ObjectKey, status: bool, body: &[u8]) -> Reply {
+        let Some(stored) = self.objects.get(key).cloned() else {
+            return Reply::not_found(key);
+        };
+        let candidate = match parse_object(body) {
+            Ok(candidate) => candidate,
+            Err(reply) => return reply,
+        };
+        if let Some(name) = candidate["metadata"]["name"].as_str()
+            && name != key.name
+        {
+            return Reply::bad_request(format!(
+                "the name of the object ({name}) does not match the name on the URL ({})",
+                key.name
+            ));
+        }
+        match candidate["metadata"]["resourceVersion"].as_str() {
+            // Custom resources do not allow unconditional updates.
+            None | Some("") => Reply::failure(
+                422,
+                format!(
+                    "{}.{} {:?} is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+                    key.plural, key.group, key.name
+                ),
+                Some(object_details(key)),
+            ),
+            Some(rv) if rv != resource_version_of(&stored) => Reply::conflict(key),
+            Some(_) => self.commit(key, &stored, candidate, status),
+        }
+    }
+
+    fn patch(&mut self, key: &ObjectKey, status: bool, content_type: &str, body: &[u8]) -> Reply {
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if media_type != "application/merge-patch+json" {
+            return Reply::failure(
+                415,
+                format!(
+                    "the body of the request was in an unknown format ({media_type}) - accepted media types \
+                     include: application/merge-patch+json (the testkit fake API server supports only \
+                     JSON merge patch)"
+                ),
+                None,
+            );
+        }
+        let Some(stored) = self.objects.get(key).cloned() else {
+            return Reply::not_found(key);
+        };
+        let patch = match parse_object(body) {
+            Ok(patch) => patch,
+            Err(reply) => return reply,
+        };
+        if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
+            && rv != resource_version_of(&stored)
+        {
+            return Reply::conflict(key);
+        }
+        let mut candidate = stored.clone();
+        merge_patch(&mut candidate, &patch);
+        self.commit(key, &stored, candidate, status)
+    }
+
+    /// Stores an update the way the API server does for a CRD with a status subresource: the
+    /// main resource ignores `.status`, `/status` changes only `.status`, server-owned metadata
+    /// is kept, `generation` counts spec changes, and a no-op keeps the resourceVersion.
+    fn commit(&mut self, key: &ObjectKey, stored: &Value, candidate: Value, status: bool) -> Reply {
+        let mut next = if status {
+            let mut next = stored.clone();
+            set_or_remove(&mut next, "status", candidate.get("status"));
+            next
+        } else {
+            let mut next = candidate;
+            set_or_remove(&mut next, "status", stored.get("status"));
+            next
+        };
+        for field in ["apiVersion", "kind"] {
+            set_or_remove(&mut next, field, stored.get(field));
+        }
+        if !next["metadata"].is_object() {
+            next["metadata"] = json!({});
+        }
+        for field in ["name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"] {
+            set_or_remove(&mut next["metadata"], field, stored["metadata"].get(field));
+        }
+        if next == *stored {
+            return Reply::ok(StatusCode::OK, next);
+        }
+        if without_metadata_and_status(&next) != without_metadata_and_status(stored) {
+            let generation = stored["metadata"]["generation"].as_i64().unwrap_or(0);
+            next["metadata"]["generation"] = json!(generation + 1);
+        }
+        self.revision += 1;
+        next["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+        self.objects.insert(key.clone(), next.clone());
+        Reply::ok(StatusCode::OK, next)
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Value, Reply> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(object @ Value::Object(_)) => Ok(object),
+        Ok(other) => Err(Reply::bad_request(format!("expected a JSON object, got {other}"))),
+        Err(err) => Err(Reply::bad_request(format!("the request body is not valid JSON: {err}"))),
+    }
+}
+
+fn set_or_remove(object: &mut Value, field: &str, value: Option<&Value>) {
+    let Some(fields) = object.as_object_mut() else {
+        return;
+    };
+    match value {
+        Some(value) if !value.is_null() => {
+            fields.insert(field.to_owned(), value.clone());
+        }
+        _ => {
+            fields.remove(field);
+        }
+    }
+}
+
+fn without_metadata_and_status(object: &Value) -> Map<String, Value> {
+    let mut fields = object.as_object().cloned().unwrap_or_default();
+    fields.remove("metadata");
+    fields.remove("status");
+    fields
+}
+
+fn resource_version_of(object: &Value) -> &str {
+    object["metadata"]["resourceVersion"].as_str().unwrap_or("")
+}
+
+fn labels_of(object: &Value) -> BTreeMap<String, String> {
+    object["metadata"]["labels"]
+        .as_object()
+        .map(|labels| labels.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default()
+}
+
+/// A kind for a plural never created (so never seen): `widgets` → `Widget`.
+fn guess_kind(plural: &str) -> String {
+    let singular = plural.strip_suffix('s').unwrap_or(plural);
+    let mut chars = singular.chars();
+    chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+}
+
+fn version_info() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": "v1.33.0-breakwater-testkit",
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2025-01-01T00:00:00Z",
+        "goVersion": "go1.24.0",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+#[cfg(test)]
+mod tests;

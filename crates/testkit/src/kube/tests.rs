@@ -1,0 +1,386 @@
+use std::time::{Duration, Instant};
+
+use ::kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use ::kube::core::Status;
+use ::kube::{CustomResource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{FakeApiServer, Fault, Verb};
+
+const GROUP: &str = "remediation.kubernaut.io";
+const PLURAL: &str = "remediationrequests";
+
+fn resource() -> ApiResource {
+    ApiResource {
+        group: GROUP.into(),
+        version: "v1alpha1".into(),
+        api_version: format!("{GROUP}/v1alpha1"),
+        kind: "RemediationRequest".into(),
+        plural: PLURAL.into(),
+    }
+}
+
+fn api(fake: &FakeApiServer, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(fake.client(), namespace, &resource())
+}
+
+fn request(name: &str, labels: &[(&str, &str)]) -> DynamicObject {
+    let mut object = DynamicObject::new(name, &resource()).data(json!({
+        "spec": { "signalFingerprint": format!("fp-{name}"), "severity": "critical" },
+        "status": { "phase": "ignored-on-create" },
+    }));
+    object.metadata.labels = Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+    object
+}
+
+/// The `Status` inside a `kube::Error::Api`, or a panic naming what came back instead.
+fn api_status<T: std::fmt::Debug>(result: Result<T, ::kube::Error>) -> Status {
+    match result {
+        Err(::kube::Error::Api(status)) => *status,
+        other => panic!("expected kube::Error::Api, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_fills_server_fields_and_a_second_create_is_already_exists() {
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "prod");
+    let created = api.create(&PostParams::default(), &request("rr-1", &[])).await.expect("create");
+    assert_eq!(created.metadata.namespace.as_deref(), Some("prod"));
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(created.metadata.uid.as_deref().is_some_and(|uid| uid.len() == 36));
+    assert!(created.metadata.resource_version.as_deref().is_some_and(|rv| rv.parse::<u64>().is_ok()));
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.data["spec"]["signalFingerprint"], "fp-rr-1");
+    assert!(created.data.get("status").is_none(), "status is dropped on create: {:?}", created.data);
+    assert_eq!(fake.log_statuses(), [(Verb::Create, 201)]);
+
+    let status = api_status(api.create(&PostParams::default(), &request("rr-1", &[])).await);
+    assert_eq!(status.code, 409);
+    assert_eq!(status.reason, "AlreadyExists");
+    assert_eq!(status.message, r#"remediationrequests.remediation.kubernaut.io "rr-1" already exists"#);
+    let details = status.details.expect("details");
+    assert_eq!((details.name.as_str(), details.group.as_str(), details.kind.as_str()), ("rr-1", GROUP, PLURAL));
+    assert_eq!(fake.objects(PLURAL).len(), 1);
+}
+
+#[tokio::test]
+async fn already_exists_has_the_api_server_wire_format() {
+    let fake = FakeApiServer::start().await;
+    let url = format!("{}/apis/{GROUP}/v1alpha1/namespaces/default/{PLURAL}", fake.url());
+    let body =
+        json!({ "apiVersion": format!("{GROUP}/v1alpha1"), "kind": "RemediationRequest", "metadata": { "name": "x" } });
+    let http = reqwest::Client::new();
+    let first = http.post(&url).json(&body).send().await.expect("first POST");
+    assert_eq!(first.status(), 201);
+    let second = http.post(&url).json(&body).send().await.expect("second POST");
+    assert_eq!(second.status(), 409);
+    assert_eq!(second.headers()["content-type"], "application/json");
+    let status: Value = second.json().await.expect("Status body");
+    assert_eq!(
+        status,
+        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+               "message":"remediationrequests.remediation.kubernaut.io \"x\" already exists",
+               "reason":"AlreadyExists",
+               "details":{"name":"x","group":"remediation.kubernaut.io","kind":"remediationrequests"},
+               "code":409})
+    );
+}
+
+#[tokio::test]
+async fn get_returns_the_object_or_not_found() {
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    let created = api.create(&PostParams::default(), &request("rr-get", &[])).await.expect("create");
+    let fetched = api.get("rr-get").await.expect("get");
+    assert_eq!(fetched.metadata.uid, created.metadata.uid);
+    assert_eq!(fake.get(PLURAL, "default", "rr-get").expect("stored")["spec"]["severity"], "critical");
+
+    let status = api_status(api.get("nope").await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(status.message, r#"remediationrequests.remediation.kubernaut.io "nope" not found"#);
+    assert!(api.get_opt("nope").await.expect("get_opt maps 404 to None").is_none());
+    assert_eq!(fake.count(Verb::Get), 3);
+}
+
+#[tokio::test]
+async fn list_filters_by_namespace_and_label_selector() {
+    let fake = FakeApiServer::start().await;
+    let prod = api(&fake, "prod");
+    let staging = api(&fake, "staging");
+    let pp = PostParams::default();
+    prod.create(&pp, &request("a", &[("app", "web"), ("tier", "front")])).await.expect("create a");
+    prod.create(&pp, &request("b", &[("app", "db")])).await.expect("create b");
+    staging.create(&pp, &request("c", &[("app", "web")])).await.expect("create c");
+
+    let names = |list: ::kube::core::ObjectList<DynamicObject>| {
+        list.items.iter().map(ResourceExt::name_any).collect::<Vec<_>>()
+    };
+    assert_eq!(names(prod.list(&ListParams::default()).await.expect("list")), ["a", "b"]);
+    assert_eq!(names(prod.list(&ListParams::default().labels("app=web")).await.expect("list")), ["a"]);
+    assert_eq!(names(prod.list(&ListParams::default().labels("app!=web")).await.expect("list")), ["b"]);
+    assert_eq!(names(prod.list(&ListParams::default().labels("!tier")).await.expect("list")), ["b"]);
+    assert_eq!(names(prod.list(&ListParams::default().fields("metadata.name=b")).await.expect("list")), ["b"]);
+
+    let all: Api<DynamicObject> = Api::all_with(fake.client(), &resource());
+    let everywhere = all.list(&ListParams::default().labels("app==web")).await.expect("cluster-wide list");
+    assert_eq!(names(everywhere.clone()), ["a", "c"]);
+    assert!(everywhere.metadata.resource_version.is_some());
+
+    let status = api_status(prod.list(&ListParams::default().labels("app in web")).await);
+    assert_eq!((status.code, status.reason.as_str()), (400, "BadRequest"));
+}
+
+#[tokio::test]
+async fn merge_patch_updates_spec_and_ignores_status_on_the_main_resource() {
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    let created = api.create(&PostParams::default(), &request("rr", &[])).await.expect("create");
+    let pp = PatchParams::default();
+
+    let patched = api
+        .patch(
+            "rr",
+            &pp,
+            &Patch::Merge(json!({
+                "metadata": { "labels": { "handled": "yes" } },
+                "spec": { "severity": "warning", "signalFingerprint": null },
+                "status": { "phase": "Sneaky" },
+            })),
+        )
+        .await
+        .expect("merge patch");
+    assert_eq!(patched.data["spec"], json!({ "severity": "warning" }));
+    assert!(patched.data.get("status").is_none(), "main resource must ignore status");
+    assert_eq!(patched.labels()["handled"], "yes");
+    assert_eq!(patched.metadata.generation, Some(2));
+    assert_eq!(patched.metadata.uid, created.metadata.uid);
+    assert_ne!(patched.metadata.resource_version, created.metadata.resource_version);
+
+    let with_status = api
+        .patch_status(
+            "rr",
+            &pp,
+            &Patch::Merge(
+                json!({ "status": { "phase": "Processing", "attempts": 1 }, "spec": { "severity": "ignored" } }),
+            ),
+        )
+        .await
+        .expect("status patch");
+    assert_eq!(with_status.data["status"], json!({ "phase": "Processing", "attempts": 1 }));
+    assert_eq!(with_status.data["spec"]["severity"], "warning", "/status must ignore spec");
+    assert_eq!(with_status.metadata.generation, Some(2), "status changes do not bump generation");
+    assert_ne!(with_status.metadata.resource_version, patched.metadata.resource_version);
+
+    let cleared = api
+        .patch_status("rr", &pp, &Patch::Merge(json!({ "status": { "attempts": null } })))
+        .await
+        .expect("status patch removing a field");
+    assert_eq!(cleared.data["status"], json!({ "phase": "Processing" }));
+
+    // A patch that changes nothing does not bump the resourceVersion, as on a real server.
+    let unchanged =
+        api.patch("rr", &pp, &Patch::Merge(json!({ "spec": { "severity": "warning" } }))).await.expect("no-op");
+    assert_eq!(unchanged.metadata.resource_version, cleared.metadata.resource_version);
+    assert_eq!(fake.get(PLURAL, "default", "rr").expect("stored")["status"]["phase"], "Processing");
+}
+
+#[tokio::test]
+async fn stale_resource_versions_conflict() {
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    let created = api.create(&PostParams::default(), &request("rr", &[])).await.expect("create");
+    let stale = created.resource_version().expect("resourceVersion");
+    api.patch("rr", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "severity": "info" } })))
+        .await
+        .expect("patch");
+
+    let status = api_status(
+        api.patch(
+            "rr",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "resourceVersion": stale }, "spec": { "severity": "x" } })),
+        )
+        .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert!(
+        status
+            .message
+            .starts_with(r#"Operation cannot be fulfilled on remediationrequests.remediation.kubernaut.io "rr""#),
+        "{}",
+        status.message
+    );
+
+    let status = api_status(api.replace("rr", &PostParams::default(), &created).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    let status = api_status(api.replace_status("rr", &PostParams::default(), &created).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+
+    // Custom resources do not allow unconditional updates.
+    let mut unconditional = created.clone();
+    unconditional.metadata.resource_version = None;
+    let status = api_status(api.replace("rr", &PostParams::default(), &unconditional).await);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+
+    let mut current = api.get("rr").await.expect("get");
+    current.data["spec"]["severity"] = json!("page");
+    let replaced = api.replace("rr", &PostParams::default(), &current).await.expect("replace at current version");
+    assert_eq!(replaced.data["spec"]["severity"], "page");
+    assert_eq!(replaced.metadata.generation, Some(3));
+}
+
+#[tokio::test]
+async fn missing_namespace_rejects_creates() {
+    let fake = FakeApiServer::start().await;
+    fake.set_missing_namespace("ghost");
+    let status = api_status(api(&fake, "ghost").create(&PostParams::default(), &request("rr", &[])).await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(status.message, r#"namespaces "ghost" not found"#);
+    assert_eq!(status.details.expect("details").kind, "namespaces");
+    api(&fake, "real").create(&PostParams::default(), &request("rr", &[])).await.expect("other namespaces exist");
+}
+
+#[tokio::test]
+async fn injected_429_surfaces_as_an_api_error_without_retries() {
+    let fake = FakeApiServer::start().await;
+    fake.inject_for(Verb::Create, Fault::Status { code: 429, retry_after_secs: Some(1) }, 1);
+    let api: Api<DynamicObject> = Api::namespaced_with(fake.client_without_retry(), "default", &resource());
+    let status = api_status(api.create(&PostParams::default(), &request("rr", &[])).await);
+    assert_eq!((status.code, status.reason.as_str()), (429, "TooManyRequests"));
+    assert_eq!(status.details.expect("details").retry_after_seconds, 1);
+    api.create(&PostParams::default(), &request("rr", &[])).await.expect("fault used up");
+    assert_eq!(fake.log_statuses(), [(Verb::Create, 429), (Verb::Create, 201)]);
+}
+
+#[tokio::test]
+async fn default_client_retries_429_and_503_but_not_500() {
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    fake.inject(Fault::Status { code: 429, retry_after_secs: None }, 1);
+    fake.inject(Fault::Status { code: 503, retry_after_secs: None }, 1);
+    api.create(&PostParams::default(), &request("rr", &[])).await.expect("kube retries 429 and 503");
+    assert_eq!(fake.log_statuses(), [(Verb::Create, 429), (Verb::Create, 503), (Verb::Create, 201)]);
+
+    fake.inject_for(Verb::Get, Fault::Status { code: 500, retry_after_secs: None }, 1);
+    let status = api_status(api.get("rr").await);
+    assert_eq!((status.code, status.reason.as_str()), (500, "InternalError"));
+}
+
+#[tokio::test]
+async fn retry_after_header_is_sent() {
+    let fake = FakeApiServer::start().await;
+    fake.inject(Fault::Status { code: 429, retry_after_secs: Some(7) }, 1);
+    let response = reqwest::Client::new()
+        .get(format!("{}/apis/{GROUP}/v1alpha1/namespaces/default/{PLURAL}", fake.url()))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+    let body: Value = response.json().await.expect("Status body");
+    assert_eq!(body["details"]["retryAfterSeconds"], 7);
+}
+
+#[tokio::test]
+async fn latency_fault_delays_only_matching_requests() {
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    api.create(&PostParams::default(), &request("rr", &[])).await.expect("create");
+    fake.inject_for(Verb::Get, Fault::Latency(Duration::from_millis(300)), 1);
+
+    let started = Instant::now();
+    api.list(&ListParams::default()).await.expect("list is not delayed");
+    let list_took = started.elapsed();
+    let started = Instant::now();
+    api.get("rr").await.expect("delayed get");
+    let get_took = started.elapsed();
+    assert!(get_took >= Duration::from_millis(300), "get took {get_took:?}");
+    assert!(list_took < Duration::from_millis(300), "list took {list_took:?}");
+    let started = Instant::now();
+    api.get("rr").await.expect("second get");
+    assert!(started.elapsed() < Duration::from_millis(300), "the fault applies once");
+}
+
+#[tokio::test]
+async fn delete_removes_the_object() {
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    api.create(&PostParams::default(), &request("rr", &[])).await.expect("create");
+    api.delete("rr", &DeleteParams::default()).await.expect("delete");
+    assert!(fake.objects(PLURAL).is_empty());
+    let status = api_status(api.delete("rr", &DeleteParams::default()).await);
+    assert_eq!(status.code, 404);
+}
+
+#[tokio::test]
+async fn unsupported_requests_fail_loudly() {
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    api.create(&PostParams::default(), &request("rr", &[])).await.expect("create");
+    let status = api_status(api.patch("rr", &PatchParams::default(), &Patch::Strategic(json!({ "spec": {} }))).await);
+    assert_eq!((status.code, status.reason.as_str()), (415, "UnsupportedMediaType"));
+    let status = api_status(api.patch("rr", &PatchParams::apply("test"), &Patch::Apply(json!({ "spec": {} }))).await);
+    assert_eq!(status.code, 415);
+
+    let http = reqwest::Client::new();
+    let watch = http
+        .get(format!("{}/apis/{GROUP}/v1alpha1/namespaces/default/{PLURAL}?watch=true", fake.url()))
+        .send()
+        .await
+        .expect("watch request");
+    assert_eq!(watch.status(), 405);
+    let core = http.get(format!("{}/api/v1/namespaces/default/pods", fake.url())).send().await.expect("core request");
+    assert_eq!(core.status(), 404);
+    assert_eq!(fake.count(Verb::Watch), 1);
+}
+
+#[tokio::test]
+async fn serves_version_for_the_client() {
+    let fake = FakeApiServer::start().await;
+    let info = fake.client().apiserver_version().await.expect("/version");
+    assert_eq!((info.major.as_str(), info.minor.as_str()), ("1", "33"));
+}
+
+/// A typed custom resource, as `breakwater-crd-writer` defines its own.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "remediation.kubernaut.io",
+    version = "v1alpha1",
+    kind = "RemediationRequest",
+    namespaced,
+    status = "RemediationRequestStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+struct RemediationRequestSpec {
+    signal_fingerprint: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct RemediationRequestStatus {
+    phase: String,
+}
+
+#[tokio::test]
+async fn typed_custom_resources_round_trip() {
+    let fake = FakeApiServer::start().await;
+    let api: Api<RemediationRequest> = Api::default_namespaced(fake.client());
+    let object = RemediationRequest::new("typed", RemediationRequestSpec { signal_fingerprint: "abc".into() });
+    api.create(&PostParams::default(), &object).await.expect("typed create");
+    let updated = api
+        .patch_status("typed", &PatchParams::default(), &Patch::Merge(json!({ "status": { "phase": "Pending" } })))
+        .await
+        .expect("typed status patch");
+    assert_eq!(updated.status, Some(RemediationRequestStatus { phase: "Pending".into() }));
+    assert_eq!(updated.spec.signal_fingerprint, "abc");
+    assert_eq!(fake.get(PLURAL, "default", "typed").expect("stored")["kind"], "RemediationRequest");
+}
+
+impl FakeApiServer {
+    /// The request log without paths, for compact assertions.
+    fn log_statuses(&self) -> Vec<(Verb, u16)> {
+        self.request_log().into_iter().map(|(verb, _, status)| (verb, status)).collect()
+    }
+}
