@@ -1,0 +1,183 @@
+//! The dedup store contract: one body, run against the memory store and the
+//! Redis store on a real `redis-server`; both must decide alike, atomically,
+//! and every Redis key must carry a TTL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use breakwater_dedup::store::Bind;
+use breakwater_dedup::{Binding, DedupStore, DedupWindow, Decision, MemoryDedupStore, Query, RedisDedupStore, Status};
+use breakwater_keyspace::{Keyspace, RedisConfig};
+use breakwater_signal::{UnixMillis, fingerprint_of};
+use breakwater_testkit::{RedisServer, unique_key_root};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+const T0: UnixMillis = 1_700_000_000_000;
+const WINDOW_MS: i64 = 300_000;
+
+fn window() -> DedupWindow {
+    DedupWindow::new(Duration::from_millis(WINDOW_MS as u64))
+}
+
+fn fp(i: usize) -> String {
+    fingerprint_of(&["Alert", "ns", "Pod", &format!("p{i}")])
+}
+
+fn firing(i: usize) -> Query {
+    Query { fingerprint: fp(i), status: Status::Firing }
+}
+
+fn resolved(i: usize) -> Query {
+    Query { fingerprint: fp(i), status: Status::Resolved }
+}
+
+async fn redis_store(server: &RedisServer, root: &str) -> RedisDedupStore {
+    let config = RedisConfig { url: server.url(), key_root: root.to_owned(), ..RedisConfig::default() };
+    RedisDedupStore::new(Keyspace::from_config(&config, "dedup").unwrap(), window())
+}
+
+/// (batch, now, expected (decision, count) per query).
+type Step = (Vec<Query>, UnixMillis, Vec<(Decision, u64)>);
+
+fn contract() -> Vec<Step> {
+    use Decision::{Duplicate, New, Resolved, ResolvedUnknown};
+    vec![
+        (vec![firing(1)], T0, vec![(New, 1)]),
+        (vec![firing(1)], T0 + 1_000, vec![(Duplicate, 2)]),
+        // Two identical alerts in one batch: one incident, counted twice.
+        (vec![firing(2), firing(2), firing(1)], T0 + 2_000, vec![(New, 1), (Duplicate, 2), (Duplicate, 3)]),
+        // The window slides from the last alert…
+        (vec![firing(1)], T0 + 2_000 + WINDOW_MS - 1, vec![(Duplicate, 4)]),
+        // …and a silence of a whole window closes it.
+        (vec![firing(1)], T0 + 2_000 + 2 * WINDOW_MS, vec![(New, 1)]),
+        (vec![resolved(1), resolved(3)], T0 + 2_000 + 2 * WINDOW_MS + 1, vec![(Resolved, 1), (ResolvedUnknown, 0)]),
+        // After a resolution the next firing is a new incident.
+        (vec![firing(1)], T0 + 2_000 + 2 * WINDOW_MS + 2, vec![(New, 1)]),
+    ]
+}
+
+async fn run_contract(store: &dyn DedupStore) {
+    for (i, (batch, now, expected)) in contract().into_iter().enumerate() {
+        let verdicts = store.check(&batch, now).await.unwrap();
+        let got: Vec<(Decision, u64)> =
+            verdicts.iter().map(|v| (v.decision, v.record.as_ref().map_or(0, |r| r.count))).collect();
+        assert_eq!(got, expected, "step {i}");
+    }
+}
+
+#[tokio::test]
+async fn memory_store_keeps_the_contract() {
+    run_contract(&MemoryDedupStore::new(window())).await;
+}
+
+#[tokio::test]
+async fn redis_store_keeps_the_contract_and_every_key_expires() {
+    let server = RedisServer::start().await;
+    let root = unique_key_root("dedup_contract");
+    run_contract(&redis_store(&server, &root).await).await;
+    assert_eq!(server.keys_without_ttl(&format!("{root}:*")).await, Vec::<String>::new());
+    let ttl = server.admin_command(&["PTTL", &format!("{root}:dedup:f:{}", fp(2))]).await;
+    let ttl: i64 = ttl.parse().unwrap();
+    assert!(ttl > 0 && ttl <= WINDOW_MS, "record TTL is the window: {ttl}");
+}
+
+/// Reference §11.4 "Should deduplicate 100 identical concurrent alerts":
+/// exactly one new incident, the others counted 2..=100 with no gap.
+async fn hundred_identical_concurrent_alerts(store: Arc<dyn DedupStore>) {
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.check(&[firing(7)], T0).await.unwrap().remove(0) })
+        })
+        .collect();
+    let mut verdicts = Vec::new();
+    for call in calls {
+        verdicts.push(call.await.unwrap());
+    }
+    assert_eq!(verdicts.iter().filter(|v| v.decision == Decision::New).count(), 1);
+    let mut counts: Vec<u64> = verdicts.iter().filter_map(|v| v.record.as_ref().map(|r| r.count)).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=100).collect::<Vec<_>>());
+    let first_seen: Vec<_> = verdicts.iter().filter_map(|v| v.record.as_ref().map(|r| r.first_seen)).collect();
+    assert!(first_seen.iter().all(|f| *f == T0), "every duplicate knows the same window");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_identical_concurrent_alerts_memory() {
+    hundred_identical_concurrent_alerts(Arc::new(MemoryDedupStore::new(window()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_identical_concurrent_alerts_redis() {
+    let server = RedisServer::start().await;
+    let store = redis_store(&server, &unique_key_root("dedup_100")).await;
+    hundred_identical_concurrent_alerts(Arc::new(store)).await;
+}
+
+async fn bind_points_only_the_open_window(store: &dyn DedupStore) {
+    let to = Binding { namespace: "prod".into(), name: "storm-abc-1".into() };
+    store.check(&[firing(1)], T0).await.unwrap();
+    let stale = Bind { fingerprint: fp(1), first_seen: T0 - 1, to: to.clone() };
+    let unknown = Bind { fingerprint: fp(9), first_seen: T0, to: to.clone() };
+    let good = Bind { fingerprint: fp(1), first_seen: T0, to: to.clone() };
+    assert_eq!(store.bind(&[stale, unknown, good], T0 + 1).await.unwrap(), 1);
+    let v = store.check(&[firing(1)], T0 + 2).await.unwrap().remove(0);
+    assert_eq!((v.decision, v.record.and_then(|r| r.bound_to)), (Decision::Duplicate, Some(to)));
+}
+
+#[tokio::test]
+async fn bind_points_only_the_open_window_memory() {
+    bind_points_only_the_open_window(&MemoryDedupStore::new(window())).await;
+}
+
+#[tokio::test]
+async fn bind_points_only_the_open_window_redis() {
+    let server = RedisServer::start().await;
+    bind_points_only_the_open_window(&redis_store(&server, &unique_key_root("dedup_bind")).await).await;
+}
+
+/// Reference §11.2 "should persist deduplication state across Gateway restart":
+/// a new store (a restarted service) on the same Redis keeps deciding.
+#[tokio::test]
+async fn state_survives_a_service_restart() {
+    let server = RedisServer::start().await;
+    let root = unique_key_root("dedup_restart");
+    redis_store(&server, &root).await.check(&[firing(1), firing(1)], T0).await.unwrap();
+    let restarted = redis_store(&server, &root).await;
+    let v = restarted.check(&[firing(1)], T0 + 10).await.unwrap().remove(0);
+    assert_eq!((v.decision, v.record.map(|r| r.count)), (Decision::Duplicate, Some(3)));
+}
+
+/// Random interleavings of signals and clock steps give identical decisions
+/// from both stores.
+#[test]
+fn memory_and_redis_agree_on_random_sequences() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let server = runtime.block_on(RedisServer::start());
+    let step = prop_oneof![4 => 0i64..2_000, 2 => 2_000i64..(2 * WINDOW_MS), 1 => -1_000i64..0];
+    let query = (0usize..4, prop::bool::weighted(0.8));
+    let batches = proptest::collection::vec((proptest::collection::vec(query, 1..6), step), 1..30);
+    let mut runner = TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&batches, |batches| {
+        runtime.block_on(async {
+            let root = unique_key_root("dedup_agree");
+            let redis = redis_store(&server, &root).await;
+            let memory = MemoryDedupStore::new(window());
+            let mut now = T0;
+            for (i, (queries, step)) in batches.iter().enumerate() {
+                now += step;
+                let batch: Vec<Query> =
+                    queries.iter().map(|&(f, is_firing)| if is_firing { firing(f) } else { resolved(f) }).collect();
+                let expected = memory.check(&batch, now).await.unwrap();
+                let got = redis.check(&batch, now).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(got, expected, "batch {} at T0{:+}", i, now - T0);
+            }
+            prop_assert_eq!(server.keys_without_ttl(&format!("{root}:*")).await, Vec::<String>::new());
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
