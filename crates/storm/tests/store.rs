@@ -1,0 +1,152 @@
+//! The storm store contract: one body, run against the memory store and the
+//! Redis store on a real `redis-server`; both must decide alike, atomically,
+//! and keep constant-size state with a TTL on every key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use breakwater_keyspace::{Keyspace, RedisConfig};
+use breakwater_signal::UnixMillis;
+use breakwater_storm::{MemoryStormStore, Outcome, RedisStormStore, StormQuery, StormRules, StormStore, StormType};
+use breakwater_testkit::{RedisServer, unique_key_root};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+const T0: UnixMillis = 1_700_000_000_000;
+
+fn rules() -> StormRules {
+    StormRules::new(10, 5, Duration::from_secs(60), Duration::from_secs(300), 100)
+}
+
+fn alert(ns: &str, name: &str, pod: usize) -> StormQuery {
+    StormQuery { namespace: ns.into(), alert_name: name.into(), resource_id: format!("{ns}:Pod:p{pod}") }
+}
+
+async fn redis_store(server: &RedisServer, root: &str, rules: StormRules) -> RedisStormStore {
+    let config = RedisConfig { url: server.url(), key_root: root.to_owned(), ..RedisConfig::default() };
+    RedisStormStore::new(Keyspace::from_config(&config, "storm").unwrap(), rules)
+}
+
+/// Reference §11.3: threshold boundaries, one window per (namespace,
+/// alertname), expiry by inactivity and maximum duration.
+async fn run_contract(store: &dyn StormStore) {
+    // Pattern: 5 distinct pods are not a storm, the 6th opens one.
+    let five: Vec<_> = (0..5).map(|p| alert("prod", "PodCrash", p)).collect();
+    let v = store.detect(&five, T0).await.unwrap();
+    assert!(v.iter().all(|v| v.outcome == Outcome::None));
+    let v = store.detect(&[alert("prod", "PodCrash", 5), alert("prod", "PodCrash", 6)], T0 + 1).await.unwrap();
+    assert_eq!((v[0].outcome, v[0].storm, v[0].storm_alerts), (Outcome::Opened, Some(StormType::Pattern), 1));
+    assert_eq!((v[1].outcome, v[1].storm_alerts, v[1].window_start), (Outcome::Joined, 2, T0));
+    // Same alertname elsewhere, and another alertname here: separate windows.
+    let v = store.detect(&[alert("dev", "PodCrash", 0), alert("prod", "DiskFull", 0)], T0 + 2).await.unwrap();
+    assert!(v.iter().all(|v| v.outcome == Outcome::None && v.window_start == T0 + 2));
+    // Rate: 10 alerts of one resource are not a storm, the 11th opens one.
+    let ten: Vec<_> = (0..10).map(|_| alert("stage", "Flap", 0)).collect();
+    assert!(store.detect(&ten, T0).await.unwrap().iter().all(|v| v.outcome == Outcome::None));
+    let v = store.detect(&[alert("stage", "Flap", 0)], T0 + 59_999).await.unwrap();
+    assert_eq!((v[0].outcome, v[0].storm), (Outcome::Opened, Some(StormType::Rate)));
+    // 60 s of silence closes the window: the next alert starts over.
+    let v = store.detect(&[alert("stage", "Flap", 0)], T0 + 59_999 + 60_000).await.unwrap();
+    assert_eq!((v[0].outcome, v[0].window_start), (Outcome::None, T0 + 119_999));
+    // The prod storm stays open while busy, but not past 5 minutes.
+    for minute in 1..5 {
+        let v = store.detect(&[alert("prod", "PodCrash", 1)], T0 + minute * 59_000).await.unwrap();
+        assert_eq!(v[0].outcome, Outcome::Joined, "minute {minute}");
+    }
+    let v = store.detect(&[alert("prod", "PodCrash", 1)], T0 + 300_000).await.unwrap();
+    assert_eq!((v[0].outcome, v[0].window_start), (Outcome::None, T0 + 300_000));
+}
+
+#[tokio::test]
+async fn memory_store_keeps_the_contract() {
+    run_contract(&MemoryStormStore::new(rules())).await;
+}
+
+#[tokio::test]
+async fn redis_store_keeps_the_contract_with_bounded_keys() {
+    let server = RedisServer::start().await;
+    let root = unique_key_root("storm_contract");
+    run_contract(&redis_store(&server, &root, rules()).await).await;
+    assert_eq!(server.keys_without_ttl(&format!("{root}:*")).await, Vec::<String>::new());
+    // Two keys per (namespace, alertname) window: 4 windows were touched.
+    let keys = server.admin_command(&["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", &format!("{root}:*")]).await;
+    assert_eq!(keys, "8", "a record and a resource set per window");
+}
+
+/// Reference §11.4 "Should detect storm with 50 concurrent similar alerts":
+/// five individual alerts, exactly one opens the storm, the rest join it.
+async fn fifty_concurrent_alerts_open_exactly_one_storm(store: Arc<dyn StormStore>) {
+    let calls: Vec<_> = (0..50)
+        .map(|p| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.detect(&[alert("prod", "PodCrash", p)], T0).await.unwrap().remove(0) })
+        })
+        .collect();
+    let mut verdicts = Vec::new();
+    for call in calls {
+        verdicts.push(call.await.unwrap());
+    }
+    let count = |o: Outcome| verdicts.iter().filter(|v| v.outcome == o).count();
+    assert_eq!((count(Outcome::None), count(Outcome::Opened), count(Outcome::Joined)), (5, 1, 44));
+    let mut storm_counts: Vec<u64> =
+        verdicts.iter().filter(|v| v.outcome != Outcome::None).map(|v| v.storm_alerts).collect();
+    storm_counts.sort_unstable();
+    assert_eq!(storm_counts, (1..=45).collect::<Vec<_>>(), "exact, gap-free storm count");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_alerts_open_exactly_one_storm_memory() {
+    fifty_concurrent_alerts_open_exactly_one_storm(Arc::new(MemoryStormStore::new(rules()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_alerts_open_exactly_one_storm_redis() {
+    let server = RedisServer::start().await;
+    let store = redis_store(&server, &unique_key_root("storm_50"), rules()).await;
+    fifty_concurrent_alerts_open_exactly_one_storm(Arc::new(store)).await;
+}
+
+/// Reference §11.2 "should persist storm detection state across Gateway restart".
+#[tokio::test]
+async fn state_survives_a_service_restart() {
+    let server = RedisServer::start().await;
+    let root = unique_key_root("storm_restart");
+    let five: Vec<_> = (0..5).map(|p| alert("prod", "PodCrash", p)).collect();
+    redis_store(&server, &root, rules()).await.detect(&five, T0).await.unwrap();
+    let restarted = redis_store(&server, &root, rules()).await;
+    let v = restarted.detect(&[alert("prod", "PodCrash", 5)], T0 + 1).await.unwrap();
+    assert_eq!(v[0].outcome, Outcome::Opened);
+}
+
+/// Random interleavings of alerts and clock steps give identical decisions.
+#[test]
+fn memory_and_redis_agree_on_random_sequences() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let server = runtime.block_on(RedisServer::start());
+    let rules = StormRules::new(4, 3, Duration::from_secs(60), Duration::from_secs(300), 5);
+    let step = prop_oneof![4 => 0i64..5_000, 2 => 5_000i64..120_000, 1 => -2_000i64..0];
+    let query = (0usize..2, 0usize..2, 0usize..9);
+    let batches = proptest::collection::vec((proptest::collection::vec(query, 1..8), step), 1..30);
+    let mut runner = TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&batches, |batches| {
+        runtime.block_on(async {
+            let root = unique_key_root("storm_agree");
+            let redis = redis_store(&server, &root, rules).await;
+            let memory = MemoryStormStore::new(rules);
+            let mut now = T0;
+            for (i, (queries, step)) in batches.iter().enumerate() {
+                now += step;
+                let batch: Vec<StormQuery> =
+                    queries.iter().map(|&(ns, name, pod)| alert(["a", "b"][ns], ["X", "Y"][name], pod)).collect();
+                let expected = memory.detect(&batch, now).await.unwrap();
+                let got = redis.detect(&batch, now).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(got, expected, "batch {} at T0{:+}", i, now - T0);
+            }
+            prop_assert_eq!(server.keys_without_ttl(&format!("{root}:*")).await, Vec::<String>::new());
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
