@@ -1,1 +1,140 @@
-//! placeholder
+//! Breakwater crd-writer: the only component that writes RemediationRequests.
+//!
+//! The edge sends it one `WriteRemediations` call per webhook. Creates (`CREATE`,
+//! `STORM_CREATE`) are applied before the answer, with retries and the fallback namespace;
+//! counts (`OCCURRENCE`, `STORM_ADD`) are answered `QUEUED` and coalesced, so a burst of
+//! duplicates costs one Kubernetes write per flush interval, and no count is lost to a failed
+//! write.
+//!
+//! # Layout
+//! - [`config`] — `CrdWriterConfig`, the `crd_writer` keys and their defaults.
+//! - [`error`] — [`Error`], failures of the component as a whole.
+//! - [`crd`] — the `RemediationRequest` type (the only source of `deploy/crd.yaml`) and
+//!   [`crd::build`], the pure write → CR function (labels, priority, truncation).
+//! - [`sink`] — the [`RemediationSink`] trait and the monotonic count merge; backends
+//!   [`sink::kube`] (API server), [`sink::dir`] (YAML files, the embedded default) and
+//!   [`sink::memory`] (tests).
+//! - [`coalescer`] — pending counts per CR and their periodic flush.
+//! - [`grpc`] — [`CrdWriterGrpc`], the tonic service and proto ↔ domain conversion.
+//!
+//! The entry point is [`run`]; [`sink_from_config`] picks the backend.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use breakwater_signal::{Clock, SystemClock};
+use tokio::net::TcpListener;
+
+pub mod coalescer;
+pub mod config;
+pub mod crd;
+pub mod error;
+pub mod grpc;
+pub mod sink;
+
+pub use coalescer::Coalescer;
+pub use config::{CrdWriterConfig, RetryConfig, SinkKind};
+pub use crd::{RemediationRequest, RemediationRequestSpec, RemediationRequestStatus, crd_yaml};
+pub use error::{Error, Result};
+pub use grpc::CrdWriterGrpc;
+pub use sink::{DirSink, KubeSink, MemorySink, RemediationSink, SinkError};
+
+/// A crd-writer ready to [`run`]: its configuration, sink and clock.
+pub struct CrdWriter {
+    config: CrdWriterConfig,
+    sink: Arc<dyn RemediationSink>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for CrdWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrdWriter").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl CrdWriter {
+    /// A writer on `sink` (see [`sink_from_config`]) with the wall clock.
+    pub fn new(config: CrdWriterConfig, sink: Arc<dyn RemediationSink>) -> Self {
+        Self { config, sink, clock: Arc::new(SystemClock) }
+    }
+
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The gRPC service and its coalescer, for embedding without [`run`]; whoever does so
+    /// must drive [`Coalescer::run_until`] and [`Coalescer::final_flush`].
+    pub fn into_parts(self) -> (CrdWriterGrpc, Arc<Coalescer>) {
+        let coalescer = Arc::new(Coalescer::new(
+            Arc::clone(&self.sink),
+            Arc::clone(&self.clock),
+            self.config.fallback_namespace.clone(),
+            self.config.affected_resources_cap,
+        ));
+        let grpc = CrdWriterGrpc::new(self.sink, Arc::clone(&coalescer), self.clock, &self.config);
+        (grpc, coalescer)
+    }
+}
+
+/// The sink `config` asks for: a [`DirSink`] on `directory`, or a [`KubeSink`] on the
+/// current kubeconfig or in-cluster service account.
+///
+/// # Errors
+/// [`Error::Config`] when the configuration is invalid; [`Error::KubeConfig`] when no
+/// kubeconfig or in-cluster account can be found, [`Error::KubeClient`] when it is unusable.
+pub async fn sink_from_config(config: &CrdWriterConfig) -> Result<Arc<dyn RemediationSink>> {
+    config.validate().map_err(Error::Config)?;
+    let cap = config.affected_resources_cap;
+    Ok(match config.sink {
+        SinkKind::Directory => Arc::new(DirSink::new(&config.directory).with_resource_cap(cap)),
+        SinkKind::Kubernetes => {
+            let mut kube_config = kube::Config::infer().await.map_err(Error::KubeConfig)?;
+            // KubeSink retries itself (configurable, honouring retryAfterSeconds, counted in
+            // metrics); kube's own 429/503/504 retry would multiply the attempts.
+            kube_config.default_retry = false;
+            let client = kube::Client::try_from(kube_config).map_err(Error::KubeClient)?;
+            Arc::new(
+                KubeSink::new(client, config.retry.clone(), config.fallback_namespace.clone()).with_resource_cap(cap),
+            )
+        }
+    })
+}
+
+/// Serves `breakwater.v1.CrdWriterService` (with health and reflection) on `listener` and
+/// flushes coalesced counts every `flush_interval_ms`, until `shutdown` resolves; then stops
+/// taking calls, lets in-flight ones finish, and flushes what is pending (bounded by
+/// `final_flush_timeout_ms`).
+///
+/// # Errors
+/// [`Error::Config`] for an invalid configuration, [`Error::Grpc`] when the transport fails
+/// (pending counts are flushed first).
+pub async fn run(writer: CrdWriter, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    writer.config.validate().map_err(Error::Config)?;
+    let interval = writer.config.flush_interval();
+    let final_timeout = writer.config.final_flush_timeout();
+    let (grpc, coalescer) = writer.into_parts();
+
+    let (stop_flusher, stopped) = tokio::sync::oneshot::channel::<()>();
+    let flusher = tokio::spawn({
+        let coalescer = Arc::clone(&coalescer);
+        async move {
+            coalescer
+                .run_until(interval, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        }
+    });
+
+    tracing::info!(addr = ?listener.local_addr().ok(), "crd-writer serving");
+    let served = breakwater_grpc::serve(grpc.into_server(), listener, shutdown).await;
+
+    let _ = stop_flusher.send(());
+    if let Err(err) = flusher.await {
+        tracing::error!(cause = %err, "flusher task failed");
+    }
+    coalescer.final_flush(final_timeout).await;
+    served.map_err(Error::from)
+}

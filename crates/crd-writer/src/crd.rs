@@ -1,0 +1,506 @@
+//! The RemediationRequest custom resource and how one write becomes one CR.
+//!
+//! [`RemediationRequest`] is the only source of its CRD: [`crd_yaml`] renders it and a test
+//! keeps `deploy/crd.yaml` in step. The schema is the reference gateway's (spec §7.1), so an
+//! existing remediation controller keeps working; the one addition is the optional
+//! `affectedResourcesOmitted`, the number of storm resources that did not fit the capped
+//! `affectedResources` list.
+//!
+//! [`build`] is a pure function of (write, now): no I/O, no clock. It reads the proto
+//! `Signal` directly because the CR carries the signal almost verbatim; a mirror type would
+//! only copy its thirteen fields once more.
+
+use std::collections::BTreeMap;
+
+use breakwater_proto::v1 as pb;
+use breakwater_signal::UnixMillis;
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Kubernetes allows at most this many characters in a label value.
+pub const LABEL_VALUE_MAX: usize = 63;
+/// `signalAnnotations` values are cut to this many bytes (reference spec §7.2).
+pub const ANNOTATION_VALUE_MAX_BYTES: usize = 262_000;
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_SIGNAL_TYPE: &str = "kubernaut.io/signal-type";
+pub const LABEL_FINGERPRINT: &str = "kubernaut.io/signal-fingerprint";
+pub const LABEL_SEVERITY: &str = "kubernaut.io/severity";
+pub const LABEL_ENVIRONMENT: &str = "kubernaut.io/environment";
+pub const LABEL_PRIORITY: &str = "kubernaut.io/priority";
+pub const LABEL_STORM: &str = "kubernaut.io/storm";
+/// On a CR moved to the fallback namespace: the namespace it was meant for (empty for a
+/// cluster-scoped signal, which is a valid label value and cannot be a namespace name).
+pub const LABEL_ORIGIN_NAMESPACE: &str = "kubernaut.io/origin-namespace";
+/// On a CR moved to the fallback namespace, as the reference gateway marks it.
+pub const LABEL_CLUSTER_SCOPED: &str = "kubernaut.io/cluster-scoped";
+pub const ANNOTATION_CREATED_AT: &str = "kubernaut.io/created-at";
+pub const MANAGED_BY: &str = "breakwater";
+
+/// Spec of a RemediationRequest: one incident (or one storm) for the remediation controller.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "remediation.kubernaut.io",
+    version = "v1alpha1",
+    kind = "RemediationRequest",
+    namespaced,
+    status = "RemediationRequestStatus",
+    derive = "PartialEq",
+    doc = "A signal (alert or event), deduplicated and storm-aggregated, that asks for remediation.",
+    // The JSON form: repeating `printcolumn(name = .., type_ = ..)` trips clippy's
+    // duplicated_attributes on the nested keys.
+    printcolumn = r#"{"name": "Signal", "type": "string", "jsonPath": ".spec.signalName"}"#,
+    printcolumn = r#"{"name": "Severity", "type": "string", "jsonPath": ".spec.severity"}"#,
+    printcolumn = r#"{"name": "Priority", "type": "string", "jsonPath": ".spec.priority"}"#,
+    printcolumn = r#"{"name": "Occurrences", "type": "integer", "jsonPath": ".spec.deduplication.occurrenceCount"}"#,
+    printcolumn = r#"{"name": "Storm", "type": "boolean", "jsonPath": ".spec.isStorm"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationRequestSpec {
+    /// Lower-case hex SHA-256 of the incident; for a storm, of its first signal.
+    #[schemars(regex(pattern = r"^[a-f0-9]{64}$"), length(max = 64))]
+    pub signal_fingerprint: String,
+    /// The alert name or event reason.
+    #[schemars(length(max = 253))]
+    pub signal_name: String,
+    pub severity: Severity,
+    /// The signal's `environment` label as-is, or `unknown`.
+    #[schemars(length(min = 1, max = 63))]
+    pub environment: String,
+    pub priority: Priority,
+    /// `prometheus-alert` or `kubernetes-event`.
+    pub signal_type: String,
+    /// The monitoring system that sent the signal.
+    #[schemars(length(max = 63))]
+    pub signal_source: String,
+    pub target_type: TargetType,
+    pub firing_time: Time,
+    pub received_time: Time,
+    pub deduplication: Deduplication,
+    #[serde(default)]
+    pub is_storm: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_type: Option<StormType>,
+    /// Start of the storm window, RFC 3339 (storm windows are sliding; see the storm service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_window: Option<String>,
+    /// Alerts counted on this storm CR, the opening one included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_alert_count: Option<i64>,
+    /// Resources of the storm (`ns:Kind:name`), capped in length.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affected_resources: Vec<String>,
+    /// Distinct storm resources that are not listed in `affectedResources` because the list
+    /// is capped. Listed plus omitted is the number of distinct resources seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affected_resources_omitted: Option<i64>,
+    /// Labels of the signal, values cut to 63 characters.
+    #[serde(default)]
+    pub signal_labels: BTreeMap<String, String>,
+    /// Annotations of the signal, values cut to 262000 bytes.
+    #[serde(default)]
+    pub signal_annotations: BTreeMap<String, String>,
+    /// JSON `{"namespace","resource":{"kind","name","namespace"},"labels"}`, base64 on the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "byte"))]
+    pub provider_data: Option<ByteString>,
+    /// The alert or event as the sender posted it, base64 on the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "byte"))]
+    pub original_payload: Option<ByteString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_config: Option<TimeoutConfig>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::Warning => "warning",
+            Self::Info => "info",
+        }
+    }
+
+    /// Unspecified becomes `warning`, as the reference adapters default it (spec §2.1).
+    pub fn from_proto(severity: pb::Severity) -> Self {
+        match severity {
+            pb::Severity::Critical => Self::Critical,
+            pb::Severity::Info => Self::Info,
+            pb::Severity::Warning | pb::Severity::Unspecified => Self::Warning,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Priority {
+    P0,
+    P1,
+    P2,
+    P3,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::P0 => "P0",
+            Self::P1 => "P1",
+            Self::P2 => "P2",
+            Self::P3 => "P3",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetType {
+    Kubernetes,
+    Aws,
+    Azure,
+    Gcp,
+    Datadog,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StormType {
+    /// More than N alerts in the window.
+    Rate,
+    /// More than M distinct resources in the window.
+    Pattern,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deduplication {
+    /// Always false on CRs Breakwater writes: duplicates are counted, not created.
+    #[serde(default)]
+    pub is_duplicate: bool,
+    pub first_seen: Time,
+    pub last_seen: Time,
+    /// Signals of this incident so far, the first included.
+    pub occurrence_count: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_remediation_request_ref: Option<String>,
+}
+
+/// Per-phase timeouts for the remediation controller (Go durations such as `15m`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation_processing_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai_analysis_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_execution_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overall_workflow_timeout: Option<String>,
+}
+
+/// Written by the remediation controller, never by Breakwater.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overall_phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation_processing_ref: Option<ObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai_analysis_ref: Option<ObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_execution_ref: Option<ObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_notification_sent: Option<bool>,
+}
+
+/// The CRD as YAML, exactly what `deploy/crd.yaml` holds.
+///
+/// # Errors
+/// When the YAML serializer fails, which only a bug can cause.
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    use kube::CustomResourceExt;
+    serde_saphyr::to_string(&RemediationRequest::crd())
+}
+
+/// Namespace and name of one RemediationRequest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CrRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for CrRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a write asks of a CR (the four `WRITE_KIND_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Create the CR of a new incident.
+    Create,
+    /// Count a duplicate on an existing CR (created if it does not exist).
+    Occurrence,
+    /// Create the CR of a storm that just opened.
+    StormCreate,
+    /// Count an alert on an open storm's CR.
+    StormAdd,
+}
+
+impl WriteKind {
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Occurrence => "occurrence",
+            Self::StormCreate => "storm_create",
+            Self::StormAdd => "storm_add",
+        }
+    }
+
+    /// Creates are applied at once; counts are coalesced.
+    pub fn is_create(self) -> bool {
+        matches!(self, Self::Create | Self::StormCreate)
+    }
+}
+
+/// The storm part of a storm write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StormWrite {
+    pub storm_type: StormType,
+    pub window_start: UnixMillis,
+    /// Alerts counted on the storm CR so far, this one included.
+    pub alert_count: u64,
+    /// Whether this signal's resource belongs in `affectedResources`.
+    pub resource_listed: bool,
+    /// Distinct resources of the storm that did not fit the storm service's capped list.
+    pub resources_omitted: u64,
+}
+
+/// One validated write (see `grpc.rs` for the proto form).
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub kind: WriteKind,
+    pub target: CrRef,
+    pub signal: pb::Signal,
+    pub first_seen: UnixMillis,
+    pub last_seen: UnixMillis,
+    /// Exact count known to dedup (monotonic per window); 0 when unknown.
+    pub occurrence_count: u64,
+    /// Set for [`WriteKind::StormCreate`] and [`WriteKind::StormAdd`].
+    pub storm: Option<StormWrite>,
+}
+
+/// The CR `write` asks for, as of `now`.
+///
+/// A target without a namespace (a cluster-scoped signal) lands in `fallback_namespace` with
+/// the origin labels of [`relocate`]. Counts are those of the write (at least 1 occurrence);
+/// callers holding newer counts merge them with `CountUpdate::apply_to`.
+pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> RemediationRequest {
+    let signal = &write.signal;
+    let severity = Severity::from_proto(signal.severity());
+    let environment = environment(&signal.labels);
+    let priority = priority(severity, &environment);
+    let received_ms = nonzero(signal.received_time_unix_ms).unwrap_or(now);
+    let firing_ms = nonzero(signal.firing_time_unix_ms).unwrap_or(received_ms);
+    let storm = write.storm.as_ref();
+    let first_seen_ms =
+        nonzero(write.first_seen).or_else(|| storm.and_then(|s| nonzero(s.window_start))).unwrap_or(received_ms);
+    let last_seen_ms = nonzero(write.last_seen).unwrap_or(received_ms).max(first_seen_ms);
+
+    let mut labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_COMPONENT.to_owned(), "remediation".to_owned()),
+        (LABEL_SIGNAL_TYPE.to_owned(), label_value(&signal.source_type)),
+        (LABEL_FINGERPRINT.to_owned(), label_value(&signal.fingerprint)),
+        (LABEL_SEVERITY.to_owned(), severity.as_str().to_owned()),
+        (LABEL_ENVIRONMENT.to_owned(), label_value(&environment)),
+        (LABEL_PRIORITY.to_owned(), priority.as_str().to_owned()),
+    ]);
+    if storm.is_some() {
+        labels.insert(LABEL_STORM.to_owned(), "true".to_owned());
+    }
+
+    let spec = RemediationRequestSpec {
+        signal_fingerprint: signal.fingerprint.clone(),
+        signal_name: truncate_chars(&signal.alert_name, 253).to_owned(),
+        severity,
+        environment,
+        priority,
+        signal_type: signal.source_type.clone(),
+        signal_source: truncate_chars(&signal.source, 63).to_owned(),
+        target_type: TargetType::Kubernetes,
+        firing_time: time(firing_ms),
+        received_time: time(received_ms),
+        deduplication: Deduplication {
+            is_duplicate: false,
+            first_seen: time(first_seen_ms),
+            last_seen: time(last_seen_ms),
+            occurrence_count: to_i64(write.occurrence_count.max(1)),
+            previous_remediation_request_ref: None,
+        },
+        is_storm: storm.is_some(),
+        storm_type: storm.map(|s| s.storm_type),
+        storm_window: storm.map(|s| time(s.window_start).0.to_string()),
+        storm_alert_count: storm.map(|s| to_i64(s.alert_count.max(1))),
+        affected_resources: match storm {
+            Some(s) if s.resource_listed => vec![signal_resource_id(signal)],
+            _ => Vec::new(),
+        },
+        affected_resources_omitted: storm.map(|s| to_i64(s.resources_omitted)),
+        signal_labels: signal
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), truncate_chars(v, LABEL_VALUE_MAX).to_owned()))
+            .collect(),
+        signal_annotations: signal
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), truncate_bytes(v, ANNOTATION_VALUE_MAX_BYTES).to_owned()))
+            .collect(),
+        provider_data: Some(ByteString(provider_data(signal))),
+        original_payload: Some(ByteString(signal.original_payload.clone())),
+        timeout_config: None,
+    };
+
+    let mut rr = RemediationRequest {
+        metadata: ObjectMeta {
+            name: Some(write.target.name.clone()),
+            namespace: Some(write.target.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(ANNOTATION_CREATED_AT.to_owned(), time(now).0.to_string())])),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    };
+    if write.target.namespace.is_empty() {
+        relocate(&mut rr, fallback_namespace);
+    }
+    rr
+}
+
+/// Moves `rr` to `fallback_namespace`, labelled with the namespace it was meant for, as the
+/// reference gateway does when the target namespace is missing (spec §7.2).
+pub fn relocate(rr: &mut RemediationRequest, fallback_namespace: &str) {
+    let origin = rr.metadata.namespace.take().unwrap_or_default();
+    let labels = rr.metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert(LABEL_ORIGIN_NAMESPACE.to_owned(), label_value(&origin));
+    labels.insert(LABEL_CLUSTER_SCOPED.to_owned(), "true".to_owned());
+    rr.metadata.namespace = Some(fallback_namespace.to_owned());
+}
+
+/// The signal's `environment` label, any non-empty value as-is (cut to 63 characters), else
+/// `unknown` (spec §6.1 without the namespace lookup: the edge copies it into the labels).
+pub fn environment(labels: &std::collections::HashMap<String, String>) -> String {
+    match labels.get("environment").map(|e| truncate_chars(e, 63)) {
+        Some(env) if !env.is_empty() => env.to_owned(),
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// The reference gateway's shipped priority policy (spec §6.2). Environments are compared
+/// literally, so `prod` falls through to the default `P2`.
+pub fn priority(severity: Severity, environment: &str) -> Priority {
+    match (severity, environment) {
+        (Severity::Critical, "production") => Priority::P0,
+        (Severity::Critical, "staging") | (Severity::Warning, "production") => Priority::P1,
+        (Severity::Info, _) => Priority::P3,
+        _ => Priority::P2,
+    }
+}
+
+/// `raw` as a valid label value: at most 63 characters of `[A-Za-z0-9._-]` with an
+/// alphanumeric at both ends; other characters become `-`. May be empty.
+pub fn label_value(raw: &str) -> String {
+    let mapped: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .take(LABEL_VALUE_MAX)
+        .collect();
+    mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+}
+
+/// Whether `s` is a DNS-1123 label (lower-case alphanumerics and `-`, alphanumeric at both
+/// ends, 1..=63 characters): what namespaces and Breakwater's CR names are.
+pub fn is_dns1123_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| alnum(b) || *b == b'-')
+        && bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum)
+}
+
+/// Resource id of the signal's resource, as the storm service lists it.
+pub fn signal_resource_id(signal: &pb::Signal) -> String {
+    let resource = signal.resource.clone().unwrap_or_default();
+    let namespace = if resource.namespace.is_empty() { &signal.namespace } else { &resource.namespace };
+    breakwater_signal::resource_id(namespace, &resource.kind, &resource.name)
+}
+
+/// Milliseconds as a Kubernetes time; out-of-range values clamp to the epoch.
+pub fn time(ms: UnixMillis) -> Time {
+    Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn nonzero(ms: UnixMillis) -> Option<UnixMillis> {
+    (ms > 0).then_some(ms)
+}
+
+fn provider_data(signal: &pb::Signal) -> Vec<u8> {
+    let resource = signal.resource.clone().unwrap_or_default();
+    serde_json::json!({
+        "namespace": signal.namespace,
+        "resource": { "kind": resource.kind, "name": resource.name, "namespace": resource.namespace },
+        "labels": signal.labels.iter().collect::<BTreeMap<_, _>>(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn truncate_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
+fn truncate_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+//! The gRPC face: `breakwater.v1.CrdWriterService` and the proto ↔ domain conversion.
+//!
+//! One result per write, in request order. A bad write gets `FAILED` with a short cause and
+//! does not fail the batch. Creates are applied before the answer (concurrently within the
+//! batch); counts are queued on the [`Coalescer`] and answered `QUEUED`.
+
+use std::sync::Arc;
+
+use breakwater_proto::v1 as pb;
+use breakwater_proto::v1::crd_writer_service_server::{CrdWriterService, CrdWriterServiceServer};
+use breakwater_signal::{Clock, fingerprint};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::coalescer::Coalescer;
+use crate::config::CrdWriterConfig;
+use crate::crd::{self, CrRef, StormType, StormWrite, Write, WriteKind, is_dns1123_label};
+use crate::error::Error;
+use crate::sink::{CreateOutcome, RemediationSink, SinkError};
+
+/// Suggested pause before retrying a failed create when Kubernetes did not ask for one.
+const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
+
+pub struct CrdWriterGrpc {
+    sink: Arc<dyn RemediationSink>,
+    coalescer: Arc<Coalescer>,
+    clock: Arc<dyn Clock>,
+    fallback_namespace: String,
+    max_batch: usize,
+}
+
+impl std::fmt::Debug for CrdWriterGrpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrdWriterGrpc").field("fallback_namespace", &self.fallback_namespace).finish_non_exhaustive()
+    }
+}
+
+impl CrdWriterGrpc {
+    pub fn new(
+        sink: Arc<dyn RemediationSink>,
+        coalescer: Arc<Coalescer>,
+        clock: Arc<dyn Clock>,
+        config: &CrdWriterConfig,
+    ) -> Self {
+        Self {
+            sink,
+            coalescer,
+            clock,
+            fallback_namespace: config.fallback_namespace.clone(),
+            max_batch: config.max_batch,
+        }
+    }
+
+    pub fn into_server(self) -> CrdWriterServiceServer<Self> {
+        CrdWriterServiceServer::new(self)
+    }
+
+    /// Applies `writes`: one result per write, in order.
+    pub async fn write_all(&self, writes: Vec<pb::RemediationWrite>) -> Vec<pb::WriteResult> {
+        let now = self.clock.now();
+        let mut results: Vec<Option<pb::WriteResult>> = vec![None; writes.len()];
+        let mut creates: Vec<(usize, Write)> = Vec::new();
+        let mut rrs = Vec::new();
+        for (index, raw) in writes.into_iter().enumerate() {
+            let kind = kind_label(raw.kind);
+            let remediation = raw.remediation.clone();
+            match Write::try_from(raw) {
+                Err(InvalidWrite(why)) => {
+                    record(kind, "invalid");
+                    results[index] = Some(failed(remediation, why.to_owned(), 0));
+                }
+                Ok(write) if write.kind.is_create() => {
+                    rrs.push(crd::build(&write, now, &self.fallback_namespace));
+                    creates.push((index, write));
+                }
+                Ok(write) => {
+                    record(kind, "queued");
+                    results[index] = Some(result(pb::WriteOutcome::Queued, remediation));
+                    self.coalescer.offer(write);
+                }
+            }
+        }
+
+        let outcomes = self.sink.create_batch(&rrs).await;
+        for ((index, write), outcome) in creates.into_iter().zip(outcomes) {
+            let kind = write.kind.as_str();
+            results[index] = Some(match outcome {
+                Ok(created) => {
+                    self.coalescer.note_placement(&write.target, &created.namespace);
+                    let remediation = Some(pb::RemediationRef {
+                        namespace: created.namespace.clone(),
+                        name: write.target.name.clone(),
+                    });
+                    match created.outcome {
+                        CreateOutcome::Created => {
+                            record(kind, "created");
+                            result(pb::WriteOutcome::Created, remediation)
+                        }
+                        CreateOutcome::AlreadyExisted => {
+                            record(kind, "already_existed");
+                            if write.kind == WriteKind::StormCreate {
+                                // A retried storm open: its alert and resource still count.
+                                self.coalescer.offer(write);
+                            }
+                            result(pb::WriteOutcome::AlreadyExisted, remediation)
+                        }
+                    }
+                }
+                Err(err) => {
+                    record(kind, "failed");
+                    tracing::warn!(target = %write.target, cause = %err, "create failed");
+                    let retry_after_ms = err
+                        .retry_after()
+                        .map_or(DEFAULT_RETRY_AFTER_MS, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    failed(Some(ref_of(&write.target)), client_message(&err), retry_after_ms)
+                }
+            });
+        }
+        results.into_iter().map(Option::unwrap_or_default).collect()
+    }
+}
+
+#[tonic::async_trait]
+impl CrdWriterService for CrdWriterGrpc {
+    #[tracing::instrument(skip_all, fields(writes = request.get_ref().writes.len()))]
+    async fn write_remediations(
+        &self,
+        request: Request<pb::WriteRemediationsRequest>,
+    ) -> Result<Response<pb::WriteRemediationsResponse>, Status> {
+        let writes = request.into_inner().writes;
+        if writes.len() > self.max_batch {
+            return Err(Error::BatchTooLarge { len: writes.len(), max: self.max_batch }.into());
+        }
+        Ok(Response::new(pb::WriteRemediationsResponse { results: self.write_all(writes).await }))
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::BatchTooLarge { len, max } => {
+                let mut details = ErrorDetails::new();
+                details.add_bad_request_violation("writes", format!("{len} writes, at most {max} per request"));
+                Status::with_error_details(Code::InvalidArgument, "too many writes in one request", details)
+            }
+            Error::Sink(_) | Error::KubeConfig(_) | Error::KubeClient(_) => {
+                Status::unavailable("remediation sink unavailable")
+            }
+            Error::Config(_) | Error::Grpc(_) => Status::internal("crd-writer is misconfigured"),
+        }
+    }
+}
+
+/// Why a write was refused, as sent to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidWrite(pub &'static str);
+
+impl TryFrom<pb::RemediationWrite> for Write {
+    type Error = InvalidWrite;
+
+    fn try_from(raw: pb::RemediationWrite) -> Result<Self, Self::Error> {
+        let kind = match raw.kind() {
+            pb::WriteKind::Unspecified => return Err(InvalidWrite("kind is unspecified")),
+            pb::WriteKind::Create => WriteKind::Create,
+            pb::WriteKind::Occurrence => WriteKind::Occurrence,
+            pb::WriteKind::StormCreate => WriteKind::StormCreate,
+            pb::WriteKind::StormAdd => WriteKind::StormAdd,
+        };
+        let storm_type = raw.storm_type();
+        let signal = raw.signal.ok_or(InvalidWrite("signal is missing"))?;
+        let target = raw.remediation.ok_or(InvalidWrite("remediation is missing"))?;
+        if !is_dns1123_label(&target.name) {
+            return Err(InvalidWrite("remediation.name is not a DNS-1123 label of at most 63 characters"));
+        }
+        if !target.namespace.is_empty() && !is_dns1123_label(&target.namespace) {
+            return Err(InvalidWrite("remediation.namespace is not a namespace name"));
+        }
+        if !fingerprint::is_valid(&signal.fingerprint) {
+            return Err(InvalidWrite("signal.fingerprint is not 64 lower-case hex characters"));
+        }
+        let storm = match kind {
+            WriteKind::Create | WriteKind::Occurrence => None,
+            WriteKind::StormCreate | WriteKind::StormAdd => Some(StormWrite {
+                storm_type: match storm_type {
+                    pb::StormType::Rate => StormType::Rate,
+                    pb::StormType::Pattern => StormType::Pattern,
+                    pb::StormType::Unspecified => return Err(InvalidWrite("storm_type is unspecified")),
+                },
+                window_start: raw.storm_window_start_unix_ms,
+                alert_count: raw.storm_alert_count,
+                resource_listed: raw.resource_listed,
+                resources_omitted: raw.resources_omitted,
+            }),
+        };
+        Ok(Write {
+            kind,
+            target: CrRef { namespace: target.namespace, name: target.name },
+            signal,
+            first_seen: raw.first_seen_unix_ms,
+            last_seen: raw.last_seen_unix_ms,
+            occurrence_count: raw.occurrence_count,
+            storm,
+        })
+    }
+}
+
+/// A stable cause for the client; the detail stays in our logs.
+fn client_message(err: &SinkError) -> String {
+    match err {
+        SinkError::Rejected { code, .. } => format!("kubernetes rejected the create ({code})"),
+        SinkError::Unavailable { .. } => "kubernetes unavailable".to_owned(),
+        SinkError::Conflict { .. } => "conflicting writes".to_owned(),
+        SinkError::InvalidName(_) => "invalid name".to_owned(),
+        SinkError::Io(_) | SinkError::Corrupt { .. } | SinkError::Yaml(_) => "remediation store failed".to_owned(),
+    }
+}
+
+fn kind_label(kind: i32) -> &'static str {
+    match pb::WriteKind::try_from(kind) {
+        Ok(pb::WriteKind::Create) => "create",
+        Ok(pb::WriteKind::Occurrence) => "occurrence",
+        Ok(pb::WriteKind::StormCreate) => "storm_create",
+        Ok(pb::WriteKind::StormAdd) => "storm_add",
+        Ok(pb::WriteKind::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+fn record(kind: &'static str, outcome: &'static str) {
+    metrics::counter!("breakwater_crd_writes_total", "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+fn ref_of(target: &CrRef) -> pb::RemediationRef {
+    pb::RemediationRef { namespace: target.namespace.clone(), name: target.name.clone() }
+}
+
+fn result(outcome: pb::WriteOutcome, remediation: Option<pb::RemediationRef>) -> pb::WriteResult {
+    pb::WriteResult { outcome: outcome.into(), remediation, ..pb::WriteResult::default() }
+}
+
+fn failed(remediation: Option<pb::RemediationRef>, error: String, retry_after_ms: u64) -> pb::WriteResult {
+    pb::WriteResult { outcome: pb::WriteOutcome::Failed.into(), remediation, error, retry_after_ms }
+}
+
+#[cfg(test)]
+mod tests;

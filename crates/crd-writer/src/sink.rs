@@ -1,0 +1,223 @@
+//! Where RemediationRequests are persisted: the [`RemediationSink`] trait and the one count
+//! merge every backend applies.
+//!
+//! Backends: [`KubeSink`] (the Kubernetes API), [`DirSink`] (a directory of YAML files, the
+//! embedded default) and [`MemorySink`] (in-process, for tests). Both apply [`CountUpdate::apply_to`], so counts only ever grow, however
+//! often and in whatever order updates arrive.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use breakwater_signal::UnixMillis;
+use futures::StreamExt;
+
+use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, time, to_i64};
+
+pub mod dir;
+pub mod kube;
+pub mod memory;
+
+pub use dir::DirSink;
+pub use kube::KubeSink;
+pub use memory::{MemorySink, SinkCalls};
+
+/// How many sink calls a batch method keeps in flight.
+pub const BATCH_CONCURRENCY: usize = 16;
+
+/// Where a create landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub outcome: CreateOutcome,
+    /// The namespace the CR is in: the requested one, or the fallback namespace when the
+    /// requested one does not exist.
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// A CR of that name was already there (a retried or concurrent create): success.
+    AlreadyExisted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    Updated,
+    /// The CR already held counts at least as high.
+    Unchanged,
+    NotFound,
+}
+
+/// Counts to merge into a CR. Every field only ever raises the CR's value: merging is
+/// idempotent, commutative and safe to retry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountUpdate {
+    /// `deduplication.occurrenceCount` (0 leaves it).
+    pub occurrence_count: u64,
+    /// `deduplication.lastSeen` in Unix ms (0 leaves it).
+    pub last_seen: UnixMillis,
+    /// `stormAlertCount` (storm CRs only; 0 leaves it).
+    pub storm_alert_count: u64,
+    /// Resources to add to `affectedResources` (storm CRs only), in arrival order.
+    pub affected_resources: Vec<String>,
+    /// `affectedResourcesOmitted` as the storm service counts it (storm CRs only).
+    pub affected_resources_omitted: u64,
+}
+
+impl CountUpdate {
+    /// Folds `other` into `self`: maxima of the counts, union of the resources (capped at
+    /// `cap`; a resource that does not fit counts as omitted).
+    pub fn merge(&mut self, other: &CountUpdate, cap: usize) {
+        self.occurrence_count = self.occurrence_count.max(other.occurrence_count);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self.storm_alert_count = self.storm_alert_count.max(other.storm_alert_count);
+        let dropped = union_capped(&mut self.affected_resources, &other.affected_resources, cap);
+        self.affected_resources_omitted =
+            self.affected_resources_omitted.max(other.affected_resources_omitted.saturating_add(dropped));
+    }
+
+    /// Raises `spec`'s counts to this update's; storm fields only on a storm CR. Returns
+    /// whether anything changed.
+    pub fn apply_to(&self, spec: &mut RemediationRequestSpec, cap: usize) -> bool {
+        let before = spec.clone();
+        let dedup = &mut spec.deduplication;
+        dedup.occurrence_count = dedup.occurrence_count.max(to_i64(self.occurrence_count));
+        if self.last_seen > 0 {
+            let last_seen = time(self.last_seen);
+            if last_seen > dedup.last_seen {
+                dedup.last_seen = last_seen;
+            }
+        }
+        if spec.is_storm {
+            let count = spec.storm_alert_count.unwrap_or(0).max(to_i64(self.storm_alert_count));
+            spec.storm_alert_count = Some(count);
+            let dropped = union_capped(&mut spec.affected_resources, &self.affected_resources, cap);
+            let omitted = spec
+                .affected_resources_omitted
+                .unwrap_or(0)
+                .max(to_i64(self.affected_resources_omitted.saturating_add(dropped)));
+            spec.affected_resources_omitted = Some(omitted);
+        }
+        *spec != before
+    }
+
+    /// Whether merging this update can change nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Appends the items of `incoming` missing from `list` while it is shorter than `cap`;
+/// returns how many distinct new items did not fit.
+fn union_capped(list: &mut Vec<String>, incoming: &[String], cap: usize) -> u64 {
+    let mut dropped = 0;
+    for item in incoming {
+        if list.contains(item) {
+            continue;
+        }
+        if list.len() < cap {
+            list.push(item.clone());
+        } else {
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
+/// Persists RemediationRequests. Held as `Arc<dyn RemediationSink>`.
+///
+/// Single-item methods are the primitives; the `*_batch` methods return one result per input,
+/// in input order, with at most [`BATCH_CONCURRENCY`] calls in flight.
+#[async_trait]
+pub trait RemediationSink: Send + Sync {
+    /// Creates `rr` in its namespace (or, on Kubernetes, in the fallback namespace when that
+    /// namespace does not exist). An existing CR of the same name is success.
+    async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError>;
+
+    async fn get(&self, target: &CrRef) -> Result<Option<RemediationRequest>, SinkError>;
+
+    /// Merges `update` into the CR (see [`CountUpdate::apply_to`]); writes only on change.
+    async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError>;
+
+    async fn create_batch(&self, rrs: &[RemediationRequest]) -> Vec<Result<Created, SinkError>> {
+        // Futures are lazy: collecting them first keeps BATCH_CONCURRENCY in force and spares
+        // the stream a closure whose lifetimes async-trait cannot express.
+        let calls: Vec<_> = rrs.iter().map(|rr| self.create(rr)).collect();
+        futures::stream::iter(calls).buffered(BATCH_CONCURRENCY).collect().await
+    }
+
+    async fn update_counts_batch(&self, updates: &[(CrRef, CountUpdate)]) -> Vec<Result<UpdateOutcome, SinkError>> {
+        let calls: Vec<_> = updates.iter().map(|(target, update)| self.update_counts(target, update)).collect();
+        futures::stream::iter(calls).buffered(BATCH_CONCURRENCY).collect().await
+    }
+}
+
+/// A sink could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The API answered with a status that retrying cannot fix (400, 403, 404, 422, ...).
+    #[error("kubernetes rejected the request: {code} {reason}")]
+    Rejected {
+        code: u16,
+        reason: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    /// Retryable failures (429, 5xx, timeouts, connection errors) outlasted every attempt.
+    #[error("kubernetes unavailable after {attempts} attempts")]
+    Unavailable {
+        attempts: u32,
+        /// What the API last asked for (429 `retryAfterSeconds`), if anything.
+        retry_after: Option<Duration>,
+        #[source]
+        source: ::kube::Error,
+    },
+    /// Other writers kept changing the CR between our read and our write.
+    #[error("conflicting updates after {attempts} attempts")]
+    Conflict { attempts: u32 },
+    /// A namespace or name that is not a DNS-1123 label.
+    #[error("invalid name {0:?}")]
+    InvalidName(String),
+    #[error("remediation directory")]
+    Io(#[from] std::io::Error),
+    #[error("remediation file {path} is not a RemediationRequest")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: Box<serde_saphyr::DeserializeError>,
+    },
+    #[error("rendering yaml")]
+    Yaml(#[from] serde_saphyr::SerializeError),
+}
+
+impl SinkError {
+    /// When the caller should try again, if the sink knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether retrying the same request can never succeed (a malformed or invalid object, a
+    /// bad name); 403 and 404 are not permanent, as an operator can fix RBAC or namespaces.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::InvalidName(_) | Self::Rejected { code: 400 | 422, .. })
+    }
+
+    /// Bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Rejected { .. } => "rejected",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Conflict { .. } => "conflict",
+            Self::InvalidName(_) => "invalid_name",
+            Self::Io(_) => "io",
+            Self::Corrupt { .. } => "corrupt",
+            Self::Yaml(_) => "yaml",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+//! The embedded sink: one YAML file per CR at `<dir>/<namespace>/<name>.yaml`.
+//!
+//! Each file holds the whole object (apiVersion, kind, metadata, spec), so `kubectl apply -f`
+//! accepts it. Files are replaced atomically (temporary file, then rename). Writes go through
+//! one async mutex, so a read-modify-write cannot interleave with another; this sink assumes it
+//! is the directory's only writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+
+use super::{CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome};
+use crate::crd::{CrRef, RemediationRequest, is_dns1123_label};
+
+/// Default `affectedResources` cap, as `crd_writer.affected_resources_cap`.
+const DEFAULT_CAP: usize = 100;
+
+#[derive(Debug)]
+pub struct DirSink {
+    root: PathBuf,
+    cap: usize,
+    write_lock: Mutex<()>,
+    /// Makes temporary file names unique within the process.
+    tmp_seq: AtomicU64,
+}
+
+impl DirSink {
+    /// A sink writing under `root`, which is created on first write.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into(), cap: DEFAULT_CAP, write_lock: Mutex::new(()), tmp_seq: AtomicU64::new(0) }
+    }
+
+    /// Caps `affectedResources` at `cap` entries (default 100).
+    #[must_use]
+    pub fn with_resource_cap(mut self, cap: usize) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file of `target`; only DNS-1123 labels pass, so no path can leave the root.
+    fn path_of(&self, target: &CrRef) -> Result<PathBuf, SinkError> {
+        for part in [&target.namespace, &target.name] {
+            if !is_dns1123_label(part) {
+                return Err(SinkError::InvalidName(part.clone()));
+            }
+        }
+        Ok(self.root.join(&target.namespace).join(format!("{}.yaml", target.name)))
+    }
+
+    async fn read(&self, path: &Path) -> Result<Option<RemediationRequest>, SinkError> {
+        let text = match tokio::fs::read_to_string(path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        serde_saphyr::from_str(&text)
+            .map(Some)
+            .map_err(|source| SinkError::Corrupt { path: path.display().to_string(), source: Box::new(source) })
+    }
+
+    async fn write(&self, path: &Path, rr: &RemediationRequest) -> Result<(), SinkError> {
+        let yaml = serde_saphyr::to_string(rr)?;
+        let dir = path.parent().unwrap_or(&self.root);
+        tokio::fs::create_dir_all(dir).await?;
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".tmp-{}-{seq}", std::process::id()));
+        tokio::fs::write(&tmp, yaml).await?;
+        if let Err(e) = tokio::fs::rename(&tmp, path).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+fn target_of(rr: &RemediationRequest) -> CrRef {
+    CrRef {
+        namespace: rr.metadata.namespace.clone().unwrap_or_default(),
+        name: rr.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Next `metadata.resourceVersion`, so readers can tell versions apart as on a cluster.
+fn bump_resource_version(rr: &mut RemediationRequest) {
+    let next = rr.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+    rr.metadata.resource_version = Some(next.to_string());
+}
+
+#[async_trait]
+impl RemediationSink for DirSink {
+    async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
+        let target = target_of(rr);
+        let path = self.path_of(&target)?;
+        let _guard = self.write_lock.lock().await;
+        if tokio::fs::try_exists(&path).await? {
+            return Ok(Created { outcome: CreateOutcome::AlreadyExisted, namespace: target.namespace });
+        }
+        let mut rr = rr.clone();
+        rr.metadata.resource_version = None;
+        bump_resource_version(&mut rr);
+        self.write(&path, &rr).await?;
+        Ok(Created { outcome: CreateOutcome::Created, namespace: target.namespace })
+    }
+
+    async fn get(&self, target: &CrRef) -> Result<Option<RemediationRequest>, SinkError> {
+        let path = self.path_of(target)?;
+        self.read(&path).await
+    }
+
+    async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
+        let path = self.path_of(target)?;
+        let _guard = self.write_lock.lock().await;
+        let Some(mut rr) = self.read(&path).await? else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        if !update.apply_to(&mut rr.spec, self.cap) {
+            return Ok(UpdateOutcome::Unchanged);
+        }
+        bump_resource_version(&mut rr);
+        self.write(&path, &rr).await?;
+        Ok(UpdateOutcome::Updated)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+use std::collections::HashMap;
+
+use breakwater_proto::v1 as pb;
+
+use super::*;
+use crate::crd::{StormType, StormWrite, Write, WriteKind, build, time};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn write(namespace: &str, name: &str, storm: bool) -> Write {
+    Write {
+        kind: if storm { WriteKind::StormCreate } else { WriteKind::Create },
+        target: CrRef { namespace: namespace.to_owned(), name: name.to_owned() },
+        signal: pb::Signal {
+            fingerprint: "0".repeat(64),
+            alert_name: "KubePodCrashLooping".to_owned(),
+            severity: pb::Severity::Warning.into(),
+            namespace: namespace.to_owned(),
+            resource: Some(pb::Resource {
+                kind: "Pod".to_owned(),
+                name: "p-1".to_owned(),
+                namespace: namespace.to_owned(),
+            }),
+            labels: HashMap::from([("environment".to_owned(), "staging".to_owned())]),
+            annotations: HashMap::from([("big".to_owned(), "x".repeat(300_000))]),
+            received_time_unix_ms: 1_700_000_000_000,
+            source_type: "prometheus-alert".to_owned(),
+            source: "prometheus".to_owned(),
+            original_payload: b"{\"status\":\"firing\"}\n".to_vec(),
+            ..pb::Signal::default()
+        },
+        first_seen: 1_700_000_000_000,
+        last_seen: 1_700_000_000_000,
+        occurrence_count: 1,
+        storm: storm.then_some(StormWrite {
+            storm_type: StormType::Rate,
+            window_start: 1_700_000_000_000,
+            alert_count: 11,
+            resource_listed: true,
+            resources_omitted: 0,
+        }),
+    }
+}
+
+fn target(namespace: &str, name: &str) -> CrRef {
+    CrRef { namespace: namespace.to_owned(), name: name.to_owned() }
+}
+
+#[tokio::test]
+async fn create_then_already_existed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sink = DirSink::new(dir.path());
+    let rr = build(&write("payments", "rr-1", false), 1_700_000_000_500, "kubernaut-system");
+
+    let first = sink.create(&rr).await?;
+    assert_eq!(first, Created { outcome: CreateOutcome::Created, namespace: "payments".to_owned() });
+    assert!(dir.path().join("payments/rr-1.yaml").is_file());
+
+    let mut changed = rr.clone();
+    changed.spec.deduplication.occurrence_count = 99;
+    let second = sink.create(&changed).await?;
+    assert_eq!(second.outcome, CreateOutcome::AlreadyExisted);
+    let stored = sink.get(&target("payments", "rr-1")).await?.ok_or("missing")?;
+    assert_eq!(stored.spec.deduplication.occurrence_count, 1, "a second create does not overwrite");
+    Ok(())
+}
+
+#[tokio::test]
+async fn yaml_round_trips_to_the_same_cr() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sink = DirSink::new(dir.path());
+    let rr = build(&write("payments", "storm-1", true), 1_700_000_000_500, "kubernaut-system");
+    sink.create(&rr).await?;
+
+    let text = std::fs::read_to_string(dir.path().join("payments/storm-1.yaml"))?;
+    assert!(
+        text.starts_with("apiVersion: remediation.kubernaut.io/v1alpha1\nkind: RemediationRequest\n"),
+        "{text:.200}"
+    );
+    let parsed: RemediationRequest = serde_saphyr::from_str(&text)?;
+    let mut expected = rr.clone();
+    expected.metadata.resource_version = Some("1".to_owned());
+    assert_eq!(parsed, expected);
+    assert_eq!(sink.get(&target("payments", "storm-1")).await?, Some(expected));
+    assert_eq!(sink.get(&target("payments", "nope")).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn updates_apply_max_semantics() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sink = DirSink::new(dir.path()).with_resource_cap(2);
+    let at = target("payments", "storm-1");
+    sink.create(&build(&write("payments", "storm-1", true), 1_700_000_000_500, "kubernaut-system")).await?;
+
+    let update = CountUpdate {
+        occurrence_count: 4,
+        last_seen: 1_700_000_009_000,
+        storm_alert_count: 20,
+        affected_resources: vec!["payments:Pod:p-2".to_owned(), "payments:Pod:p-3".to_owned()],
+        affected_resources_omitted: 0,
+    };
+    assert_eq!(sink.update_counts(&at, &update).await?, UpdateOutcome::Updated);
+    let stale = CountUpdate { occurrence_count: 2, storm_alert_count: 12, ..CountUpdate::default() };
+    assert_eq!(sink.update_counts(&at, &stale).await?, UpdateOutcome::Unchanged);
+
+    let rr = sink.get(&at).await?.ok_or("missing")?;
+    assert_eq!(rr.spec.deduplication.occurrence_count, 4);
+    assert_eq!(rr.spec.deduplication.last_seen, time(1_700_000_009_000));
+    assert_eq!(rr.spec.storm_alert_count, Some(20));
+    assert_eq!(rr.spec.affected_resources, vec!["payments:Pod:p-1".to_owned(), "payments:Pod:p-2".to_owned()]);
+    assert_eq!(rr.spec.affected_resources_omitted, Some(1));
+    assert_eq!(rr.metadata.resource_version.as_deref(), Some("2"));
+
+    let missing = sink.update_counts(&target("payments", "rr-x"), &update).await?;
+    assert_eq!(missing, UpdateOutcome::NotFound);
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_updates_keep_the_max() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sink = std::sync::Arc::new(DirSink::new(dir.path()));
+    let at = target("payments", "rr-1");
+    sink.create(&build(&write("payments", "rr-1", false), 1_700_000_000_500, "kubernaut-system")).await?;
+    let tasks: Vec<_> = (1..=20u64)
+        .map(|n| {
+            let sink = std::sync::Arc::clone(&sink);
+            let at = at.clone();
+            tokio::spawn(async move {
+                let update = CountUpdate { occurrence_count: n, ..CountUpdate::default() };
+                sink.update_counts(&at, &update).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let rr = sink.get(&at).await?.ok_or("missing")?;
+    assert_eq!(rr.spec.deduplication.occurrence_count, 20);
+    Ok(())
+}
+
+#[tokio::test]
+async fn names_that_could_escape_are_rejected() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("root");
+    let sink = DirSink::new(&root);
+    for (namespace, name) in
+        [("..", "x"), ("ns", "../../etc/passwd"), ("ns/..", "x"), ("NS", "x"), ("", "x"), ("ns", ".hidden")]
+    {
+        let rr = build(&write("payments", "rr-1", false), 0, "kubernaut-system");
+        let mut rr = rr;
+        rr.metadata.namespace = Some(namespace.to_owned());
+        rr.metadata.name = Some(name.to_owned());
+        let err = sink.create(&rr).await.err().ok_or("accepted a bad name")?;
+        assert!(matches!(err, SinkError::InvalidName(_)), "{namespace}/{name}: {err}");
+        let at = target(namespace, name);
+        assert!(matches!(sink.get(&at).await, Err(SinkError::InvalidName(_))));
+        assert!(matches!(sink.update_counts(&at, &CountUpdate::default()).await, Err(SinkError::InvalidName(_))));
+    }
+    assert!(!root.exists(), "nothing was written");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_an_error_not_a_missing_cr() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("payments"))?;
+    std::fs::write(dir.path().join("payments/rr-1.yaml"), "kind: [unterminated")?;
+    let sink = DirSink::new(dir.path());
+    let err = sink.get(&target("payments", "rr-1")).await.err().ok_or("parsed garbage")?;
+    assert!(matches!(err, SinkError::Corrupt { .. }), "{err}");
+    Ok(())
+}
