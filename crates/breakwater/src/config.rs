@@ -98,6 +98,14 @@ impl Config {
         self.dedup.validate()?;
         self.storm.validate()?;
         self.crd_writer.validate()?;
+        // Repeats of alerts folded into a storm are counted while their dedup
+        // window is open, so the storm's counter must live at least as long.
+        if self.storm.count_ttl_secs < self.dedup.window_secs {
+            return Err(format!(
+                "storm.count_ttl_secs = {} is not allowed: use at least dedup.window_secs ({})",
+                self.storm.count_ttl_secs, self.dedup.window_secs
+            ));
+        }
         Ok(())
     }
 }

@@ -12,4 +12,4 @@ pub mod names;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use fingerprint::{FingerprintRule, fingerprint_of};
-pub use names::{incident_cr_name, resource_id, storm_cr_name};
+pub use names::{incident_cr_name, parse_storm_cr_name, resource_id, storm_cr_name};

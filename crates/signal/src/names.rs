@@ -19,6 +19,16 @@ pub fn storm_cr_name(namespace: &str, alert_name: &str, window_start: UnixMillis
     format!("storm-{}-{}", dns_hex16(&key), window_start.max(0))
 }
 
+/// The `(id, window_start)` a storm CR name was made of, where `id` is the 16
+/// hex of (namespace, alertname); `None` for any other name.
+pub fn parse_storm_cr_name(name: &str) -> Option<(&str, UnixMillis)> {
+    let rest = name.strip_prefix("storm-")?;
+    let (id, start) = rest.split_once('-')?;
+    let valid_id = id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let start: UnixMillis = start.parse().ok().filter(|s| *s >= 0 && valid_id)?;
+    Some((id, start))
+}
+
 /// Resource identity used in storm state and on storm CRs: `ns:Kind:name`, or
 /// `Kind:name` for cluster-scoped resources (reference spec §2.3).
 pub fn resource_id(namespace: &str, kind: &str, name: &str) -> String {

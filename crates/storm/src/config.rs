@@ -37,6 +37,10 @@ pub struct StormConfig {
     pub max_window_secs: u64,
     /// Most resources listed on a storm CR; the rest are counted; default 100.
     pub affected_resources_cap: u64,
+    /// A storm's alert counter lives this long after its last alert, so
+    /// repeats of folded alerts are counted on the storm CR; at least
+    /// `max_window_secs` and the dedup window. Default 900.
+    pub count_ttl_secs: u64,
 }
 
 impl Default for StormConfig {
@@ -49,6 +53,7 @@ impl Default for StormConfig {
             inactivity_secs: 60,
             max_window_secs: 300,
             affected_resources_cap: 100,
+            count_ttl_secs: 900,
         }
     }
 }
@@ -62,6 +67,7 @@ impl StormConfig {
             Duration::from_secs(self.max_window_secs),
             self.affected_resources_cap,
         )
+        .with_count_ttl(Duration::from_secs(self.count_ttl_secs))
     }
 
     /// # Errors
@@ -87,6 +93,12 @@ impl StormConfig {
             return Err(format!(
                 "storm.affected_resources_cap = {} is not allowed: use more than storm.pattern_threshold ({}) and at most 1000",
                 self.affected_resources_cap, self.pattern_threshold
+            ));
+        }
+        if self.count_ttl_secs < self.max_window_secs || self.count_ttl_secs > 7 * 86_400 {
+            return Err(format!(
+                "storm.count_ttl_secs = {} is not allowed: use storm.max_window_secs ({})..=604800",
+                self.count_ttl_secs, self.max_window_secs
             ));
         }
         if self.store == StoreKind::Redis {

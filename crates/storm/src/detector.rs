@@ -28,6 +28,9 @@ pub struct StormRules {
     pub max_window_ms: i64,
     /// Most resources listed per window (and so on a storm CR).
     pub list_cap: u64,
+    /// How long a storm's alert counter lives after its last increment; at
+    /// least the dedup window, so repeats of folded alerts are still counted.
+    pub count_ttl_ms: i64,
 }
 
 impl StormRules {
@@ -39,7 +42,14 @@ impl StormRules {
             inactivity_ms: ms(inactivity),
             max_window_ms: ms(max_window),
             list_cap,
+            count_ttl_ms: ms(max_window).max(ms(Duration::from_secs(900))),
         }
+    }
+
+    #[must_use]
+    pub fn with_count_ttl(mut self, ttl: Duration) -> Self {
+        self.count_ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        self
     }
 
     /// Whether `window` still accepts alerts at `now`.
@@ -49,6 +59,8 @@ impl StormRules {
 
     /// Decides one alert. `listed` says whether its resource is already on the
     /// window's list (ignored when the window is closed: a new one starts empty).
+    /// The verdict's `storm_alerts` is left 0: the storm's counter lives apart
+    /// from the window (it outlives it), and the store applies `Next::count`.
     pub fn decide(&self, window: Option<&Window>, listed: bool, now: UnixMillis) -> (Verdict, Next) {
         let (mut w, reset, listed) = match window.filter(|w| self.is_open(w, now)) {
             Some(w) => (w.clone(), false, listed),
@@ -66,10 +78,7 @@ impl StormRules {
             }
         }
         let outcome = match w.storm {
-            Some(_) => {
-                w.storm_alerts += 1;
-                Outcome::Joined
-            }
+            Some(_) => Outcome::Joined,
             None => {
                 w.storm = if w.alerts > self.rate_threshold {
                     Some(StormType::Rate)
@@ -78,23 +87,23 @@ impl StormRules {
                 } else {
                     None
                 };
-                if w.storm.is_some() {
-                    w.storm_alerts = 1;
-                    Outcome::Opened
-                } else {
-                    Outcome::None
-                }
+                if w.storm.is_some() { Outcome::Opened } else { Outcome::None }
             }
+        };
+        let count = match outcome {
+            Outcome::None => CountChange::None,
+            Outcome::Opened => CountChange::Start,
+            Outcome::Joined => CountChange::Increment,
         };
         let verdict = Verdict {
             outcome,
             storm: w.storm,
             window_start: w.start,
-            storm_alerts: w.storm_alerts,
+            storm_alerts: 0,
             resource_listed: listed || add_resource,
             omitted: w.omitted,
         };
-        (verdict, Next { window: w, reset, add_resource })
+        (verdict, Next { window: w, reset, add_resource, count })
     }
 }
 
@@ -111,13 +120,11 @@ pub struct Window {
     /// Alerts whose resource did not fit the list.
     pub omitted: u64,
     pub storm: Option<StormType>,
-    /// Alerts counted on the storm CR (0 until the storm opens).
-    pub storm_alerts: u64,
 }
 
 impl Window {
     fn opening(now: UnixMillis) -> Self {
-        Self { start: now, last: now, alerts: 0, distinct: 0, omitted: 0, storm: None, storm_alerts: 0 }
+        Self { start: now, last: now, alerts: 0, distinct: 0, omitted: 0, storm: None }
     }
 }
 
@@ -142,12 +149,25 @@ pub struct Verdict {
 }
 
 /// How the store must change: the new window state; `reset` drops the old
-/// resource list; `add_resource` adds this alert's resource to the list.
+/// resource list; `add_resource` adds this alert's resource to the list;
+/// `count` changes the storm's alert counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Next {
     pub window: Window,
     pub reset: bool,
     pub add_resource: bool,
+    pub count: CountChange,
+}
+
+/// What happens to the storm's alert counter (kept per storm CR, apart from
+/// the window, so repeats of folded alerts can be counted after it closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountChange {
+    None,
+    /// The storm opened: its counter starts at 1.
+    Start,
+    /// One more alert on the open storm.
+    Increment,
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use breakwater_proto::v1 as pb;
-use breakwater_signal::{Clock, storm_cr_name};
+use breakwater_signal::{Clock, parse_storm_cr_name, storm_cr_name};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::Error;
 use crate::detector::{Outcome, StormType};
-use crate::store::{StormQuery, StormStore};
+use crate::store::{StormCount, StormQuery, StormStore};
 
 /// The gRPC face of the storm service.
 #[derive(Clone)]
@@ -84,6 +84,28 @@ impl pb::storm_service_server::StormService for StormGrpc {
             })
             .collect();
         Ok(Response::new(pb::DetectStormsResponse { verdicts }))
+    }
+
+    #[tracing::instrument(skip_all, fields(counts = request.get_ref().counts.len()))]
+    async fn count_storm_alerts(
+        &self,
+        request: Request<pb::CountStormAlertsRequest>,
+    ) -> Result<Response<pb::CountStormAlertsResponse>, Status> {
+        let counts = request
+            .into_inner()
+            .counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let name = c.remediation.map(|r| r.name).unwrap_or_default();
+                if parse_storm_cr_name(&name).is_none() {
+                    return Err(invalid(format!("counts[{i}].remediation.name"), "a storm CR name"));
+                }
+                Ok(StormCount { name, alerts: c.alerts })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let storm_alert_counts = self.store.count(&counts, self.clock.now()).await.map_err(Error::from)?;
+        Ok(Response::new(pb::CountStormAlertsResponse { storm_alert_counts }))
     }
 }
 

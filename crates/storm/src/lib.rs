@@ -23,10 +23,10 @@ use breakwater_proto::v1::storm_service_server::StormServiceServer;
 use tokio::net::TcpListener;
 
 pub use config::{StoreKind, StormConfig};
-pub use detector::{Outcome, StormRules, StormType, Verdict, Window};
+pub use detector::{CountChange, Outcome, StormRules, StormType, Verdict, Window};
 pub use error::{Error, Result};
 pub use grpc::StormGrpc;
-pub use store::{MemoryStormStore, RedisStormStore, StormQuery, StormStore};
+pub use store::{MemoryStormStore, RedisStormStore, StormCount, StormQuery, StormStore};
 
 /// The store `config` asks for. Builds lazily: nothing connects yet.
 ///

@@ -24,4 +24,16 @@ pub trait StormStore: Send + Sync {
     /// Decides every query at `now` and records it. Returns one verdict per
     /// query, in order; the batch is applied in order, atomically.
     async fn detect(&self, queries: &[StormQuery], now: UnixMillis) -> Result<Vec<Verdict>, KeyspaceError>;
+
+    /// Adds `alerts` to the counter of each storm CR `name` (repeats of alerts
+    /// folded into it) and returns each counter's total, in order.
+    async fn count(&self, storms: &[StormCount], now: UnixMillis) -> Result<Vec<u64>, KeyspaceError>;
+}
+
+/// Repeats to count on one storm CR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StormCount {
+    /// The storm CR name, `storm-<id>-<window start>`.
+    pub name: String,
+    pub alerts: u64,
 }

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use breakwater_keyspace::{Keyspace, RedisConfig};
-use breakwater_signal::UnixMillis;
-use breakwater_storm::{MemoryStormStore, Outcome, RedisStormStore, StormQuery, StormRules, StormStore, StormType};
+use breakwater_signal::{UnixMillis, storm_cr_name};
+use breakwater_storm::{
+    MemoryStormStore, Outcome, RedisStormStore, StormCount, StormQuery, StormRules, StormStore, StormType,
+};
 use breakwater_testkit::{RedisServer, unique_key_root};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -68,9 +70,10 @@ async fn redis_store_keeps_the_contract_with_bounded_keys() {
     let root = unique_key_root("storm_contract");
     run_contract(&redis_store(&server, &root, rules()).await).await;
     assert_eq!(server.keys_without_ttl(&format!("{root}:*")).await, Vec::<String>::new());
-    // Two keys per (namespace, alertname) window: 4 windows were touched.
+    // A record and a resource set per (namespace, alertname), 4 of them, plus
+    // one counter per storm, 2 of them: constant-size state.
     let keys = server.admin_command(&["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", &format!("{root}:*")]).await;
-    assert_eq!(keys, "8", "a record and a resource set per window");
+    assert_eq!(keys, "10");
 }
 
 /// Reference §11.4 "Should detect storm with 50 concurrent similar alerts":
@@ -104,6 +107,37 @@ async fn fifty_concurrent_alerts_open_exactly_one_storm_redis() {
     let server = RedisServer::start().await;
     let store = redis_store(&server, &unique_key_root("storm_50"), rules()).await;
     fifty_concurrent_alerts_open_exactly_one_storm(Arc::new(store)).await;
+}
+
+/// Repeats of folded alerts add to the storm's counter, also after its window
+/// closed, and a new storm of the same alertname counts apart.
+async fn repeats_count_on_the_storm(store: &dyn StormStore) {
+    let six: Vec<_> = (0..6).map(|p| alert("prod", "PodCrash", p)).collect();
+    let v = store.detect(&six, T0).await.unwrap();
+    assert_eq!((v[5].outcome, v[5].storm_alerts), (Outcome::Opened, 1));
+    let name = storm_cr_name("prod", "PodCrash", T0);
+    let repeats = StormCount { name: name.clone(), alerts: 3 };
+    assert_eq!(store.count(&[repeats.clone()], T0 + 10).await.unwrap(), vec![4]);
+    let v = store.detect(&[alert("prod", "PodCrash", 6)], T0 + 20).await.unwrap();
+    assert_eq!((v[0].outcome, v[0].storm_alerts), (Outcome::Joined, 5));
+    // The window closes after 60 s of silence; the storm CR still counts repeats.
+    assert_eq!(store.count(&[repeats.clone(), repeats], T0 + 200_000).await.unwrap(), vec![8, 11]);
+    let later: Vec<_> = (0..6).map(|p| alert("prod", "PodCrash", p)).collect();
+    let v = store.detect(&later, T0 + 200_000).await.unwrap();
+    assert_eq!((v[5].outcome, v[5].storm_alerts, v[5].window_start), (Outcome::Opened, 1, T0 + 200_000));
+}
+
+#[tokio::test]
+async fn repeats_count_on_the_storm_memory() {
+    repeats_count_on_the_storm(&MemoryStormStore::new(rules())).await;
+}
+
+#[tokio::test]
+async fn repeats_count_on_the_storm_redis() {
+    let server = RedisServer::start().await;
+    let root = unique_key_root("storm_repeats");
+    repeats_count_on_the_storm(&redis_store(&server, &root, rules()).await).await;
+    assert_eq!(server.keys_without_ttl(&format!("{root}:*")).await, Vec::<String>::new());
 }
 
 /// Reference §11.2 "should persist storm detection state across Gateway restart".

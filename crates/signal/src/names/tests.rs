@@ -38,3 +38,13 @@ fn resource_ids() {
     assert_eq!(resource_id("prod", "Pod", "p"), "prod:Pod:p");
     assert_eq!(resource_id("", "Node", "n1"), "Node:n1");
 }
+
+#[test]
+fn storm_names_parse_back() {
+    let name = storm_cr_name("prod", "PodCrash", 1_700_000_000_123);
+    let (id, start) = parse_storm_cr_name(&name).unwrap();
+    assert_eq!((id, start), (&fingerprint_of(&["prod", "PodCrash"])[..16], 1_700_000_000_123));
+    for other in ["rr-0123456789abcdef-1", "storm-xyz-1", "storm-0123456789abcdef-", "storm-0123456789abcdef--5"] {
+        assert_eq!(parse_storm_cr_name(other), None, "{other}");
+    }
+}

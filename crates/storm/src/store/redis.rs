@@ -1,17 +1,20 @@
 //! Redis storm store: per (namespace, alertname) a constant-size window record
 //! `w:<id>` and a capped resource set `r:<id>`, where `<id>` is 16 hex of the
 //! hash of namespace and alertname; both expire with the inactivity timeout.
+//! Each storm's alert counter `c:<id>:<window start>` lives `count_ttl` after
+//! its last increment.
 
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use breakwater_keyspace::{Keyspace, KeyspaceError, Script, Ttl};
-use breakwater_signal::{UnixMillis, fingerprint_of};
+use breakwater_signal::{UnixMillis, fingerprint_of, parse_storm_cr_name};
 
-use super::{StormQuery, StormStore};
+use super::{StormCount, StormQuery, StormStore};
 use crate::detector::{Outcome, StormRules, StormType, Verdict};
 
 static DETECT: LazyLock<Script> = LazyLock::new(|| Script::new("storm_detect", include_str!("detect.lua")));
+static COUNT: LazyLock<Script> = LazyLock::new(|| Script::new("storm_count", include_str!("count.lua")));
 
 #[derive(Debug, Clone)]
 pub struct RedisStormStore {
@@ -24,10 +27,14 @@ impl RedisStormStore {
         Self { keyspace, rules }
     }
 
-    /// The window record key and resource set key of (namespace, alertname).
-    pub fn keys(&self, namespace: &str, alert_name: &str) -> (String, String) {
+    /// The window record key, resource set key and counter prefix of (namespace, alertname).
+    pub fn keys(&self, namespace: &str, alert_name: &str) -> [String; 3] {
         let id = &fingerprint_of(&[namespace, alert_name])[..16];
-        (self.keyspace.key(&format!("w:{id}")), self.keyspace.key(&format!("r:{id}")))
+        ["w", "r", "c"].map(|kind| self.keyspace.key(&format!("{kind}:{id}")))
+    }
+
+    fn count_ttl(&self) -> Ttl {
+        Ttl::from_millis(u64::try_from(self.rules.count_ttl_ms).unwrap_or(u64::MAX))
     }
 }
 
@@ -39,10 +46,7 @@ impl StormStore for RedisStormStore {
         }
         let keys: Vec<String> = queries
             .iter()
-            .flat_map(|q| {
-                let (w, r) = self.keys(&q.namespace, &q.alert_name);
-                [w, r]
-            })
+            .flat_map(|q| self.keys(&q.namespace, &q.alert_name))
             .collect();
         let r = &self.rules;
         let mut args = vec![
@@ -54,12 +58,29 @@ impl StormStore for RedisStormStore {
             r.list_cap.to_string(),
         ];
         args.extend(queries.iter().map(|q| q.resource_id.clone()));
-        let ttl = Ttl::from_millis(u64::try_from(r.inactivity_ms).unwrap_or(u64::MAX));
-        let replies: Vec<String> = self.keyspace.run(&DETECT, &keys, ttl, &args).await?;
+        let replies: Vec<String> = self.keyspace.run(&DETECT, &keys, self.count_ttl(), &args).await?;
         if replies.len() != queries.len() {
             return Err(bad_reply(format!("{} replies for {} queries", replies.len(), queries.len())));
         }
         replies.iter().map(|reply| parse_verdict(reply).ok_or_else(|| bad_reply(format!("reply {reply:?}")))).collect()
+    }
+
+    async fn count(&self, storms: &[StormCount], _now: UnixMillis) -> Result<Vec<u64>, KeyspaceError> {
+        if storms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::with_capacity(storms.len());
+        for s in storms {
+            let (id, start) = parse_storm_cr_name(&s.name).ok_or_else(|| bad_reply(format!("storm name {:?}", s.name)))?;
+            keys.push(self.keyspace.key(&format!("c:{id}:{start}")));
+        }
+        let args: Vec<u64> = storms.iter().map(|s| s.alerts).collect();
+        let totals: Vec<u64> = self.keyspace.run(&COUNT, &keys, self.count_ttl(), &args).await?;
+        if totals.len() == storms.len() {
+            Ok(totals)
+        } else {
+            Err(bad_reply(format!("{} totals for {} storms", totals.len(), storms.len())))
+        }
     }
 }
 
