@@ -11,7 +11,10 @@ async fn alertmanager_delivery_creates_then_counts(backend: Backend) {
     let gw = TestGateway::start(backend).await;
     let recorder = WebhookRecorder::start(&gw.url).await;
     // Re-sends the unchanged group every ~2 s: the same alert again.
-    let alertmanager = Alertmanager::builder(&format!("{}/api/v1/signals/prometheus", recorder.url())).repeat_interval("2s").start().await;
+    let alertmanager = Alertmanager::builder(&format!("{}/api/v1/signals/prometheus", recorder.url()))
+        .repeat_interval("2s")
+        .start()
+        .await;
     alertmanager
         .post_alerts(&json!([{
             "labels": {"alertname": "HighMemory", "namespace": "prod", "pod": "api-1", "severity": "critical", "environment": "production"},
@@ -51,7 +54,9 @@ async fn alertmanager_delivery_creates_then_counts(backend: Backend) {
     let delivered = recorder.exchanges().iter().filter(|e| e.status == 201 || e.status == 202).count() as u64;
     assert_eventually!(
         Duration::from_secs(5),
-        async { gw.remediation("prod", &name).is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == delivered) },
+        async {
+            gw.remediation("prod", &name).is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == delivered)
+        },
         "occurrenceCount reaches {delivered}: {:?}",
         gw.remediation("prod", &name).map(|cr| cr["spec"]["deduplication"].clone())
     );

@@ -61,7 +61,7 @@ impl TestGateway {
             config.ratelimit.redis = redis_config;
             let api = FakeApiServer::start().await;
             sink = Some(Arc::new(KubeSink::new(
-                api.client(),
+                api.client_without_retry(),
                 config.crd_writer.retry.clone(),
                 config.crd_writer.fallback_namespace.clone(),
             )));

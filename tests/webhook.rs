@@ -151,7 +151,12 @@ async fn kubernetes_warning_event_creates_a_cr() {
     assert_eq!(cr["spec"]["signalName"], "OOMKilled");
     assert_eq!(cr["spec"]["signalType"], "kubernetes-event");
     assert_eq!(cr["spec"]["severity"], "critical");
-    let (status, _) = gw.post("/api/v1/signals/kubernetes-event", &json!({"type": "Normal", "reason": "Pulled", "involvedObject": {"kind": "Pod", "name": "p"}})).await;
+    let (status, _) = gw
+        .post(
+            "/api/v1/signals/kubernetes-event",
+            &json!({"type": "Normal", "reason": "Pulled", "involvedObject": {"kind": "Pod", "name": "p"}}),
+        )
+        .await;
     assert_eq!(status, 400);
 }
 

@@ -10,9 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("breakwater_descriptor.bin");
     let mut prost = tonic_prost_build::Config::new();
     prost.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(&descriptor)
-        .compile_with_config(prost, &files, std::slice::from_ref(&root))?;
+    tonic_prost_build::configure().file_descriptor_set_path(&descriptor).compile_with_config(
+        prost,
+        &files,
+        std::slice::from_ref(&root),
+    )?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

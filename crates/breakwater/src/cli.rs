@@ -126,7 +126,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
 async fn up(config: Config, listen: Option<SocketAddr>, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = bind(listen.unwrap_or(config.listen.edge), "edge").await?;
     let sink = match config.crd_writer.sink {
-        breakwater_crd_writer::SinkKind::Directory => format!("YAML files under {}", config.crd_writer.directory.display()),
+        breakwater_crd_writer::SinkKind::Directory => {
+            format!("YAML files under {}", config.crd_writer.directory.display())
+        }
         breakwater_crd_writer::SinkKind::Kubernetes => "the Kubernetes API".to_owned(),
     };
     let gateway = Gateway::start(config, None, listener).await?;

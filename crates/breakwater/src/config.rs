@@ -73,9 +73,10 @@ impl Config {
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-            let from_file: toml::Table = text
-                .parse()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.display().to_string(), message: e.to_string() })?;
+            let from_file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
             merge(&mut table, from_file);
         }
         let mut overrides: Vec<(&String, &String)> = env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
@@ -136,7 +137,9 @@ fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), S
         Some(toml::Value::Integer(_)) => {
             toml::Value::Integer(raw.trim().parse().map_err(|_| format!("{raw:?} is not an integer"))?)
         }
-        Some(toml::Value::Float(_)) => toml::Value::Float(raw.trim().parse().map_err(|_| format!("{raw:?} is not a number"))?),
+        Some(toml::Value::Float(_)) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| format!("{raw:?} is not a number"))?)
+        }
         Some(toml::Value::Boolean(_)) => {
             toml::Value::Boolean(raw.trim().parse().map_err(|_| format!("{raw:?} is not true or false"))?)
         }

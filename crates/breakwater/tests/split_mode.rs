@@ -43,12 +43,8 @@ impl Process {
 
 #[allow(clippy::expect_used)] // test helper: a broken answer must fail the test loudly
 async fn post(client: &reqwest::Client, edge: &str, body: &Value) -> (u16, Value) {
-    let response = client
-        .post(format!("http://{edge}/api/v1/signals/prometheus"))
-        .json(body)
-        .send()
-        .await
-        .expect("edge answers");
+    let response =
+        client.post(format!("http://{edge}/api/v1/signals/prometheus")).json(body).send().await.expect("edge answers");
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON body"))
 }
@@ -77,7 +73,8 @@ async fn each_component_in_its_own_process() {
     let edge = Process::start(&["edge", "--listen", "127.0.0.1:0"], &edge_env).await;
     let client = reqwest::Client::new();
 
-    let ready: Value = client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz").json().await.expect("json");
+    let ready: Value =
+        client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz").json().await.expect("json");
     assert_eq!(ready["status"], "ready", "{ready}");
 
     let alert = json!({"alerts": [{"status": "firing", "labels": {"alertname": "HighMemory", "namespace": "prod", "pod": "api-1"}}]});
@@ -89,7 +86,9 @@ async fn each_component_in_its_own_process() {
     assert_eq!(second["results"][0]["occurrenceCount"], 2);
     assert_eventually!(
         Duration::from_secs(5),
-        async { read_cr(dir.path(), "prod", &name).is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == 2) },
+        async {
+            read_cr(dir.path(), "prod", &name).is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == 2)
+        },
         "CR {name} counts 2 occurrences"
     );
 
@@ -98,7 +97,8 @@ async fn each_component_in_its_own_process() {
     let other = json!({"alerts": [{"status": "firing", "labels": {"alertname": "DiskFull", "namespace": "prod", "pod": "db-0"}}]});
     let (status, answer) = post(&client, &edge.addr, &other).await;
     assert_eq!(status, 201, "{answer}");
-    let ready: Value = client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz").json().await.expect("json");
+    let ready: Value =
+        client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz").json().await.expect("json");
     assert_eq!(ready["status"], "degraded", "{ready}");
     assert!(ready["components"]["storm"].as_str().is_some_and(|s| s.starts_with("unreachable")), "{ready}");
 }

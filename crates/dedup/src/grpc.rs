@@ -32,12 +32,8 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         request: Request<pb::CheckSignalsRequest>,
     ) -> Result<Response<pb::CheckSignalsResponse>, Status> {
         let request = request.into_inner();
-        let queries = request
-            .queries
-            .iter()
-            .enumerate()
-            .map(|(i, q)| query_from_pb(i, q))
-            .collect::<Result<Vec<_>, Status>>()?;
+        let queries =
+            request.queries.iter().enumerate().map(|(i, q)| query_from_pb(i, q)).collect::<Result<Vec<_>, Status>>()?;
         let verdicts = self.store.check(&queries, self.clock.now()).await.map_err(Error::from)?;
         let verdicts = request
             .queries
@@ -83,8 +79,10 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
             .enumerate()
             .map(|(i, b)| {
                 check_fingerprint(i, "bindings", &b.fingerprint)?;
-                let to = b.remediation.filter(|r| !r.name.is_empty() && !r.name.contains('/') && !r.namespace.contains('/'));
-                let to = to.ok_or_else(|| invalid(format!("bindings[{i}].remediation"), "a namespace and name without '/'"))?;
+                let to =
+                    b.remediation.filter(|r| !r.name.is_empty() && !r.name.contains('/') && !r.namespace.contains('/'));
+                let to = to
+                    .ok_or_else(|| invalid(format!("bindings[{i}].remediation"), "a namespace and name without '/'"))?;
                 Ok(Bind {
                     fingerprint: b.fingerprint,
                     first_seen: b.first_seen_unix_ms,

@@ -25,7 +25,7 @@ pub use config::{DedupConfig, StoreKind};
 pub use error::{Error, Result};
 pub use grpc::DedupGrpc;
 pub use store::{DedupStore, MemoryDedupStore, RedisDedupStore};
-pub use window::{Binding, DedupWindow, Decision, Query, Record, Status, Verdict};
+pub use window::{Binding, Decision, DedupWindow, Query, Record, Status, Verdict};
 
 /// The store `config` asks for. Builds lazily: nothing connects yet.
 ///

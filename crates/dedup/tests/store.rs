@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use breakwater_dedup::store::Bind;
-use breakwater_dedup::{Binding, DedupStore, DedupWindow, Decision, MemoryDedupStore, Query, RedisDedupStore, Status};
+use breakwater_dedup::{Binding, Decision, DedupStore, DedupWindow, MemoryDedupStore, Query, RedisDedupStore, Status};
 use breakwater_keyspace::{Keyspace, RedisConfig};
 use breakwater_signal::{UnixMillis, fingerprint_of};
 use breakwater_testkit::{RedisServer, unique_key_root};

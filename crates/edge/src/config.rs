@@ -78,7 +78,10 @@ impl EdgeConfig {
             ));
         }
         if !(100..=300_000).contains(&self.request_timeout_ms) {
-            return Err(format!("edge.request_timeout_ms = {} is not allowed: use 100..=300000", self.request_timeout_ms));
+            return Err(format!(
+                "edge.request_timeout_ms = {} is not allowed: use 100..=300000",
+                self.request_timeout_ms
+            ));
         }
         if self.max_concurrent_requests == 0 {
             return Err("edge.max_concurrent_requests = 0 is not allowed: use 1 or more".into());

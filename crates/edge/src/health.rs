@@ -41,7 +41,8 @@ pub async fn readyz(State(state): State<EdgeState>) -> (StatusCode, Json<Readine
     });
     let components: BTreeMap<&'static str, String> = futures::future::join_all(checks).await.into_iter().collect();
     for (name, verdict) in &components {
-        metrics::gauge!("breakwater_edge_component_up", "component" => *name).set(f64::from(u8::from(verdict == "serving")));
+        metrics::gauge!("breakwater_edge_component_up", "component" => *name)
+            .set(f64::from(u8::from(verdict == "serving")));
     }
     if state.shutting_down.load(Ordering::SeqCst) {
         let detail = Some("shutting down".to_owned());

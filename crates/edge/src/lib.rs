@@ -36,7 +36,11 @@ pub use router::{EdgeState, router};
 ///
 /// # Errors
 /// When the listener fails.
-pub async fn run(state: EdgeState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    state: EdgeState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let on_shutdown = state.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)

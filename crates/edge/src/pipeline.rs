@@ -18,7 +18,7 @@ use breakwater_proto::v1::crd_writer_service_client::CrdWriterServiceClient;
 use breakwater_proto::v1::dedup_service_client::DedupServiceClient;
 use breakwater_proto::v1::rate_limit_service_client::RateLimitServiceClient;
 use breakwater_proto::v1::storm_service_client::StormServiceClient;
-use breakwater_signal::{Clock, incident_cr_name, resource_id};
+use breakwater_signal::{Clock, incident_cr_name, parse_storm_cr_name, resource_id};
 use serde::Serialize;
 use tonic::transport::Channel;
 use tower::filter::{AsyncFilterLayer, AsyncPredicate};
@@ -131,7 +131,7 @@ pub fn pipeline(components: &Components, clock: Arc<dyn Clock>, dedup_fallback_w
         .layer(AsyncFilterLayer::new(RateLimitStage { client: components.ratelimit.clone() }))
         // Must run before storm: duplicates never count towards a storm (reference §4.1).
         .layer(AsyncFilterLayer::new(DedupStage { client: components.dedup.clone(), clock, window_ms }))
-        .layer(AsyncFilterLayer::new(StormStage { client: components.storm.clone() }))
+        .layer(AsyncFilterLayer::new(StormStage { client: components.storm.clone(), dedup: components.dedup.clone() }))
         .service(CrdWrite { client: components.crd_writer.clone() });
     BoxCloneSyncService::new(service)
 }
@@ -245,6 +245,7 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
 #[derive(Clone)]
 struct StormStage {
     client: StormServiceClient<Channel>,
+    dedup: DedupServiceClient<Channel>,
 }
 
 impl AsyncPredicate<Batch> for StormStage {
@@ -252,44 +253,105 @@ impl AsyncPredicate<Batch> for StormStage {
     type Request = Batch;
 
     fn check(&mut self, mut batch: Batch) -> Self::Future {
-        let mut client = self.client.clone();
+        let (client, dedup) = (self.client.clone(), self.dedup.clone());
         Box::pin(async move {
             batch.storm = vec![None; batch.signals.len()];
-            // Only new firing incidents can make or join a storm.
-            let asked: Vec<usize> = (0..batch.signals.len())
-                .filter(|&i| {
-                    batch.signals[i].status() == pb::SignalStatus::Firing
-                        && batch.dedup[i].outcome() == pb::DedupOutcome::New
-                })
-                .collect();
-            if asked.is_empty() {
-                return Ok(batch);
-            }
-            let queries = asked
-                .iter()
-                .map(|&i| {
-                    let s = &batch.signals[i];
-                    let (kind, name) = s.resource.as_ref().map_or(("", ""), |r| (r.kind.as_str(), r.name.as_str()));
-                    pb::StormQuery {
-                        namespace: s.namespace.clone(),
-                        alert_name: s.alert_name.clone(),
-                        resource_id: resource_id(&s.namespace, kind, name),
-                        remediation_namespace: batch.targets[i].clone(),
-                    }
-                })
-                .collect();
-            match client.detect_storms(pb::DetectStormsRequest { queries }).await {
-                Ok(answer) if answer.get_ref().verdicts.len() == asked.len() => {
-                    for (i, verdict) in asked.into_iter().zip(answer.into_inner().verdicts) {
-                        batch.storm[i] = Some(verdict);
-                    }
-                }
-                Ok(_) => degraded("storm", &tonic::Status::internal("storm answered the wrong number of verdicts")),
-                // No storm detection: every alert gets its own CR.
-                Err(status) => degraded("storm", &status),
-            }
+            detect_storms(client.clone(), &mut batch).await;
+            count_storm_repeats(client, &mut batch).await;
+            bind_to_storms(dedup, &batch).await;
             Ok(batch)
         })
+    }
+}
+
+/// New firing incidents may open or join a storm.
+async fn detect_storms(mut client: StormServiceClient<Channel>, batch: &mut Batch) {
+    let asked: Vec<usize> = (0..batch.signals.len())
+        .filter(|&i| {
+            batch.signals[i].status() == pb::SignalStatus::Firing && batch.dedup[i].outcome() == pb::DedupOutcome::New
+        })
+        .collect();
+    if asked.is_empty() {
+        return;
+    }
+    let queries = asked
+        .iter()
+        .map(|&i| {
+            let s = &batch.signals[i];
+            let (kind, name) = s.resource.as_ref().map_or(("", ""), |r| (r.kind.as_str(), r.name.as_str()));
+            pb::StormQuery {
+                namespace: s.namespace.clone(),
+                alert_name: s.alert_name.clone(),
+                resource_id: resource_id(&s.namespace, kind, name),
+                remediation_namespace: batch.targets[i].clone(),
+            }
+        })
+        .collect();
+    match client.detect_storms(pb::DetectStormsRequest { queries }).await {
+        Ok(answer) if answer.get_ref().verdicts.len() == asked.len() => {
+            for (i, verdict) in asked.into_iter().zip(answer.into_inner().verdicts) {
+                batch.storm[i] = Some(verdict);
+            }
+        }
+        Ok(_) => degraded("storm", &tonic::Status::internal("storm answered the wrong number of verdicts")),
+        // No storm detection: every alert gets its own CR.
+        Err(status) => degraded("storm", &status),
+    }
+}
+
+/// Repeats of alerts folded into a storm count on the storm's CR.
+async fn count_storm_repeats(mut client: StormServiceClient<Channel>, batch: &mut Batch) {
+    let repeats: Vec<(usize, pb::RemediationRef)> = (0..batch.signals.len())
+        .filter(|&i| batch.dedup[i].outcome() == pb::DedupOutcome::Duplicate)
+        .filter_map(|i| {
+            let r = batch.dedup[i].remediation.clone()?;
+            parse_storm_cr_name(&r.name).is_some().then_some((i, r))
+        })
+        .collect();
+    if repeats.is_empty() {
+        return;
+    }
+    let counts = repeats.iter().map(|(_, r)| pb::StormCount { remediation: Some(r.clone()), alerts: 1 }).collect();
+    match client.count_storm_alerts(pb::CountStormAlertsRequest { counts }).await {
+        Ok(answer) if answer.get_ref().storm_alert_counts.len() == repeats.len() => {
+            for ((i, r), total) in repeats.into_iter().zip(answer.into_inner().storm_alert_counts) {
+                let window_start = parse_storm_cr_name(&r.name).map_or(0, |(_, start)| start);
+                batch.storm[i] = Some(pb::StormVerdict {
+                    outcome: pb::StormOutcome::Joined.into(),
+                    remediation: Some(r),
+                    window_start_unix_ms: window_start,
+                    storm_alert_count: total,
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(_) => degraded("storm", &tonic::Status::internal("storm answered the wrong number of counts")),
+        Err(status) => degraded("storm", &status),
+    }
+}
+
+/// Points incidents folded into a storm at its CR, so their repeats count there.
+async fn bind_to_storms(mut dedup: DedupServiceClient<Channel>, batch: &Batch) {
+    if batch.dedup_degraded {
+        return;
+    }
+    let bindings: Vec<pb::DedupBinding> = (0..batch.signals.len())
+        .filter(|&i| batch.dedup[i].outcome() == pb::DedupOutcome::New)
+        .filter_map(|i| {
+            let storm = batch.storm[i].as_ref().filter(|s| s.outcome() != pb::StormOutcome::None)?;
+            Some(pb::DedupBinding {
+                fingerprint: batch.signals[i].fingerprint.clone(),
+                first_seen_unix_ms: batch.dedup[i].first_seen_unix_ms,
+                remediation: storm.remediation.clone(),
+            })
+        })
+        .collect();
+    if bindings.is_empty() {
+        return;
+    }
+    if let Err(status) = dedup.bind_remediations(pb::BindRemediationsRequest { bindings }).await {
+        // Their repeats will count on CRs of their own instead: still counted, not on the storm.
+        degraded("dedup", &status);
     }
 }
 
@@ -324,7 +386,10 @@ impl Service<Batch> for CrdWrite {
                     .map_err(|status| cannot_persist(Duration::from_secs(5), format!("crd-writer: {status}")))?
                     .into_inner();
                 if answer.results.len() != n {
-                    return Err(cannot_persist(Duration::from_secs(5), "crd-writer answered the wrong number of results".into()));
+                    return Err(cannot_persist(
+                        Duration::from_secs(5),
+                        "crd-writer answered the wrong number of results".into(),
+                    ));
                 }
                 answer.results
             };
@@ -333,12 +398,17 @@ impl Service<Batch> for CrdWrite {
             let mut out = Vec::with_capacity(plan.len());
             for (index, (p, signal)) in plan.into_iter().zip(&batch.signals).enumerate() {
                 let mut outcome = p.outcome;
+                let mut remediation = p.remediation;
                 if p.write.is_some() {
                     let result = results.next().unwrap_or_default();
+                    // Where the CR really is: crd-writer may have used its fallback namespace.
+                    if let Some(r) = result.remediation.as_ref().filter(|r| !r.name.is_empty()) {
+                        remediation = (r.namespace.clone(), r.name.clone());
+                    }
                     match result.outcome() {
                         pb::WriteOutcome::Failed => {
                             let after = Duration::from_millis(result.retry_after_ms.max(1000));
-                            let cause = format!("{}: {}", p.remediation.1, result.error);
+                            let cause = format!("{}: {}", remediation.1, result.error);
                             failure = Some(failure.map_or((after, cause.clone()), |(a, c)| (a.max(after), c)));
                         }
                         // The CR was there already: a retried webhook, or dedup's fallback names at work.
@@ -357,8 +427,8 @@ impl Service<Batch> for CrdWrite {
                     outcome,
                     fingerprint: signal.fingerprint.clone(),
                     alert_name: signal.alert_name.clone(),
-                    remediation_request_namespace: Some(p.remediation.0).filter(|s| !s.is_empty()),
-                    remediation_request_name: Some(p.remediation.1).filter(|s| !s.is_empty()),
+                    remediation_request_namespace: Some(remediation.0).filter(|s| !s.is_empty()),
+                    remediation_request_name: Some(remediation.1).filter(|s| !s.is_empty()),
                     occurrence_count: p.occurrence_count,
                     storm_alert_count: p.storm_alert_count,
                 });
@@ -421,6 +491,29 @@ fn plan(batch: &Batch, i: usize) -> Planned {
         pb::DedupOutcome::ResolvedUnknown | pb::DedupOutcome::Unspecified => {
             reported(AlertOutcome::ResolvedUnknown, &dedup_ref, None)
         }
+        pb::DedupOutcome::Duplicate if parse_storm_cr_name(&dedup_ref.name).is_some() => {
+            match batch.storm[i].as_ref() {
+                Some(storm) => {
+                    let write = pb::RemediationWrite {
+                        kind: pb::WriteKind::StormAdd.into(),
+                        remediation: Some(dedup_ref.clone()),
+                        storm_window_start_unix_ms: storm.window_start_unix_ms,
+                        storm_alert_count: storm.storm_alert_count,
+                        ..base
+                    };
+                    Planned {
+                        storm_alert_count: Some(storm.storm_alert_count),
+                        ..reported(AlertOutcome::StormAggregated, &dedup_ref, Some(write))
+                    }
+                }
+                None => {
+                    // The storm service could not count it (degraded); say so instead of pretending.
+                    metrics::counter!("breakwater_storm_repeats_uncounted_total").increment(1);
+                    tracing::warn!(storm = %dedup_ref.name, "repeat of a storm alert not counted: storm unavailable");
+                    reported(AlertOutcome::StormAggregated, &dedup_ref, None)
+                }
+            }
+        }
         pb::DedupOutcome::Duplicate => {
             let write = pb::RemediationWrite {
                 kind: pb::WriteKind::Occurrence.into(),
@@ -434,8 +527,11 @@ fn plan(batch: &Batch, i: usize) -> Planned {
         }
         pb::DedupOutcome::New => match batch.storm[i].as_ref().filter(|s| s.outcome() != pb::StormOutcome::None) {
             None => {
-                let write =
-                    pb::RemediationWrite { kind: pb::WriteKind::Create.into(), remediation: Some(dedup_ref.clone()), ..base };
+                let write = pb::RemediationWrite {
+                    kind: pb::WriteKind::Create.into(),
+                    remediation: Some(dedup_ref.clone()),
+                    ..base
+                };
                 Planned { occurrence_count: Some(1), ..reported(AlertOutcome::Created, &dedup_ref, Some(write)) }
             }
             Some(storm) => {
@@ -455,7 +551,10 @@ fn plan(batch: &Batch, i: usize) -> Planned {
                     resources_omitted: storm.resources_omitted,
                     ..base
                 };
-                Planned { storm_alert_count: Some(storm.storm_alert_count), ..reported(outcome, &storm_ref, Some(write)) }
+                Planned {
+                    storm_alert_count: Some(storm.storm_alert_count),
+                    ..reported(outcome, &storm_ref, Some(write))
+                }
             }
         },
     }

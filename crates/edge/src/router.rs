@@ -147,7 +147,8 @@ async fn process(
     let signals = match signals {
         Ok(signals) => signals,
         Err(e) => {
-            metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid").increment(1);
+            metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid")
+                .increment(1);
             return e.into_response();
         }
     };
@@ -165,10 +166,13 @@ async fn process(
                     PipelineError::RateLimited { .. } => "rate_limited",
                     PipelineError::CannotPersist { .. } => "cannot_persist",
                 };
-                metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason).increment(1);
+                metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason)
+                    .increment(1);
                 match *e {
                     PipelineError::RateLimited { retry_after } => EdgeError::RateLimited { retry_after },
-                    PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
+                    PipelineError::CannotPersist { retry_after, cause } => {
+                        EdgeError::CannotPersist { retry_after, cause }
+                    }
                 }
                 .into_response()
             }

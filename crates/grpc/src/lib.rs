@@ -29,10 +29,17 @@ pub enum GrpcError {
 ///
 /// # Errors
 /// When the transport fails.
-pub async fn serve<S>(service: S, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), GrpcError>
+pub async fn serve<S>(
+    service: S,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GrpcError>
 where
-    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>
-        + NamedService
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + NamedService
         + Clone
         + Send
         + Sync

@@ -7,7 +7,11 @@ pub type Result<T, E = KeyspaceError> = std::result::Result<T, E>;
 pub enum KeyspaceError {
     /// Redis refused a write because `maxmemory` is reached.
     #[error("redis out of memory running {script}")]
-    OutOfMemory { script: &'static str, #[source] source: redis::RedisError },
+    OutOfMemory {
+        script: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
     /// No connection could be had, or it broke.
     #[error("redis unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -16,10 +20,18 @@ pub enum KeyspaceError {
     Timeout,
     /// The ACL user may not run this (NOPERM).
     #[error("redis permission denied running {script}")]
-    Permission { script: &'static str, #[source] source: redis::RedisError },
+    Permission {
+        script: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
     /// The script failed or returned something unexpected.
     #[error("redis script {script} failed")]
-    Script { script: &'static str, #[source] source: redis::RedisError },
+    Script {
+        script: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
     /// Bad connection settings.
     #[error("invalid redis config: {0}")]
     Config(String),
@@ -42,7 +54,11 @@ impl KeyspaceError {
             Self::Permission { script, source: e }
         } else if e.is_timeout() {
             Self::Timeout
-        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+        } else if e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+        {
             Self::Unavailable(Box::new(e))
         } else {
             Self::Script { script, source: e }

@@ -123,10 +123,7 @@ impl Keyspace {
         for arg in args {
             invocation.arg(arg);
         }
-        invocation
-            .invoke_async(&mut *conn)
-            .await
-            .map_err(|e| KeyspaceError::from_redis(script.name, e))
+        invocation.invoke_async(&mut *conn).await.map_err(|e| KeyspaceError::from_redis(script.name, e))
     }
 
     /// A read-only command, for health and budget checks (`PING`, `INFO`, `CONFIG GET`).

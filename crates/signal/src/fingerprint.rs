@@ -34,10 +34,8 @@ impl FingerprintRule {
         match self {
             Self::Resource => fingerprint_of(&[alert_name, namespace, kind, name]),
             Self::Labels(keys) => {
-                let pairs: Vec<String> = keys
-                    .iter()
-                    .map(|k| format!("{k}={}", labels.get(k).map_or("", String::as_str)))
-                    .collect();
+                let pairs: Vec<String> =
+                    keys.iter().map(|k| format!("{k}={}", labels.get(k).map_or("", String::as_str))).collect();
                 let parts: Vec<&str> = pairs.iter().map(String::as_str).collect();
                 fingerprint_of(&parts)
             }

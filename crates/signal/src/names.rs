@@ -32,21 +32,14 @@ pub fn parse_storm_cr_name(name: &str) -> Option<(&str, UnixMillis)> {
 /// Resource identity used in storm state and on storm CRs: `ns:Kind:name`, or
 /// `Kind:name` for cluster-scoped resources (reference spec §2.3).
 pub fn resource_id(namespace: &str, kind: &str, name: &str) -> String {
-    if namespace.is_empty() {
-        format!("{kind}:{name}")
-    } else {
-        format!("{namespace}:{kind}:{name}")
-    }
+    if namespace.is_empty() { format!("{kind}:{name}") } else { format!("{namespace}:{kind}:{name}") }
 }
 
 /// The first 16 characters of a fingerprint, or of its hash when it is not
 /// lower-case hex, so the name stays DNS-1123 whatever the caller passed.
 fn dns_hex16(fingerprint: &str) -> String {
-    let hex = if crate::fingerprint::is_valid(fingerprint) {
-        fingerprint.to_owned()
-    } else {
-        fingerprint_of(&[fingerprint])
-    };
+    let hex =
+        if crate::fingerprint::is_valid(fingerprint) { fingerprint.to_owned() } else { fingerprint_of(&[fingerprint]) };
     hex[..16].to_owned()
 }
 

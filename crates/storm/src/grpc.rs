@@ -61,8 +61,7 @@ impl pb::storm_service_server::StormService for StormGrpc {
                     Outcome::Opened => pb::StormOutcome::Opened,
                     Outcome::Joined => pb::StormOutcome::Joined,
                 };
-                metrics::counter!("breakwater_storm_decisions_total", "outcome" => outcome.as_str_name())
-                    .increment(1);
+                metrics::counter!("breakwater_storm_decisions_total", "outcome" => outcome.as_str_name()).increment(1);
                 let storm_type = match v.storm {
                     None => pb::StormType::Unspecified,
                     Some(StormType::Rate) => pb::StormType::Rate,

@@ -8,7 +8,7 @@ use breakwater_keyspace::{Keyspace, KeyspaceError, Script, Ttl};
 use breakwater_signal::UnixMillis;
 
 use super::{Bind, DedupStore};
-use crate::window::{Binding, DedupWindow, Decision, Query, Record, Status, Verdict};
+use crate::window::{Binding, Decision, DedupWindow, Query, Record, Status, Verdict};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_check", include_str!("check.lua")));
 static BIND: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_bind", include_str!("bind.lua")));

@@ -36,10 +36,7 @@ fn label_rule_uses_listed_labels_in_order() {
     ]);
     let mut other_pod = labels.clone();
     other_pod.insert("pod".into(), "p2".into());
-    assert_eq!(
-        rule.apply("A", "ns", "Pod", "p1", &labels),
-        rule.apply("A", "ns", "Pod", "p2", &other_pod)
-    );
+    assert_eq!(rule.apply("A", "ns", "Pod", "p1", &labels), rule.apply("A", "ns", "Pod", "p2", &other_pod));
     assert_eq!(rule.apply("A", "ns", "Pod", "p1", &labels), fingerprint_of(&["alertname=A", "cluster=eu"]));
 }
 

@@ -44,10 +44,7 @@ impl StormStore for RedisStormStore {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = queries
-            .iter()
-            .flat_map(|q| self.keys(&q.namespace, &q.alert_name))
-            .collect();
+        let keys: Vec<String> = queries.iter().flat_map(|q| self.keys(&q.namespace, &q.alert_name)).collect();
         let r = &self.rules;
         let mut args = vec![
             now.to_string(),
@@ -71,7 +68,8 @@ impl StormStore for RedisStormStore {
         }
         let mut keys = Vec::with_capacity(storms.len());
         for s in storms {
-            let (id, start) = parse_storm_cr_name(&s.name).ok_or_else(|| bad_reply(format!("storm name {:?}", s.name)))?;
+            let (id, start) =
+                parse_storm_cr_name(&s.name).ok_or_else(|| bad_reply(format!("storm name {:?}", s.name)))?;
             keys.push(self.keyspace.key(&format!("c:{id}:{start}")));
         }
         let args: Vec<u64> = storms.iter().map(|s| s.alerts).collect();
@@ -132,7 +130,10 @@ mod tests {
                 omitted: 0
             }
         );
-        assert_eq!(parse_verdict("N|0|5|0|0|3").map(|v| (v.outcome, v.storm, v.omitted)), Some((Outcome::None, None, 3)));
+        assert_eq!(
+            parse_verdict("N|0|5|0|0|3").map(|v| (v.outcome, v.storm, v.omitted)),
+            Some((Outcome::None, None, 3))
+        );
         assert_eq!(parse_verdict("X|0|5|0|0|3"), None);
         assert_eq!(parse_verdict("N|0|5|0|0"), None);
     }

@@ -75,10 +75,15 @@ fn invalid_payloads_are_rejected_with_a_reason() {
     assert!(parse(b"{\"alerts\":[]}\0", 0, &FingerprintRule::Resource).is_err());
     assert_eq!(bad_request(json!({"status": "firing"})), "missing alerts array");
     assert_eq!(bad_request(json!({"alerts": []})), "no alerts in webhook payload");
-    assert_eq!(bad_request(json!({"alerts": [{"labels": {"severity": "x"}}]})), "alerts[0]: labels.alertname is required");
+    assert_eq!(
+        bad_request(json!({"alerts": [{"labels": {"severity": "x"}}]})),
+        "alerts[0]: labels.alertname is required"
+    );
     assert!(bad_request(json!({"alerts": [42]})).starts_with("alerts[0] is not a valid alert"));
     assert!(bad_request(json!({"alerts": [{"labels": "nope"}]})).starts_with("alerts[0] is not a valid alert"));
-    assert!(bad_request(json!({"alerts": [{"labels": {"alertname": "A"}, "status": "pending"}]})).contains("\"pending\""));
+    assert!(
+        bad_request(json!({"alerts": [{"labels": {"alertname": "A"}, "status": "pending"}]})).contains("\"pending\"")
+    );
 }
 
 #[test]
