@@ -5,6 +5,10 @@
 //! - [`config`] — [`Config`], the file + environment + flags loader.
 //! - [`compose`] — starting components on listeners, alone or all together (`up`).
 
+// Library code must not panic on input: failures are typed errors. Tests may
+// unwrap (`.clippy.toml` allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod cli;
 pub mod compose;
 pub mod config;

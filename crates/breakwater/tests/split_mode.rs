@@ -17,7 +17,6 @@ struct Process {
 
 impl Process {
     /// Starts `breakwater <args>` and waits for its "listening on ADDR" line.
-    #[allow(clippy::expect_used)] // test harness: a failed start must fail the test loudly
     async fn start(args: &[&str], env: &[(String, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater"))
             .args(args)
@@ -41,7 +40,6 @@ impl Process {
     }
 }
 
-#[allow(clippy::expect_used)] // test helper: a broken answer must fail the test loudly
 async fn post(client: &reqwest::Client, edge: &str, body: &Value) -> (u16, Value) {
     let response =
         client.post(format!("http://{edge}/api/v1/signals/prometheus")).json(body).send().await.expect("edge answers");

@@ -19,6 +19,10 @@
 //!
 //! The entry point is [`run`]; [`sink_from_config`] picks the backend.
 
+// Library code must not panic on input: failures are typed errors. Tests may
+// unwrap (`.clippy.toml` allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 use std::future::Future;
 use std::sync::Arc;
 

@@ -13,6 +13,10 @@
 //!
 //! Entry point: [`run`].
 
+// Library code must not panic on input: failures are typed errors. Tests may
+// unwrap (`.clippy.toml` allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod adapters;
 pub mod config;
 pub mod error;

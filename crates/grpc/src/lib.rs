@@ -5,6 +5,10 @@
 //! uses. Keeping both here gives the components one shape and `up` and split
 //! mode one code path.
 
+// Library code must not panic on input: failures are typed errors. Tests may
+// unwrap (`.clippy.toml` allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -8,6 +8,10 @@
 //!   data is [`Keyspace::run`] with a registered [`Script`] and a [`Ttl`]: the API
 //!   cannot express a write without an expiry.
 
+// Library code must not panic on input: failures are typed errors. Tests may
+// unwrap (`.clippy.toml` allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod config;
 pub mod error;
 

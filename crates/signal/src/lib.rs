@@ -6,6 +6,10 @@
 //! - [`names`] — deterministic, DNS-1123 RemediationRequest names from fingerprint and window,
 //!   so a retried create is idempotent and every duplicate knows its CR without a read.
 
+// Library code must not panic on input: failures are typed errors. Tests may
+// unwrap (`.clippy.toml` allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod clock;
 pub mod fingerprint;
 pub mod names;

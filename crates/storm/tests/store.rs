@@ -117,7 +117,7 @@ async fn repeats_count_on_the_storm(store: &dyn StormStore) {
     assert_eq!((v[5].outcome, v[5].storm_alerts), (Outcome::Opened, 1));
     let name = storm_cr_name("prod", "PodCrash", T0);
     let repeats = StormCount { name: name.clone(), alerts: 3 };
-    assert_eq!(store.count(&[repeats.clone()], T0 + 10).await.unwrap(), vec![4]);
+    assert_eq!(store.count(std::slice::from_ref(&repeats), T0 + 10).await.unwrap(), vec![4]);
     let v = store.detect(&[alert("prod", "PodCrash", 6)], T0 + 20).await.unwrap();
     assert_eq!((v[0].outcome, v[0].storm_alerts), (Outcome::Joined, 5));
     // The window closes after 60 s of silence; the storm CR still counts repeats.

@@ -5,6 +5,10 @@
 //! Prometheus recorder once per process and returns the handle `/metrics`
 //! renders.
 
+// Library code must not panic on input: failures are typed errors. Tests may
+// unwrap (`.clippy.toml` allows it there).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
