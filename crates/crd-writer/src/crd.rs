@@ -287,7 +287,8 @@ impl WriteKind {
 /// The storm part of a storm write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StormWrite {
-    pub storm_type: StormType,
+    /// Unknown for repeats of folded alerts (`STORM_ADD` from a duplicate).
+    pub storm_type: Option<StormType>,
     pub window_start: UnixMillis,
     /// Alerts counted on the storm CR so far, this one included.
     pub alert_count: u64,
@@ -360,7 +361,7 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
             previous_remediation_request_ref: None,
         },
         is_storm: storm.is_some(),
-        storm_type: storm.map(|s| s.storm_type),
+        storm_type: storm.and_then(|s| s.storm_type),
         storm_window: storm.map(|s| time(s.window_start).0.to_string()),
         storm_alert_count: storm.map(|s| to_i64(s.alert_count.max(1))),
         affected_resources: match storm {

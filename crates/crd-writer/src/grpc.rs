@@ -181,10 +181,12 @@ impl TryFrom<pb::RemediationWrite> for Write {
         let storm = match kind {
             WriteKind::Create | WriteKind::Occurrence => None,
             WriteKind::StormCreate | WriteKind::StormAdd => Some(StormWrite {
-                storm_type: match storm_type {
-                    pb::StormType::Rate => StormType::Rate,
-                    pb::StormType::Pattern => StormType::Pattern,
-                    pb::StormType::Unspecified => return Err(InvalidWrite("storm_type is unspecified")),
+                storm_type: match (storm_type, kind) {
+                    (pb::StormType::Rate, _) => Some(StormType::Rate),
+                    (pb::StormType::Pattern, _) => Some(StormType::Pattern),
+                    // A repeat of a folded alert is counted without knowing how the storm began.
+                    (pb::StormType::Unspecified, WriteKind::StormAdd) => None,
+                    (pb::StormType::Unspecified, _) => return Err(InvalidWrite("storm_type is unspecified")),
                 },
                 window_start: raw.storm_window_start_unix_ms,
                 alert_count: raw.storm_alert_count,

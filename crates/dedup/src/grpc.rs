@@ -8,8 +8,12 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::Error;
-use crate::store::{Bind, DedupStore};
-use crate::window::{Binding, Decision, Query, Status as SignalStatus};
+use crate::store::{Bind, DedupStore, WindowRef};
+use crate::window::{Binding, Decision, Placement, Query, Record, Status as SignalStatus};
+
+/// A first alert still unplaced after this long is taken as placed on its own
+/// CR: the edge that was placing it is gone.
+const PENDING_TIMEOUT_MS: i64 = 10_000;
 
 /// The gRPC face of dedup.
 #[derive(Clone)]
@@ -34,7 +38,8 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         let request = request.into_inner();
         let queries =
             request.queries.iter().enumerate().map(|(i, q)| query_from_pb(i, q)).collect::<Result<Vec<_>, Status>>()?;
-        let verdicts = self.store.check(&queries, self.clock.now()).await.map_err(Error::from)?;
+        let now = self.clock.now();
+        let verdicts = self.store.check(&queries, now).await.map_err(Error::from)?;
         let verdicts = request
             .queries
             .iter()
@@ -50,13 +55,10 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                 };
                 let mut verdict = pb::DedupVerdict { outcome: outcome.into(), ..Default::default() };
                 if let Some(r) = v.record {
-                    verdict.remediation = Some(match r.bound_to {
-                        Some(b) => pb::RemediationRef { namespace: b.namespace, name: b.name },
-                        None => pb::RemediationRef {
-                            namespace: q.namespace.clone(),
-                            name: incident_cr_name(&q.fingerprint, r.first_seen),
-                        },
-                    });
+                    // A new incident is the one being placed: it names its own CR to create.
+                    let pending = v.decision != Decision::New && is_pending(&r, now);
+                    verdict.remediation = (!pending).then(|| placed_on(&r, &q.fingerprint, &q.namespace));
+                    verdict.placement_pending = pending;
                     verdict.first_seen_unix_ms = r.first_seen;
                     verdict.last_seen_unix_ms = r.last_seen;
                     verdict.occurrence_count = r.count;
@@ -79,19 +81,68 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
             .enumerate()
             .map(|(i, b)| {
                 check_fingerprint(i, "bindings", &b.fingerprint)?;
-                let to =
-                    b.remediation.filter(|r| !r.name.is_empty() && !r.name.contains('/') && !r.namespace.contains('/'));
-                let to = to
-                    .ok_or_else(|| invalid(format!("bindings[{i}].remediation"), "a namespace and name without '/'"))?;
-                Ok(Bind {
-                    fingerprint: b.fingerprint,
-                    first_seen: b.first_seen_unix_ms,
-                    to: Binding { namespace: to.namespace, name: to.name },
-                })
+                let to = match b.remediation.filter(|r| !r.name.is_empty()) {
+                    None => Placement::Own,
+                    Some(r) if r.name.contains('/') || r.namespace.contains('/') => {
+                        return Err(invalid(format!("bindings[{i}].remediation"), "a namespace and name without '/'"));
+                    }
+                    Some(r) => Placement::Bound(Binding { namespace: r.namespace, name: r.name }),
+                };
+                Ok(Bind { fingerprint: b.fingerprint, first_seen: b.first_seen_unix_ms, to })
             })
             .collect::<Result<Vec<_>, Status>>()?;
         let bound = self.store.bind(&binds, self.clock.now()).await.map_err(Error::from)?;
         Ok(Response::new(pb::BindRemediationsResponse { bound }))
+    }
+
+    #[tracing::instrument(skip_all, fields(windows = request.get_ref().windows.len()))]
+    async fn get_placements(
+        &self,
+        request: Request<pb::GetPlacementsRequest>,
+    ) -> Result<Response<pb::GetPlacementsResponse>, Status> {
+        let windows = request.into_inner().windows;
+        let refs = windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                check_fingerprint(i, "windows", &w.fingerprint)?;
+                Ok(WindowRef { fingerprint: w.fingerprint.clone(), first_seen: w.first_seen_unix_ms })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let now = self.clock.now();
+        let found = self.store.placements(&refs, now).await.map_err(Error::from)?;
+        let placements = windows
+            .iter()
+            .zip(found)
+            .map(|(w, placement)| match placement {
+                None => pb::Placement { state: pb::PlacementState::Closed.into(), remediation: None },
+                Some(p) => {
+                    let record = Record { first_seen: w.first_seen_unix_ms, last_seen: now, count: 0, placement: p };
+                    if is_pending(&record, now) {
+                        pb::Placement { state: pb::PlacementState::Pending.into(), remediation: None }
+                    } else {
+                        let remediation = Some(placed_on(&record, &w.fingerprint, &w.namespace));
+                        pb::Placement { state: pb::PlacementState::Placed.into(), remediation }
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetPlacementsResponse { placements }))
+    }
+}
+
+fn is_pending(record: &Record, now: i64) -> bool {
+    record.placement == Placement::Pending && now.saturating_sub(record.first_seen) < PENDING_TIMEOUT_MS
+}
+
+/// The CR counting an incident (a stale pending placement counts as its own).
+fn placed_on(record: &Record, fingerprint: &str, namespace: &str) -> pb::RemediationRef {
+    match &record.placement {
+        Placement::Bound(b) => pb::RemediationRef { namespace: b.namespace.clone(), name: b.name.clone() },
+        Placement::Own | Placement::Pending => pb::RemediationRef {
+            namespace: namespace.to_owned(),
+            name: incident_cr_name(fingerprint, record.first_seen),
+        },
     }
 }
 

@@ -28,8 +28,8 @@ use tokio::net::TcpListener;
 pub use config::{DedupConfig, StoreKind};
 pub use error::{Error, Result};
 pub use grpc::DedupGrpc;
-pub use store::{DedupStore, MemoryDedupStore, RedisDedupStore};
-pub use window::{Binding, Decision, DedupWindow, Query, Record, Status, Verdict};
+pub use store::{Bind, DedupStore, MemoryDedupStore, RedisDedupStore, WindowRef};
+pub use window::{Binding, Decision, DedupWindow, Placement, Query, Record, Status, Verdict};
 
 /// The store `config` asks for. Builds lazily: nothing connects yet.
 ///

@@ -9,15 +9,22 @@ use breakwater_signal::UnixMillis;
 
 pub use self::memory::MemoryDedupStore;
 pub use self::redis::RedisDedupStore;
-use crate::window::{Binding, Query, Verdict};
+use crate::window::{Placement, Query, Verdict};
 
-/// A binding request: point the incident `fingerprint` whose window opened at
-/// `first_seen` at `to`.
+/// A placement decision: the incident `fingerprint` whose window opened at
+/// `first_seen` is counted on `to` (its own CR or a storm's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     pub fingerprint: String,
     pub first_seen: UnixMillis,
-    pub to: Binding,
+    pub to: Placement,
+}
+
+/// Which incident window: a fingerprint and when its window opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRef {
+    pub fingerprint: String,
+    pub first_seen: UnixMillis,
 }
 
 #[async_trait]
@@ -27,7 +34,12 @@ pub trait DedupStore: Send + Sync {
     /// so two identical queries in one batch are a new incident and a duplicate.
     async fn check(&self, queries: &[Query], now: UnixMillis) -> Result<Vec<Verdict>, KeyspaceError>;
 
-    /// Applies bindings to windows that are still open and still the window
-    /// named by `first_seen`; returns how many applied.
+    /// Places incidents whose window is still open and still the one named by
+    /// `first_seen`; returns how many applied.
     async fn bind(&self, binds: &[Bind], now: UnixMillis) -> Result<u32, KeyspaceError>;
+
+    /// The current placement of each window, in order; `None` when that
+    /// window is no longer open. Reads only.
+    async fn placements(&self, windows: &[WindowRef], now: UnixMillis)
+    -> Result<Vec<Option<Placement>>, KeyspaceError>;
 }

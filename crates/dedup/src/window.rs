@@ -26,9 +26,20 @@ pub struct Record {
     pub first_seen: UnixMillis,
     pub last_seen: UnixMillis,
     pub count: u64,
-    /// Set when the incident was folded into another CR (a storm's); `None`
-    /// means the incident's own CR, named from fingerprint and `first_seen`.
-    pub bound_to: Option<Binding>,
+    /// Which CR counts this incident.
+    pub placement: Placement,
+}
+
+/// Which CR counts an incident. A new incident is `Pending` until the edge
+/// that saw its first alert knows whether a storm took it, so a repeat racing
+/// that decision is counted on the right CR, never on both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    Pending,
+    /// The incident's own CR, named from fingerprint and `first_seen`.
+    Own,
+    /// Another CR (a storm's).
+    Bound(Binding),
 }
 
 /// A CR an incident is counted on, other than its own.
@@ -93,7 +104,7 @@ impl DedupWindow {
                 (Verdict { decision: Decision::Duplicate, record: Some(next.clone()) }, Change::Put(next))
             }
             (Status::Firing, None) => {
-                let next = Record { first_seen: now, last_seen: now, count: 1, bound_to: None };
+                let next = Record { first_seen: now, last_seen: now, count: 1, placement: Placement::Pending };
                 (Verdict { decision: Decision::New, record: Some(next.clone()) }, Change::Put(next))
             }
             (Status::Resolved, Some(r)) => {

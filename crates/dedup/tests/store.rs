@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use breakwater_dedup::store::Bind;
-use breakwater_dedup::{Binding, Decision, DedupStore, DedupWindow, MemoryDedupStore, Query, RedisDedupStore, Status};
+use breakwater_dedup::{
+    Bind, Binding, Decision, DedupStore, DedupWindow, MemoryDedupStore, Placement, Query, RedisDedupStore, Status,
+    WindowRef,
+};
 use breakwater_keyspace::{Keyspace, RedisConfig};
 use breakwater_signal::{UnixMillis, fingerprint_of};
 use breakwater_testkit::{RedisServer, unique_key_root};
@@ -116,14 +118,23 @@ async fn hundred_identical_concurrent_alerts_redis() {
 }
 
 async fn bind_points_only_the_open_window(store: &dyn DedupStore) {
-    let to = Binding { namespace: "prod".into(), name: "storm-abc-1".into() };
-    store.check(&[firing(1)], T0).await.unwrap();
+    let to = Placement::Bound(Binding { namespace: "prod".into(), name: "storm-abc-1".into() });
+    let v = store.check(&[firing(1)], T0).await.unwrap().remove(0);
+    assert_eq!(v.record.map(|r| r.placement), Some(Placement::Pending), "a new incident waits to be placed");
+    let window = |f, first_seen| WindowRef { fingerprint: fp(f), first_seen };
+    assert_eq!(
+        store.placements(&[window(1, T0), window(1, T0 - 1)], T0).await.unwrap(),
+        vec![Some(Placement::Pending), None]
+    );
     let stale = Bind { fingerprint: fp(1), first_seen: T0 - 1, to: to.clone() };
     let unknown = Bind { fingerprint: fp(9), first_seen: T0, to: to.clone() };
     let good = Bind { fingerprint: fp(1), first_seen: T0, to: to.clone() };
     assert_eq!(store.bind(&[stale, unknown, good], T0 + 1).await.unwrap(), 1);
     let v = store.check(&[firing(1)], T0 + 2).await.unwrap().remove(0);
-    assert_eq!((v.decision, v.record.and_then(|r| r.bound_to)), (Decision::Duplicate, Some(to)));
+    assert_eq!((v.decision, v.record.map(|r| r.placement)), (Decision::Duplicate, Some(to.clone())));
+    assert_eq!(store.placements(&[window(1, T0)], T0 + 3).await.unwrap(), vec![Some(to)]);
+    // A window that closed has no placement any more.
+    assert_eq!(store.placements(&[window(1, T0)], T0 + 2 + WINDOW_MS).await.unwrap(), vec![None]);
 }
 
 #[tokio::test]

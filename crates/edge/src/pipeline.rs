@@ -237,6 +237,7 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
                 first_seen_unix_ms: window_start,
                 last_seen_unix_ms: now,
                 occurrence_count: 1,
+                placement_pending: false,
             }
         })
         .collect();
@@ -257,8 +258,10 @@ impl AsyncPredicate<Batch> for StormStage {
         Box::pin(async move {
             batch.storm = vec![None; batch.signals.len()];
             detect_storms(client.clone(), &mut batch).await;
+            // Placing this batch's new incidents first lets its own repeats resolve at once.
+            place_new_incidents(dedup.clone(), &batch).await;
+            resolve_pending_repeats(dedup, &mut batch).await;
             count_storm_repeats(client, &mut batch).await;
-            bind_to_storms(dedup, &batch).await;
             Ok(batch)
         })
     }
@@ -330,28 +333,81 @@ async fn count_storm_repeats(mut client: StormServiceClient<Channel>, batch: &mu
     }
 }
 
-/// Points incidents folded into a storm at its CR, so their repeats count there.
-async fn bind_to_storms(mut dedup: DedupServiceClient<Channel>, batch: &Batch) {
+/// Tells dedup which CR counts each new incident: a storm's, or its own.
+/// Until then its repeats wait (see [`resolve_pending_repeats`]), so none is
+/// counted on the wrong CR.
+async fn place_new_incidents(mut dedup: DedupServiceClient<Channel>, batch: &Batch) {
     if batch.dedup_degraded {
         return;
     }
     let bindings: Vec<pb::DedupBinding> = (0..batch.signals.len())
         .filter(|&i| batch.dedup[i].outcome() == pb::DedupOutcome::New)
-        .filter_map(|i| {
-            let storm = batch.storm[i].as_ref().filter(|s| s.outcome() != pb::StormOutcome::None)?;
-            Some(pb::DedupBinding {
-                fingerprint: batch.signals[i].fingerprint.clone(),
-                first_seen_unix_ms: batch.dedup[i].first_seen_unix_ms,
-                remediation: storm.remediation.clone(),
-            })
+        .map(|i| pb::DedupBinding {
+            fingerprint: batch.signals[i].fingerprint.clone(),
+            first_seen_unix_ms: batch.dedup[i].first_seen_unix_ms,
+            remediation: batch.storm[i]
+                .as_ref()
+                .filter(|s| s.outcome() != pb::StormOutcome::None)
+                .and_then(|s| s.remediation.clone()),
         })
         .collect();
     if bindings.is_empty() {
         return;
     }
     if let Err(status) = dedup.bind_remediations(pb::BindRemediationsRequest { bindings }).await {
-        // Their repeats will count on CRs of their own instead: still counted, not on the storm.
+        // Repeats wait out the placement timeout, then count on the incident's own CR.
         degraded("dedup", &status);
+    }
+}
+
+/// How long a repeat waits for its incident's first alert to be placed.
+const PLACEMENT_WAIT: Duration = Duration::from_millis(500);
+
+/// Repeats that raced their incident's first alert learn where it was placed.
+async fn resolve_pending_repeats(mut dedup: DedupServiceClient<Channel>, batch: &mut Batch) {
+    let mut pending: Vec<usize> = (0..batch.signals.len()).filter(|&i| batch.dedup[i].placement_pending).collect();
+    let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
+    while !pending.is_empty() {
+        let windows = pending
+            .iter()
+            .map(|&i| pb::DedupWindowRef {
+                fingerprint: batch.signals[i].fingerprint.clone(),
+                first_seen_unix_ms: batch.dedup[i].first_seen_unix_ms,
+                namespace: batch.targets[i].clone(),
+            })
+            .collect();
+        let placements = match dedup.get_placements(pb::GetPlacementsRequest { windows }).await {
+            Ok(answer) if answer.get_ref().placements.len() == pending.len() => answer.into_inner().placements,
+            Ok(_) => {
+                degraded("dedup", &tonic::Status::internal("dedup answered the wrong number of placements"));
+                break;
+            }
+            Err(status) => {
+                degraded("dedup", &status);
+                break;
+            }
+        };
+        let mut still = Vec::new();
+        for (i, placement) in pending.into_iter().zip(placements) {
+            match placement.state() {
+                pb::PlacementState::Placed => batch.dedup[i].remediation = placement.remediation,
+                pb::PlacementState::Pending => still.push(i),
+                // The window closed meanwhile: the incident was counted on its own CR.
+                _ => {}
+            }
+        }
+        pending = still;
+        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for i in 0..batch.signals.len() {
+        if batch.dedup[i].placement_pending && batch.dedup[i].remediation.is_none() {
+            metrics::counter!("breakwater_edge_placement_timeouts_total").increment(1);
+            let name = incident_cr_name(&batch.signals[i].fingerprint, batch.dedup[i].first_seen_unix_ms);
+            batch.dedup[i].remediation = Some(pb::RemediationRef { namespace: batch.targets[i].clone(), name });
+        }
     }
 }
 
@@ -411,8 +467,10 @@ impl Service<Batch> for CrdWrite {
                             let cause = format!("{}: {}", remediation.1, result.error);
                             failure = Some(failure.map_or((after, cause.clone()), |(a, c)| (a.max(after), c)));
                         }
-                        // The CR was there already: a retried webhook, or dedup's fallback names at work.
-                        pb::WriteOutcome::AlreadyExisted => {
+                        // Without dedup, fallback names make AlreadyExisted the dedup of last
+                        // resort. With dedup, the incident is new and a racing repeat's count
+                        // merely created its CR first.
+                        pb::WriteOutcome::AlreadyExisted if batch.dedup_degraded => {
                             outcome = match outcome {
                                 AlertOutcome::Created => AlertOutcome::Duplicate,
                                 AlertOutcome::StormCreated => AlertOutcome::StormAggregated,

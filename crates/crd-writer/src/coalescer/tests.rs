@@ -81,7 +81,7 @@ fn storm_add(pod: &str, alert_count: u64, listed: bool) -> Write {
         last_seen: 0,
         occurrence_count: 0,
         storm: Some(StormWrite {
-            storm_type: StormType::Rate,
+            storm_type: Some(StormType::Rate),
             window_start: T0,
             alert_count,
             resource_listed: listed,

@@ -52,7 +52,7 @@ fn storm_create(signal: pb::Signal) -> Write {
         last_seen: 0,
         occurrence_count: 0,
         storm: Some(StormWrite {
-            storm_type: StormType::Pattern,
+            storm_type: Some(StormType::Pattern),
             window_start: NOW - 30_000,
             alert_count: 11,
             resource_listed: true,

@@ -81,7 +81,7 @@ async fn one_result_per_write_in_order() -> TestResult {
     }
     let mut no_signal = write(pb::WriteKind::Create, "rr-no-signal");
     no_signal.signal = None;
-    let mut storm_no_type = write(pb::WriteKind::StormAdd, "storm-x");
+    let mut storm_no_type = write(pb::WriteKind::StormCreate, "storm-x");
     storm_no_type.storm_type = pb::StormType::Unspecified.into();
     let writes = vec![
         write(pb::WriteKind::Create, "rr-a"),

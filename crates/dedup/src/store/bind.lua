@@ -1,10 +1,11 @@
--- Points open incidents at another CR (a storm's), keeping their expiry.
+-- Places open incidents: on their own CR ('') or another one ('<ns>/<name>'),
+-- keeping their expiry.
 -- KEYS[i]       record key of binding i
 -- ARGV[1]       TTL in ms; unused: a binding never extends a window (KEEPTTL)
 -- ARGV[2]       now, Unix ms
 -- ARGV[3]       window, ms
 -- ARGV[2+2i]    first_seen the binding is for
--- ARGV[3+2i]    "<namespace>/<name>"
+-- ARGV[3+2i]    the placement: '' or '<namespace>/<name>'
 local now = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local bound = 0

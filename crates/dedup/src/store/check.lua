@@ -4,7 +4,9 @@
 -- ARGV[2]   now, Unix ms
 -- ARGV[3]   window, ms
 -- ARGV[3+i] 'f' (firing) or 'r' (resolved) for query i
--- Record: "<first_seen>|<last_seen>|<count>|<bound namespace/name or empty>"
+-- Record: "<first_seen>|<last_seen>|<count>|<placement>", placement '?' (pending:
+-- the first alert's edge has not said yet which CR counts it), '' (own CR) or
+-- '<namespace>/<name>' (a storm's CR).
 -- Reply per query: "N|<record>", "D|<record>", "R|<record>" or "U".
 local ttl = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -29,7 +31,7 @@ for i, key in ipairs(KEYS) do
       v = string.format('%d|%d|%d|%s', first, last, count + 1, bound)
       out[i] = 'D|' .. v
     else
-      v = string.format('%d|%d|1|', now, now)
+      v = string.format('%d|%d|1|?', now, now)
       out[i] = 'N|' .. v
     end
     redis.call('SET', key, v, 'PX', ttl)

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
-use super::{Bind, DedupStore};
-use crate::window::{Change, DedupWindow, Query, Record, Verdict};
+use super::{Bind, DedupStore, WindowRef};
+use crate::window::{Change, DedupWindow, Placement, Query, Record, Verdict};
 
 /// Open incidents in a map; closed ones are swept whenever the map has doubled
 /// since the last sweep, so memory follows the number of open incidents.
@@ -80,10 +80,28 @@ impl DedupStore for MemoryDedupStore {
                 && r.first_seen == b.first_seen
                 && self.window.is_open(r, now)
             {
-                r.bound_to = Some(b.to.clone());
+                r.placement = b.to.clone();
                 bound += 1;
             }
         }
         Ok(bound)
+    }
+
+    async fn placements(
+        &self,
+        windows: &[WindowRef],
+        now: UnixMillis,
+    ) -> Result<Vec<Option<Placement>>, KeyspaceError> {
+        let state = self.lock();
+        Ok(windows
+            .iter()
+            .map(|w| {
+                state
+                    .records
+                    .get(&w.fingerprint)
+                    .filter(|r| r.first_seen == w.first_seen && self.window.is_open(r, now))
+                    .map(|r| r.placement.clone())
+            })
+            .collect())
     }
 }

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use breakwater_keyspace::{Keyspace, KeyspaceError, Script, Ttl};
 use breakwater_signal::UnixMillis;
 
-use super::{Bind, DedupStore};
-use crate::window::{Binding, Decision, DedupWindow, Query, Record, Status, Verdict};
+use super::{Bind, DedupStore, WindowRef};
+use crate::window::{Binding, Decision, DedupWindow, Placement, Query, Record, Status, Verdict};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_check", include_str!("check.lua")));
 static BIND: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_bind", include_str!("bind.lua")));
@@ -62,9 +62,35 @@ impl DedupStore for RedisDedupStore {
         let mut args = vec![now.to_string(), self.window.window_ms().to_string()];
         for b in binds {
             args.push(b.first_seen.to_string());
-            args.push(format!("{}/{}", b.to.namespace, b.to.name));
+            args.push(encode_placement(&b.to));
         }
         self.keyspace.run(&BIND, &keys, self.ttl(), &args).await
+    }
+
+    async fn placements(
+        &self,
+        windows: &[WindowRef],
+        now: UnixMillis,
+    ) -> Result<Vec<Option<Placement>>, KeyspaceError> {
+        if windows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut mget = redis::cmd("MGET");
+        for w in windows {
+            mget.arg(self.record_key(&w.fingerprint));
+        }
+        let records: Vec<Option<String>> = self.keyspace.query(&mget).await?;
+        Ok(windows
+            .iter()
+            .zip(records)
+            .map(|(w, record)| {
+                record
+                    .as_deref()
+                    .and_then(parse_record)
+                    .filter(|r| r.first_seen == w.first_seen && self.window.is_open(r, now))
+                    .map(|r| r.placement)
+            })
+            .collect())
     }
 }
 
@@ -94,11 +120,24 @@ fn parse_record(s: &str) -> Option<Record> {
     let first_seen = parts.next()?.parse().ok()?;
     let last_seen = parts.next()?.parse().ok()?;
     let count = parts.next()?.parse().ok()?;
-    let bound_to = match parts.next()? {
-        "" => None,
-        b => b.split_once('/').map(|(ns, name)| Binding { namespace: ns.to_owned(), name: name.to_owned() }),
+    let placement = match parts.next()? {
+        "?" => Placement::Pending,
+        "" => Placement::Own,
+        b => {
+            let (ns, name) = b.split_once('/')?;
+            Placement::Bound(Binding { namespace: ns.to_owned(), name: name.to_owned() })
+        }
     };
-    Some(Record { first_seen, last_seen, count, bound_to })
+    Some(Record { first_seen, last_seen, count, placement })
+}
+
+/// The record's placement field: `?` pending, empty for the own CR, or `namespace/name`.
+fn encode_placement(p: &Placement) -> String {
+    match p {
+        Placement::Pending => "?".to_owned(),
+        Placement::Own => String::new(),
+        Placement::Bound(b) => format!("{}/{}", b.namespace, b.name),
+    }
 }
 
 #[cfg(test)]
@@ -116,10 +155,11 @@ mod tests {
                 first_seen: 10,
                 last_seen: 20,
                 count: 3,
-                bound_to: Some(Binding { namespace: "prod".into(), name: "storm-a".into() })
+                placement: Placement::Bound(Binding { namespace: "prod".into(), name: "storm-a".into() })
             })
         );
-        assert_eq!(parse_verdict("N|1|1|1|").and_then(|v| v.record).map(|r| r.bound_to), Some(None));
+        assert_eq!(parse_verdict("N|1|1|1|?").and_then(|v| v.record).map(|r| r.placement), Some(Placement::Pending));
+        assert_eq!(parse_verdict("D|1|1|2|").and_then(|v| v.record).map(|r| r.placement), Some(Placement::Own));
         assert_eq!(parse_verdict("X|1|1|1|"), None);
         assert_eq!(parse_verdict("N|a|1|1|"), None);
     }

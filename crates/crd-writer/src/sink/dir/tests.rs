@@ -33,7 +33,7 @@ fn write(namespace: &str, name: &str, storm: bool) -> Write {
         last_seen: 1_700_000_000_000,
         occurrence_count: 1,
         storm: storm.then_some(StormWrite {
-            storm_type: StormType::Rate,
+            storm_type: Some(StormType::Rate),
             window_start: 1_700_000_000_000,
             alert_count: 11,
             resource_listed: true,
