@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use breakwater_testkit::assert_eventually;
+use breakwater_testkit::{Verb, assert_eventually};
 use breakwater_tests::{Alert, Backend, TestGateway, accounted_alerts, webhook};
 use futures::future::join_all;
 use serde_json::Value;
@@ -187,4 +187,47 @@ async fn mixed_traffic_keeps_the_invariant_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_traffic_keeps_the_invariant_redis_and_kube() {
     mixed_traffic_keeps_the_invariant(Backend::RedisAndKube).await;
+}
+
+/// A burst of 1,000 duplicates causes far fewer than 1,000 Kubernetes writes,
+/// yet the CR ends at the exact count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_duplicates_coalesce_into_few_kubernetes_writes() {
+    let gw = TestGateway::start(Backend::RedisAndKube).await;
+    let alert = Alert::firing("HighMemory").in_ns("prod").pod("api-1");
+    let answers = post_all(&gw, &vec![webhook(&vec![alert; 50]); 20]).await;
+    assert!(answers.iter().all(|(s, _)| *s == 201 || *s == 202), "{answers:?}");
+    assert_eventually!(
+        Duration::from_secs(10),
+        async { gw.remediations().first().is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == 1000) },
+        "the CR counts 1000: {:?}",
+        gw.remediations().first().map(|cr| cr["spec"]["deduplication"].clone())
+    );
+    let api = gw.fake_api.as_ref().expect("fake API server");
+    let writes = api.count(Verb::Create) + api.count(Verb::Patch) + api.count(Verb::Replace);
+    assert!(writes < 100, "1000 duplicates took {writes} Kubernetes writes");
+    assert_eq!(gw.remediations().len(), 1);
+}
+
+/// Stopping the gateway flushes pending counts: exact even when the flush
+/// interval is far longer than the test.
+async fn shutdown_flushes_pending_counts(backend: Backend) {
+    let mut gw = TestGateway::start_with(backend, |c| c.crd_writer.flush_interval_ms = 60_000).await;
+    let body = webhook(&[Alert::firing("HighMemory").in_ns("prod").pod("api-1")]);
+    let answers = post_all(&gw, &vec![body; 10]).await;
+    assert_eq!(answers.iter().filter(|(s, _)| *s == 201).count(), 1);
+    gw.stop().await;
+    let crs = gw.remediations();
+    assert_eq!(crs.len(), 1);
+    assert_eq!(crs[0]["spec"]["deduplication"]["occurrenceCount"], 10);
+}
+
+#[tokio::test]
+async fn shutdown_flushes_pending_counts_embedded() {
+    shutdown_flushes_pending_counts(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn shutdown_flushes_pending_counts_redis_and_kube() {
+    shutdown_flushes_pending_counts(Backend::RedisAndKube).await;
 }

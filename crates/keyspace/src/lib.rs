@@ -81,13 +81,20 @@ impl Keyspace {
     /// # Errors
     /// [`KeyspaceError::Config`] when the URL does not parse.
     pub fn from_config(config: &RedisConfig, component: &str) -> Result<Self> {
-        let manager = RedisConnectionManager::new(config.url.as_str())
+        let info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
+            .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", config.url)))?;
+        // Small requests and replies: Nagle's algorithm would only add latency.
+        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let manager = RedisConnectionManager::new(info)
             .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", config.url)))?;
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
             .min_idle(Some(0))
             .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
             .retry_connection(false)
+            // bb8-redis cannot tell a broken connection on return, so the PING on
+            // checkout is what replaces connections after Redis restarts.
+            .test_on_check_out(true)
             .build_unchecked(manager);
         Ok(Self::new(pool, format!("{}:{component}:", config.key_root)))
     }

@@ -1,0 +1,66 @@
+//! The dedup gRPC server over a real socket: its service, `grpc.health.v1`
+//! and server reflection (what `grpcurl` and Kubernetes probes use).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use breakwater_dedup::{DedupGrpc, DedupWindow, MemoryDedupStore};
+use breakwater_proto::v1 as pb;
+use breakwater_signal::{SystemClock, fingerprint_of};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+#[tokio::test]
+async fn serves_dedup_health_and_reflection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store = Arc::new(MemoryDedupStore::new(DedupWindow::new(Duration::from_secs(300))));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(breakwater_dedup::run(DedupGrpc::new(store, Arc::new(SystemClock)), listener, async {
+        let _ = stopped.await;
+    }));
+    let channel = breakwater_grpc::connect_lazy(&format!("http://{addr}"), Duration::from_secs(2)).unwrap();
+
+    let mut dedup = pb::dedup_service_client::DedupServiceClient::new(channel.clone());
+    let query = pb::DedupQuery {
+        fingerprint: fingerprint_of(&["A", "ns", "Pod", "p"]),
+        status: pb::SignalStatus::Firing.into(),
+        namespace: "ns".into(),
+    };
+    let answer = dedup.check_signals(pb::CheckSignalsRequest { queries: vec![query.clone(), query] }).await.unwrap();
+    let outcomes: Vec<_> = answer.get_ref().verdicts.iter().map(pb::DedupVerdict::outcome).collect();
+    assert_eq!(outcomes, [pb::DedupOutcome::New, pb::DedupOutcome::Duplicate]);
+
+    let bad = pb::DedupQuery { fingerprint: "not-hex".into(), status: 1, namespace: String::new() };
+    let status = dedup.check_signals(pb::CheckSignalsRequest { queries: vec![bad] }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("queries[0].fingerprint"), "{}", status.message());
+
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "breakwater.v1.DedupService"] {
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap();
+        assert_eq!(r.get_ref().status(), ServingStatus::Serving, "{service:?}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for expected in ["breakwater.v1.DedupService", "grpc.health.v1.Health"] {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
