@@ -44,13 +44,27 @@ impl TestGateway {
 
     /// Like [`TestGateway::start`], with a chance to adjust the config.
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        let redis = match backend {
+            Backend::Embedded => None,
+            Backend::RedisAndKube => Some(RedisServer::start().await),
+        };
+        Self::start_on(redis, adjust).await
+    }
+
+    /// A gateway whose ratelimit, dedup and storm share `redis` (the
+    /// development topology), with CRs in the fake Kubernetes API.
+    pub async fn start_with_redis(redis: RedisServer, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(Some(redis), adjust).await
+    }
+
+    async fn start_on(redis: Option<RedisServer>, adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory for the directory sink");
         let mut config = Config::default();
         config.crd_writer.directory = dir.path().to_path_buf();
         config.crd_writer.flush_interval_ms = 50;
-        let (mut fake_api, mut redis, mut sink) = (None, None, None::<Arc<dyn RemediationSink>>);
-        if backend == Backend::RedisAndKube {
-            let server = RedisServer::start().await;
+        let (mut fake_api, mut sink, mut backend) = (None, None::<Arc<dyn RemediationSink>>, Backend::Embedded);
+        if let Some(server) = &redis {
+            backend = Backend::RedisAndKube;
             let redis_config =
                 RedisConfig { url: server.url(), key_root: unique_key_root("gateway"), ..RedisConfig::default() };
             config.dedup.store = breakwater_dedup::StoreKind::Redis;
@@ -66,7 +80,6 @@ impl TestGateway {
                 config.crd_writer.fallback_namespace.clone(),
             )));
             fake_api = Some(api);
-            redis = Some(server);
         }
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port for the edge");
