@@ -177,6 +177,7 @@ async fn mixed_traffic_keeps_the_invariant(backend: Backend) {
     assert_invariant(&gw, accepted).await;
     let crs = gw.remediations();
     assert_eq!(storm_crs(&crs).len(), 1, "one storm: prod/PodCrashLooping");
+    assert_eq!(gw.degraded_calls().await, 0, "no component was degraded around");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

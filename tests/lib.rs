@@ -106,6 +106,24 @@ impl TestGateway {
         (status, body)
     }
 
+    /// Calls to components that failed and were degraded around, from the
+    /// edge's `/metrics` (each nextest test is its own process, so its own count).
+    pub async fn degraded_calls(&self) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with("breakwater_edge_degraded_calls_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// Every RemediationRequest written so far, as JSON objects.
     pub fn remediations(&self) -> Vec<Value> {
         match &self.fake_api {

@@ -50,7 +50,8 @@ impl KeyspaceError {
         let code = e.code().unwrap_or_default();
         if code == "OOM" || text.contains("OOM command not allowed") {
             Self::OutOfMemory { script, source: e }
-        } else if code == "NOPERM" || text.contains("NOPERM") {
+        } else if code == "NOPERM" || text.contains("NOPERM") || text.contains("can't access at least one of the keys")
+        {
             Self::Permission { script, source: e }
         } else if e.is_timeout() {
             Self::Timeout
