@@ -15,6 +15,13 @@ pub struct RedisConfig {
     pub pool_size: u32,
     /// How long to wait for a connection before the store counts as unavailable.
     pub connect_timeout_ms: u64,
+    /// The memory this service's keyspace may use, in bytes. Its Redis must
+    /// have at least this much `maxmemory` (reference topology: exactly this,
+    /// one Redis per service). Default 64 MiB.
+    pub memory_budget_bytes: u64,
+    /// How often `maxmemory`, the eviction policy and used memory are checked
+    /// against the budget, in seconds. Default 30.
+    pub budget_check_secs: u64,
 }
 
 impl Default for RedisConfig {
@@ -47,6 +54,18 @@ impl RedisConfig {
         }
         if self.connect_timeout_ms == 0 {
             return Err(format!("{section}.redis.connect_timeout_ms = 0 is not allowed: use at least 1"));
+        }
+        if self.memory_budget_bytes < 1024 * 1024 {
+            return Err(format!(
+                "{section}.redis.memory_budget_bytes = {} is not allowed: use at least 1048576 (1 MiB)",
+                self.memory_budget_bytes
+            ));
+        }
+        if !(1..=3600).contains(&self.budget_check_secs) {
+            return Err(format!(
+                "{section}.redis.budget_check_secs = {} is not allowed: use 1..=3600",
+                self.budget_check_secs
+            ));
         }
         Ok(())
     }
