@@ -26,7 +26,14 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: "redis://127.0.0.1:6379".into(), key_root: "bw".into(), pool_size: 16, connect_timeout_ms: 1_000 }
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_root: "bw".into(),
+            pool_size: 16,
+            connect_timeout_ms: 1_000,
+            memory_budget_bytes: 64 * 1024 * 1024,
+            budget_check_secs: 30,
+        }
     }
 }
 
