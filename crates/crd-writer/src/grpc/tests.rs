@@ -51,6 +51,7 @@ fn write(kind: pb::WriteKind, name: &str) -> pb::RemediationWrite {
         storm_alert_count: 11,
         resource_listed: true,
         resources_omitted: 0,
+        dedup_unavailable: false,
     }
 }
 
