@@ -9,7 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use breakwater_crd_writer::{CrdWriter, RemediationSink};
+use breakwater_dedup::StoreKind as DedupStore;
+use breakwater_grpc::ComponentHealth;
+use breakwater_keyspace::{Keyspace, RedisConfig};
+use breakwater_ratelimit::StoreKind as RateLimitStore;
 use breakwater_signal::{Clock, SystemClock};
+use breakwater_storm::StoreKind as StormStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -73,19 +78,52 @@ pub async fn run_component(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let health = ComponentHealth::new(component.name());
     match component {
         Component::RateLimit => {
-            let store = breakwater_ratelimit::store_from_config(&config.ratelimit)?;
+            let store = breakwater_ratelimit::store_from_config(&config.ratelimit, health.clone())?;
             let grpc = breakwater_ratelimit::RateLimitGrpc::new(store, clock, config.ratelimit.enabled);
-            breakwater_ratelimit::run(grpc, listener, shutdown).await?;
+            let stop = Shutdown::default();
+            let watch = watch_budget(
+                &config.ratelimit.redis,
+                config.ratelimit.store == RateLimitStore::Redis,
+                breakwater_ratelimit::KEYSPACE,
+                &health,
+                &stop,
+            )?;
+            let served = breakwater_ratelimit::run(grpc, health, listener, shutdown).await;
+            stop_watch(stop, watch).await;
+            served?;
         }
         Component::Dedup => {
             let store = breakwater_dedup::store_from_config(&config.dedup)?;
-            breakwater_dedup::run(breakwater_dedup::DedupGrpc::new(store, clock), listener, shutdown).await?;
+            let grpc = breakwater_dedup::DedupGrpc::new(store, clock, health.clone());
+            let stop = Shutdown::default();
+            let watch = watch_budget(
+                &config.dedup.redis,
+                config.dedup.store == DedupStore::Redis,
+                breakwater_dedup::KEYSPACE,
+                &health,
+                &stop,
+            )?;
+            let served = breakwater_dedup::run(grpc, health, listener, shutdown).await;
+            stop_watch(stop, watch).await;
+            served?;
         }
         Component::Storm => {
             let store = breakwater_storm::store_from_config(&config.storm)?;
-            breakwater_storm::run(breakwater_storm::StormGrpc::new(store, clock), listener, shutdown).await?;
+            let grpc = breakwater_storm::StormGrpc::new(store, clock, health.clone());
+            let stop = Shutdown::default();
+            let watch = watch_budget(
+                &config.storm.redis,
+                config.storm.store == StormStore::Redis,
+                breakwater_storm::KEYSPACE,
+                &health,
+                &stop,
+            )?;
+            let served = breakwater_storm::run(grpc, health, listener, shutdown).await;
+            stop_watch(stop, watch).await;
+            served?;
         }
         Component::CrdWriter => {
             let sink = match sink {
@@ -99,6 +137,34 @@ pub async fn run_component(
     Ok(())
 }
 
+/// Starts the drift guard of a Redis-backed keyspace: its memory settings
+/// against its budget, now and every `budget_check_secs`, into `health`.
+fn watch_budget(
+    redis: &RedisConfig,
+    enabled: bool,
+    keyspace: &'static str,
+    health: &Arc<ComponentHealth>,
+    stop: &Shutdown,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    if !enabled {
+        return Ok(None);
+    }
+    let keyspace_handle = Keyspace::from_config(redis, keyspace)?;
+    let (health, stop) = (health.clone(), stop.wait());
+    let (budget, interval) = (redis.memory_budget_bytes, Duration::from_secs(redis.budget_check_secs));
+    let component = health.component();
+    Ok(Some(tokio::spawn(async move {
+        keyspace_handle.watch_budget(component, budget, interval, |problem| health.set("budget", problem), stop).await;
+    })))
+}
+
+async fn stop_watch(stop: Shutdown, watch: Option<JoinHandle<()>>) {
+    stop.trigger();
+    if let Some(watch) = watch {
+        let _ = watch.await;
+    }
+}
+
 /// Builds the edge's state for `config` (clients connect lazily).
 ///
 /// # Errors
@@ -106,7 +172,9 @@ pub async fn run_component(
 pub fn edge_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<breakwater_edge::EdgeState> {
     let timeout = Duration::from_millis(config.edge.component_timeout_ms);
     let components = breakwater_edge::Components::connect_lazy(&config.edge.components, timeout)?;
-    Ok(breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, breakwater_telemetry::metrics_handle()))
+    let metrics = breakwater_telemetry::metrics_handle();
+    // The same [ratelimit] settings rule the edge's in-process limiter when ratelimit is unreachable.
+    Ok(breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.bucket()))
 }
 
 /// All five components in this process: what `breakwater up` runs.

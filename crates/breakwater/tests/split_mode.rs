@@ -98,5 +98,5 @@ async fn each_component_in_its_own_process() {
     let ready: Value =
         client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz").json().await.expect("json");
     assert_eq!(ready["status"], "degraded", "{ready}");
-    assert!(ready["components"]["storm"].as_str().is_some_and(|s| s.starts_with("unreachable")), "{ready}");
+    assert!(ready["components"]["storm"]["state"].as_str().is_some_and(|s| s.starts_with("unreachable")), "{ready}");
 }

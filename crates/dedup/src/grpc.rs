@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1 as pb;
 use breakwater_signal::{Clock, fingerprint, incident_cr_name};
 use tonic::{Request, Response, Status};
@@ -20,12 +21,35 @@ const PENDING_TIMEOUT_MS: i64 = 10_000;
 pub struct DedupGrpc {
     store: Arc<dyn DedupStore>,
     clock: Arc<dyn Clock>,
+    /// Where store failures and recoveries are reported (`StatusService`).
+    health: Arc<ComponentHealth>,
 }
 
 impl DedupGrpc {
-    pub fn new(store: Arc<dyn DedupStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+    pub fn new(store: Arc<dyn DedupStore>, clock: Arc<dyn Clock>, health: Arc<ComponentHealth>) -> Self {
+        Self { store, clock, health }
     }
+
+    /// Passes a store result through, recording Redis trouble and recovery.
+    fn observe<T>(&self, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
+        match result {
+            Ok(value) => {
+                self.health.set("redis", None);
+                Ok(value)
+            }
+            Err(e) => {
+                self.health.set("redis", Some(format!("{}{}", redis_problem(e.metric_label()), DEGRADED)));
+                Err(Error::from(e))
+            }
+        }
+    }
+}
+
+/// What the edge does meanwhile (design brief, degradation table).
+const DEGRADED: &str = "the edge names new CRs per fallback window and Kubernetes' AlreadyExists is the dedup of last resort until it answers again";
+
+fn redis_problem(kind: &str) -> String {
+    format!("dedup's Redis failed ({kind}): ")
 }
 
 #[tonic::async_trait]
@@ -39,7 +63,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         let queries =
             request.queries.iter().enumerate().map(|(i, q)| query_from_pb(i, q)).collect::<Result<Vec<_>, Status>>()?;
         let now = self.clock.now();
-        let verdicts = self.store.check(&queries, now).await.map_err(Error::from)?;
+        let verdicts = self.observe(self.store.check(&queries, now).await).map_err(Status::from)?;
         let verdicts = request
             .queries
             .iter()
@@ -91,7 +115,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                 Ok(Bind { fingerprint: b.fingerprint, first_seen: b.first_seen_unix_ms, to })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let bound = self.store.bind(&binds, self.clock.now()).await.map_err(Error::from)?;
+        let bound = self.observe(self.store.bind(&binds, self.clock.now()).await).map_err(Status::from)?;
         Ok(Response::new(pb::BindRemediationsResponse { bound }))
     }
 
@@ -110,7 +134,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
             })
             .collect::<Result<Vec<_>, Status>>()?;
         let now = self.clock.now();
-        let found = self.store.placements(&refs, now).await.map_err(Error::from)?;
+        let found = self.observe(self.store.placements(&refs, now).await).map_err(Status::from)?;
         let placements = windows
             .iter()
             .zip(found)
@@ -181,7 +205,8 @@ fn decision_label(d: Decision) -> &'static str {
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         metrics::counter!("breakwater_dedup_store_errors_total", "kind" => e.metric_label()).increment(1);
-        tracing::warn!(cause = %e, source = ?std::error::Error::source(&e), "dedup store failed");
+        // Logged once per outage by ComponentHealth; per call only at debug level.
+        tracing::debug!(cause = %e, source = ?std::error::Error::source(&e), "dedup store failed");
         // The edge applies the degradation table to Unavailable; the cause stays in our logs.
         Status::unavailable("dedup store unavailable")
     }

@@ -22,6 +22,7 @@ pub mod window;
 use std::future::Future;
 use std::sync::Arc;
 
+use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1::dedup_service_server::DedupServiceServer;
 use tokio::net::TcpListener;
 
@@ -40,7 +41,7 @@ pub fn store_from_config(config: &DedupConfig) -> Result<Arc<dyn DedupStore>> {
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryDedupStore::new(window)),
         StoreKind::Redis => {
-            let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, "dedup")?;
+            let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, KEYSPACE)?;
             Arc::new(RedisDedupStore::new(keyspace, window))
         }
     })
@@ -50,7 +51,15 @@ pub fn store_from_config(config: &DedupConfig) -> Result<Arc<dyn DedupStore>> {
 ///
 /// # Errors
 /// When the transport fails.
-pub async fn run(grpc: DedupGrpc, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    breakwater_grpc::serve(DedupServiceServer::new(grpc), listener, shutdown).await?;
+pub async fn run(
+    grpc: DedupGrpc,
+    health: Arc<ComponentHealth>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    breakwater_grpc::serve_with_status(DedupServiceServer::new(grpc), health, listener, shutdown).await?;
     Ok(())
 }
+
+/// The component part of this service's key prefix (`bw:dedup:`).
+pub const KEYSPACE: &str = "dedup";

@@ -20,7 +20,9 @@ async fn serves_dedup_health_and_reflection() {
     let addr = listener.local_addr().unwrap();
     let store = Arc::new(MemoryDedupStore::new(DedupWindow::new(Duration::from_secs(300))));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(breakwater_dedup::run(DedupGrpc::new(store, Arc::new(SystemClock)), listener, async {
+    let health = breakwater_grpc::ComponentHealth::new("dedup");
+    let grpc = DedupGrpc::new(store, Arc::new(SystemClock), health.clone());
+    let server = tokio::spawn(breakwater_dedup::run(grpc, health, listener, async {
         let _ = stopped.await;
     }));
     let channel = breakwater_grpc::connect_lazy(&format!("http://{addr}"), Duration::from_secs(2)).unwrap();
@@ -57,7 +59,7 @@ async fn serves_dedup_health_and_reflection() {
         panic!("unexpected reflection answer {response:?}");
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    for expected in ["breakwater.v1.DedupService", "grpc.health.v1.Health"] {
+    for expected in ["breakwater.v1.DedupService", "breakwater.v1.StatusService", "grpc.health.v1.Health"] {
         assert!(names.contains(&expected), "{expected} missing from {names:?}");
     }
 

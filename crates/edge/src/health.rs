@@ -7,7 +7,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use breakwater_proto::v1 as pb;
+use breakwater_proto::v1::status_service_client::StatusServiceClient;
 use serde::Serialize;
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -18,44 +21,72 @@ use crate::router::EdgeState;
 pub struct Readiness {
     /// `ready`, `degraded` (a feature is off, signals still flow) or `not_ready`.
     pub status: &'static str,
-    /// Per component: `serving`, or a sentence saying what is wrong.
-    pub components: BTreeMap<&'static str, String>,
+    pub components: BTreeMap<&'static str, ComponentReadiness>,
+    /// The edge's own problems: components it is degrading around.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
-/// 503 only when signals cannot be persisted (crd-writer unreachable) or the
-/// edge is shutting down; an unreachable ratelimit, dedup or storm degrades
-/// one feature and answers 200 `degraded`.
-pub async fn readyz(State(state): State<EdgeState>) -> (StatusCode, Json<Readiness>) {
-    let checks = state.components.channels.iter().map(|(name, channel)| async move {
-        let mut client = HealthClient::new(channel.clone());
-        let call = client.check(HealthCheckRequest { service: String::new() });
-        let verdict = match tokio::time::timeout(Duration::from_secs(1), call).await {
+#[derive(Debug, Serialize)]
+pub struct ComponentReadiness {
+    /// `serving`, or a sentence saying why not.
+    pub state: String,
+    /// What the component reports running short of (memory budget, its Redis, …).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn check(channel: Channel) -> ComponentReadiness {
+    let mut health = HealthClient::new(channel.clone());
+    let state =
+        match tokio::time::timeout(CHECK_TIMEOUT, health.check(HealthCheckRequest { service: String::new() })).await {
             Ok(Ok(r)) if r.get_ref().status() == ServingStatus::Serving => "serving".to_owned(),
             Ok(Ok(r)) => format!("not serving ({:?})", r.get_ref().status()),
             Ok(Err(status)) => format!("unreachable: {}", status.message()),
             Err(_) => "unreachable: health check timed out after 1s".to_owned(),
         };
-        (*name, verdict)
-    });
-    let components: BTreeMap<&'static str, String> = futures::future::join_all(checks).await.into_iter().collect();
-    for (name, verdict) in &components {
-        metrics::gauge!("breakwater_edge_component_up", "component" => *name)
-            .set(f64::from(u8::from(verdict == "serving")));
+    let mut problems = Vec::new();
+    if state == "serving" {
+        let mut status = StatusServiceClient::new(channel);
+        match tokio::time::timeout(CHECK_TIMEOUT, status.get_status(pb::GetStatusRequest {})).await {
+            Ok(Ok(r)) => problems = r.into_inner().problems,
+            Ok(Err(e)) => problems.push(format!("status unavailable: {}", e.message())),
+            Err(_) => problems.push("status timed out after 1s".to_owned()),
+        }
     }
+    ComponentReadiness { state, problems }
+}
+
+/// 503 only when signals cannot be persisted (crd-writer unreachable) or the
+/// edge is shutting down; anything else that is wrong degrades one feature and
+/// answers 200 `degraded`, with one sentence per problem.
+pub async fn readyz(State(state): State<EdgeState>) -> (StatusCode, Json<Readiness>) {
+    let checks =
+        state.components.channels.iter().map(|(name, channel)| async move { (*name, check(channel.clone()).await) });
+    let components: BTreeMap<&'static str, ComponentReadiness> =
+        futures::future::join_all(checks).await.into_iter().collect();
+    for (name, c) in &components {
+        metrics::gauge!("breakwater_edge_component_up", "component" => *name)
+            .set(f64::from(u8::from(c.state == "serving")));
+    }
+    let problems = state.health.problems();
     if state.shutting_down.load(Ordering::SeqCst) {
         let detail = Some("shutting down".to_owned());
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness { status: "not_ready", components, detail }));
+        let body = Readiness { status: "not_ready", components, problems, detail };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
     }
-    let all_serving = components.values().all(|v| v == "serving");
-    let writer_serving = components.get("crd-writer").is_some_and(|v| v == "serving");
-    let (code, status, detail) = match (writer_serving, all_serving) {
+    let writer_serving = components.get("crd-writer").is_some_and(|c| c.state == "serving");
+    let all_well = problems.is_empty() && components.values().all(|c| c.state == "serving" && c.problems.is_empty());
+    let (code, status, detail) = match (writer_serving, all_well) {
         (true, true) => (StatusCode::OK, "ready", None),
         (true, false) => (
             StatusCode::OK,
             "degraded",
-            Some("a component is unreachable; its feature is off until it returns (see components)".to_owned()),
+            Some("signals are accepted; a feature is degraded (see components and problems)".to_owned()),
         ),
         (false, _) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -63,5 +94,5 @@ pub async fn readyz(State(state): State<EdgeState>) -> (StatusCode, Json<Readine
             Some("crd-writer is unreachable: RemediationRequests cannot be written".to_owned()),
         ),
     };
-    (code, Json(Readiness { status, components, detail }))
+    (code, Json(Readiness { status, components, problems, detail }))
 }

@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1 as pb;
 use breakwater_proto::v1::crd_writer_service_client::CrdWriterServiceClient;
 use breakwater_proto::v1::dedup_service_client::DedupServiceClient;
 use breakwater_proto::v1::rate_limit_service_client::RateLimitServiceClient;
 use breakwater_proto::v1::storm_service_client::StormServiceClient;
+use breakwater_ratelimit::{MemoryRateLimitStore, RateLimitStore, TokenBucket};
 use breakwater_signal::{Clock, incident_cr_name, parse_storm_cr_name, resource_id};
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -123,28 +125,58 @@ pub enum PipelineError {
     CannotPersist { retry_after: Duration, cause: String },
 }
 
+/// What the pipeline needs besides the component clients.
+pub struct PipelineParts {
+    pub clock: Arc<dyn Clock>,
+    /// Names of new CRs while dedup is unavailable are per window of this length.
+    pub dedup_fallback_window: Duration,
+    /// The in-process limiter used while ratelimit is unavailable.
+    pub ratelimit_fallback: TokenBucket,
+    /// Where the edge records which components it is degrading around.
+    pub health: Arc<ComponentHealth>,
+}
+
 /// Builds the pipeline over `components`.
-pub fn pipeline(components: &Components, clock: Arc<dyn Clock>, dedup_fallback_window: Duration) -> Pipeline {
-    let window_ms = i64::try_from(dedup_fallback_window.as_millis()).unwrap_or(i64::MAX).max(1);
+pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
+    let window_ms = i64::try_from(parts.dedup_fallback_window.as_millis()).unwrap_or(i64::MAX).max(1);
+    let health = parts.health;
+    let rate_limit = RateLimitStage {
+        client: components.ratelimit.clone(),
+        fallback: Arc::new(MemoryRateLimitStore::new(parts.ratelimit_fallback)),
+        clock: parts.clock.clone(),
+        health: health.clone(),
+    };
+    let dedup = DedupStage { client: components.dedup.clone(), clock: parts.clock, window_ms, health: health.clone() };
+    let storm = StormStage { client: components.storm.clone(), dedup: components.dedup.clone(), health };
     let service = ServiceBuilder::new()
         // Refuses the whole webhook before anything is recorded, so the sender can retry it as is.
-        .layer(AsyncFilterLayer::new(RateLimitStage { client: components.ratelimit.clone() }))
+        .layer(AsyncFilterLayer::new(rate_limit))
         // Must run before storm: duplicates never count towards a storm (reference §4.1).
-        .layer(AsyncFilterLayer::new(DedupStage { client: components.dedup.clone(), clock, window_ms }))
-        .layer(AsyncFilterLayer::new(StormStage { client: components.storm.clone(), dedup: components.dedup.clone() }))
+        .layer(AsyncFilterLayer::new(dedup))
+        .layer(AsyncFilterLayer::new(storm))
         .service(CrdWrite { client: components.crd_writer.clone() });
     BoxCloneSyncService::new(service)
 }
 
-/// Marks a component as skipped for this batch, in logs and metrics.
-fn degraded(component: &'static str, status: &tonic::Status) {
+/// Records that `component` could not be used for this batch: counted per
+/// call, logged once per outage (by `ComponentHealth`), shown in `/readyz`.
+fn degraded(health: &ComponentHealth, component: &'static str, status: &tonic::Status, meanwhile: &str) {
     metrics::counter!("breakwater_edge_degraded_calls_total", "component" => component).increment(1);
-    tracing::warn!(component, code = ?status.code(), message = status.message(), "component unavailable, degrading");
+    let problem = format!("{component} is unavailable ({:?}: {}): {meanwhile}", status.code(), status.message());
+    health.set(component, Some(problem));
 }
+
+const RATELIMIT_MEANWHILE: &str = "the edge's in-process limiter takes over";
+const DEDUP_MEANWHILE: &str =
+    "new CRs are named per fallback window and crd-writer counts repeats on the open CR it finds";
+const STORM_MEANWHILE: &str = "no storm detection, every alert gets its own CR";
 
 #[derive(Clone)]
 struct RateLimitStage {
     client: RateLimitServiceClient<Channel>,
+    fallback: Arc<MemoryRateLimitStore>,
+    clock: Arc<dyn Clock>,
+    health: Arc<ComponentHealth>,
 }
 
 impl AsyncPredicate<Batch> for RateLimitStage {
@@ -153,21 +185,26 @@ impl AsyncPredicate<Batch> for RateLimitStage {
 
     fn check(&mut self, batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
+        let (fallback, clock, health) = (self.fallback.clone(), self.clock.clone(), self.health.clone());
         Box::pin(async move {
-            let request = pb::CheckRateLimitRequest {
-                sender: batch.sender.clone(),
-                signal_count: u32::try_from(batch.signals.len()).unwrap_or(u32::MAX),
-            };
-            match client.check_rate_limit(request).await {
-                Ok(answer) if !answer.get_ref().allowed => {
-                    let retry_after = Duration::from_millis(answer.get_ref().retry_after_ms);
-                    Err(PipelineError::RateLimited { retry_after }.into())
+            let signals = u32::try_from(batch.signals.len()).unwrap_or(u32::MAX);
+            let request = pb::CheckRateLimitRequest { sender: batch.sender.clone(), signal_count: signals };
+            let (allowed, retry_after_ms) = match client.check_rate_limit(request).await {
+                Ok(answer) => {
+                    health.set("ratelimit", None);
+                    (answer.get_ref().allowed, answer.get_ref().retry_after_ms)
                 }
-                Ok(_) => Ok(batch),
                 Err(status) => {
-                    degraded("ratelimit", &status);
-                    Ok(batch)
+                    degraded(&health, "ratelimit", &status, RATELIMIT_MEANWHILE);
+                    // The in-process store cannot fail.
+                    let d = fallback.check(&batch.sender, signals, clock.now()).await.map_err(BoxError::from)?;
+                    (d.allowed, d.retry_after_ms)
                 }
+            };
+            if allowed {
+                Ok(batch)
+            } else {
+                Err(PipelineError::RateLimited { retry_after: Duration::from_millis(retry_after_ms) }.into())
             }
         })
     }
@@ -178,6 +215,7 @@ struct DedupStage {
     client: DedupServiceClient<Channel>,
     clock: Arc<dyn Clock>,
     window_ms: i64,
+    health: Arc<ComponentHealth>,
 }
 
 impl AsyncPredicate<Batch> for DedupStage {
@@ -186,7 +224,7 @@ impl AsyncPredicate<Batch> for DedupStage {
 
     fn check(&mut self, mut batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
-        let (clock, window_ms) = (self.clock.clone(), self.window_ms);
+        let (clock, window_ms, health) = (self.clock.clone(), self.window_ms, self.health.clone());
         Box::pin(async move {
             let queries = batch
                 .signals
@@ -200,13 +238,14 @@ impl AsyncPredicate<Batch> for DedupStage {
                 .collect();
             match client.check_signals(pb::CheckSignalsRequest { queries }).await {
                 Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
+                    health.set("dedup", None);
                     batch.dedup = answer.into_inner().verdicts;
                 }
                 Ok(_) => {
                     let status = tonic::Status::internal("dedup answered the wrong number of verdicts");
-                    fallback_dedup(&mut batch, clock.now(), window_ms, &status);
+                    fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
                 }
-                Err(status) => fallback_dedup(&mut batch, clock.now(), window_ms, &status),
+                Err(status) => fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health),
             }
             Ok(batch)
         })
@@ -216,8 +255,8 @@ impl AsyncPredicate<Batch> for DedupStage {
 /// Without dedup, every firing alert is a "new" incident named after its
 /// fallback window, so identical alerts share one name and Kubernetes'
 /// AlreadyExists is the dedup of last resort.
-fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::Status) {
-    degraded("dedup", status);
+fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::Status, health: &ComponentHealth) {
+    degraded(health, "dedup", status, DEDUP_MEANWHILE);
     batch.dedup_degraded = true;
     let window_start = now - now.rem_euclid(window_ms);
     batch.dedup = batch
@@ -247,6 +286,7 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
 struct StormStage {
     client: StormServiceClient<Channel>,
     dedup: DedupServiceClient<Channel>,
+    health: Arc<ComponentHealth>,
 }
 
 impl AsyncPredicate<Batch> for StormStage {
@@ -254,28 +294,36 @@ impl AsyncPredicate<Batch> for StormStage {
     type Request = Batch;
 
     fn check(&mut self, mut batch: Batch) -> Self::Future {
-        let (client, dedup) = (self.client.clone(), self.dedup.clone());
+        let (client, dedup, health) = (self.client.clone(), self.dedup.clone(), self.health.clone());
         Box::pin(async move {
             batch.storm = vec![None; batch.signals.len()];
-            detect_storms(client.clone(), &mut batch).await;
+            let storm_up = detect_storms(client.clone(), &mut batch).await;
             // Placing this batch's new incidents first lets its own repeats resolve at once.
-            place_new_incidents(dedup.clone(), &batch).await;
-            resolve_pending_repeats(dedup, &mut batch).await;
-            count_storm_repeats(client, &mut batch).await;
+            let placed = place_new_incidents(dedup.clone(), &batch).await;
+            let resolved = resolve_pending_repeats(dedup, &mut batch).await;
+            let counted = count_storm_repeats(client, &mut batch).await;
+            match storm_up.and(counted) {
+                Ok(()) => health.set("storm", None),
+                Err(status) => degraded(&health, "storm", &status, STORM_MEANWHILE),
+            }
+            if let Err(status) = placed.and(resolved) {
+                degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+            }
             Ok(batch)
         })
     }
 }
 
-/// New firing incidents may open or join a storm.
-async fn detect_storms(mut client: StormServiceClient<Channel>, batch: &mut Batch) {
+/// New firing incidents may open or join a storm. Without an answer there is
+/// no storm detection: every alert gets its own CR.
+async fn detect_storms(mut client: StormServiceClient<Channel>, batch: &mut Batch) -> Result<(), tonic::Status> {
     let asked: Vec<usize> = (0..batch.signals.len())
         .filter(|&i| {
             batch.signals[i].status() == pb::SignalStatus::Firing && batch.dedup[i].outcome() == pb::DedupOutcome::New
         })
         .collect();
     if asked.is_empty() {
-        return;
+        return Ok(());
     }
     let queries = asked
         .iter()
@@ -290,20 +338,18 @@ async fn detect_storms(mut client: StormServiceClient<Channel>, batch: &mut Batc
             }
         })
         .collect();
-    match client.detect_storms(pb::DetectStormsRequest { queries }).await {
-        Ok(answer) if answer.get_ref().verdicts.len() == asked.len() => {
-            for (i, verdict) in asked.into_iter().zip(answer.into_inner().verdicts) {
-                batch.storm[i] = Some(verdict);
-            }
-        }
-        Ok(_) => degraded("storm", &tonic::Status::internal("storm answered the wrong number of verdicts")),
-        // No storm detection: every alert gets its own CR.
-        Err(status) => degraded("storm", &status),
+    let answer = client.detect_storms(pb::DetectStormsRequest { queries }).await?.into_inner();
+    if answer.verdicts.len() != asked.len() {
+        return Err(tonic::Status::internal("storm answered the wrong number of verdicts"));
     }
+    for (i, verdict) in asked.into_iter().zip(answer.verdicts) {
+        batch.storm[i] = Some(verdict);
+    }
+    Ok(())
 }
 
 /// Repeats of alerts folded into a storm count on the storm's CR.
-async fn count_storm_repeats(mut client: StormServiceClient<Channel>, batch: &mut Batch) {
+async fn count_storm_repeats(mut client: StormServiceClient<Channel>, batch: &mut Batch) -> Result<(), tonic::Status> {
     let repeats: Vec<(usize, pb::RemediationRef)> = (0..batch.signals.len())
         .filter(|&i| batch.dedup[i].outcome() == pb::DedupOutcome::Duplicate)
         .filter_map(|i| {
@@ -312,33 +358,33 @@ async fn count_storm_repeats(mut client: StormServiceClient<Channel>, batch: &mu
         })
         .collect();
     if repeats.is_empty() {
-        return;
+        return Ok(());
     }
     let counts = repeats.iter().map(|(_, r)| pb::StormCount { remediation: Some(r.clone()), alerts: 1 }).collect();
-    match client.count_storm_alerts(pb::CountStormAlertsRequest { counts }).await {
-        Ok(answer) if answer.get_ref().storm_alert_counts.len() == repeats.len() => {
-            for ((i, r), total) in repeats.into_iter().zip(answer.into_inner().storm_alert_counts) {
-                let window_start = parse_storm_cr_name(&r.name).map_or(0, |(_, start)| start);
-                batch.storm[i] = Some(pb::StormVerdict {
-                    outcome: pb::StormOutcome::Joined.into(),
-                    remediation: Some(r),
-                    window_start_unix_ms: window_start,
-                    storm_alert_count: total,
-                    ..Default::default()
-                });
-            }
-        }
-        Ok(_) => degraded("storm", &tonic::Status::internal("storm answered the wrong number of counts")),
-        Err(status) => degraded("storm", &status),
+    let totals =
+        client.count_storm_alerts(pb::CountStormAlertsRequest { counts }).await?.into_inner().storm_alert_counts;
+    if totals.len() != repeats.len() {
+        return Err(tonic::Status::internal("storm answered the wrong number of counts"));
     }
+    for ((i, r), total) in repeats.into_iter().zip(totals) {
+        let window_start = parse_storm_cr_name(&r.name).map_or(0, |(_, start)| start);
+        batch.storm[i] = Some(pb::StormVerdict {
+            outcome: pb::StormOutcome::Joined.into(),
+            remediation: Some(r),
+            window_start_unix_ms: window_start,
+            storm_alert_count: total,
+            ..Default::default()
+        });
+    }
+    Ok(())
 }
 
 /// Tells dedup which CR counts each new incident: a storm's, or its own.
 /// Until then its repeats wait (see [`resolve_pending_repeats`]), so none is
 /// counted on the wrong CR.
-async fn place_new_incidents(mut dedup: DedupServiceClient<Channel>, batch: &Batch) {
+async fn place_new_incidents(mut dedup: DedupServiceClient<Channel>, batch: &Batch) -> Result<(), tonic::Status> {
     if batch.dedup_degraded {
-        return;
+        return Ok(());
     }
     let bindings: Vec<pb::DedupBinding> = (0..batch.signals.len())
         .filter(|&i| batch.dedup[i].outcome() == pb::DedupOutcome::New)
@@ -352,19 +398,22 @@ async fn place_new_incidents(mut dedup: DedupServiceClient<Channel>, batch: &Bat
         })
         .collect();
     if bindings.is_empty() {
-        return;
+        return Ok(());
     }
-    if let Err(status) = dedup.bind_remediations(pb::BindRemediationsRequest { bindings }).await {
-        // Repeats wait out the placement timeout, then count on the incident's own CR.
-        degraded("dedup", &status);
-    }
+    // On failure, repeats wait out the placement timeout, then count on the incident's own CR.
+    dedup.bind_remediations(pb::BindRemediationsRequest { bindings }).await?;
+    Ok(())
 }
 
 /// How long a repeat waits for its incident's first alert to be placed.
 const PLACEMENT_WAIT: Duration = Duration::from_millis(500);
 
 /// Repeats that raced their incident's first alert learn where it was placed.
-async fn resolve_pending_repeats(mut dedup: DedupServiceClient<Channel>, batch: &mut Batch) {
+async fn resolve_pending_repeats(
+    mut dedup: DedupServiceClient<Channel>,
+    batch: &mut Batch,
+) -> Result<(), tonic::Status> {
+    let mut outcome = Ok(());
     let mut pending: Vec<usize> = (0..batch.signals.len()).filter(|&i| batch.dedup[i].placement_pending).collect();
     let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
     while !pending.is_empty() {
@@ -379,11 +428,11 @@ async fn resolve_pending_repeats(mut dedup: DedupServiceClient<Channel>, batch: 
         let placements = match dedup.get_placements(pb::GetPlacementsRequest { windows }).await {
             Ok(answer) if answer.get_ref().placements.len() == pending.len() => answer.into_inner().placements,
             Ok(_) => {
-                degraded("dedup", &tonic::Status::internal("dedup answered the wrong number of placements"));
+                outcome = Err(tonic::Status::internal("dedup answered the wrong number of placements"));
                 break;
             }
             Err(status) => {
-                degraded("dedup", &status);
+                outcome = Err(status);
                 break;
             }
         };
@@ -409,6 +458,7 @@ async fn resolve_pending_repeats(mut dedup: DedupServiceClient<Channel>, batch: 
             batch.dedup[i].remediation = Some(pb::RemediationRef { namespace: batch.targets[i].clone(), name });
         }
     }
+    outcome
 }
 
 /// The last stage: turns verdicts into CR writes and the writes' results into
@@ -588,6 +638,7 @@ fn plan(batch: &Batch, i: usize) -> Planned {
                 let write = pb::RemediationWrite {
                     kind: pb::WriteKind::Create.into(),
                     remediation: Some(dedup_ref.clone()),
+                    dedup_unavailable: batch.dedup_degraded,
                     ..base
                 };
                 Planned { occurrence_count: Some(1), ..reported(AlertOutcome::Created, &dedup_ref, Some(write)) }

@@ -22,12 +22,16 @@ use tower::ServiceExt;
 use crate::adapters::{kubernetes_event, prometheus};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
-use crate::pipeline::{AlertOutcome, AlertResult, Batch, Components, Pipeline, PipelineError};
+use crate::pipeline::{AlertOutcome, AlertResult, Batch, Components, Pipeline, PipelineError, PipelineParts};
+use breakwater_grpc::ComponentHealth;
+use breakwater_ratelimit::TokenBucket;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct EdgeState {
     pub(crate) pipeline: Pipeline,
+    /// Which components the edge is degrading around, for `/readyz`.
+    pub(crate) health: Arc<ComponentHealth>,
     pub(crate) components: Components,
     pub(crate) config: Arc<EdgeConfig>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -36,10 +40,24 @@ pub struct EdgeState {
 }
 
 impl EdgeState {
-    pub fn new(config: EdgeConfig, components: Components, clock: Arc<dyn Clock>, metrics: PrometheusHandle) -> Self {
-        let window = Duration::from_secs(config.dedup_fallback_window_secs);
+    /// `ratelimit_fallback` is the in-process limiter used while ratelimit is unavailable.
+    pub fn new(
+        config: EdgeConfig,
+        components: Components,
+        clock: Arc<dyn Clock>,
+        metrics: PrometheusHandle,
+        ratelimit_fallback: TokenBucket,
+    ) -> Self {
+        let health = ComponentHealth::new("edge");
+        let parts = PipelineParts {
+            clock: clock.clone(),
+            dedup_fallback_window: Duration::from_secs(config.dedup_fallback_window_secs),
+            ratelimit_fallback,
+            health: health.clone(),
+        };
         Self {
-            pipeline: crate::pipeline::pipeline(&components, clock.clone(), window),
+            pipeline: crate::pipeline::pipeline(&components, parts),
+            health,
             components,
             config: Arc::new(config),
             clock,

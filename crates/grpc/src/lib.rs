@@ -1,13 +1,18 @@
 //! The serving and dialing every Breakwater gRPC component shares.
 //!
-//! [`serve`] runs one component's service next to `grpc.health.v1` and server
-//! reflection until shutdown; [`connect_lazy`] makes the client channel the edge
-//! uses. Keeping both here gives the components one shape and `up` and split
-//! mode one code path.
+//! [`serve`] runs one component's service next to `grpc.health.v1`, server
+//! reflection and `breakwater.v1.StatusService` (fed by a [`ComponentHealth`])
+//! until shutdown; [`connect_lazy`] makes the client channel the edge uses.
+//! Keeping both here gives the components one shape and `up` and split mode
+//! one code path.
 
 // Library code must not panic on input: failures are typed errors. Tests may
 // unwrap (`.clippy.toml` allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
+
+mod health;
+
+pub use health::ComponentHealth;
 
 use std::future::Future;
 use std::time::Duration;
@@ -28,13 +33,38 @@ pub enum GrpcError {
     Endpoint(String),
 }
 
-/// Serves `service` on `listener`, with health (reported SERVING for it) and
-/// reflection, until `shutdown` resolves; in-flight calls then finish.
+/// Like [`serve_with_status`], with a status that never reports a problem.
 ///
 /// # Errors
 /// When the transport fails.
 pub async fn serve<S>(
     service: S,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GrpcError>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    serve_with_status(service, ComponentHealth::new(S::NAME), listener, shutdown).await
+}
+
+/// Serves `service` on `listener`, with health (reported SERVING for it),
+/// reflection and `status`, until `shutdown` resolves; in-flight calls then finish.
+///
+/// # Errors
+/// When the transport fails.
+pub async fn serve_with_status<S>(
+    service: S,
+    status: std::sync::Arc<ComponentHealth>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError>
@@ -56,9 +86,11 @@ where
         .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let status = breakwater_proto::v1::status_service_server::StatusServiceServer::new(health::StatusGrpc(status));
     Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(status)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -7,11 +7,14 @@
 //! - [`Keyspace`] — a pool plus the service's key prefix. The only way to change
 //!   data is [`Keyspace::run`] with a registered [`Script`] and a [`Ttl`]: the API
 //!   cannot express a write without an expiry.
+//! - [`budget`] — the drift guard: `maxmemory` and eviction policy against the
+//!   service's memory budget.
 
 // Library code must not panic on input: failures are typed errors. Tests may
 // unwrap (`.clippy.toml` allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod budget;
 pub mod config;
 pub mod error;
 
@@ -20,6 +23,7 @@ use std::time::Duration;
 use bb8_redis::RedisConnectionManager;
 use redis::{FromRedisValue, ToRedisArgs};
 
+pub use budget::{MemoryReport, budget_problem};
 pub use config::RedisConfig;
 pub use error::{KeyspaceError, Result};
 

@@ -24,6 +24,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
+use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
 
@@ -31,28 +32,37 @@ pub use config::{RateLimitConfig, StoreKind};
 pub use error::{Error, Result};
 pub use grpc::RateLimitGrpc;
 pub use limiter::{BucketState, Decision, TokenBucket};
-pub use store::{MemoryRateLimitStore, RateLimitStore, RedisRateLimitStore};
+pub use store::{FallbackRateLimitStore, MemoryRateLimitStore, RateLimitStore, RedisRateLimitStore};
 
 /// The store `config` asks for. Builds lazily: nothing connects yet.
 ///
 /// # Errors
 /// [`Error::Store`] when the Redis settings are unusable.
-pub fn store_from_config(config: &RateLimitConfig) -> Result<Arc<dyn RateLimitStore>> {
+pub fn store_from_config(config: &RateLimitConfig, health: Arc<ComponentHealth>) -> Result<Arc<dyn RateLimitStore>> {
     let bucket = config.bucket();
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryRateLimitStore::new(bucket)),
         StoreKind::Redis => {
-            let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, "rl")?;
-            Arc::new(RedisRateLimitStore::new(keyspace, bucket))
+            let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, KEYSPACE)?;
+            let redis = Arc::new(RedisRateLimitStore::new(keyspace, bucket));
+            Arc::new(FallbackRateLimitStore::new(redis, MemoryRateLimitStore::new(bucket), health))
         }
     })
 }
+
+/// The component part of this service's key prefix (`bw:rl:`).
+pub const KEYSPACE: &str = "rl";
 
 /// Serves the ratelimit gRPC service on `listener` until `shutdown` resolves.
 ///
 /// # Errors
 /// When the transport fails.
-pub async fn run(grpc: RateLimitGrpc, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    breakwater_grpc::serve(RateLimitServiceServer::new(grpc), listener, shutdown).await?;
+pub async fn run(
+    grpc: RateLimitGrpc,
+    health: Arc<ComponentHealth>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    breakwater_grpc::serve_with_status(RateLimitServiceServer::new(grpc), health, listener, shutdown).await?;
     Ok(())
 }

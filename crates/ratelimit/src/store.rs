@@ -1,5 +1,6 @@
 //! Where the senders' buckets live.
 
+mod fallback;
 mod memory;
 mod redis;
 
@@ -7,6 +8,7 @@ use async_trait::async_trait;
 use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
+pub use self::fallback::FallbackRateLimitStore;
 pub use self::memory::MemoryRateLimitStore;
 pub use self::redis::RedisRateLimitStore;
 use crate::limiter::Decision;

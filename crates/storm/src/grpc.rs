@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1 as pb;
 use breakwater_signal::{Clock, parse_storm_cr_name, storm_cr_name};
 use tonic::{Request, Response, Status};
@@ -16,12 +17,35 @@ use crate::store::{StormCount, StormQuery, StormStore};
 pub struct StormGrpc {
     store: Arc<dyn StormStore>,
     clock: Arc<dyn Clock>,
+    /// Where store failures and recoveries are reported (`StatusService`).
+    health: Arc<ComponentHealth>,
 }
 
 impl StormGrpc {
-    pub fn new(store: Arc<dyn StormStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+    pub fn new(store: Arc<dyn StormStore>, clock: Arc<dyn Clock>, health: Arc<ComponentHealth>) -> Self {
+        Self { store, clock, health }
     }
+
+    /// Passes a store result through, recording Redis trouble and recovery.
+    fn observe<T>(&self, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
+        match result {
+            Ok(value) => {
+                self.health.set("redis", None);
+                Ok(value)
+            }
+            Err(e) => {
+                self.health.set("redis", Some(format!("{}{}", redis_problem(e.metric_label()), DEGRADED)));
+                Err(Error::from(e))
+            }
+        }
+    }
+}
+
+/// What the edge does meanwhile (design brief, degradation table).
+const DEGRADED: &str = "no storm detection, every alert gets its own CR until it answers again";
+
+fn redis_problem(kind: &str) -> String {
+    format!("storm's Redis failed ({kind}): ")
 }
 
 #[tonic::async_trait]
@@ -50,7 +74,7 @@ impl pb::storm_service_server::StormService for StormGrpc {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let verdicts = self.store.detect(&queries, self.clock.now()).await.map_err(Error::from)?;
+        let verdicts = self.observe(self.store.detect(&queries, self.clock.now()).await).map_err(Status::from)?;
         let verdicts = request
             .queries
             .iter()
@@ -103,7 +127,8 @@ impl pb::storm_service_server::StormService for StormGrpc {
                 Ok(StormCount { name, alerts: c.alerts })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let storm_alert_counts = self.store.count(&counts, self.clock.now()).await.map_err(Error::from)?;
+        let storm_alert_counts =
+            self.observe(self.store.count(&counts, self.clock.now()).await).map_err(Status::from)?;
         Ok(Response::new(pb::CountStormAlertsResponse { storm_alert_counts }))
     }
 }
@@ -116,7 +141,8 @@ fn invalid(field: String, expected: &str) -> Status {
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         metrics::counter!("breakwater_storm_store_errors_total", "kind" => e.metric_label()).increment(1);
-        tracing::warn!(cause = %e, source = ?std::error::Error::source(&e), "storm store failed");
+        // Logged once per outage by ComponentHealth; per call only at debug level.
+        tracing::debug!(cause = %e, source = ?std::error::Error::source(&e), "storm store failed");
         // The edge applies the degradation table (individual CRs) to Unavailable.
         Status::unavailable("storm store unavailable")
     }

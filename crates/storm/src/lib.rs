@@ -23,6 +23,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
+use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1::storm_service_server::StormServiceServer;
 use tokio::net::TcpListener;
 
@@ -41,7 +42,7 @@ pub fn store_from_config(config: &StormConfig) -> Result<Arc<dyn StormStore>> {
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryStormStore::new(rules)),
         StoreKind::Redis => {
-            let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, "storm")?;
+            let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, KEYSPACE)?;
             Arc::new(RedisStormStore::new(keyspace, rules))
         }
     })
@@ -51,7 +52,15 @@ pub fn store_from_config(config: &StormConfig) -> Result<Arc<dyn StormStore>> {
 ///
 /// # Errors
 /// When the transport fails.
-pub async fn run(grpc: StormGrpc, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    breakwater_grpc::serve(StormServiceServer::new(grpc), listener, shutdown).await?;
+pub async fn run(
+    grpc: StormGrpc,
+    health: Arc<ComponentHealth>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    breakwater_grpc::serve_with_status(StormServiceServer::new(grpc), health, listener, shutdown).await?;
     Ok(())
 }
+
+/// The component part of this service's key prefix (`bw:storm:`).
+pub const KEYSPACE: &str = "storm";

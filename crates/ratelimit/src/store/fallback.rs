@@ -1,0 +1,85 @@
+//! The degradation table's ratelimit row: when Redis fails, an in-process
+//! limiter takes over, and Redis takes back over as soon as it answers again.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use breakwater_grpc::ComponentHealth;
+use breakwater_keyspace::KeyspaceError;
+use breakwater_signal::UnixMillis;
+
+use super::{MemoryRateLimitStore, RateLimitStore};
+use crate::limiter::Decision;
+
+/// `primary` (Redis) while it answers, `fallback` (in-process) while it does not.
+pub struct FallbackRateLimitStore {
+    primary: Arc<dyn RateLimitStore>,
+    fallback: MemoryRateLimitStore,
+    health: Arc<ComponentHealth>,
+}
+
+impl FallbackRateLimitStore {
+    pub fn new(primary: Arc<dyn RateLimitStore>, fallback: MemoryRateLimitStore, health: Arc<ComponentHealth>) -> Self {
+        Self { primary, fallback, health }
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for FallbackRateLimitStore {
+    async fn check(&self, sender: &str, signals: u32, now: UnixMillis) -> Result<Decision, KeyspaceError> {
+        match self.primary.check(sender, signals, now).await {
+            Ok(decision) => {
+                self.health.set("redis", None);
+                Ok(decision)
+            }
+            Err(e) => {
+                metrics::counter!("breakwater_ratelimit_store_errors_total", "kind" => e.metric_label()).increment(1);
+                self.health.set(
+                    "redis",
+                    Some(format!(
+                        "ratelimit's Redis failed ({}): the in-process limiter is in use until it answers again",
+                        e.metric_label()
+                    )),
+                );
+                self.fallback.check(sender, signals, now).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::TokenBucket;
+
+    struct Down;
+
+    #[async_trait]
+    impl RateLimitStore for Down {
+        async fn check(&self, _: &str, _: u32, _: UnixMillis) -> Result<Decision, KeyspaceError> {
+            Err(KeyspaceError::Timeout)
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_in_process_while_redis_is_down_and_says_so() {
+        let bucket = TokenBucket::new(1.0, 2);
+        let health = ComponentHealth::new("ratelimit");
+        let store = FallbackRateLimitStore::new(Arc::new(Down), MemoryRateLimitStore::new(bucket), health.clone());
+        assert!(store.check("a", 2, 0).await.unwrap().allowed);
+        assert!(!store.check("a", 1, 0).await.unwrap().allowed, "the fallback still limits");
+        assert_eq!(health.problems().len(), 1);
+        assert!(health.problems()[0].contains("in-process limiter"));
+    }
+
+    #[tokio::test]
+    async fn recovery_clears_the_problem() {
+        let bucket = TokenBucket::new(1.0, 2);
+        let health = ComponentHealth::new("ratelimit");
+        health.set("redis", Some("down".into()));
+        let primary = Arc::new(MemoryRateLimitStore::new(bucket));
+        let store = FallbackRateLimitStore::new(primary, MemoryRateLimitStore::new(bucket), health.clone());
+        assert!(store.check("a", 1, 0).await.unwrap().allowed);
+        assert!(health.problems().is_empty());
+    }
+}
