@@ -2,21 +2,24 @@
 //!
 //! One result per write, in request order. A bad write gets `FAILED` with a short cause and
 //! does not fail the batch. Creates are applied before the answer (concurrently within the
-//! batch); counts are queued on the [`Coalescer`] and answered `QUEUED`.
+//! batch); counts are queued on the [`Coalescer`] and answered `QUEUED`. A `CREATE` marked
+//! `dedup_unavailable` is first looked up as an open incident and counted there
+//! (`CrdWriterGrpc::create_or_count`).
 
 use std::sync::Arc;
 
 use breakwater_proto::v1 as pb;
 use breakwater_proto::v1::crd_writer_service_server::{CrdWriterService, CrdWriterServiceServer};
 use breakwater_signal::{Clock, fingerprint};
+use futures::StreamExt;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::coalescer::Coalescer;
+use crate::coalescer::{Coalescer, count_update};
 use crate::config::CrdWriterConfig;
-use crate::crd::{self, CrRef, StormType, StormWrite, Write, WriteKind, is_dns1123_label};
+use crate::crd::{self, CrRef, RemediationRequest, StormType, StormWrite, Write, WriteKind, is_dns1123_label};
 use crate::error::Error;
-use crate::sink::{CreateOutcome, RemediationSink, SinkError};
+use crate::sink::{BATCH_CONCURRENCY, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome};
 
 /// Suggested pause before retrying a failed create when Kubernetes did not ask for one.
 const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
@@ -61,13 +64,19 @@ impl CrdWriterGrpc {
         let mut results: Vec<Option<pb::WriteResult>> = vec![None; writes.len()];
         let mut creates: Vec<(usize, Write)> = Vec::new();
         let mut rrs = Vec::new();
+        let mut fallbacks: Vec<(usize, Write, RemediationRequest)> = Vec::new();
         for (index, raw) in writes.into_iter().enumerate() {
             let kind = kind_label(raw.kind);
             let remediation = raw.remediation.clone();
+            let dedup_unavailable = raw.dedup_unavailable;
             match Write::try_from(raw) {
                 Err(InvalidWrite(why)) => {
                     record(kind, "invalid");
                     results[index] = Some(failed(remediation, why.to_owned(), 0));
+                }
+                Ok(write) if write.kind == WriteKind::Create && dedup_unavailable => {
+                    let rr = crd::build(&write, now, &self.fallback_namespace);
+                    fallbacks.push((index, write, rr));
                 }
                 Ok(write) if write.kind.is_create() => {
                     rrs.push(crd::build(&write, now, &self.fallback_namespace));
@@ -81,43 +90,115 @@ impl CrdWriterGrpc {
             }
         }
 
-        let outcomes = self.sink.create_batch(&rrs).await;
+        let fallback_calls: Vec<_> = fallbacks.iter().map(|(_, write, rr)| self.create_or_count(write, rr)).collect();
+        let (outcomes, fallback_outcomes) = futures::join!(
+            self.sink.create_batch(&rrs),
+            futures::stream::iter(fallback_calls).buffered(BATCH_CONCURRENCY).collect::<Vec<_>>(),
+        );
         for ((index, write), outcome) in creates.into_iter().zip(outcomes) {
-            let kind = write.kind.as_str();
             results[index] = Some(match outcome {
-                Ok(created) => {
-                    self.coalescer.note_placement(&write.target, &created.namespace);
-                    let remediation = Some(pb::RemediationRef {
-                        namespace: created.namespace.clone(),
-                        name: write.target.name.clone(),
-                    });
-                    match created.outcome {
-                        CreateOutcome::Created => {
-                            record(kind, "created");
-                            result(pb::WriteOutcome::Created, remediation)
-                        }
-                        CreateOutcome::AlreadyExisted => {
-                            record(kind, "already_existed");
-                            if write.kind == WriteKind::StormCreate {
-                                // A retried storm open: its alert and resource still count.
-                                self.coalescer.offer(write);
-                            }
-                            result(pb::WriteOutcome::AlreadyExisted, remediation)
-                        }
-                    }
-                }
-                Err(err) => {
-                    record(kind, "failed");
-                    tracing::warn!(target = %write.target, cause = %err, "create failed");
-                    let retry_after_ms = err
-                        .retry_after()
-                        .map_or(DEFAULT_RETRY_AFTER_MS, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    failed(Some(ref_of(&write.target)), client_message(&err), retry_after_ms)
-                }
+                Ok(created) => self.answer_created(write, created),
+                Err(err) => answer_failed(&write, &err),
             });
+        }
+        for ((index, write, _), outcome) in fallbacks.into_iter().zip(fallback_outcomes) {
+            let (label, answer) = match outcome {
+                Ok(Fallback::Counted { at, on_open }) => {
+                    record(write.kind.as_str(), "already_existed");
+                    let label = if on_open { "counted_on_open" } else { "counted_on_existing" };
+                    (label, result(pb::WriteOutcome::AlreadyExisted, Some(ref_of(&at))))
+                }
+                Ok(Fallback::Created(created)) => {
+                    let label = match created.outcome {
+                        CreateOutcome::Created => "created",
+                        // Its CR vanished between AlreadyExists and the count: answered as usual.
+                        CreateOutcome::AlreadyExisted => "already_existed",
+                    };
+                    (label, self.answer_created(write, created))
+                }
+                Err(err) => ("failed", answer_failed(&write, &err)),
+            };
+            metrics::counter!("breakwater_crd_dedup_fallback_total", "outcome" => label).increment(1);
+            results[index] = Some(answer);
         }
         results.into_iter().map(Option::unwrap_or_default).collect()
     }
+
+    /// The dedup of last resort, for a `CREATE` whose name comes from the edge's fallback
+    /// window because dedup was unavailable: an incident that was open before dedup went down
+    /// already has a CR under another name. So the alert is counted on the open CR of its
+    /// fingerprint in the CR's namespace if there is one, and the CR is created only if not.
+    ///
+    /// A create that runs into an existing CR of its name (another fallback create of the same
+    /// incident won the race, or a sender retry) counts there too: without dedup every alert
+    /// is an occurrence, wherever it is counted. A failed lookup other than an unavailable API
+    /// (say, no RBAC to list) does not fail the alert; it is created as usual, and
+    /// Kubernetes' AlreadyExists on the window name still keeps duplicates out.
+    async fn create_or_count(&self, write: &Write, rr: &RemediationRequest) -> Result<Fallback, SinkError> {
+        let namespace = rr.metadata.namespace.as_deref().unwrap_or_default();
+        let last_seen = count_update(write).last_seen;
+        match self.sink.find_open(namespace, &write.signal.fingerprint).await {
+            Ok(Some(open)) => match self.sink.add_occurrences(&open, 1, last_seen).await? {
+                UpdateOutcome::Updated | UpdateOutcome::Unchanged => {
+                    return Ok(Fallback::Counted { at: open, on_open: true });
+                }
+                // Deleted since the lookup: create as usual.
+                UpdateOutcome::NotFound => {}
+            },
+            Ok(None) => {}
+            Err(err @ SinkError::Unavailable { .. }) => return Err(err),
+            Err(err) => {
+                tracing::warn!(target = %write.target, cause = %err, "looking up an open CR failed, creating as usual");
+            }
+        }
+        let created = self.sink.create(rr).await?;
+        if created.outcome == CreateOutcome::AlreadyExisted {
+            let at = CrRef { namespace: created.namespace.clone(), name: write.target.name.clone() };
+            if self.sink.add_occurrences(&at, 1, last_seen).await? != UpdateOutcome::NotFound {
+                self.coalescer.note_placement(&write.target, &created.namespace);
+                return Ok(Fallback::Counted { at, on_open: false });
+            }
+        }
+        Ok(Fallback::Created(created))
+    }
+
+    fn answer_created(&self, write: Write, created: Created) -> pb::WriteResult {
+        let kind = write.kind.as_str();
+        self.coalescer.note_placement(&write.target, &created.namespace);
+        let remediation =
+            Some(pb::RemediationRef { namespace: created.namespace.clone(), name: write.target.name.clone() });
+        match created.outcome {
+            CreateOutcome::Created => {
+                record(kind, "created");
+                result(pb::WriteOutcome::Created, remediation)
+            }
+            CreateOutcome::AlreadyExisted => {
+                record(kind, "already_existed");
+                if write.kind == WriteKind::StormCreate {
+                    // A retried storm open: its alert and resource still count.
+                    self.coalescer.offer(write);
+                }
+                result(pb::WriteOutcome::AlreadyExisted, remediation)
+            }
+        }
+    }
+}
+
+/// Where a [`CrdWriterGrpc::create_or_count`] alert went.
+enum Fallback {
+    /// Counted on an existing CR: the open one found by fingerprint (`on_open`), or the one
+    /// of the create's own name.
+    Counted { at: CrRef, on_open: bool },
+    /// No open CR: created as usual.
+    Created(Created),
+}
+
+fn answer_failed(write: &Write, err: &SinkError) -> pb::WriteResult {
+    record(write.kind.as_str(), "failed");
+    tracing::warn!(target = %write.target, cause = %err, "create failed");
+    let retry_after_ms =
+        err.retry_after().map_or(DEFAULT_RETRY_AFTER_MS, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    failed(Some(ref_of(&write.target)), client_message(err), retry_after_ms)
 }
 
 #[tonic::async_trait]

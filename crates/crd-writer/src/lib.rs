@@ -4,7 +4,9 @@
 //! `STORM_CREATE`) are applied before the answer, with retries and the fallback namespace;
 //! counts (`OCCURRENCE`, `STORM_ADD`) are answered `QUEUED` and coalesced, so a burst of
 //! duplicates costs one Kubernetes write per flush interval, and no count is lost to a failed
-//! write.
+//! write. A `CREATE` the edge named after a fallback window because dedup was unavailable is
+//! first looked up as the open CR of its fingerprint and counted there, so an incident keeps one
+//! CR (the dedup of last resort; metric `breakwater_crd_dedup_fallback_total`).
 //!
 //! # Layout
 //! - [`config`] — `CrdWriterConfig`, the `crd_writer` keys and their defaults.

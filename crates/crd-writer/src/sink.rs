@@ -4,6 +4,11 @@
 //! Backends: [`KubeSink`] (the Kubernetes API), [`DirSink`] (a directory of YAML files, the
 //! embedded default) and [`MemorySink`] (in-process, for tests). Both apply [`CountUpdate::apply_to`], so counts only ever grow, however
 //! often and in whatever order updates arrive.
+//!
+//! The dedup fallback (creates sent while dedup was unavailable) needs two more things every
+//! backend shares: [`latest_open`], which CR of a fingerprint is the open incident, and
+//! [`add_occurrences_to`], an increment. Unlike a count merge, an increment is not idempotent:
+//! it is only for alerts that nothing else counts.
 
 use std::time::Duration;
 
@@ -11,7 +16,10 @@ use async_trait::async_trait;
 use breakwater_signal::UnixMillis;
 use futures::StreamExt;
 
-use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, time, to_i64};
+use crate::crd::{
+    ANNOTATION_CREATED_AT, CrRef, LABEL_FINGERPRINT, RemediationRequest, RemediationRequestSpec, label_value, time,
+    to_i64,
+};
 
 pub mod dir;
 pub mod kube;
@@ -107,6 +115,66 @@ impl CountUpdate {
     }
 }
 
+/// `status.overallPhase` values after which the remediation controller is done with a CR.
+pub const TERMINAL_PHASES: [&str; 4] = ["Completed", "Failed", "Cancelled", "Timeout"];
+
+/// Whether the remediation controller may still act on `rr`: it has no terminal phase yet
+/// (no status, or an empty or non-terminal `overallPhase`).
+pub fn is_open(rr: &RemediationRequest) -> bool {
+    let phase = rr.status.as_ref().and_then(|s| s.overall_phase.as_deref()).unwrap_or("");
+    !TERMINAL_PHASES.contains(&phase)
+}
+
+/// Of `candidates`, the open incident CR of `fingerprint`: labelled with it (cut to a label
+/// value, as [`crate::crd::build`] writes it) and carrying it whole in `spec.signalFingerprint`,
+/// not a storm CR (a storm aggregates signals; it is not this incident's CR), and
+/// [`is_open`]. When several are, the most recently created (`creationTimestamp`, then the
+/// `kubernaut.io/created-at` annotation, then the name).
+pub fn latest_open(
+    candidates: impl IntoIterator<Item = RemediationRequest>,
+    fingerprint: &str,
+) -> Option<RemediationRequest> {
+    let label = label_value(fingerprint);
+    candidates
+        .into_iter()
+        .filter(|rr| {
+            rr.metadata.labels.as_ref().and_then(|l| l.get(LABEL_FINGERPRINT)) == Some(&label)
+                && rr.spec.signal_fingerprint == fingerprint
+                && !rr.spec.is_storm
+                && is_open(rr)
+        })
+        .max_by(|a, b| creation_key(a).cmp(&creation_key(b)))
+}
+
+fn creation_key(rr: &RemediationRequest) -> (Option<jiff::Timestamp>, Option<jiff::Timestamp>, Option<&str>) {
+    let created_at = rr
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_CREATED_AT))
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    (rr.metadata.creation_timestamp.as_ref().map(|t| t.0), created_at, rr.metadata.name.as_deref())
+}
+
+/// Adds `n` to `spec`'s `occurrenceCount` and raises its `lastSeen` to `last_seen` (0 leaves
+/// it). Returns whether anything changed. Not idempotent: each call counts.
+pub fn add_occurrences_to(spec: &mut RemediationRequestSpec, n: u64, last_seen: UnixMillis) -> bool {
+    let dedup = &mut spec.deduplication;
+    let mut changed = false;
+    if n > 0 {
+        dedup.occurrence_count = dedup.occurrence_count.saturating_add(to_i64(n));
+        changed = true;
+    }
+    if last_seen > 0 {
+        let last_seen = time(last_seen);
+        if last_seen > dedup.last_seen {
+            dedup.last_seen = last_seen;
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// Appends the items of `incoming` missing from `list` while it is shorter than `cap`;
 /// returns how many distinct new items did not fit.
 fn union_capped(list: &mut Vec<String>, incoming: &[String], cap: usize) -> u64 {
@@ -138,6 +206,15 @@ pub trait RemediationSink: Send + Sync {
 
     /// Merges `update` into the CR (see [`CountUpdate::apply_to`]); writes only on change.
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError>;
+
+    /// The open incident CR of `fingerprint` in `namespace` (see [`latest_open`]), if any.
+    /// Only the dedup fallback asks: one listing of the namespace's CRs of that fingerprint.
+    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError>;
+
+    /// Counts `n` more occurrences on the CR and raises its `lastSeen` (see
+    /// [`add_occurrences_to`]), atomically against concurrent writers, so no increment is lost.
+    /// Not idempotent, unlike [`RemediationSink::update_counts`].
+    async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError>;
 
     async fn create_batch(&self, rrs: &[RemediationRequest]) -> Vec<Result<Created, SinkError>> {
         // Futures are lazy: collecting them first keeps BATCH_CONCURRENCY in force and spares

@@ -1,14 +1,19 @@
 //! The Kubernetes sink against the testkit's fake API server, through a real `kube::Client`
 //! (built without kube's own retry, as `sink_from_config` builds it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use breakwater_crd_writer::crd::{self, CrRef, Write, WriteKind};
 use breakwater_crd_writer::sink::{CountUpdate, CreateOutcome, UpdateOutcome};
-use breakwater_crd_writer::{KubeSink, RemediationRequest, RemediationSink, RetryConfig, SinkError};
+use breakwater_crd_writer::{
+    CrdWriter, CrdWriterConfig, KubeSink, RemediationRequest, RemediationSink, RetryConfig, SinkError,
+};
 use breakwater_proto::v1 as pb;
 use breakwater_testkit::{FakeApiServer, Fault, Verb, eventually};
+use kube::api::{Patch, PatchParams};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -24,11 +29,16 @@ fn sink(api: &FakeApiServer, max_attempts: u32) -> KubeSink {
 }
 
 fn incident(namespace: &str, name: &str) -> RemediationRequest {
+    incident_of(namespace, name, &"c".repeat(64), T0)
+}
+
+/// The CR of a new incident of `fingerprint`, as built at `now`.
+fn incident_of(namespace: &str, name: &str, fingerprint: &str, now: i64) -> RemediationRequest {
     let write = Write {
         kind: WriteKind::Create,
         target: CrRef { namespace: namespace.to_owned(), name: name.to_owned() },
         signal: pb::Signal {
-            fingerprint: "c".repeat(64),
+            fingerprint: fingerprint.to_owned(),
             alert_name: "KubeDeploymentReplicasMismatch".to_owned(),
             severity: pb::Severity::Warning.into(),
             namespace: namespace.to_owned(),
@@ -49,7 +59,7 @@ fn incident(namespace: &str, name: &str) -> RemediationRequest {
         occurrence_count: 1,
         storm: None,
     };
-    crd::build(&write, T0, "kubernaut-system")
+    crd::build(&write, now, "kubernaut-system")
 }
 
 fn stored(api: &FakeApiServer, namespace: &str, name: &str) -> Result<RemediationRequest, Box<dyn std::error::Error>> {
@@ -254,5 +264,218 @@ async fn storm_counts_and_resources_are_patched() -> TestResult {
     assert_eq!(rr.spec.storm_alert_count, Some(14));
     assert_eq!(rr.spec.affected_resources, vec!["shop:Pod:a".to_owned(), "shop:Pod:b".to_owned()]);
     assert_eq!(rr.spec.affected_resources_omitted, Some(5));
+    Ok(())
+}
+
+/// Sets `status.overallPhase` through the status subresource, as the remediation controller does.
+async fn set_phase(api: &FakeApiServer, namespace: &str, name: &str, phase: &str) -> TestResult {
+    let rrs: kube::Api<RemediationRequest> = kube::Api::namespaced(api.client_without_retry(), namespace);
+    let patch = Patch::Merge(serde_json::json!({ "status": { "overallPhase": phase } }));
+    rrs.patch_status(name, &PatchParams::default(), &patch).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn find_open_lists_by_the_fingerprint_label() -> TestResult {
+    let api = FakeApiServer::start().await;
+    let sink = sink(&api, 5);
+    let fp = "c".repeat(64);
+    assert_eq!(sink.find_open("shop", &fp).await?, None);
+
+    sink.create(&incident_of("shop", "rr-older", &fp, T0)).await?;
+    sink.create(&incident_of("shop", "rr-newer", &fp, T0 + 1000)).await?;
+    sink.create(&incident_of("shop", "rr-other", &"d".repeat(64), T0 + 2000)).await?;
+    // Same label value (the first 63 characters), another incident.
+    sink.create(&incident_of("shop", "rr-same-label", &format!("{}d", &fp[..63]), T0 + 3000)).await?;
+    sink.create(&incident_of("billing", "rr-elsewhere", &fp, T0 + 4000)).await?;
+    let lists = api.count(Verb::List);
+
+    assert_eq!(sink.find_open("shop", &fp).await?, Some(at("shop", "rr-newer")));
+    assert_eq!(api.count(Verb::List), lists + 1, "one list call");
+    assert_eq!(api.count(Verb::Get), 0, "the list is enough");
+
+    set_phase(&api, "shop", "rr-newer", "Completed").await?;
+    assert_eq!(sink.find_open("shop", &fp).await?, Some(at("shop", "rr-older")), "a completed CR is not open");
+    set_phase(&api, "shop", "rr-older", "Processing").await?;
+    assert_eq!(sink.find_open("shop", &fp).await?, Some(at("shop", "rr-older")), "a phase in progress is open");
+    set_phase(&api, "shop", "rr-older", "Timeout").await?;
+    assert_eq!(sink.find_open("shop", &fp).await?, None);
+    assert_eq!(sink.find_open("billing", &fp).await?, Some(at("billing", "rr-elsewhere")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn find_open_retries_a_throttled_list() -> TestResult {
+    let api = FakeApiServer::start().await;
+    let sink = sink(&api, 5);
+    sink.create(&incident("shop", "rr-1")).await?;
+    api.inject_for(Verb::List, Fault::Status { code: 429, retry_after_secs: None }, 2);
+    assert_eq!(sink.find_open("shop", &"c".repeat(64)).await?, Some(at("shop", "rr-1")));
+    assert_eq!(api.count(Verb::List), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_increment_survives_a_conflicting_write_between_read_and_patch() -> TestResult {
+    let api = FakeApiServer::start().await;
+    let sink = sink(&api, 5);
+    let target = at("shop", "rr-1");
+    assert_eq!(sink.add_occurrences(&target, 1, T0).await?, UpdateOutcome::NotFound);
+    sink.create(&incident("shop", "rr-1")).await?;
+
+    // Our patch is held back while another replica counts 4 alerts on the CR.
+    api.inject_for(Verb::Patch, Fault::Latency(Duration::from_millis(500)), 1);
+    let ours = tokio::spawn({
+        let target = target.clone();
+        async move { sink.add_occurrences(&target, 1, T0 + 9000).await }
+    });
+    eventually(Duration::from_secs(5), || async { (api.count(Verb::Get) >= 1).then_some(()) }).await;
+    let rrs: kube::Api<RemediationRequest> = kube::Api::namespaced(api.client_without_retry(), "shop");
+    let mut theirs = rrs.get("rr-1").await?;
+    theirs.spec.deduplication.occurrence_count = 5;
+    rrs.replace("rr-1", &kube::api::PostParams::default(), &theirs).await?;
+
+    assert_eq!(ours.await??, UpdateOutcome::Updated);
+    let patches: Vec<u16> =
+        api.request_log().iter().filter(|(verb, _, _)| *verb == Verb::Patch).map(|(_, _, code)| *code).collect();
+    assert_eq!(patches, vec![409, 200], "the stale increment was refused, then applied to the new count");
+    let rr = stored(&api, "shop", "rr-1")?;
+    assert_eq!(rr.spec.deduplication.occurrence_count, 6, "5 + ours, not 1 + ours");
+    assert_eq!(rr.spec.deduplication.last_seen, crd::time(T0 + 9000));
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_increments_are_all_counted() -> TestResult {
+    let api = FakeApiServer::start().await;
+    let sink = Arc::new(sink(&api, 5));
+    let target = at("shop", "rr-1");
+    sink.create(&incident("shop", "rr-1")).await?;
+    let increments: Vec<_> = (1..=10i64)
+        .map(|i| {
+            let sink = Arc::clone(&sink);
+            let target = target.clone();
+            tokio::spawn(async move { sink.add_occurrences(&target, 1, T0 + i * 1000).await })
+        })
+        .collect();
+    for increment in increments {
+        assert_eq!(increment.await??, UpdateOutcome::Updated);
+    }
+    let rr = stored(&api, "shop", "rr-1")?;
+    assert_eq!(rr.spec.deduplication.occurrence_count, 11, "1 + 10: no increment lost to a race");
+    // Whole seconds: Kubernetes times have no fraction.
+    assert_eq!(rr.spec.deduplication.last_seen, crd::time(T0 + 10_000));
+    Ok(())
+}
+
+/// Counters recorded on this thread, by `name{label=value,...}` with sorted labels.
+#[derive(Default)]
+struct Counters(Mutex<BTreeMap<String, Arc<AtomicU64>>>);
+
+struct Count(Arc<AtomicU64>);
+
+impl metrics::CounterFn for Count {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::Relaxed);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0.fetch_max(value, Ordering::Relaxed);
+    }
+}
+
+impl Counters {
+    fn get(&self, key: &str) -> u64 {
+        let counters = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counters.get(key).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+impl metrics::Recorder for Counters {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let mut labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        labels.sort();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        let mut counters = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        metrics::Counter::from_arc(Arc::new(Count(Arc::clone(counters.entry(name).or_default()))))
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+fn create_write(name: &str, fingerprint: &str, dedup_unavailable: bool) -> pb::RemediationWrite {
+    let rr = incident_of("shop", name, fingerprint, T0);
+    pb::RemediationWrite {
+        kind: pb::WriteKind::Create.into(),
+        signal: Some(pb::Signal {
+            fingerprint: fingerprint.to_owned(),
+            alert_name: rr.spec.signal_name,
+            namespace: "shop".to_owned(),
+            received_time_unix_ms: T0 + 5000,
+            source_type: "prometheus-alert".to_owned(),
+            ..pb::Signal::default()
+        }),
+        remediation: Some(pb::RemediationRef { namespace: "shop".to_owned(), name: name.to_owned() }),
+        first_seen_unix_ms: T0 + 5000,
+        last_seen_unix_ms: T0 + 5000,
+        occurrence_count: 1,
+        dedup_unavailable,
+        ..pb::RemediationWrite::default()
+    }
+}
+
+/// The whole fallback through the gRPC face, on one thread so its metrics can be read.
+#[test]
+fn fallback_creates_against_the_api_server() -> TestResult {
+    let counters = Counters::default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    metrics::with_local_recorder(&counters, || runtime.block_on(fallback_scenario()))?;
+    assert_eq!(counters.get("breakwater_kubernetes_requests_total{code=200,verb=list}"), 2);
+    assert_eq!(counters.get("breakwater_crd_dedup_fallback_total{outcome=counted_on_open}"), 1);
+    assert_eq!(counters.get("breakwater_crd_dedup_fallback_total{outcome=created}"), 1);
+    assert_eq!(counters.get("breakwater_crd_writes_total{kind=create,outcome=already_existed}"), 1);
+    assert_eq!(counters.get("breakwater_crd_writes_total{kind=create,outcome=created}"), 2);
+    Ok(())
+}
+
+async fn fallback_scenario() -> TestResult {
+    let api = FakeApiServer::start().await;
+    let sink: Arc<dyn RemediationSink> = Arc::new(sink(&api, 5));
+    let fp = "c".repeat(64);
+    sink.create(&incident_of("shop", "rr-cccc-first", &fp, T0)).await?;
+    let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), Arc::clone(&sink)).into_parts();
+
+    // Dedup answered: the normal path, no lookup.
+    let results = grpc.write_all(vec![create_write("rr-dddd-first", &"d".repeat(64), false)]).await;
+    assert_eq!(results[0].outcome(), pb::WriteOutcome::Created);
+    assert_eq!(api.count(Verb::List), 0, "no extra call on the normal path");
+
+    // Dedup down: counted on the CR the incident already has.
+    let results = grpc.write_all(vec![create_write("rr-cccc-window", &fp, true)]).await;
+    assert_eq!(results[0].outcome(), pb::WriteOutcome::AlreadyExisted);
+    let named = results[0].remediation.as_ref().map(|r| (r.namespace.as_str(), r.name.as_str()));
+    assert_eq!(named, Some(("shop", "rr-cccc-first")));
+    assert_eq!(api.count(Verb::List), 1);
+    let rr = stored(&api, "shop", "rr-cccc-first")?;
+    assert_eq!(rr.spec.deduplication.occurrence_count, 2);
+    assert_eq!(rr.spec.deduplication.last_seen, crd::time(T0 + 5000));
+    assert!(api.get(PLURAL, "shop", "rr-cccc-window").is_none());
+
+    // Once the incident is remediated, a new alert is a new incident.
+    set_phase(&api, "shop", "rr-cccc-first", "Completed").await?;
+    let results = grpc.write_all(vec![create_write("rr-cccc-window", &fp, true)]).await;
+    assert_eq!(results[0].outcome(), pb::WriteOutcome::Created);
+    assert_eq!(stored(&api, "shop", "rr-cccc-first")?.spec.deduplication.occurrence_count, 2);
+    assert_eq!(stored(&api, "shop", "rr-cccc-window")?.spec.deduplication.occurrence_count, 1);
     Ok(())
 }

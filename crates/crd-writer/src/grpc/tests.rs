@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use breakwater_signal::ManualClock;
 
 use super::*;
-use crate::crd::RemediationRequest;
-use crate::sink::{CountUpdate, Created, MemorySink, UpdateOutcome};
+use crate::crd::{RemediationRequestStatus, time};
+use crate::sink::{CountUpdate, DirSink, MemorySink, TERMINAL_PHASES};
 
 const T0: i64 = 1_700_000_000_000;
 const FP: &str = "abcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcd";
@@ -167,6 +167,14 @@ impl RemediationSink for BrokenSink {
     async fn update_counts(&self, _: &CrRef, _: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
         Err((self.0)())
     }
+
+    async fn find_open(&self, _: &str, _: &str) -> Result<Option<CrRef>, SinkError> {
+        Err((self.0)())
+    }
+
+    async fn add_occurrences(&self, _: &CrRef, _: u64, _: i64) -> Result<UpdateOutcome, SinkError> {
+        Err((self.0)())
+    }
 }
 
 fn api_error(code: u16, reason: &str) -> kube::Error {
@@ -219,4 +227,274 @@ fn whole_request_errors_map_to_status_codes() {
     assert_eq!(Status::from(Error::Config("x".to_owned())).code(), Code::Internal);
     let sink_err = Error::Sink(SinkError::Conflict { attempts: 10 });
     assert_eq!(Status::from(sink_err).code(), Code::Unavailable);
+}
+
+// The dedup of last resort: CREATEs sent while dedup was unavailable.
+
+/// A `CREATE` of `name` sent while dedup was unavailable, for an alert seen at `last_seen`.
+fn fallback(name: &str, last_seen: i64) -> pb::RemediationWrite {
+    let mut write = write(pb::WriteKind::Create, name);
+    write.dedup_unavailable = true;
+    write.first_seen_unix_ms = last_seen;
+    write.last_seen_unix_ms = last_seen;
+    write
+}
+
+/// Stores the CR an earlier, normal create of `name` would have made at `created_at`, for
+/// fingerprint `fp` in `namespace`, with `status.overallPhase` = `phase`.
+async fn seed(
+    sink: &dyn RemediationSink,
+    at: (&str, &str),
+    fp: &str,
+    phase: Option<&str>,
+    created_at: i64,
+) -> Result<CrRef, Box<dyn std::error::Error>> {
+    let (namespace, name) = at;
+    let mut raw = write(pb::WriteKind::Create, name);
+    if let Some(signal) = raw.signal.as_mut() {
+        signal.fingerprint = fp.to_owned();
+    }
+    if let Some(remediation) = raw.remediation.as_mut() {
+        remediation.namespace = namespace.to_owned();
+    }
+    let mut rr = crd::build(&Write::try_from(raw).map_err(|e| e.0)?, created_at, "kubernaut-system");
+    rr.status = phase.map(|p| RemediationRequestStatus { overall_phase: Some(p.to_owned()), ..Default::default() });
+    sink.create(&rr).await?;
+    Ok(CrRef { namespace: namespace.to_owned(), name: name.to_owned() })
+}
+
+fn named(namespace: &str, name: &str) -> Option<pb::RemediationRef> {
+    Some(pb::RemediationRef { namespace: namespace.to_owned(), name: name.to_owned() })
+}
+
+async fn occurrences(sink: &dyn RemediationSink, at: &CrRef) -> Result<i64, Box<dyn std::error::Error>> {
+    Ok(sink.get(at).await?.ok_or_else(|| format!("{at} missing"))?.spec.deduplication.occurrence_count)
+}
+
+/// A sink under test, with the directory that must outlive it, if any.
+type SinkUnderTest = (Arc<dyn RemediationSink>, Option<tempfile::TempDir>);
+
+/// A memory sink and a directory sink.
+fn sinks() -> Result<Vec<SinkUnderTest>, std::io::Error> {
+    let dir = tempfile::tempdir()?;
+    Ok(vec![(Arc::new(MemorySink::new()), None), (Arc::new(DirSink::new(dir.path())), Some(dir))])
+}
+
+#[tokio::test]
+async fn a_fallback_create_is_counted_on_the_open_cr_of_its_incident() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, coalescer) = service(Arc::clone(&sink));
+        let open = seed(sink.as_ref(), ("ops", "rr-abcdefabcdefabcd-first"), FP, Some("Processing"), T0).await?;
+
+        let results = call(&svc, vec![fallback("rr-abcdefabcdefabcd-window", T0 + 5000)]).await?;
+        assert_eq!(outcome(&results[0]), pb::WriteOutcome::AlreadyExisted);
+        assert_eq!(results[0].remediation, named("ops", "rr-abcdefabcdefabcd-first"), "names the CR found");
+        let rr = sink.get(&open).await?.ok_or("open CR missing")?;
+        assert_eq!(rr.spec.deduplication.occurrence_count, 2);
+        assert_eq!(rr.spec.deduplication.last_seen, time(T0 + 5000));
+        let window = CrRef { namespace: "ops".to_owned(), name: "rr-abcdefabcdefabcd-window".to_owned() };
+        assert_eq!(sink.get(&window).await?, None, "no second CR for the incident");
+        assert_eq!(coalescer.pending_len(), 0, "counted at once, not queued");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cr_in_a_terminal_phase_is_not_open() -> TestResult {
+    for phase in TERMINAL_PHASES {
+        for (sink, _dir) in sinks()? {
+            let (svc, _) = service(Arc::clone(&sink));
+            let done = seed(sink.as_ref(), ("ops", "rr-done"), FP, Some(phase), T0).await?;
+            let results = call(&svc, vec![fallback("rr-window", T0 + 5000)]).await?;
+            assert_eq!(outcome(&results[0]), pb::WriteOutcome::Created, "{phase}");
+            assert_eq!(results[0].remediation, named("ops", "rr-window"));
+            assert_eq!(occurrences(sink.as_ref(), &done).await?, 1, "{phase}: the closed CR is left alone");
+            let new = CrRef { namespace: "ops".to_owned(), name: "rr-window".to_owned() };
+            assert_eq!(occurrences(sink.as_ref(), &new).await?, 1);
+        }
+    }
+    // No status at all, or an empty or unfinished phase: open.
+    for phase in [None, Some(""), Some("Pending"), Some("Executing")] {
+        let sink: Arc<dyn RemediationSink> = Arc::new(MemorySink::new());
+        let (svc, _) = service(Arc::clone(&sink));
+        seed(sink.as_ref(), ("ops", "rr-open"), FP, phase, T0).await?;
+        let results = call(&svc, vec![fallback("rr-window", T0 + 5000)]).await?;
+        assert_eq!(outcome(&results[0]), pb::WriteOutcome::AlreadyExisted, "{phase:?}");
+        assert_eq!(results[0].remediation, named("ops", "rr-open"), "{phase:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn crs_of_other_fingerprints_namespaces_and_storms_are_ignored() -> TestResult {
+    // Same first 63 characters, so the same label value: only the spec tells them apart.
+    let same_label = format!("{}e", &FP[..63]);
+    for (sink, _dir) in sinks()? {
+        let (svc, _) = service(Arc::clone(&sink));
+        let others = [
+            seed(sink.as_ref(), ("ops", "rr-other"), &"0".repeat(64), None, T0).await?,
+            seed(sink.as_ref(), ("ops", "rr-same-label"), &same_label, None, T0).await?,
+            seed(sink.as_ref(), ("shop", "rr-elsewhere"), FP, None, T0).await?,
+        ];
+        let storm = Write::try_from(write(pb::WriteKind::StormCreate, "storm-ops")).map_err(|e| e.0)?;
+        sink.create(&crd::build(&storm, T0, "kubernaut-system")).await?;
+
+        let results = call(&svc, vec![fallback("rr-window", T0 + 5000)]).await?;
+        assert_eq!(outcome(&results[0]), pb::WriteOutcome::Created);
+        for other in &others {
+            assert_eq!(occurrences(sink.as_ref(), other).await?, 1, "{other} was counted");
+        }
+        let storm = CrRef { namespace: "ops".to_owned(), name: "storm-ops".to_owned() };
+        assert_eq!(occurrences(sink.as_ref(), &storm).await?, 1, "a storm CR is not the incident's CR");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_most_recently_created_open_cr_is_counted() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, _) = service(Arc::clone(&sink));
+        let older = seed(sink.as_ref(), ("ops", "rr-b-older"), FP, None, T0).await?;
+        let newer = seed(sink.as_ref(), ("ops", "rr-a-newer"), FP, None, T0 + 60_000).await?;
+        let closed = seed(sink.as_ref(), ("ops", "rr-c-newest"), FP, Some("Completed"), T0 + 120_000).await?;
+        let results = call(&svc, vec![fallback("rr-window", T0 + 130_000)]).await?;
+        assert_eq!(results[0].remediation, named("ops", "rr-a-newer"));
+        assert_eq!(occurrences(sink.as_ref(), &newer).await?, 2);
+        assert_eq!(occurrences(sink.as_ref(), &older).await?, 1);
+        assert_eq!(occurrences(sink.as_ref(), &closed).await?, 1);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn twenty_concurrent_fallback_creates_all_count_on_the_open_cr() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, _) = service(Arc::clone(&sink));
+        let svc = Arc::new(svc);
+        let open = seed(sink.as_ref(), ("ops", "rr-first"), FP, None, T0).await?;
+        let calls: Vec<_> = (1..=20)
+            .map(|i| {
+                let svc = Arc::clone(&svc);
+                tokio::spawn(async move { call(&svc, vec![fallback("rr-window", T0 + i * 1000)]).await })
+            })
+            .collect();
+        for call in calls {
+            let results = call.await??;
+            assert_eq!(outcome(&results[0]), pb::WriteOutcome::AlreadyExisted);
+            assert_eq!(results[0].remediation, named("ops", "rr-first"));
+        }
+        let rr = sink.get(&open).await?.ok_or("open CR missing")?;
+        assert_eq!(rr.spec.deduplication.occurrence_count, 21, "1 + 20, none lost");
+        assert_eq!(rr.spec.deduplication.last_seen, time(T0 + 20_000));
+        let window = CrRef { namespace: "ops".to_owned(), name: "rr-window".to_owned() };
+        assert_eq!(sink.get(&window).await?, None);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_fallback_creates_of_a_new_incident_make_one_cr_that_counts_them_all() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, _) = service(Arc::clone(&sink));
+        let svc = Arc::new(svc);
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let svc = Arc::clone(&svc);
+                tokio::spawn(async move { call(&svc, vec![fallback("rr-window", T0)]).await })
+            })
+            .collect();
+        let mut created = 0;
+        for call in calls {
+            let results = call.await??;
+            assert_eq!(results[0].remediation, named("ops", "rr-window"));
+            created += usize::from(outcome(&results[0]) == pb::WriteOutcome::Created);
+        }
+        assert_eq!(created, 1);
+        let window = CrRef { namespace: "ops".to_owned(), name: "rr-window".to_owned() };
+        assert_eq!(occurrences(sink.as_ref(), &window).await?, 20, "each alert counted once");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_normal_create_path_does_not_look_up() -> TestResult {
+    let sink = Arc::new(MemorySink::new());
+    let (svc, _) = service(sink.clone());
+    seed(sink.as_ref(), ("ops", "rr-first"), FP, None, T0).await?;
+    let results = call(&svc, vec![write(pb::WriteKind::Create, "rr-second")]).await?;
+    assert_eq!(outcome(&results[0]), pb::WriteOutcome::Created, "dedup decided: a new incident");
+    let calls = sink.calls();
+    assert_eq!((calls.finds, calls.updates, calls.creates), (0, 0, 2));
+
+    // Storm creates ignore the flag: storms are not deduplicated by fingerprint.
+    let mut storm = write(pb::WriteKind::StormCreate, "storm-a");
+    storm.dedup_unavailable = true;
+    assert_eq!(outcome(&call(&svc, vec![storm]).await?[0]), pb::WriteOutcome::Created);
+    assert_eq!(sink.calls().finds, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cluster_scoped_fallback_create_looks_in_the_fallback_namespace() -> TestResult {
+    let sink = Arc::new(MemorySink::new());
+    let (svc, _) = service(sink.clone());
+    let open = seed(sink.as_ref(), ("kubernaut-system", "rr-first"), FP, None, T0).await?;
+    let mut write = fallback("rr-window", T0 + 1000);
+    if let Some(remediation) = write.remediation.as_mut() {
+        remediation.namespace.clear();
+    }
+    let results = call(&svc, vec![write]).await?;
+    assert_eq!(results[0].remediation, named("kubernaut-system", "rr-first"));
+    assert_eq!(occurrences(sink.as_ref(), &open).await?, 2);
+    Ok(())
+}
+
+/// A [`MemorySink`] whose lookups fail with `error()`.
+struct NoLookupSink(MemorySink, fn() -> SinkError);
+
+#[async_trait]
+impl RemediationSink for NoLookupSink {
+    async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
+        self.0.create(rr).await
+    }
+
+    async fn get(&self, target: &CrRef) -> Result<Option<RemediationRequest>, SinkError> {
+        self.0.get(target).await
+    }
+
+    async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
+        self.0.update_counts(target, update).await
+    }
+
+    async fn find_open(&self, _: &str, _: &str) -> Result<Option<CrRef>, SinkError> {
+        Err((self.1)())
+    }
+
+    async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: i64) -> Result<UpdateOutcome, SinkError> {
+        self.0.add_occurrences(target, n, last_seen).await
+    }
+}
+
+#[tokio::test]
+async fn a_refused_lookup_creates_as_usual_and_an_unavailable_api_fails_the_write() -> TestResult {
+    let forbidden = NoLookupSink(MemorySink::new(), || SinkError::Rejected {
+        code: 403,
+        reason: "Forbidden".to_owned(),
+        source: api_error(403, "Forbidden"),
+    });
+    let (svc, _) = service(Arc::new(forbidden));
+    let results = call(&svc, vec![fallback("rr-window", T0)]).await?;
+    assert_eq!(outcome(&results[0]), pb::WriteOutcome::Created, "the alert is not lost to missing RBAC");
+
+    let unavailable = NoLookupSink(MemorySink::new(), || SinkError::Unavailable {
+        attempts: 5,
+        retry_after: Some(Duration::from_secs(2)),
+        source: api_error(503, "ServiceUnavailable"),
+    });
+    let (svc, _) = service(Arc::new(unavailable));
+    let results = call(&svc, vec![fallback("rr-window", T0)]).await?;
+    assert_eq!(outcome(&results[0]), pb::WriteOutcome::Failed);
+    assert_eq!(results[0].error, "kubernetes unavailable");
+    assert_eq!(results[0].retry_after_ms, 2000);
+    Ok(())
 }

@@ -11,8 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::{CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome};
-use crate::crd::{CrRef, RemediationRequest, is_dns1123_label};
+use breakwater_signal::UnixMillis;
+
+use super::{
+    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, latest_open,
+};
+use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, is_dns1123_label};
 
 /// Default `affectedResources` cap, as `crd_writer.affected_resources_cap`.
 const DEFAULT_CAP: usize = 100;
@@ -62,6 +66,61 @@ impl DirSink {
         serde_saphyr::from_str(&text)
             .map(Some)
             .map_err(|source| SinkError::Corrupt { path: path.display().to_string(), source: Box::new(source) })
+    }
+
+    /// Every CR of `namespace`, named after its file (what [`Self::path_of`] finds again). A
+    /// file that is not a RemediationRequest is skipped with a warning: one bad file must not
+    /// hide the others.
+    async fn read_namespace(&self, namespace: &str) -> Result<Vec<RemediationRequest>, SinkError> {
+        if !is_dns1123_label(namespace) {
+            return Err(SinkError::InvalidName(namespace.to_owned()));
+        }
+        let mut entries = match tokio::fs::read_dir(self.root.join(namespace)).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut rrs = Vec::new();
+        while let Some(entry) = entries.next_entry().await? {
+            let path = entry.path();
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            // Temporary files start with a dot (see `write`) and do not end in `.yaml`.
+            let Some(name) = file_name.strip_suffix(".yaml").filter(|n| !n.starts_with('.')) else {
+                continue;
+            };
+            match self.read(&path).await {
+                Ok(Some(mut rr)) => {
+                    rr.metadata.namespace = Some(namespace.to_owned());
+                    rr.metadata.name = Some(name.to_owned());
+                    rrs.push(rr);
+                }
+                // Renamed or removed since the listing.
+                Ok(None) => {}
+                Err(err @ SinkError::Corrupt { .. }) => tracing::warn!(cause = %err, "skipping remediation file"),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(rrs)
+    }
+
+    /// Reads the CR under the write lock, applies `change` and writes it back if it changed.
+    async fn read_modify_write(
+        &self,
+        target: &CrRef,
+        change: impl FnOnce(&mut RemediationRequestSpec) -> bool + Send,
+    ) -> Result<UpdateOutcome, SinkError> {
+        let path = self.path_of(target)?;
+        let _guard = self.write_lock.lock().await;
+        let Some(mut rr) = self.read(&path).await? else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        if !change(&mut rr.spec) {
+            return Ok(UpdateOutcome::Unchanged);
+        }
+        bump_resource_version(&mut rr);
+        self.write(&path, &rr).await?;
+        Ok(UpdateOutcome::Updated)
     }
 
     async fn write(&self, path: &Path, rr: &RemediationRequest) -> Result<(), SinkError> {
@@ -114,17 +173,15 @@ impl RemediationSink for DirSink {
     }
 
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
-        let path = self.path_of(target)?;
-        let _guard = self.write_lock.lock().await;
-        let Some(mut rr) = self.read(&path).await? else {
-            return Ok(UpdateOutcome::NotFound);
-        };
-        if !update.apply_to(&mut rr.spec, self.cap) {
-            return Ok(UpdateOutcome::Unchanged);
-        }
-        bump_resource_version(&mut rr);
-        self.write(&path, &rr).await?;
-        Ok(UpdateOutcome::Updated)
+        self.read_modify_write(target, |spec| update.apply_to(spec, self.cap)).await
+    }
+
+    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
+        Ok(latest_open(self.read_namespace(namespace).await?, fingerprint).map(|rr| target_of(&rr)))
+    }
+
+    async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {
+        self.read_modify_write(target, |spec| add_occurrences_to(spec, n, last_seen)).await
     }
 }
 

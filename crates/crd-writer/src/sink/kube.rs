@@ -4,20 +4,25 @@
 //! `details.retryAfterSeconds`), 500, 502, 503, 504, timeouts and connection errors, and never
 //! on 400/403/404/409/422. A create whose namespace does not exist is repeated in the fallback
 //! namespace (reference spec §7.2). Count updates are read-merge-patch with
-//! `metadata.resourceVersion` as precondition; a 409 Conflict re-reads and merges again.
+//! `metadata.resourceVersion` as precondition; a 409 Conflict re-reads and merges again. The
+//! dedup fallback's increments take the same path, so concurrent increments are all counted;
+//! its lookup of an open CR is one `list` by the fingerprint label.
 
 use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use breakwater_signal::UnixMillis;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use kube::{Client, Error as KubeError};
 use serde_json::json;
 
-use super::{CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome};
+use super::{
+    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, latest_open,
+};
 use crate::config::RetryConfig;
-use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, relocate};
+use crate::crd::{CrRef, LABEL_FINGERPRINT, RemediationRequest, RemediationRequestSpec, label_value, relocate};
 
 /// Default `affectedResources` cap, as `crd_writer.affected_resources_cap`.
 const DEFAULT_CAP: usize = 100;
@@ -137,6 +142,35 @@ impl RemediationSink for KubeSink {
 
     #[tracing::instrument(skip_all, fields(%target))]
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
+        self.read_modify_write(target, |spec| update.apply_to(spec, self.cap)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(%namespace))]
+    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
+        let api = self.api(namespace);
+        let params = ListParams::default().labels(&format!("{LABEL_FINGERPRINT}={}", label_value(fingerprint)));
+        let list = self.call("list", || api.list(&params)).await?;
+        Ok(latest_open(list.items, fingerprint).map(|rr| CrRef {
+            namespace: rr.metadata.namespace.unwrap_or_else(|| namespace.to_owned()),
+            name: rr.metadata.name.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(%target, n))]
+    async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {
+        self.read_modify_write(target, |spec| add_occurrences_to(spec, n, last_seen)).await
+    }
+}
+
+impl KubeSink {
+    /// Reads the CR, changes its counts with `change` (which says whether it changed anything)
+    /// and merge-patches them with the read `resourceVersion` as precondition; on 409 Conflict
+    /// reads and changes again, so a change is applied exactly once to the latest counts.
+    async fn read_modify_write(
+        &self,
+        target: &CrRef,
+        change: impl Fn(&mut RemediationRequestSpec) -> bool + Send + Sync,
+    ) -> Result<UpdateOutcome, SinkError> {
         let api = self.api(&target.namespace);
         let params = PatchParams::default();
         for attempt in 1..=MAX_CONFLICT_ATTEMPTS {
@@ -144,7 +178,7 @@ impl RemediationSink for KubeSink {
                 return Ok(UpdateOutcome::NotFound);
             };
             let mut spec = current.spec.clone();
-            if !update.apply_to(&mut spec, self.cap) {
+            if !change(&mut spec) {
                 return Ok(UpdateOutcome::Unchanged);
             }
             let patch = Patch::Merge(count_patch(&spec, current.metadata.resource_version.as_deref()));

@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use breakwater_signal::UnixMillis;
 use tokio::sync::Mutex;
 
-use super::{CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome};
-use crate::crd::{CrRef, RemediationRequest, relocate};
+use super::{
+    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, latest_open,
+};
+use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, relocate};
 
 /// Default `affectedResources` cap, as `crd_writer.affected_resources_cap`.
 const DEFAULT_CAP: usize = 100;
@@ -18,6 +21,9 @@ const DEFAULT_CAP: usize = 100;
 pub struct SinkCalls {
     pub creates: u64,
     pub gets: u64,
+    /// Lookups of an open CR by fingerprint (the dedup fallback's).
+    pub finds: u64,
+    /// Count merges and increments.
     pub updates: u64,
     /// Updates that changed a CR (what a real backend would have written).
     pub writes: u64,
@@ -31,6 +37,7 @@ pub struct MemorySink {
     only_namespace: Option<String>,
     creates: AtomicU64,
     gets: AtomicU64,
+    finds: AtomicU64,
     updates: AtomicU64,
     writes: AtomicU64,
 }
@@ -59,6 +66,7 @@ impl MemorySink {
         SinkCalls {
             creates: self.creates.load(Ordering::Relaxed),
             gets: self.gets.load(Ordering::Relaxed),
+            finds: self.finds.load(Ordering::Relaxed),
             updates: self.updates.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
         }
@@ -67,6 +75,23 @@ impl MemorySink {
     /// Every CR held, ordered by namespace and name.
     pub async fn objects(&self) -> Vec<RemediationRequest> {
         self.objects.lock().await.values().cloned().collect()
+    }
+
+    async fn change(
+        &self,
+        target: &CrRef,
+        change: impl FnOnce(&mut RemediationRequestSpec) -> bool + Send,
+    ) -> Result<UpdateOutcome, SinkError> {
+        self.updates.fetch_add(1, Ordering::Relaxed);
+        let mut objects = self.objects.lock().await;
+        let Some(rr) = objects.get_mut(target) else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        if !change(&mut rr.spec) {
+            return Ok(UpdateOutcome::Unchanged);
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(UpdateOutcome::Updated)
     }
 }
 
@@ -100,15 +125,18 @@ impl RemediationSink for MemorySink {
     }
 
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
-        self.updates.fetch_add(1, Ordering::Relaxed);
-        let mut objects = self.objects.lock().await;
-        let Some(rr) = objects.get_mut(target) else {
-            return Ok(UpdateOutcome::NotFound);
-        };
-        if !update.apply_to(&mut rr.spec, self.cap) {
-            return Ok(UpdateOutcome::Unchanged);
-        }
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(UpdateOutcome::Updated)
+        self.change(target, |spec| update.apply_to(spec, self.cap)).await
+    }
+
+    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
+        self.finds.fetch_add(1, Ordering::Relaxed);
+        let objects = self.objects.lock().await;
+        let in_namespace = objects.iter().filter(|(at, _)| at.namespace == namespace).map(|(_, rr)| rr.clone());
+        Ok(latest_open(in_namespace, fingerprint)
+            .map(|rr| CrRef { namespace: namespace.to_owned(), name: rr.metadata.name.unwrap_or_default() }))
+    }
+
+    async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {
+        self.change(target, |spec| add_occurrences_to(spec, n, last_seen)).await
     }
 }

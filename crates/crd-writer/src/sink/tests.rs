@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use super::*;
-use crate::crd::{Deduplication, Priority, Severity, TargetType};
+use crate::crd::{Deduplication, Priority, RemediationRequestStatus, Severity, TargetType};
 
 fn spec(is_storm: bool) -> RemediationRequestSpec {
     RemediationRequestSpec {
@@ -118,4 +120,89 @@ fn retry_after_only_for_unavailable() {
     assert_eq!(unavailable.retry_after(), Some(Duration::from_secs(2)));
     assert_eq!(unavailable.metric_label(), "unavailable");
     assert_eq!(SinkError::Conflict { attempts: 10 }.retry_after(), None);
+}
+
+#[test]
+fn increments_add_and_last_seen_only_moves_forward() {
+    let mut s = spec(false);
+    assert!(add_occurrences_to(&mut s, 3, 4000));
+    assert_eq!(s.deduplication.occurrence_count, 10);
+    assert_eq!(s.deduplication.last_seen, time(5000), "an older lastSeen is kept");
+    assert!(add_occurrences_to(&mut s, 1, 0), "applying again counts again");
+    assert_eq!(s.deduplication.occurrence_count, 11);
+    assert!(add_occurrences_to(&mut s, 0, 6000));
+    assert_eq!(s.deduplication.last_seen, time(6000));
+    assert!(!add_occurrences_to(&mut s, 0, 6000));
+}
+
+/// A CR of `spec(false)`'s fingerprint, labelled as `build` labels it.
+fn cr(name: &str, phase: Option<&str>, created: Option<i64>, created_at: Option<i64>) -> RemediationRequest {
+    let spec = spec(false);
+    let labels = BTreeMap::from([(LABEL_FINGERPRINT.to_owned(), label_value(&spec.signal_fingerprint))]);
+    let annotations = created_at.map(|ms| BTreeMap::from([(ANNOTATION_CREATED_AT.to_owned(), time(ms).0.to_string())]));
+    RemediationRequest {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("ns".to_owned()),
+            labels: Some(labels),
+            annotations,
+            creation_timestamp: created.map(time),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: phase.map(|p| RemediationRequestStatus { overall_phase: Some(p.to_owned()), ..Default::default() }),
+    }
+}
+
+fn name_of(rr: Option<RemediationRequest>) -> Option<String> {
+    rr.and_then(|rr| rr.metadata.name)
+}
+
+#[test]
+fn only_unfinished_crs_are_open() {
+    for phase in TERMINAL_PHASES {
+        assert!(!is_open(&cr("a", Some(phase), None, None)), "{phase}");
+    }
+    for phase in [None, Some(""), Some("Pending"), Some("Processing"), Some("completed")] {
+        assert!(is_open(&cr("a", phase, None, None)), "{phase:?}");
+    }
+}
+
+#[test]
+fn the_latest_open_cr_is_chosen_by_creation_time() {
+    let fp = "f".repeat(64);
+    let picked = latest_open(
+        [
+            cr("by-timestamp", None, Some(3_000), Some(1_000)),
+            cr("older", None, Some(2_000), Some(9_000)),
+            cr("closed", Some("Failed"), Some(9_000), None),
+        ],
+        &fp,
+    );
+    assert_eq!(name_of(picked), Some("by-timestamp".to_owned()), "creationTimestamp comes first");
+
+    // Without creationTimestamp (the directory and memory sinks), the created-at annotation.
+    let picked = latest_open([cr("b", None, None, Some(2_000)), cr("a", None, None, Some(1_000))], &fp);
+    assert_eq!(name_of(picked), Some("b".to_owned()));
+    // The same second on the API server: the annotation's milliseconds decide.
+    let picked = latest_open([cr("a", None, Some(2_000), Some(2_400)), cr("b", None, Some(2_000), Some(2_100))], &fp);
+    assert_eq!(name_of(picked), Some("a".to_owned()));
+    assert_eq!(latest_open([cr("closed", Some("Timeout"), None, None)], &fp), None);
+}
+
+#[test]
+fn latest_open_needs_the_label_and_the_whole_fingerprint() {
+    let fp = "f".repeat(64);
+    let mut unlabelled = cr("unlabelled", None, None, None);
+    unlabelled.metadata.labels = None;
+    assert_eq!(latest_open([unlabelled], &fp), None);
+
+    let mut near = cr("near", None, None, None);
+    near.spec.signal_fingerprint = format!("{}e", &fp[..63]);
+    assert_eq!(latest_open([near], &fp), None, "the label is cut to 63 characters; the spec is not");
+
+    let mut storm = cr("storm", None, None, None);
+    storm.spec.is_storm = true;
+    assert_eq!(latest_open([storm], &fp), None);
+    assert_eq!(name_of(latest_open([cr("ok", None, None, None)], &fp)), Some("ok".to_owned()));
 }

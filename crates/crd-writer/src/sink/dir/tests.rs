@@ -173,3 +173,48 @@ async fn a_corrupt_file_is_an_error_not_a_missing_cr() -> TestResult {
     assert!(matches!(err, SinkError::Corrupt { .. }), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn find_open_scans_the_namespace_and_skips_what_is_not_a_cr() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sink = DirSink::new(dir.path());
+    let fp = "0".repeat(64);
+    assert_eq!(sink.find_open("payments", &fp).await?, None, "no directory yet");
+
+    sink.create(&build(&write("payments", "rr-1", false), 1_700_000_000_500, "kubernaut-system")).await?;
+    std::fs::write(dir.path().join("payments/rr-garbage.yaml"), "kind: [unterminated")?;
+    std::fs::write(dir.path().join("payments/.tmp-1-0"), "half a file")?;
+    std::fs::write(dir.path().join("payments/notes.txt"), "not yaml")?;
+    // A CR stored under another file name is found by its file, which is what `get` reads.
+    std::fs::rename(dir.path().join("payments/rr-1.yaml"), dir.path().join("payments/rr-renamed.yaml"))?;
+
+    assert_eq!(sink.find_open("payments", &fp).await?, Some(target("payments", "rr-renamed")));
+    assert_eq!(sink.find_open("payments", &"1".repeat(64)).await?, None);
+    assert_eq!(sink.find_open("billing", &fp).await?, None);
+    assert!(matches!(sink.find_open("../payments", &fp).await, Err(SinkError::InvalidName(_))));
+    Ok(())
+}
+
+#[tokio::test]
+async fn increments_add_up_under_concurrency() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sink = std::sync::Arc::new(DirSink::new(dir.path()));
+    let at = target("payments", "rr-1");
+    sink.create(&build(&write("payments", "rr-1", false), 1_700_000_000_500, "kubernaut-system")).await?;
+    let tasks: Vec<_> = (1..=20i64)
+        .map(|i| {
+            let sink = std::sync::Arc::clone(&sink);
+            let at = at.clone();
+            tokio::spawn(async move { sink.add_occurrences(&at, 2, 1_700_000_000_000 + i * 1000).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await??, UpdateOutcome::Updated);
+    }
+    let rr = sink.get(&at).await?.ok_or("missing")?;
+    assert_eq!(rr.spec.deduplication.occurrence_count, 41, "1 + 20 × 2");
+    assert_eq!(rr.spec.deduplication.last_seen, time(1_700_000_020_000));
+    assert_eq!(rr.metadata.resource_version.as_deref(), Some("21"));
+    assert_eq!(sink.add_occurrences(&target("payments", "rr-x"), 1, 0).await?, UpdateOutcome::NotFound);
+    Ok(())
+}
