@@ -90,6 +90,11 @@ async fn original_suite_load_fits_in_16mb_and_drains() {
         c.storm.inactivity_secs = 1;
         c.storm.max_window_secs = 2;
         c.storm.count_ttl_secs = 2;
+        // A shared 2-core CI machine must not turn slowness into degradation.
+        c.edge.component_timeout_ms = 20_000;
+        for r in [&mut c.dedup.redis, &mut c.storm.redis, &mut c.ratelimit.redis] {
+            r.connect_timeout_ms = 20_000;
+        }
     })
     .await;
     let redis = gw.redis.as_ref().expect("the gateway's redis");
@@ -103,6 +108,7 @@ async fn original_suite_load_fits_in_16mb_and_drains() {
         assert_eq!(info_field(redis, "stats", "evicted_keys").await, 0, "nothing had to be evicted");
         assert_eq!(redis.keys_without_ttl("*").await, Vec::<String>::new(), "every key carries a TTL");
         assert!(peak < 16 * 1024 * 1024, "peak {peak} within maxmemory");
+        assert_eq!(gw.degraded_calls().await, 0, "no component was degraded around");
         assert_eventually!(
             Duration::from_secs(10),
             async { accounted_alerts(&gw.remediations()) == accepted * run },
@@ -149,5 +155,68 @@ async fn hundred_alert_storm_state_stays_small() {
         async { accounted_alerts(&gw.remediations()) == 100 },
         "100 alerts accounted for: {}",
         accounted_alerts(&gw.remediations())
+    );
+}
+
+/// Seed 001: an operator (the test, as admin on its own server) lowers
+/// `maxmemory` to 1 MB. Within one check period `/readyz` and the metrics say
+/// so, naming the value found, the one expected and the fix; restoring it
+/// clears them. (The services themselves cannot: see `acl.rs`.)
+#[tokio::test]
+async fn seed_001_lowered_maxmemory_shows_in_readyz_and_metrics_then_clears() {
+    let redis = RedisServer::builder().maxmemory("64mb").maxmemory_policy("volatile-lru").start().await;
+    let gw = TestGateway::start_with_redis(redis, |c| {
+        for r in [&mut c.dedup.redis, &mut c.storm.redis, &mut c.ratelimit.redis] {
+            r.budget_check_secs = 1;
+        }
+    })
+    .await;
+    let redis = gw.redis.as_ref().expect("redis");
+    let http = reqwest::Client::new();
+    let readyz = || async {
+        let r: serde_json::Value =
+            http.get(format!("{}/readyz", gw.url)).send().await.expect("readyz").json().await.expect("json");
+        r
+    };
+    let drift = || async {
+        let text = http.get(format!("{}/metrics", gw.url)).send().await.expect("metrics").text().await.expect("text");
+        text.lines().find(|l| l.starts_with("breakwater_redis_budget_drift{component=\"dedup\"}")).map(str::to_owned)
+    };
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { readyz().await["status"] == "ready" },
+        "ready at first: {}",
+        readyz().await
+    );
+
+    redis.admin_command(&["CONFIG", "SET", "maxmemory", "1mb"]).await;
+    assert_eventually!(
+        Duration::from_secs(3),
+        async {
+            let problems = readyz().await["components"]["dedup"]["problems"].to_string();
+            problems.contains("maxmemory 1048576 bytes") && problems.contains("CONFIG SET maxmemory 67108864")
+        },
+        "drift in /readyz: {}",
+        readyz().await
+    );
+    assert_eventually!(
+        Duration::from_secs(3),
+        async { drift().await.is_some_and(|l| l.ends_with(" 1")) },
+        "drift metric: {:?}",
+        drift().await
+    );
+
+    redis.admin_command(&["CONFIG", "SET", "maxmemory", "64mb"]).await;
+    assert_eventually!(
+        Duration::from_secs(3),
+        async { readyz().await["status"] == "ready" },
+        "cleared: {}",
+        readyz().await
+    );
+    assert_eventually!(
+        Duration::from_secs(3),
+        async { drift().await.is_some_and(|l| l.ends_with(" 0")) },
+        "metric cleared: {:?}",
+        drift().await
     );
 }

@@ -97,7 +97,12 @@ pub async fn run_component(
         }
         Component::Dedup => {
             let store = breakwater_dedup::store_from_config(&config.dedup)?;
-            let grpc = breakwater_dedup::DedupGrpc::new(store, clock, health.clone());
+            let window = config.dedup.window();
+            // The in-process store starts empty, but treating its first window as uncertain
+            // would also fold incidents that were resolved before a restart into their old CR
+            // (only the remediation controller marks a CR finished); its loss on restart is
+            // documented instead. Uncertainty after a Redis outage is tracked by DedupGrpc.
+            let grpc = breakwater_dedup::DedupGrpc::new(store, clock, health.clone(), window, false);
             let stop = Shutdown::default();
             let watch = watch_budget(
                 &config.dedup.redis,

@@ -57,8 +57,8 @@ async fn each_component_in_its_own_process() {
     let dir = tempfile::tempdir().expect("temporary sink directory");
     let sink = dir.path().to_str().expect("utf-8 path").to_owned();
     let fast_flush = vec![("BREAKWATER_CRD_WRITER__FLUSH_INTERVAL_MS".to_owned(), "50".to_owned())];
-    let ratelimit = Process::start(&["ratelimit", "--listen", "127.0.0.1:0"], &[]).await;
-    let dedup = Process::start(&["dedup", "--listen", "127.0.0.1:0"], &[]).await;
+    let mut ratelimit = Process::start(&["ratelimit", "--listen", "127.0.0.1:0"], &[]).await;
+    let mut dedup = Process::start(&["dedup", "--listen", "127.0.0.1:0"], &[]).await;
     let mut storm = Process::start(&["storm", "--listen", "127.0.0.1:0"], &[]).await;
     let crd_writer = Process::start(&["crd-writer", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &fast_flush).await;
     let url = |p: &Process| format!("http://{}", p.addr);
@@ -99,4 +99,21 @@ async fn each_component_in_its_own_process() {
         client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz").json().await.expect("json");
     assert_eq!(ready["status"], "degraded", "{ready}");
     assert!(ready["components"]["storm"]["state"].as_str().is_some_and(|s| s.starts_with("unreachable")), "{ready}");
+
+    // Dedup's process gone: the repeated alert still lands on its CR, no second CR.
+    dedup.child.kill().await.expect("kill dedup");
+    let (status, third) = post(&client, &edge.addr, &alert).await;
+    assert_eq!(status, 202, "{third}");
+    assert_eq!(third["results"][0]["remediationRequestName"], name.as_str());
+    // Ratelimit's process gone: the edge's in-process limiter takes over.
+    ratelimit.child.kill().await.expect("kill ratelimit");
+    let (status, answer) = post(&client, &edge.addr, &other).await;
+    assert_eq!(status, 202, "{answer}");
+    let ready: Value =
+        client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz").json().await.expect("json");
+    let problems = ready["problems"].to_string();
+    assert!(problems.contains("ratelimit is unavailable") && problems.contains("dedup is unavailable"), "{ready}");
+    let prod = dir.path().join("prod");
+    let crs = std::fs::read_dir(&prod).expect("prod CRs").count();
+    assert_eq!(crs, 2, "one CR per incident: HighMemory and DiskFull");
 }

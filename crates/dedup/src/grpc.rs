@@ -1,6 +1,7 @@
 //! `breakwater.v1.DedupService`: proto in, store call, proto out.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1 as pb;
@@ -23,21 +24,64 @@ pub struct DedupGrpc {
     clock: Arc<dyn Clock>,
     /// Where store failures and recoveries are reported (`StatusService`).
     health: Arc<ComponentHealth>,
+    memory: Arc<StoreMemory>,
+}
+
+/// When the store may have lost incidents: it failed (Redis down, state maybe
+/// gone) or started empty (in-process store), and how long that matters.
+#[derive(Debug)]
+struct StoreMemory {
+    failing: AtomicBool,
+    /// Start of the period in which state may be missing; 0 for none.
+    since: AtomicI64,
+    window_ms: i64,
 }
 
 impl DedupGrpc {
-    pub fn new(store: Arc<dyn DedupStore>, clock: Arc<dyn Clock>, health: Arc<ComponentHealth>) -> Self {
-        Self { store, clock, health }
+    /// `window` is the dedup window. `starts_empty` says the store lost
+    /// everything before now (the in-process store), so for one window new
+    /// incidents are flagged `state_uncertain`.
+    pub fn new(
+        store: Arc<dyn DedupStore>,
+        clock: Arc<dyn Clock>,
+        health: Arc<ComponentHealth>,
+        window: std::time::Duration,
+        starts_empty: bool,
+    ) -> Self {
+        let since = if starts_empty { clock.now() } else { 0 };
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let memory = Arc::new(StoreMemory { failing: AtomicBool::new(false), since: AtomicI64::new(since), window_ms });
+        Self { store, clock, health, memory }
+    }
+
+    fn state_uncertain(&self, now: i64) -> bool {
+        let since = self.memory.since.load(Ordering::Relaxed);
+        since != 0 && now.saturating_sub(since) < self.memory.window_ms
     }
 
     /// Passes a store result through, recording Redis trouble and recovery.
+    /// Only a write proves recovery: reads still work when Redis is out of memory.
     fn observe<T>(&self, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
+        self.observe_as(true, result)
+    }
+
+    fn observe_read<T>(&self, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
+        self.observe_as(false, result)
+    }
+
+    fn observe_as<T>(&self, write: bool, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
         match result {
+            Ok(value) if !write => Ok(value),
             Ok(value) => {
+                if self.memory.failing.swap(false, Ordering::Relaxed) {
+                    // Whatever was open when the store failed may be gone now.
+                    self.memory.since.store(self.clock.now(), Ordering::Relaxed);
+                }
                 self.health.set("redis", None);
                 Ok(value)
             }
             Err(e) => {
+                self.memory.failing.store(true, Ordering::Relaxed);
                 self.health.set("redis", Some(format!("{}{}", redis_problem(e.metric_label()), DEGRADED)));
                 Err(Error::from(e))
             }
@@ -64,6 +108,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
             request.queries.iter().enumerate().map(|(i, q)| query_from_pb(i, q)).collect::<Result<Vec<_>, Status>>()?;
         let now = self.clock.now();
         let verdicts = self.observe(self.store.check(&queries, now).await).map_err(Status::from)?;
+        let uncertain = self.state_uncertain(now);
         let verdicts = request
             .queries
             .iter()
@@ -77,7 +122,11 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                     Decision::Resolved => pb::DedupOutcome::Resolved,
                     Decision::ResolvedUnknown => pb::DedupOutcome::ResolvedUnknown,
                 };
-                let mut verdict = pb::DedupVerdict { outcome: outcome.into(), ..Default::default() };
+                let mut verdict = pb::DedupVerdict {
+                    outcome: outcome.into(),
+                    state_uncertain: v.decision == Decision::New && uncertain,
+                    ..Default::default()
+                };
                 if let Some(r) = v.record {
                     // A new incident is the one being placed: it names its own CR to create.
                     let pending = v.decision != Decision::New && is_pending(&r, now);
@@ -134,7 +183,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
             })
             .collect::<Result<Vec<_>, Status>>()?;
         let now = self.clock.now();
-        let found = self.observe(self.store.placements(&refs, now).await).map_err(Status::from)?;
+        let found = self.observe_read(self.store.placements(&refs, now).await).map_err(Status::from)?;
         let placements = windows
             .iter()
             .zip(found)

@@ -21,7 +21,7 @@ async fn serves_dedup_health_and_reflection() {
     let store = Arc::new(MemoryDedupStore::new(DedupWindow::new(Duration::from_secs(300))));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let health = breakwater_grpc::ComponentHealth::new("dedup");
-    let grpc = DedupGrpc::new(store, Arc::new(SystemClock), health.clone());
+    let grpc = DedupGrpc::new(store, Arc::new(SystemClock), health.clone(), Duration::from_secs(300), false);
     let server = tokio::spawn(breakwater_dedup::run(grpc, health, listener, async {
         let _ = stopped.await;
     }));

@@ -277,6 +277,7 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
                 last_seen_unix_ms: now,
                 occurrence_count: 1,
                 placement_pending: false,
+                state_uncertain: true,
             }
         })
         .collect();
@@ -406,7 +407,7 @@ async fn place_new_incidents(mut dedup: DedupServiceClient<Channel>, batch: &Bat
 }
 
 /// How long a repeat waits for its incident's first alert to be placed.
-const PLACEMENT_WAIT: Duration = Duration::from_millis(500);
+const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
 
 /// Repeats that raced their incident's first alert learn where it was placed.
 async fn resolve_pending_repeats(
@@ -517,10 +518,10 @@ impl Service<Batch> for CrdWrite {
                             let cause = format!("{}: {}", remediation.1, result.error);
                             failure = Some(failure.map_or((after, cause.clone()), |(a, c)| (a.max(after), c)));
                         }
-                        // Without dedup, fallback names make AlreadyExisted the dedup of last
-                        // resort. With dedup, the incident is new and a racing repeat's count
-                        // merely created its CR first.
-                        pb::WriteOutcome::AlreadyExisted if batch.dedup_degraded => {
+                        // The dedup of last resort found the incident's CR. Otherwise (dedup
+                        // vouched the incident is new) a racing repeat's count merely created
+                        // its CR first.
+                        pb::WriteOutcome::AlreadyExisted if p.last_resort => {
                             outcome = match outcome {
                                 AlertOutcome::Created => AlertOutcome::Duplicate,
                                 AlertOutcome::StormCreated => AlertOutcome::StormAggregated,
@@ -570,6 +571,9 @@ fn outcome_label(o: AlertOutcome) -> &'static str {
 /// What to write for one alert, and how to report it.
 struct Planned {
     write: Option<pb::RemediationWrite>,
+    /// The CREATE asks crd-writer for the dedup of last resort: dedup could not
+    /// vouch that the incident is new.
+    last_resort: bool,
     outcome: AlertOutcome,
     remediation: (String, String),
     occurrence_count: Option<u64>,
@@ -587,8 +591,11 @@ fn plan(batch: &Batch, i: usize) -> Planned {
         occurrence_count: dedup.occurrence_count,
         ..Default::default()
     };
+    // Dedup cannot vouch that no CR is open for this incident: crd-writer looks first.
+    let last_resort = batch.dedup_degraded || dedup.state_uncertain;
     let reported = |outcome, r: &pb::RemediationRef, write: Option<pb::RemediationWrite>| Planned {
         write,
+        last_resort: false,
         outcome,
         remediation: (r.namespace.clone(), r.name.clone()),
         occurrence_count: None,
@@ -638,10 +645,14 @@ fn plan(batch: &Batch, i: usize) -> Planned {
                 let write = pb::RemediationWrite {
                     kind: pb::WriteKind::Create.into(),
                     remediation: Some(dedup_ref.clone()),
-                    dedup_unavailable: batch.dedup_degraded,
+                    dedup_unavailable: last_resort,
                     ..base
                 };
-                Planned { occurrence_count: Some(1), ..reported(AlertOutcome::Created, &dedup_ref, Some(write)) }
+                Planned {
+                    occurrence_count: Some(1),
+                    last_resort,
+                    ..reported(AlertOutcome::Created, &dedup_ref, Some(write))
+                }
             }
             Some(storm) => {
                 let storm_ref = storm.remediation.clone().unwrap_or_default();

@@ -1,0 +1,190 @@
+//! Promise 4, the degradation table: a Redis problem degrades one feature,
+//! never the gateway. Reference topology: one redis-server per service.
+
+use std::time::Duration;
+
+use breakwater_keyspace::RedisConfig;
+use breakwater_testkit::{RedisServer, RespValue, assert_eventually};
+use breakwater_tests::{Alert, TestGateway, webhook};
+use serde_json::Value;
+
+struct Topology {
+    dedup: RedisServer,
+    storm: RedisServer,
+    ratelimit: RedisServer,
+    gw: TestGateway,
+}
+
+/// A Redis set up as the reference topology wants it: room for a 64 MiB
+/// budget, and a volatile-* policy, so the drift guard has nothing to say.
+async fn sound_redis() -> RedisServer {
+    RedisServer::builder().maxmemory("64mb").maxmemory_policy("volatile-lru").start().await
+}
+
+async fn topology(dedup: RedisServer, adjust: impl FnOnce(&mut breakwater::Config)) -> Topology {
+    let (storm, ratelimit) = (sound_redis().await, sound_redis().await);
+    // Checked every second, so recovery shows within the test's patience.
+    let on = |s: &RedisServer| RedisConfig {
+        url: s.url(),
+        key_root: "bw".into(),
+        budget_check_secs: 1,
+        ..RedisConfig::default()
+    };
+    let (d, st, rl) = (on(&dedup), on(&storm), on(&ratelimit));
+    let gw = TestGateway::start_with_redis(RedisServer::start().await, |c| {
+        c.dedup.redis = d;
+        c.storm.redis = st;
+        c.ratelimit.redis = rl;
+        adjust(c);
+    })
+    .await;
+    Topology { dedup, storm, ratelimit, gw }
+}
+
+async fn readyz(gw: &TestGateway) -> (u16, Value) {
+    let r = reqwest::get(format!("{}/readyz", gw.url)).await.expect("readyz");
+    (r.status().as_u16(), r.json().await.expect("json"))
+}
+
+fn problems_of(ready: &Value, component: &str) -> Vec<String> {
+    ready["components"][component]["problems"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn crs_for(gw: &TestGateway, fingerprint: &Value) -> usize {
+    gw.remediations().iter().filter(|cr| cr["spec"]["signalFingerprint"] == *fingerprint).count()
+}
+
+/// Seven distinct pods of one alertname: a storm when storm works.
+fn storm_burst(ns: &str) -> Value {
+    let pods: Vec<Alert> = (0..7).map(|p| Alert::firing("PodCrashLooping").in_ns(ns).pod(&format!("p{p}"))).collect();
+    webhook(&pods)
+}
+
+/// Dedup's Redis killed, then back: the edge answers 201/202 throughout, a
+/// repeated alert lands on its existing CR (no second CR), storm and
+/// ratelimit are unaffected, and recovery needs no restart.
+#[tokio::test]
+async fn dedup_redis_killed_then_back() {
+    let mut t = topology(sound_redis().await, |_| {}).await;
+    let alert = webhook(&[Alert::firing("HighMemory").in_ns("prod").pod("api-1")]);
+    let (status, first) = t.gw.post_prometheus(&alert).await;
+    assert_eq!(status, 201, "{first}");
+    let (name, fingerprint) =
+        (first["results"][0]["remediationRequestName"].clone(), first["results"][0]["fingerprint"].clone());
+
+    t.dedup.kill().await;
+    let (status, again) = t.gw.post_prometheus(&alert).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["results"][0]["outcome"], "duplicate");
+    assert_eq!(again["results"][0]["remediationRequestName"], name, "counted on the CR that exists");
+    let (status, other) = t.gw.post_prometheus(&webhook(&[Alert::firing("DiskFull").in_ns("prod").pod("db-0")])).await;
+    assert_eq!(status, 201, "{other}");
+    let (status, burst) = t.gw.post_prometheus(&storm_burst("prod")).await;
+    assert!(status == 201, "{burst}");
+    assert_eq!(burst["results"][5]["outcome"], "storm_created", "storm unaffected: {burst}");
+    let (code, ready) = readyz(&t.gw).await;
+    assert_eq!((code, ready["status"].as_str()), (200, Some("degraded")), "{ready}");
+    assert!(problems_of(&ready, "dedup").iter().any(|p| p.contains("dedup's Redis failed")), "{ready}");
+    assert!(problems_of(&ready, "storm").is_empty() && problems_of(&ready, "ratelimit").is_empty(), "{ready}");
+
+    t.dedup.restart().await;
+    let (status, back) = t.gw.post_prometheus(&alert).await;
+    assert_eq!(status, 202, "{back}");
+    assert_eq!(back["results"][0]["remediationRequestName"], name, "no second CR after recovery either");
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { problems_of(&readyz(&t.gw).await.1, "dedup").is_empty() },
+        "dedup recovers by itself: {}",
+        readyz(&t.gw).await.1
+    );
+    assert_eq!(crs_for(&t.gw, &fingerprint), 1);
+}
+
+/// Dedup's Redis full with `noeviction` (the seeds' OOM): the same as down,
+/// and the problem says it is out of memory.
+#[tokio::test]
+async fn dedup_redis_out_of_memory() {
+    let full = RedisServer::builder().maxmemory("2mb").maxmemory_policy("noeviction").start().await;
+    let t = topology(full, |c| c.dedup.redis.memory_budget_bytes = 1024 * 1024).await;
+    let alert = webhook(&[Alert::firing("HighMemory").in_ns("prod").pod("api-1")]);
+    let (status, first) = t.gw.post_prometheus(&alert).await;
+    assert_eq!(status, 201, "{first}");
+    let name = first["results"][0]["remediationRequestName"].clone();
+    // An operator's mistake fills it: keys without TTL until writes are refused.
+    let mut admin = t.dedup.admin_connection().await;
+    let blob = "x".repeat(1024);
+    for i in 0.. {
+        if let RespValue::Error(e) = admin.command(&["SET", &format!("junk:{i}"), &blob]).await.expect("SET") {
+            assert!(e.starts_with("OOM"), "{e}");
+            break;
+        }
+    }
+    let (status, again) = t.gw.post_prometheus(&alert).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["results"][0]["remediationRequestName"], name);
+    let (status, _) = t.gw.post_prometheus(&storm_burst("prod")).await;
+    assert_eq!(status, 201);
+    let ready = readyz(&t.gw).await.1;
+    let dedup = problems_of(&ready, "dedup");
+    assert!(dedup.iter().any(|p| p.contains("(oom)")), "{ready}");
+    assert!(
+        dedup.iter().any(|p| p.contains("maxmemory-policy noeviction")),
+        "the drift guard names the cause: {ready}"
+    );
+    assert!(problems_of(&ready, "storm").is_empty() && problems_of(&ready, "ratelimit").is_empty(), "{ready}");
+}
+
+/// Storm's Redis killed: no storm detection, every alert gets its own CR, and
+/// storms come back with Redis.
+#[tokio::test]
+async fn storm_redis_killed_then_back() {
+    let mut t = topology(sound_redis().await, |_| {}).await;
+    t.storm.kill().await;
+    let (status, burst) = t.gw.post_prometheus(&storm_burst("prod")).await;
+    assert_eq!(status, 201, "{burst}");
+    let outcomes: Vec<&str> =
+        burst["results"].as_array().into_iter().flatten().filter_map(|r| r["outcome"].as_str()).collect();
+    assert_eq!(outcomes, vec!["created"; 7], "every alert its own CR");
+    let ready = readyz(&t.gw).await.1;
+    assert!(problems_of(&ready, "storm").iter().any(|p| p.contains("storm's Redis failed")), "{ready}");
+    t.storm.restart().await;
+    let (status, burst) = t.gw.post_prometheus(&storm_burst("dev")).await;
+    assert_eq!(status, 201);
+    assert_eq!(burst["results"][5]["outcome"], "storm_created", "{burst}");
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { problems_of(&readyz(&t.gw).await.1, "storm").is_empty() },
+        "storm recovers by itself"
+    );
+}
+
+/// Ratelimit's Redis killed: the in-process limiter takes over (it still
+/// limits), and Redis takes back over when it returns.
+#[tokio::test]
+async fn ratelimit_redis_killed_then_back() {
+    let mut t = topology(sound_redis().await, |c| {
+        c.ratelimit.signals_per_second = 1.0;
+        c.ratelimit.burst = 5;
+    })
+    .await;
+    t.ratelimit.kill().await;
+    let five: Vec<Alert> = (0..5).map(|i| Alert::firing("A").in_ns("prod").pod(&format!("p{i}"))).collect();
+    let (status, answer) = t.gw.post_prometheus(&webhook(&five)).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = t.gw.post_prometheus(&webhook(&five)).await;
+    assert_eq!(status, 429, "the in-process limiter limits: {answer}");
+    let ready = readyz(&t.gw).await.1;
+    assert!(problems_of(&ready, "ratelimit").iter().any(|p| p.contains("in-process limiter")), "{ready}");
+    t.ratelimit.restart().await;
+    assert_eventually!(
+        Duration::from_secs(10),
+        async {
+            let _ = t.gw.post_prometheus(&webhook(&[Alert::firing("B")])).await;
+            problems_of(&readyz(&t.gw).await.1, "ratelimit").is_empty()
+        },
+        "ratelimit back on Redis"
+    );
+}
