@@ -2,24 +2,11 @@
 //! `deploy/redis/`, limited to its prefix, unable to change server config,
 //! flush, list keys or touch another service's keys.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use breakwater_keyspace::RedisConfig;
-use breakwater_testkit::{RedisServer, RespConnection, RespValue, assert_eventually};
+use breakwater_testkit::{RedisServer, RespConnection, RespValue, assert_eventually, deploy_acl_for_test};
 use breakwater_tests::{Alert, TestGateway, accounted_alerts, webhook};
-
-/// A copy of a deploy ACL file whose `default` user stays usable, as the
-/// test's operator (the deploy files turn it off).
-fn acl_for_test(file: &str) -> tempfile::NamedTempFile {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/redis").join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(text.contains("user default off"), "{file} turns the default user off");
-    let tmp = tempfile::NamedTempFile::new().expect("temporary ACL file");
-    std::fs::write(tmp.path(), text.replace("user default off", "user default on nopass ~* &* +@all"))
-        .expect("write ACL");
-    tmp
-}
 
 fn password(user: &str) -> String {
     format!("change-me-{}", user.trim_start_matches("bw-"))
@@ -55,7 +42,7 @@ async fn storm_and_repeats(gw: &TestGateway) {
 
 #[tokio::test]
 async fn dev_topology_users_run_the_gateway_and_nothing_else() {
-    let acl = acl_for_test("dev.acl");
+    let acl = deploy_acl_for_test("dev.acl");
     let server =
         RedisServer::builder().maxmemory("16mb").maxmemory_policy("volatile-lru").acl_file(acl.path()).start().await;
     let (dedup, storm, ratelimit) =
@@ -105,7 +92,7 @@ async fn dev_topology_users_run_the_gateway_and_nothing_else() {
 async fn reference_topology_one_redis_per_service() {
     let mut servers = Vec::new();
     for file in ["dedup.acl", "storm.acl", "ratelimit.acl"] {
-        let acl = acl_for_test(file);
+        let acl = deploy_acl_for_test(file);
         let server =
             RedisServer::builder().maxmemory("8mb").maxmemory_policy("volatile-lru").acl_file(acl.path()).start().await;
         servers.push((server, acl));

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use breakwater_crd_writer::{CrdWriter, RemediationSink};
 use breakwater_dedup::StoreKind as DedupStore;
 use breakwater_grpc::ComponentHealth;
-use breakwater_keyspace::{Keyspace, RedisConfig};
+use breakwater_keyspace::{Keyspace, KeyspaceError, RedisConfig};
 use breakwater_ratelimit::StoreKind as RateLimitStore;
 use breakwater_signal::{Clock, SystemClock};
 use breakwater_storm::StoreKind as StormStore;
@@ -90,7 +90,8 @@ pub async fn run_component(
                 breakwater_ratelimit::KEYSPACE,
                 &health,
                 &stop,
-            )?;
+            )
+            .await?;
             let served = breakwater_ratelimit::run(grpc, health, listener, shutdown).await;
             stop_watch(stop, watch).await;
             served?;
@@ -110,7 +111,8 @@ pub async fn run_component(
                 breakwater_dedup::KEYSPACE,
                 &health,
                 &stop,
-            )?;
+            )
+            .await?;
             let served = breakwater_dedup::run(grpc, health, listener, shutdown).await;
             stop_watch(stop, watch).await;
             served?;
@@ -125,7 +127,8 @@ pub async fn run_component(
                 breakwater_storm::KEYSPACE,
                 &health,
                 &stop,
-            )?;
+            )
+            .await?;
             let served = breakwater_storm::run(grpc, health, listener, shutdown).await;
             stop_watch(stop, watch).await;
             served?;
@@ -142,9 +145,23 @@ pub async fn run_component(
     Ok(())
 }
 
+/// Refuses to start a service whose Redis user cannot write its own keyspace
+/// (say, it was given another service's user). An unreachable Redis is no
+/// reason not to start: the service starts degraded and recovers by itself.
+async fn probe_keyspace(keyspace: &Keyspace, component: &str) -> anyhow::Result<()> {
+    match keyspace.probe_write().await {
+        Err(e @ KeyspaceError::Permission { .. }) => Err(anyhow::Error::new(e).context(format!(
+            "{component} may not write its own keys {}* with the Redis user of {component}.redis.url: \
+             it looks like another service's user; give {component} its own user (see deploy/redis/)",
+            keyspace.prefix()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Starts the drift guard of a Redis-backed keyspace: its memory settings
 /// against its budget, now and every `budget_check_secs`, into `health`.
-fn watch_budget(
+async fn watch_budget(
     redis: &RedisConfig,
     enabled: bool,
     keyspace: &'static str,
@@ -155,6 +172,7 @@ fn watch_budget(
         return Ok(None);
     }
     let keyspace_handle = Keyspace::from_config(redis, keyspace)?;
+    probe_keyspace(&keyspace_handle, health.component()).await?;
     let (health, stop) = (health.clone(), stop.wait());
     let (budget, interval) = (redis.memory_budget_bytes, Duration::from_secs(redis.budget_check_secs));
     let component = health.component();

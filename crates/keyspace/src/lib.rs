@@ -141,6 +141,19 @@ impl Keyspace {
         invocation.invoke_async(&mut *conn).await.map_err(|e| KeyspaceError::from_redis(script.name, e))
     }
 
+    /// Proves at start-up that this keyspace is writable with the configured
+    /// credentials: a key under the prefix, expiring in a second.
+    ///
+    /// # Errors
+    /// [`KeyspaceError::Permission`] when the Redis user may not write here,
+    /// e.g. it is another service's user; other errors as classified.
+    pub async fn probe_write(&self) -> Result<()> {
+        static PROBE: std::sync::LazyLock<Script> =
+            std::sync::LazyLock::new(|| Script::new("probe", "return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])"));
+        let _: redis::Value = self.run(&PROBE, &[self.key("probe")], Ttl::from_millis(1_000), &[] as &[u8]).await?;
+        Ok(())
+    }
+
     /// A read-only command, for health and budget checks (`PING`, `INFO`, `CONFIG GET`).
     ///
     /// # Errors

@@ -39,4 +39,6 @@ pub use crate::recorder::{Exchange, WebhookRecorder};
 
 pub use crate::logging::init_test_logging;
 
-pub use crate::redis::{RedisServer, RedisServerBuilder, RespConnection, RespValue, unique_key_root};
+pub use crate::redis::{
+    RedisServer, RedisServerBuilder, RespConnection, RespValue, deploy_acl_for_test, unique_key_root,
+};

@@ -347,3 +347,20 @@ fn percent_encode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// A copy of the ACL file `deploy/redis/<file>` of this repository whose
+/// `default` user stays usable, as the test's operator: the deploy files turn
+/// it off, and [`RedisServer::admin_command`] connects as `default`.
+///
+/// # Panics
+///
+/// Panics when the file cannot be read or does not turn the default user off.
+pub fn deploy_acl_for_test(file: &str) -> tempfile::NamedTempFile {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/redis").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.contains("user default off"), "{file} turns the default user off");
+    let tmp = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("temporary ACL file: {e}"));
+    std::fs::write(tmp.path(), text.replace("user default off", "user default on nopass ~* &* +@all"))
+        .unwrap_or_else(|e| panic!("writing the test ACL file: {e}"));
+    tmp
+}
