@@ -114,14 +114,7 @@ async fn dedup_redis_out_of_memory() {
     assert_eq!(status, 201, "{first}");
     let name = first["results"][0]["remediationRequestName"].clone();
     // An operator's mistake fills it: keys without TTL until writes are refused.
-    let mut admin = t.dedup.admin_connection().await;
-    let blob = "x".repeat(1024);
-    for i in 0.. {
-        if let RespValue::Error(e) = admin.command(&["SET", &format!("junk:{i}"), &blob]).await.expect("SET") {
-            assert!(e.starts_with("OOM"), "{e}");
-            break;
-        }
-    }
+    fill(&t.dedup).await;
     let (status, again) = t.gw.post_prometheus(&alert).await;
     assert_eq!(status, 202, "{again}");
     assert_eq!(again["results"][0]["remediationRequestName"], name);
@@ -135,6 +128,54 @@ async fn dedup_redis_out_of_memory() {
         "the drift guard names the cause: {ready}"
     );
     assert!(problems_of(&ready, "storm").is_empty() && problems_of(&ready, "ratelimit").is_empty(), "{ready}");
+}
+
+/// Fills a Redis whose policy is `noeviction` until it refuses writes (OOM),
+/// then, as its operator, lowers `maxmemory` under what it holds, so it stays
+/// refusing whatever buffers it frees meanwhile (the test's own server).
+async fn fill(redis: &RedisServer) {
+    let mut admin = redis.admin_connection().await;
+    let blob = "x".repeat(1024);
+    for i in 0.. {
+        if let RespValue::Error(e) = admin.command(&["SET", &format!("junk:{i}"), &blob]).await.expect("SET") {
+            assert!(e.starts_with("OOM"), "{e}");
+            break;
+        }
+    }
+    redis.admin_command(&["CONFIG", "SET", "maxmemory", "1mb"]).await;
+}
+
+/// Storm's and ratelimit's Redis full (OOM): storms off, limiting in-process,
+/// every alert still lands.
+#[tokio::test]
+async fn storm_and_ratelimit_redis_out_of_memory() {
+    let full = || RedisServer::builder().maxmemory("2mb").maxmemory_policy("noeviction").start();
+    let (storm, ratelimit) = (full().await, full().await);
+    let on = |s: &RedisServer| RedisConfig {
+        url: s.url(),
+        key_root: "bw".into(),
+        memory_budget_bytes: 1 << 20,
+        ..RedisConfig::default()
+    };
+    let (st, rl) = (on(&storm), on(&ratelimit));
+    let gw = TestGateway::start_with_redis(sound_redis().await, |c| {
+        c.storm.redis = st;
+        c.ratelimit.redis = rl;
+    })
+    .await;
+    fill(&storm).await;
+    fill(&ratelimit).await;
+    let (status, burst) = gw.post_prometheus(&storm_burst("prod")).await;
+    assert_eq!(status, 201, "{burst}");
+    let outcomes: Vec<&str> =
+        burst["results"].as_array().into_iter().flatten().filter_map(|r| r["outcome"].as_str()).collect();
+    assert_eq!(outcomes, vec!["created"; 7]);
+    let ready = readyz(&gw).await.1;
+    assert!(problems_of(&ready, "storm").iter().any(|p| p.contains("(oom)")), "{ready}");
+    assert!(
+        problems_of(&ready, "ratelimit").iter().any(|p| p.contains("(oom)") && p.contains("in-process limiter")),
+        "{ready}"
+    );
 }
 
 /// Storm's Redis killed: no storm detection, every alert gets its own CR, and

@@ -60,7 +60,8 @@ async fn each_component_in_its_own_process() {
     let mut ratelimit = Process::start(&["ratelimit", "--listen", "127.0.0.1:0"], &[]).await;
     let mut dedup = Process::start(&["dedup", "--listen", "127.0.0.1:0"], &[]).await;
     let mut storm = Process::start(&["storm", "--listen", "127.0.0.1:0"], &[]).await;
-    let crd_writer = Process::start(&["crd-writer", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &fast_flush).await;
+    let mut crd_writer =
+        Process::start(&["crd-writer", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &fast_flush).await;
     let url = |p: &Process| format!("http://{}", p.addr);
     let edge_env = vec![
         ("BREAKWATER_EDGE__COMPONENTS__RATELIMIT".to_owned(), url(&ratelimit)),
@@ -116,4 +117,17 @@ async fn each_component_in_its_own_process() {
     let prod = dir.path().join("prod");
     let crs = std::fs::read_dir(&prod).expect("prod CRs").count();
     assert_eq!(crs, 2, "one CR per incident: HighMemory and DiskFull");
+
+    // Only a CR that cannot be written is the sender's problem: 503 with Retry-After.
+    crd_writer.child.kill().await.expect("kill crd-writer");
+    let response = client
+        .post(format!("http://{}/api/v1/signals/prometheus", edge.addr))
+        .json(&json!({"alerts": [{"labels": {"alertname": "New", "namespace": "prod", "pod": "x"}}]}))
+        .send()
+        .await
+        .expect("edge answers");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let ready = client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503, "not ready without crd-writer");
 }

@@ -36,8 +36,12 @@ pub struct Script {
 
 impl Script {
     /// `source` must give every key it writes a TTL: `ARGV[1]` (milliseconds),
-    /// or one it computes that is never longer than `ARGV[1]`.
+    /// or one it computes that is never longer than `ARGV[1]`. It must start
+    /// with the `#!lua` shebang (Redis 7): then Redis refuses the whole script
+    /// when out of memory, instead of letting it write past `maxmemory` once
+    /// its first write was a command allowed under OOM, such as `DEL`.
     pub fn new(name: &'static str, source: &str) -> Self {
+        debug_assert!(source.starts_with("#!lua"), "script {name} must start with #!lua");
         Self { name, script: redis::Script::new(source) }
     }
 
@@ -148,8 +152,9 @@ impl Keyspace {
     /// [`KeyspaceError::Permission`] when the Redis user may not write here,
     /// e.g. it is another service's user; other errors as classified.
     pub async fn probe_write(&self) -> Result<()> {
-        static PROBE: std::sync::LazyLock<Script> =
-            std::sync::LazyLock::new(|| Script::new("probe", "return redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])"));
+        static PROBE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new("probe", "#!lua\nreturn redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])")
+        });
         let _: redis::Value = self.run(&PROBE, &[self.key("probe")], Ttl::from_millis(1_000), &[] as &[u8]).await?;
         Ok(())
     }

@@ -1,3 +1,4 @@
+#!lua
 -- Places open incidents: on their own CR ('') or another one ('<ns>/<name>'),
 -- keeping their expiry.
 -- KEYS[i]       record key of binding i

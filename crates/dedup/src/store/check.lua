@@ -1,3 +1,4 @@
+#!lua
 -- Dedup decision for a batch, atomically: the Redis twin of DedupWindow::decide.
 -- KEYS[i]   record key of query i
 -- ARGV[1]   TTL in ms (the window: the record lives as long as the incident is open)

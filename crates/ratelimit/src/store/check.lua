@@ -1,3 +1,4 @@
+#!lua
 -- Rate-limit decision for one webhook, atomically: the Redis twin of
 -- TokenBucket::decide, same float arithmetic in the same order.
 -- KEYS[1]  the sender's bucket

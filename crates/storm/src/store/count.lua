@@ -1,3 +1,4 @@
+#!lua
 -- Adds repeats of folded alerts to storm counters and returns the totals.
 -- KEYS[i]   storm counter "<prefix>c:<id>:<window start>"
 -- ARGV[1]   counter TTL ms, refreshed on every count

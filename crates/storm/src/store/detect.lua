@@ -1,3 +1,4 @@
+#!lua
 -- Storm decision for a batch, atomically: the Redis twin of StormRules::decide.
 -- Per query i, three keys:
 --   KEYS[3i-2] window record: "<start>|<last>|<alerts>|<distinct>|<omitted>|<storm 0/1/2>"
