@@ -3,18 +3,8 @@
 use std::time::Duration;
 
 use breakwater_keyspace::RedisConfig;
+pub use breakwater_keyspace::StoreKind;
 use serde::{Deserialize, Serialize};
-
-/// Which store a stateful service keeps its state in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// In-process: the embedded default; state is lost on restart.
-    #[default]
-    Memory,
-    /// Redis: state survives restarts and is shared by replicas.
-    Redis,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -33,6 +33,35 @@ pub enum GrpcError {
     Endpoint(String),
 }
 
+/// A generated tonic server (`XServiceServer<T>`), as [`serve`] needs it.
+pub trait GrpcService:
+    tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Like [`serve_with_status`], with a status that never reports a problem.
 ///
 /// # Errors
@@ -43,16 +72,7 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError>
 where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
 {
     serve_with_status(service, ComponentHealth::new(S::NAME), listener, shutdown).await
 }
@@ -69,16 +89,7 @@ pub async fn serve_with_status<S>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError>
 where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
 {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<S>().await;

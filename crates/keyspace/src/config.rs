@@ -2,6 +2,18 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which store a stateful service keeps its state in (`store = "memory"` or
+/// `"redis"` in its config section).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In-process: the embedded default; state is lost on restart.
+    #[default]
+    Memory,
+    /// Redis: state survives restarts and is shared by replicas.
+    Redis,
+}
+
 /// Where a service's Redis is and how the service uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

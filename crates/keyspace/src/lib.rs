@@ -24,7 +24,7 @@ use bb8_redis::RedisConnectionManager;
 use redis::{FromRedisValue, ToRedisArgs};
 
 pub use budget::{MemoryReport, budget_problem};
-pub use config::RedisConfig;
+pub use config::{RedisConfig, StoreKind};
 pub use error::{KeyspaceError, Result};
 
 /// A Lua script, registered by name; runs as EVALSHA with a reload on NOSCRIPT.

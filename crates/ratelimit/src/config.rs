@@ -1,20 +1,10 @@
 //! Rate-limit settings (`[ratelimit]` in the config file).
 
 use breakwater_keyspace::RedisConfig;
+pub use breakwater_keyspace::StoreKind;
 use serde::{Deserialize, Serialize};
 
 use crate::limiter::TokenBucket;
-
-/// Which store a stateful service keeps its state in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// In-process: the embedded default; state is lost on restart.
-    #[default]
-    Memory,
-    /// Redis: state survives restarts and is shared by replicas.
-    Redis,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -3,20 +3,10 @@
 use std::time::Duration;
 
 use breakwater_keyspace::RedisConfig;
+pub use breakwater_keyspace::StoreKind;
 use serde::{Deserialize, Serialize};
 
 use crate::detector::StormRules;
-
-/// Which store the storm service keeps its windows in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreKind {
-    /// In-process: the embedded default; windows are lost on restart.
-    #[default]
-    Memory,
-    /// Redis: windows survive restarts and are shared by replicas.
-    Redis,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
