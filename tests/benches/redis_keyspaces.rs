@@ -1,6 +1,7 @@
 //! Measures what Redis holds and how fast the scripts decide, on a
-//! redis-server of its own: bytes per dedup entry and per storm window (from
-//! `INFO memory` over many entries), and decisions per second of each script.
+//! redis-server of its own: bytes per dedup entry, per storm window, per storm
+//! counter and per ratelimit bucket (from `INFO memory` over many entries), and
+//! decisions per second of each script. `breakwater plan` uses these numbers.
 //!
 //! Run: `cargo bench -p breakwater-tests --bench redis_keyspaces` (optionally
 //! `-- <entries>`, default 100000). Numbers go to stdout; nothing is asserted.
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 use breakwater_dedup::{DedupStore, DedupWindow, Query, RedisDedupStore, Status};
 use breakwater_keyspace::{Keyspace, RedisConfig};
 use breakwater_ratelimit::{RateLimitStore, RedisRateLimitStore, TokenBucket};
-use breakwater_signal::fingerprint_of;
-use breakwater_storm::{RedisStormStore, StormQuery, StormRules, StormStore};
+use breakwater_signal::{fingerprint_of, storm_cr_name};
+use breakwater_storm::{RedisStormStore, StormCount, StormQuery, StormRules, StormStore};
 use breakwater_testkit::RedisServer;
 
 const BATCH: usize = 500;
@@ -73,6 +74,48 @@ async fn storm_bytes_per_window(windows: usize, alerts_per_window: usize) -> f64
     (used_memory(&server).await - before) as f64 / windows as f64
 }
 
+/// Bytes per storm counter: the counter a storm CR's alerts are counted on,
+/// which outlives its window by `count_ttl` (here 900 s).
+async fn storm_bytes_per_counter(counters: usize) -> f64 {
+    let server = RedisServer::start().await;
+    let rules = StormRules::new(3, 5, Duration::from_secs(60), Duration::from_secs(300), 100)
+        .with_count_ttl(Duration::from_secs(900));
+    let store = RedisStormStore::new(keyspace(&server, "storm"), rules);
+    let count =
+        |w: usize| StormCount { name: storm_cr_name("prod", &format!("Alert{w}"), 1_700_000_000_000), alerts: 3 };
+    store.count(&[count(usize::MAX)], 1).await.expect("warm up");
+    let before = used_memory(&server).await;
+    for chunk in (0..counters).collect::<Vec<_>>().chunks(BATCH) {
+        let batch: Vec<StormCount> = chunk.iter().map(|&w| count(w)).collect();
+        store.count(&batch, 1_000).await.expect("storm count");
+    }
+    (used_memory(&server).await - before) as f64 / counters as f64
+}
+
+/// A sender as the edge names it: its IP address.
+fn sender(i: usize) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
+}
+
+/// Bytes per sender bucket: one 50-signal webhook from each of `senders`
+/// senders. At 1 signal/s each bucket stays ~51 s, until it is full again.
+async fn ratelimit_bytes_per_bucket(senders: usize) -> f64 {
+    let server = RedisServer::start().await;
+    let store = RedisRateLimitStore::new(keyspace(&server, "rl"), TokenBucket::new(1.0, 100));
+    store.check(&sender(usize::MAX), 50, 1).await.expect("warm up");
+    let before = used_memory(&server).await;
+    for chunk in (0..senders).collect::<Vec<_>>().chunks(BATCH) {
+        let decisions = futures::future::join_all(chunk.iter().map(|&i| {
+            let sender = sender(i);
+            let store = &store;
+            async move { store.check(&sender, 50, 1_000).await }
+        }))
+        .await;
+        assert!(decisions.iter().all(|d| d.as_ref().is_ok_and(|d| d.allowed)), "every first webhook is allowed");
+    }
+    (used_memory(&server).await - before) as f64 / senders as f64
+}
+
 /// Decisions per second over `duration`, one query per call (round-trip bound)
 /// and `batch` queries per call (script bound).
 async fn rate<F, Fut>(duration: Duration, batch: usize, mut call: F) -> f64
@@ -110,9 +153,19 @@ async fn main() {
         storm_bytes_per_window(entries, 1).await
     );
     let stormed = entries / 10;
+    let stormed_8 = storm_bytes_per_window(stormed, 8).await;
+    println!("storm:  {stormed_8:.1} bytes per stormed window (8 alerts, 8 resources) over {stormed} windows");
+    let listed = entries / 100;
+    let stormed_100 = storm_bytes_per_window(listed, 100).await;
     println!(
-        "storm:  {:.1} bytes per stormed window (8 alerts, 8 resources) over {stormed} windows",
-        storm_bytes_per_window(stormed, 8).await
+        "storm:  {stormed_100:.1} bytes per stormed window (100 alerts, 100 resources) over {listed} windows: \
+         {:.1} bytes per further listed resource (ids of ~14 bytes)",
+        (stormed_100 - stormed_8) / 92.0
+    );
+    println!("storm:  {:.1} bytes per storm counter over {entries} counters", storm_bytes_per_counter(entries).await);
+    println!(
+        "ratelimit: {:.1} bytes per sender bucket over {entries} senders",
+        ratelimit_bytes_per_bucket(entries).await
     );
 
     let server = RedisServer::start().await;

@@ -80,6 +80,13 @@ pub enum Command {
     },
     /// Print the RemediationRequest CustomResourceDefinition as YAML.
     Crd,
+    /// Print the Redis memory each keyspace needs for a load, against the
+    /// configured budgets; fails when a budget is short.
+    Plan(crate::plan::Load),
+    /// Check the configured Redis instances: reachable, version, ACL users,
+    /// maxmemory and eviction policy against the budgets, keys without a TTL,
+    /// memory used; fails when a check does.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Runs the parsed command line.
@@ -99,6 +106,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     breakwater_telemetry::init_logging(format, "info");
     let env: HashMap<String, String> = std::env::vars().collect();
     let mut config = Config::load(cli.config.as_deref(), &env)?;
+    match &cli.command {
+        Command::Plan(load) => return plan(*load, &config),
+        Command::Doctor(args) => return crate::doctor::run(&config, args).await,
+        _ => {}
+    }
     if let Command::Up { sink_dir: Some(dir), .. } | Command::CrdWriter { sink_dir: Some(dir), .. } = &cli.command {
         config.crd_writer.sink = breakwater_crd_writer::SinkKind::Directory;
         config.crd_writer.directory.clone_from(dir);
@@ -116,8 +128,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Dedup { listen } => (Component::Dedup, listen.unwrap_or(config.listen.dedup)),
         Command::Storm { listen } => (Component::Storm, listen.unwrap_or(config.listen.storm)),
         Command::CrdWriter { listen, .. } => (Component::CrdWriter, listen.unwrap_or(config.listen.crd_writer)),
-        // Printed before any configuration was read.
-        Command::Crd => return Ok(()),
+        // Handled above.
+        Command::Crd | Command::Plan(_) | Command::Doctor(_) => return Ok(()),
     };
     let listener = bind(listen, component.name()).await?;
     run_component(component, &config, Arc::new(SystemClock), None, listener, shutdown.wait()).await
@@ -143,6 +155,19 @@ async fn up(config: Config, listen: Option<SocketAddr>, shutdown: Shutdown) -> a
         }
     }
     gateway.shutdown(Duration::from_secs(30)).await
+}
+
+/// Prints the plan for `load`; a short budget is an error naming the fix.
+fn plan(load: crate::plan::Load, config: &Config) -> anyhow::Result<()> {
+    load.validate().map_err(anyhow::Error::msg)?;
+    let plan = crate::plan::Plan::new(load, config, &crate::plan::MEASURED);
+    print!("{}", plan.render());
+    let short: Vec<String> =
+        plan.short().map(|r| format!("{}.redis.memory_budget_bytes to at least {}", r.keyspace, r.needed)).collect();
+    if short.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!("budget too small for this load: raise {} (and maxmemory of that Redis)", short.join(", "))
 }
 
 /// Binds `addr` and prints where the component listens (tests read this line).

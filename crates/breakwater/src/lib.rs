@@ -4,6 +4,8 @@
 //! - [`cli`] — the clap subcommands and what each runs.
 //! - [`config`] — [`Config`], the file + environment + flags loader.
 //! - [`compose`] — starting components on listeners, alone or all together (`up`).
+//! - [`plan`] — the Redis memory a load needs against the budgets (`plan`).
+//! - [`doctor`] — checks of a deployment's Redis instances (`doctor`).
 
 // Library code must not panic on input: failures are typed errors. Tests may
 // unwrap (`.clippy.toml` allows it there).
@@ -12,6 +14,8 @@
 pub mod cli;
 pub mod compose;
 pub mod config;
+pub mod doctor;
+pub mod plan;
 
 pub use compose::{Gateway, Shutdown};
 pub use config::Config;
