@@ -64,7 +64,9 @@ async fn run_original_suite(gw: &TestGateway, port: u16) -> (Vec<(u16, serde_jso
     (answers, sampler.await.expect("sampler"))
 }
 
-/// Waits until every key has expired; returns `used_memory` then.
+/// Waits until every key has expired; returns `used_memory` then, less the
+/// client connections' buffers (how many pooled connections are open varies
+/// with load, not with what is stored).
 async fn drained_memory(redis: &RedisServer) -> i64 {
     assert_eventually!(
         Duration::from_secs(20),
@@ -72,7 +74,7 @@ async fn drained_memory(redis: &RedisServer) -> i64 {
         "every key expires: dbsize {}",
         redis.admin_command(&["DBSIZE"]).await
     );
-    info_field(redis, "memory", "used_memory").await
+    info_field(redis, "memory", "used_memory").await - info_field(redis, "memory", "mem_clients_normal").await
 }
 
 /// Seeds 000 and 002: the original suite's load, 124 scenarios × 15 alerts in
@@ -123,7 +125,7 @@ async fn original_suite_load_fits_in_16mb_and_drains() {
         );
         match baseline {
             None => baseline = Some(drained),
-            Some(first) => assert!(drained <= first + 64 * 1024, "memory grew run over run: {first} then {drained}"),
+            Some(first) => assert!(drained <= first + 128 * 1024, "memory grew run over run: {first} then {drained}"),
         }
     }
 }
