@@ -28,6 +28,10 @@ pub struct Cli {
     /// Log format; default: pretty for `up`, json otherwise.
     #[arg(long, global = true)]
     pub log_format: Option<LogFormatArg>,
+    /// Serve this gRPC component's Prometheus `/metrics` on ADDR (the edge and
+    /// `up` serve `/metrics` on the edge's own port).
+    #[arg(long, global = true)]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -132,6 +136,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Crd | Command::Plan(_) | Command::Doctor(_) => return Ok(()),
     };
     let listener = bind(listen, component.name()).await?;
+    if let Some(addr) = cli.metrics_listen {
+        let metrics = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        println!("breakwater {} metrics on {}", component.name(), metrics.local_addr()?);
+        tokio::spawn(breakwater_telemetry::serve_metrics(metrics, shutdown.wait()));
+    }
     run_component(component, &config, Arc::new(SystemClock), None, listener, shutdown.wait()).await
 }
 

@@ -131,3 +131,36 @@ async fn each_component_in_its_own_process() {
     let ready = client.get(format!("http://{}/readyz", edge.addr)).send().await.expect("readyz");
     assert_eq!(ready.status().as_u16(), 503, "not ready without crd-writer");
 }
+
+/// A gRPC component run on its own serves its metrics on a port of its own.
+#[tokio::test]
+async fn a_component_serves_its_own_metrics() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater"))
+        .args(["dedup", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the breakwater binary");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next_addr = async || {
+        let line =
+            tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("in time").expect("read");
+        line.expect("a line").rsplit(' ').next().expect("address").to_owned()
+    };
+    let (grpc, metrics) = (next_addr().await, next_addr().await);
+    let channel = breakwater_grpc::connect_lazy(&format!("http://{grpc}"), Duration::from_secs(5)).expect("channel");
+    let mut dedup = breakwater_proto::v1::dedup_service_client::DedupServiceClient::new(channel);
+    let query = breakwater_proto::v1::DedupQuery {
+        fingerprint: breakwater_signal::fingerprint_of(&["A", "ns", "Pod", "p"]),
+        status: breakwater_proto::v1::SignalStatus::Firing.into(),
+        namespace: "ns".into(),
+    };
+    dedup
+        .check_signals(breakwater_proto::v1::CheckSignalsRequest { queries: vec![query] })
+        .await
+        .expect("dedup answers");
+    let text =
+        reqwest::get(format!("http://{metrics}/metrics")).await.expect("GET /metrics").text().await.expect("text");
+    assert!(text.contains("breakwater_dedup_decisions_total{decision=\"new\"} 1"), "{text}");
+}

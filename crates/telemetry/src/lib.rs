@@ -3,7 +3,8 @@
 //! [`init_logging`] installs the global `tracing` subscriber (JSON for
 //! production, human-readable for `up`); [`metrics_handle`] installs the
 //! Prometheus recorder once per process and returns the handle `/metrics`
-//! renders.
+//! renders; [`serve_metrics`] serves it on a port of its own, for the gRPC
+//! components run apart from the edge.
 
 // Library code must not panic on input: failures are typed errors. Tests may
 // unwrap (`.clippy.toml` allows it there).
@@ -49,4 +50,23 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Serves `GET /metrics` (Prometheus text) on `listener` until `shutdown`.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = metrics_handle();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let body = handle.render();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
