@@ -9,12 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use breakwater_crd_writer::{CrdWriter, RemediationSink};
-use breakwater_dedup::StoreKind as DedupStore;
 use breakwater_grpc::ComponentHealth;
-use breakwater_keyspace::{Keyspace, KeyspaceError, RedisConfig};
-use breakwater_ratelimit::StoreKind as RateLimitStore;
+use breakwater_keyspace::{Keyspace, KeyspaceError, RedisConfig, StoreKind};
 use breakwater_signal::{Clock, SystemClock};
-use breakwater_storm::StoreKind as StormStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -83,18 +80,9 @@ pub async fn run_component(
         Component::RateLimit => {
             let store = breakwater_ratelimit::store_from_config(&config.ratelimit, health.clone())?;
             let grpc = breakwater_ratelimit::RateLimitGrpc::new(store, clock, config.ratelimit.enabled);
-            let stop = Shutdown::default();
-            let watch = watch_budget(
-                &config.ratelimit.redis,
-                config.ratelimit.store == RateLimitStore::Redis,
-                breakwater_ratelimit::KEYSPACE,
-                &health,
-                &stop,
-            )
-            .await?;
-            let served = breakwater_ratelimit::run(grpc, health, listener, shutdown).await;
-            stop_watch(stop, watch).await;
-            served?;
+            let serve = async { Ok(breakwater_ratelimit::run(grpc, health.clone(), listener, shutdown).await?) };
+            let redis = config.ratelimit.store == StoreKind::Redis;
+            with_budget_watch(&config.ratelimit.redis, redis, breakwater_ratelimit::KEYSPACE, &health, serve).await?;
         }
         Component::Dedup => {
             let store = breakwater_dedup::store_from_config(&config.dedup)?;
@@ -104,34 +92,16 @@ pub async fn run_component(
             // (only the remediation controller marks a CR finished); its loss on restart is
             // documented instead. Uncertainty after a Redis outage is tracked by DedupGrpc.
             let grpc = breakwater_dedup::DedupGrpc::new(store, clock, health.clone(), window, false);
-            let stop = Shutdown::default();
-            let watch = watch_budget(
-                &config.dedup.redis,
-                config.dedup.store == DedupStore::Redis,
-                breakwater_dedup::KEYSPACE,
-                &health,
-                &stop,
-            )
-            .await?;
-            let served = breakwater_dedup::run(grpc, health, listener, shutdown).await;
-            stop_watch(stop, watch).await;
-            served?;
+            let serve = async { Ok(breakwater_dedup::run(grpc, health.clone(), listener, shutdown).await?) };
+            let redis = config.dedup.store == StoreKind::Redis;
+            with_budget_watch(&config.dedup.redis, redis, breakwater_dedup::KEYSPACE, &health, serve).await?;
         }
         Component::Storm => {
             let store = breakwater_storm::store_from_config(&config.storm)?;
             let grpc = breakwater_storm::StormGrpc::new(store, clock, health.clone());
-            let stop = Shutdown::default();
-            let watch = watch_budget(
-                &config.storm.redis,
-                config.storm.store == StormStore::Redis,
-                breakwater_storm::KEYSPACE,
-                &health,
-                &stop,
-            )
-            .await?;
-            let served = breakwater_storm::run(grpc, health, listener, shutdown).await;
-            stop_watch(stop, watch).await;
-            served?;
+            let serve = async { Ok(breakwater_storm::run(grpc, health.clone(), listener, shutdown).await?) };
+            let redis = config.storm.store == StoreKind::Redis;
+            with_budget_watch(&config.storm.redis, redis, breakwater_storm::KEYSPACE, &health, serve).await?;
         }
         Component::CrdWriter => {
             let sink = match sink {
@@ -157,6 +127,22 @@ async fn probe_keyspace(keyspace: &Keyspace, component: &str) -> anyhow::Result<
         ))),
         _ => Ok(()),
     }
+}
+
+/// Runs `serve` with the drift guard of its keyspace alongside when it is
+/// Redis-backed (after the start-up write probe), and stops the guard after.
+async fn with_budget_watch(
+    redis: &RedisConfig,
+    enabled: bool,
+    keyspace: &'static str,
+    health: &Arc<ComponentHealth>,
+    serve: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let stop = Shutdown::default();
+    let watch = watch_budget(redis, enabled, keyspace, health, &stop).await?;
+    let served = serve.await;
+    stop_watch(stop, watch).await;
+    served
 }
 
 /// Starts the drift guard of a Redis-backed keyspace: its memory settings

@@ -580,7 +580,7 @@ fn check_memory(addr: &str, instance: &Instance, info: &str, report: &mut Report
 
     let policy = info_field(info, "maxmemory_policy").unwrap_or("unknown");
     let subject = format!("{addr} maxmemory-policy");
-    if policy.starts_with("volatile-") {
+    if breakwater_keyspace::is_volatile_policy(policy) {
         report.add(
             Status::Ok,
             subject,
@@ -605,7 +605,7 @@ fn check_memory(addr: &str, instance: &Instance, info: &str, report: &mut Report
     let subject = format!("{addr} memory");
     if maxmemory == 0 {
         report.add(Status::Skip, subject, format!("{} used; no maxmemory to compare it with", human(used)));
-    } else if used.saturating_mul(10) > maxmemory.saturating_mul(9) {
+    } else if breakwater_keyspace::nearly_full(used, maxmemory) {
         report.add(
             Status::Fail,
             subject,

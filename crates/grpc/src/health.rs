@@ -1,6 +1,7 @@
 //! What a component is running short of, for `/readyz`, logs and metrics.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use breakwater_proto::v1 as pb;
@@ -13,11 +14,14 @@ use tonic::{Request, Response, Status};
 pub struct ComponentHealth {
     component: &'static str,
     problems: Mutex<BTreeMap<&'static str, String>>,
+    /// Whether `problems` is non-empty, so the healthy path (every store call
+    /// clears its concern) costs an atomic load, not a lock.
+    any: AtomicBool,
 }
 
 impl ComponentHealth {
     pub fn new(component: &'static str) -> Arc<Self> {
-        Arc::new(Self { component, problems: Mutex::new(BTreeMap::new()) })
+        Arc::new(Self { component, problems: Mutex::new(BTreeMap::new()), any: AtomicBool::new(false) })
     }
 
     pub fn component(&self) -> &'static str {
@@ -26,6 +30,9 @@ impl ComponentHealth {
 
     /// Records `problem` (a sentence for the operator) for `concern`, or clears it.
     pub fn set(&self, concern: &'static str, problem: Option<String>) {
+        if problem.is_none() && !self.any.load(Ordering::Acquire) {
+            return;
+        }
         let mut problems = self.problems.lock().unwrap_or_else(PoisonError::into_inner);
         let changed = problems.get(concern) != problem.as_ref();
         if !changed {
@@ -42,6 +49,7 @@ impl ComponentHealth {
                 problems.remove(concern);
             }
         }
+        self.any.store(!problems.is_empty(), Ordering::Release);
         metrics::gauge!("breakwater_degraded", "component" => component, "concern" => concern)
             .set(f64::from(u8::from(problem.is_some())));
     }

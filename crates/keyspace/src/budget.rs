@@ -76,11 +76,22 @@ impl Keyspace {
     }
 }
 
+/// Whether `policy` only evicts keys with a TTL: every Breakwater key has
+/// one, so eviction always has candidates and writes never fail with OOM.
+pub fn is_volatile_policy(policy: &str) -> bool {
+    policy.starts_with("volatile-")
+}
+
+/// Whether `used` is over 90% of a non-zero `maxmemory`.
+pub fn nearly_full(used: u64, maxmemory: u64) -> bool {
+    maxmemory > 0 && used.saturating_mul(10) > maxmemory.saturating_mul(9)
+}
+
 /// The mismatch between a server's memory settings and a keyspace budget, as
 /// one sentence naming the value found, the value expected and the fix.
 pub fn budget_problem(component: &str, r: &MemoryReport, budget: u64) -> Option<String> {
     let mut problems = Vec::new();
-    if !r.policy.starts_with("volatile-") {
+    if !is_volatile_policy(&r.policy) {
         problems.push(format!(
             "{component}'s Redis has maxmemory-policy {}, expected a volatile-* policy such as volatile-lru \
              (every Breakwater key has a TTL, so it always has eviction candidates and writes never fail with OOM): \
@@ -99,7 +110,7 @@ pub fn budget_problem(component: &str, r: &MemoryReport, budget: u64) -> Option<
              run CONFIG SET maxmemory {budget} and set it in redis.conf",
             r.maxmemory
         ));
-    } else if r.used_memory.saturating_mul(10) > r.maxmemory.saturating_mul(9) {
+    } else if nearly_full(r.used_memory, r.maxmemory) {
         problems.push(format!(
             "{component}'s Redis uses {} of its {} bytes of maxmemory (over 90%): raise the budget and maxmemory \
              (see `breakwater plan`) or shorten the windows",

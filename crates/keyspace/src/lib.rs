@@ -23,7 +23,7 @@ use std::time::Duration;
 use bb8_redis::RedisConnectionManager;
 use redis::{FromRedisValue, ToRedisArgs};
 
-pub use budget::{MemoryReport, budget_problem};
+pub use budget::{MemoryReport, budget_problem, is_volatile_policy, nearly_full};
 pub use config::{RedisConfig, StoreKind};
 pub use error::{KeyspaceError, Result};
 
