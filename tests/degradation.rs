@@ -215,8 +215,17 @@ async fn ratelimit_redis_killed_then_back() {
     let five: Vec<Alert> = (0..5).map(|i| Alert::firing("A").in_ns("prod").pod(&format!("p{i}"))).collect();
     let (status, answer) = t.gw.post_prometheus(&webhook(&five)).await;
     assert_eq!(status, 201, "{answer}");
-    let (status, answer) = t.gw.post_prometheus(&webhook(&five)).await;
-    assert_eq!(status, 429, "the in-process limiter limits: {answer}");
+    // The service's fallback limiter answers while the service is reachable; if a
+    // slow call times out, the edge's own fallback answers instead. Each has a burst
+    // of 5 at 1 signal/s, so within three webhooks one of them refuses.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(t.gw.post_prometheus(&webhook(&five)).await.0);
+        if statuses.last() == Some(&429) {
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&429), "the in-process limiter limits: {statuses:?}");
     let ready = readyz(&t.gw).await.1;
     assert!(problems_of(&ready, "ratelimit").iter().any(|p| p.contains("in-process limiter")), "{ready}");
     t.ratelimit.restart().await;
