@@ -107,17 +107,34 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         (Some(LogFormatArg::Pretty), _) | (None, Command::Up { .. }) => LogFormat::Pretty,
         (None, _) => LogFormat::Json,
     };
-    breakwater_telemetry::init_logging(format, "info");
     let env: HashMap<String, String> = std::env::vars().collect();
     let mut config = Config::load(cli.config.as_deref(), &env)?;
+    let components: &[&'static str] = match &cli.command {
+        Command::Up { .. } => &["edge", "ratelimit", "dedup", "storm", "crd-writer"],
+        Command::Edge { .. } => &["edge"],
+        Command::Ratelimit { .. } => &["ratelimit"],
+        Command::Dedup { .. } => &["dedup"],
+        Command::Storm { .. } => &["storm"],
+        Command::CrdWriter { .. } => &["crd-writer"],
+        // Tools: logs only, no spans exported.
+        Command::Crd | Command::Plan(_) | Command::Doctor(_) => &[],
+    };
+    let telemetry = breakwater_telemetry::init(format, "info", &config.telemetry, components, &env)?;
+    if let Command::Up { sink_dir: Some(dir), .. } | Command::CrdWriter { sink_dir: Some(dir), .. } = &cli.command {
+        config.crd_writer.sink = breakwater_crd_writer::SinkKind::Directory;
+        config.crd_writer.directory.clone_from(dir);
+    }
+    let result = run(cli, config).await;
+    telemetry.shutdown().await;
+    result
+}
+
+/// Runs the command with telemetry installed.
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match &cli.command {
         Command::Plan(load) => return plan(*load, &config),
         Command::Doctor(args) => return crate::doctor::run(&config, args).await,
         _ => {}
-    }
-    if let Command::Up { sink_dir: Some(dir), .. } | Command::CrdWriter { sink_dir: Some(dir), .. } = &cli.command {
-        config.crd_writer.sink = breakwater_crd_writer::SinkKind::Directory;
-        config.crd_writer.directory.clone_from(dir);
     }
     let shutdown = Shutdown::default();
     tokio::spawn(trigger_on_signal(shutdown.clone()));

@@ -98,7 +98,7 @@ pub async fn run_component(
         }
         Component::Storm => {
             let store = breakwater_storm::store_from_config(&config.storm)?;
-            let grpc = breakwater_storm::StormGrpc::new(store, clock, health.clone());
+            let grpc = breakwater_storm::StormGrpc::new(store, clock, health.clone(), config.storm.rules());
             let serve = async { Ok(breakwater_storm::run(grpc, health.clone(), listener, shutdown).await?) };
             let redis = config.storm.store == StoreKind::Redis;
             with_budget_watch(&config.storm.redis, redis, breakwater_storm::KEYSPACE, &health, serve).await?;

@@ -15,6 +15,7 @@ use breakwater_dedup::DedupConfig;
 use breakwater_edge::EdgeConfig;
 use breakwater_ratelimit::RateLimitConfig;
 use breakwater_storm::StormConfig;
+use breakwater_telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment override.
@@ -29,6 +30,7 @@ pub struct Config {
     pub dedup: DedupConfig,
     pub storm: StormConfig,
     pub crd_writer: CrdWriterConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// Where each component listens when run on its own (`breakwater edge`, …).
@@ -99,6 +101,7 @@ impl Config {
         self.dedup.validate()?;
         self.storm.validate()?;
         self.crd_writer.validate()?;
+        self.telemetry.validate()?;
         // Repeats of alerts folded into a storm are counted while their dedup
         // window is open, so the storm's counter must live at least as long.
         if self.storm.count_ttl_secs < self.dedup.window_secs {

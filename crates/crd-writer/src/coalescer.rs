@@ -16,6 +16,7 @@ use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use breakwater_signal::Clock;
 use futures::StreamExt;
@@ -132,6 +133,13 @@ impl Coalescer {
         if batch.is_empty() {
             return FlushReport::default();
         }
+        // Its own trace: one flush carries the counts of many alerts' traces.
+        let span = tracing::info_span!(
+            "crd.flush",
+            otel.kind = "internal",
+            breakwater.component = "crd-writer",
+            remediations = batch.len()
+        );
         let results: Vec<_> = futures::stream::iter(batch)
             .map(|(target, pending)| async move {
                 let result = self.apply(&target, &pending).await;
@@ -139,6 +147,7 @@ impl Coalescer {
             })
             .buffer_unordered(BATCH_CONCURRENCY)
             .collect()
+            .instrument(span)
             .await;
         let mut report = FlushReport::default();
         for (target, pending, result) in results {

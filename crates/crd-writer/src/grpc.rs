@@ -170,6 +170,13 @@ impl CrdWriterGrpc {
         match created.outcome {
             CreateOutcome::Created => {
                 record(kind, "created");
+                tracing::info!(
+                    namespace = %created.namespace,
+                    name = %write.target.name,
+                    kind,
+                    fingerprint = %write.signal.fingerprint,
+                    "RemediationRequest created"
+                );
                 result(pb::WriteOutcome::Created, remediation)
             }
             CreateOutcome::AlreadyExisted => {
@@ -203,7 +210,7 @@ fn answer_failed(write: &Write, err: &SinkError) -> pb::WriteResult {
 
 #[tonic::async_trait]
 impl CrdWriterService for CrdWriterGrpc {
-    #[tracing::instrument(skip_all, fields(writes = request.get_ref().writes.len()))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", writes = request.get_ref().writes.len()))]
     async fn write_remediations(
         &self,
         request: Request<pb::WriteRemediationsRequest>,

@@ -135,7 +135,7 @@ pub async fn run(writer: CrdWriter, listener: TcpListener, shutdown: impl Future
     });
 
     tracing::info!(addr = ?listener.local_addr().ok(), "crd-writer serving");
-    let served = breakwater_grpc::serve(grpc.into_server(), listener, shutdown).await;
+    let served = breakwater_grpc::serve(grpc.into_server(), "crd-writer", listener, shutdown).await;
 
     let _ = stop_flusher.send(());
     if let Err(err) = flusher.await {

@@ -98,7 +98,7 @@ fn redis_problem(kind: &str) -> String {
 
 #[tonic::async_trait]
 impl pb::dedup_service_server::DedupService for DedupGrpc {
-    #[tracing::instrument(skip_all, fields(queries = request.get_ref().queries.len()))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "dedup", queries = request.get_ref().queries.len()))]
     async fn check_signals(
         &self,
         request: Request<pb::CheckSignalsRequest>,
@@ -142,7 +142,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         Ok(Response::new(pb::CheckSignalsResponse { verdicts }))
     }
 
-    #[tracing::instrument(skip_all, fields(bindings = request.get_ref().bindings.len()))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "dedup", bindings = request.get_ref().bindings.len()))]
     async fn bind_remediations(
         &self,
         request: Request<pb::BindRemediationsRequest>,
@@ -168,7 +168,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         Ok(Response::new(pb::BindRemediationsResponse { bound }))
     }
 
-    #[tracing::instrument(skip_all, fields(windows = request.get_ref().windows.len()))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "dedup", windows = request.get_ref().windows.len()))]
     async fn get_placements(
         &self,
         request: Request<pb::GetPlacementsRequest>,

@@ -135,7 +135,12 @@ pub async fn render_problems(request: Request, next: Next) -> Response {
         return response;
     };
     if let Some(Cause(cause)) = response.extensions_mut().remove::<Cause>() {
+        let cause = breakwater_telemetry::redact(&cause);
         tracing::error!(request_id = request_id.as_deref().unwrap_or(""), status = problem.status, %cause, "request failed");
+    }
+    // Details can quote the payload: secrets and annotation bodies never go back out (reference §1.4).
+    if let std::borrow::Cow::Owned(redacted) = breakwater_telemetry::redact(&problem.detail) {
+        problem.detail = redacted;
     }
     problem.instance = path;
     problem.request_id = request_id;

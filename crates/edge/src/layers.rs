@@ -12,6 +12,8 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing::Span;
+use tracing::field::Empty;
 
 use crate::config::EdgeConfig;
 use crate::error::{EdgeError, render_problems};
@@ -26,10 +28,18 @@ pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &EdgeC
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         // One span per request carrying the id; inside request-id so it can read it.
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(|response: &Response, _: Duration, span: &Span| {
+                    span.record("http.response.status_code", response.status().as_u16());
+                    if response.status().is_server_error() {
+                        span.record("otel.status_code", "error");
+                    }
+                })
+                // Failures are logged once by render_problems (and outages once by ComponentHealth).
+                .on_failure(()),
+        )
         // Renders every EdgeError as RFC 7807 with the request id; must be inside request-id.
         .layer(middleware::from_fn(render_problems))
         .layer(middleware::from_fn(record_http_metrics))
@@ -42,6 +52,32 @@ pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &EdgeC
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(axum::Extension(BodyLimit(config.body_limit_bytes)));
     router.layer(stack)
+}
+
+/// The request's span: the root of the alert's trace, or a child of the
+/// caller's when it sent a W3C `traceparent`. Probes and scrapes get a debug
+/// span, which is neither exported nor logged by default.
+fn request_span(request: &Request) -> Span {
+    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (method, path) = (request.method(), request.uri().path());
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return tracing::debug_span!("http", %method, path, request_id = id);
+    }
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = route,
+        url.path = path,
+        http.response.status_code = Empty,
+        request_id = id,
+        breakwater.component = "edge",
+    );
+    breakwater_telemetry::context::continue_trace(&span, request.headers());
+    span
 }
 
 async fn handle_overload(err: BoxError) -> EdgeError {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use breakwater_grpc::ComponentHealth;
+use breakwater_grpc::{ComponentHealth, TracedChannel};
 use breakwater_proto::v1 as pb;
 use breakwater_proto::v1::crd_writer_service_client::CrdWriterServiceClient;
 use breakwater_proto::v1::dedup_service_client::DedupServiceClient;
@@ -22,10 +22,11 @@ use breakwater_proto::v1::storm_service_client::StormServiceClient;
 use breakwater_ratelimit::{MemoryRateLimitStore, RateLimitStore, TokenBucket};
 use breakwater_signal::{Clock, incident_cr_name, parse_storm_cr_name, resource_id};
 use serde::Serialize;
-use tonic::transport::Channel;
 use tower::filter::{AsyncFilterLayer, AsyncPredicate};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::config::ComponentUrls;
 
@@ -37,11 +38,12 @@ pub type Pipeline = BoxCloneSyncService<Batch, Vec<AlertResult>, BoxError>;
 /// gRPC clients of the four components; channels connect lazily and reconnect.
 #[derive(Clone, Debug)]
 pub struct Components {
-    pub ratelimit: RateLimitServiceClient<Channel>,
-    pub dedup: DedupServiceClient<Channel>,
-    pub storm: StormServiceClient<Channel>,
-    pub crd_writer: CrdWriterServiceClient<Channel>,
-    pub channels: [(&'static str, Channel); 4],
+    pub ratelimit: RateLimitServiceClient<TracedChannel>,
+    pub dedup: DedupServiceClient<TracedChannel>,
+    pub storm: StormServiceClient<TracedChannel>,
+    pub crd_writer: CrdWriterServiceClient<TracedChannel>,
+    /// The raw channels, for health checks (not traced).
+    pub channels: [(&'static str, tonic::transport::Channel); 4],
 }
 
 impl Components {
@@ -53,10 +55,10 @@ impl Components {
         let storm = breakwater_grpc::connect_lazy(&urls.storm, timeout)?;
         let crd_writer = breakwater_grpc::connect_lazy(&urls.crd_writer, timeout)?;
         Ok(Self {
-            ratelimit: RateLimitServiceClient::new(ratelimit.clone()),
-            dedup: DedupServiceClient::new(dedup.clone()),
-            storm: StormServiceClient::new(storm.clone()),
-            crd_writer: CrdWriterServiceClient::new(crd_writer.clone()),
+            ratelimit: RateLimitServiceClient::new(breakwater_grpc::traced(ratelimit.clone(), "edge")),
+            dedup: DedupServiceClient::new(breakwater_grpc::traced(dedup.clone(), "edge")),
+            storm: StormServiceClient::new(breakwater_grpc::traced(storm.clone(), "edge")),
+            crd_writer: CrdWriterServiceClient::new(breakwater_grpc::traced(crd_writer.clone(), "edge")),
             channels: [("ratelimit", ratelimit), ("dedup", dedup), ("storm", storm), ("crd-writer", crd_writer)],
         })
     }
@@ -162,6 +164,7 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
 /// call, logged once per outage (by `ComponentHealth`), shown in `/readyz`.
 fn degraded(health: &ComponentHealth, component: &'static str, status: &tonic::Status, meanwhile: &str) {
     metrics::counter!("breakwater_edge_degraded_calls_total", "component" => component).increment(1);
+    tracing::Span::current().record("degraded", true).record("otel.status_code", "error");
     let problem = format!("{component} is unavailable ({:?}: {}): {meanwhile}", status.code(), status.message());
     health.set(component, Some(problem));
 }
@@ -173,7 +176,7 @@ const STORM_MEANWHILE: &str = "no storm detection, every alert gets its own CR";
 
 #[derive(Clone)]
 struct RateLimitStage {
-    client: RateLimitServiceClient<Channel>,
+    client: RateLimitServiceClient<TracedChannel>,
     fallback: Arc<MemoryRateLimitStore>,
     clock: Arc<dyn Clock>,
     health: Arc<ComponentHealth>,
@@ -186,33 +189,38 @@ impl AsyncPredicate<Batch> for RateLimitStage {
     fn check(&mut self, batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
         let (fallback, clock, health) = (self.fallback.clone(), self.clock.clone(), self.health.clone());
-        Box::pin(async move {
-            let signals = u32::try_from(batch.signals.len()).unwrap_or(u32::MAX);
-            let request = pb::CheckRateLimitRequest { sender: batch.sender.clone(), signal_count: signals };
-            let (allowed, retry_after_ms) = match client.check_rate_limit(request).await {
-                Ok(answer) => {
-                    health.set("ratelimit", None);
-                    (answer.get_ref().allowed, answer.get_ref().retry_after_ms)
+        let span = stage_span("ratelimit", batch.signals.len());
+        Box::pin(
+            async move {
+                let signals = u32::try_from(batch.signals.len()).unwrap_or(u32::MAX);
+                let request = pb::CheckRateLimitRequest { sender: batch.sender.clone(), signal_count: signals };
+                let (allowed, retry_after_ms) = match client.check_rate_limit(request).await {
+                    Ok(answer) => {
+                        health.set("ratelimit", None);
+                        (answer.get_ref().allowed, answer.get_ref().retry_after_ms)
+                    }
+                    Err(status) => {
+                        degraded(&health, "ratelimit", &status, RATELIMIT_MEANWHILE);
+                        // The in-process store cannot fail.
+                        let d = fallback.check(&batch.sender, signals, clock.now()).await.map_err(BoxError::from)?;
+                        (d.allowed, d.retry_after_ms)
+                    }
+                };
+                tracing::Span::current().record("allowed", allowed);
+                if allowed {
+                    Ok(batch)
+                } else {
+                    Err(PipelineError::RateLimited { retry_after: Duration::from_millis(retry_after_ms) }.into())
                 }
-                Err(status) => {
-                    degraded(&health, "ratelimit", &status, RATELIMIT_MEANWHILE);
-                    // The in-process store cannot fail.
-                    let d = fallback.check(&batch.sender, signals, clock.now()).await.map_err(BoxError::from)?;
-                    (d.allowed, d.retry_after_ms)
-                }
-            };
-            if allowed {
-                Ok(batch)
-            } else {
-                Err(PipelineError::RateLimited { retry_after: Duration::from_millis(retry_after_ms) }.into())
             }
-        })
+            .instrument(span),
+        )
     }
 }
 
 #[derive(Clone)]
 struct DedupStage {
-    client: DedupServiceClient<Channel>,
+    client: DedupServiceClient<TracedChannel>,
     clock: Arc<dyn Clock>,
     window_ms: i64,
     health: Arc<ComponentHealth>,
@@ -225,30 +233,34 @@ impl AsyncPredicate<Batch> for DedupStage {
     fn check(&mut self, mut batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
         let (clock, window_ms, health) = (self.clock.clone(), self.window_ms, self.health.clone());
-        Box::pin(async move {
-            let queries = batch
-                .signals
-                .iter()
-                .zip(&batch.targets)
-                .map(|(s, target)| pb::DedupQuery {
-                    fingerprint: s.fingerprint.clone(),
-                    status: s.status,
-                    namespace: target.clone(),
-                })
-                .collect();
-            match client.check_signals(pb::CheckSignalsRequest { queries }).await {
-                Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
-                    health.set("dedup", None);
-                    batch.dedup = answer.into_inner().verdicts;
+        let span = stage_span("dedup", batch.signals.len());
+        Box::pin(
+            async move {
+                let queries = batch
+                    .signals
+                    .iter()
+                    .zip(&batch.targets)
+                    .map(|(s, target)| pb::DedupQuery {
+                        fingerprint: s.fingerprint.clone(),
+                        status: s.status,
+                        namespace: target.clone(),
+                    })
+                    .collect();
+                match client.check_signals(pb::CheckSignalsRequest { queries }).await {
+                    Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
+                        health.set("dedup", None);
+                        batch.dedup = answer.into_inner().verdicts;
+                    }
+                    Ok(_) => {
+                        let status = tonic::Status::internal("dedup answered the wrong number of verdicts");
+                        fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
+                    }
+                    Err(status) => fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health),
                 }
-                Ok(_) => {
-                    let status = tonic::Status::internal("dedup answered the wrong number of verdicts");
-                    fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
-                }
-                Err(status) => fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health),
+                Ok(batch)
             }
-            Ok(batch)
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -285,8 +297,8 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
 
 #[derive(Clone)]
 struct StormStage {
-    client: StormServiceClient<Channel>,
-    dedup: DedupServiceClient<Channel>,
+    client: StormServiceClient<TracedChannel>,
+    dedup: DedupServiceClient<TracedChannel>,
     health: Arc<ComponentHealth>,
 }
 
@@ -296,28 +308,32 @@ impl AsyncPredicate<Batch> for StormStage {
 
     fn check(&mut self, mut batch: Batch) -> Self::Future {
         let (client, dedup, health) = (self.client.clone(), self.dedup.clone(), self.health.clone());
-        Box::pin(async move {
-            batch.storm = vec![None; batch.signals.len()];
-            let storm_up = detect_storms(client.clone(), &mut batch).await;
-            // Placing this batch's new incidents first lets its own repeats resolve at once.
-            let placed = place_new_incidents(dedup.clone(), &batch).await;
-            let resolved = resolve_pending_repeats(dedup, &mut batch).await;
-            let counted = count_storm_repeats(client, &mut batch).await;
-            match storm_up.and(counted) {
-                Ok(()) => health.set("storm", None),
-                Err(status) => degraded(&health, "storm", &status, STORM_MEANWHILE),
+        let span = stage_span("storm", batch.signals.len());
+        Box::pin(
+            async move {
+                batch.storm = vec![None; batch.signals.len()];
+                let storm_up = detect_storms(client.clone(), &mut batch).await;
+                // Placing this batch's new incidents first lets its own repeats resolve at once.
+                let placed = place_new_incidents(dedup.clone(), &batch).await;
+                let resolved = resolve_pending_repeats(dedup, &mut batch).await;
+                let counted = count_storm_repeats(client, &mut batch).await;
+                match storm_up.and(counted) {
+                    Ok(()) => health.set("storm", None),
+                    Err(status) => degraded(&health, "storm", &status, STORM_MEANWHILE),
+                }
+                if let Err(status) = placed.and(resolved) {
+                    degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+                }
+                Ok(batch)
             }
-            if let Err(status) = placed.and(resolved) {
-                degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
-            }
-            Ok(batch)
-        })
+            .instrument(span),
+        )
     }
 }
 
 /// New firing incidents may open or join a storm. Without an answer there is
 /// no storm detection: every alert gets its own CR.
-async fn detect_storms(mut client: StormServiceClient<Channel>, batch: &mut Batch) -> Result<(), tonic::Status> {
+async fn detect_storms(mut client: StormServiceClient<TracedChannel>, batch: &mut Batch) -> Result<(), tonic::Status> {
     let asked: Vec<usize> = (0..batch.signals.len())
         .filter(|&i| {
             batch.signals[i].status() == pb::SignalStatus::Firing && batch.dedup[i].outcome() == pb::DedupOutcome::New
@@ -350,7 +366,10 @@ async fn detect_storms(mut client: StormServiceClient<Channel>, batch: &mut Batc
 }
 
 /// Repeats of alerts folded into a storm count on the storm's CR.
-async fn count_storm_repeats(mut client: StormServiceClient<Channel>, batch: &mut Batch) -> Result<(), tonic::Status> {
+async fn count_storm_repeats(
+    mut client: StormServiceClient<TracedChannel>,
+    batch: &mut Batch,
+) -> Result<(), tonic::Status> {
     let repeats: Vec<(usize, pb::RemediationRef)> = (0..batch.signals.len())
         .filter(|&i| batch.dedup[i].outcome() == pb::DedupOutcome::Duplicate)
         .filter_map(|i| {
@@ -383,7 +402,7 @@ async fn count_storm_repeats(mut client: StormServiceClient<Channel>, batch: &mu
 /// Tells dedup which CR counts each new incident: a storm's, or its own.
 /// Until then its repeats wait (see [`resolve_pending_repeats`]), so none is
 /// counted on the wrong CR.
-async fn place_new_incidents(mut dedup: DedupServiceClient<Channel>, batch: &Batch) -> Result<(), tonic::Status> {
+async fn place_new_incidents(mut dedup: DedupServiceClient<TracedChannel>, batch: &Batch) -> Result<(), tonic::Status> {
     if batch.dedup_degraded {
         return Ok(());
     }
@@ -411,7 +430,7 @@ const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
 
 /// Repeats that raced their incident's first alert learn where it was placed.
 async fn resolve_pending_repeats(
-    mut dedup: DedupServiceClient<Channel>,
+    mut dedup: DedupServiceClient<TracedChannel>,
     batch: &mut Batch,
 ) -> Result<(), tonic::Status> {
     let mut outcome = Ok(());
@@ -466,7 +485,7 @@ async fn resolve_pending_repeats(
 /// the per-alert answer.
 #[derive(Clone)]
 struct CrdWrite {
-    client: CrdWriterServiceClient<Channel>,
+    client: CrdWriterServiceClient<TracedChannel>,
 }
 
 impl Service<Batch> for CrdWrite {
@@ -480,76 +499,80 @@ impl Service<Batch> for CrdWrite {
 
     fn call(&mut self, batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
-        Box::pin(async move {
-            let plan: Vec<Planned> = (0..batch.signals.len()).map(|i| plan(&batch, i)).collect();
-            let writes: Vec<pb::RemediationWrite> = plan.iter().filter_map(|p| p.write.clone()).collect();
-            let results = if writes.is_empty() {
-                Vec::new()
-            } else {
-                let n = writes.len();
-                let answer = client
-                    .write_remediations(pb::WriteRemediationsRequest { writes })
-                    .await
-                    .map_err(|status| cannot_persist(Duration::from_secs(5), format!("crd-writer: {status}")))?
-                    .into_inner();
-                if answer.results.len() != n {
-                    return Err(cannot_persist(
-                        Duration::from_secs(5),
-                        "crd-writer answered the wrong number of results".into(),
-                    ));
-                }
-                answer.results
-            };
-            let mut results = results.into_iter();
-            let mut failure: Option<(Duration, String)> = None;
-            let mut out = Vec::with_capacity(plan.len());
-            for (index, (p, signal)) in plan.into_iter().zip(&batch.signals).enumerate() {
-                let mut outcome = p.outcome;
-                let mut remediation = p.remediation;
-                if p.write.is_some() {
-                    let result = results.next().unwrap_or_default();
-                    // Where the CR really is: crd-writer may have used its fallback namespace.
-                    if let Some(r) = result.remediation.as_ref().filter(|r| !r.name.is_empty()) {
-                        remediation = (r.namespace.clone(), r.name.clone());
+        let span = stage_span("crd_write", batch.signals.len());
+        Box::pin(
+            async move {
+                let plan: Vec<Planned> = (0..batch.signals.len()).map(|i| plan(&batch, i)).collect();
+                let writes: Vec<pb::RemediationWrite> = plan.iter().filter_map(|p| p.write.clone()).collect();
+                let results = if writes.is_empty() {
+                    Vec::new()
+                } else {
+                    let n = writes.len();
+                    let answer = client
+                        .write_remediations(pb::WriteRemediationsRequest { writes })
+                        .await
+                        .map_err(|status| cannot_persist(Duration::from_secs(5), format!("crd-writer: {status}")))?
+                        .into_inner();
+                    if answer.results.len() != n {
+                        return Err(cannot_persist(
+                            Duration::from_secs(5),
+                            "crd-writer answered the wrong number of results".into(),
+                        ));
                     }
-                    match result.outcome() {
-                        pb::WriteOutcome::Failed => {
-                            let after = Duration::from_millis(result.retry_after_ms.max(1000));
-                            let cause = format!("{}: {}", remediation.1, result.error);
-                            failure = Some(failure.map_or((after, cause.clone()), |(a, c)| (a.max(after), c)));
+                    answer.results
+                };
+                let mut results = results.into_iter();
+                let mut failure: Option<(Duration, String)> = None;
+                let mut out = Vec::with_capacity(plan.len());
+                for (index, (p, signal)) in plan.into_iter().zip(&batch.signals).enumerate() {
+                    let mut outcome = p.outcome;
+                    let mut remediation = p.remediation;
+                    if p.write.is_some() {
+                        let result = results.next().unwrap_or_default();
+                        // Where the CR really is: crd-writer may have used its fallback namespace.
+                        if let Some(r) = result.remediation.as_ref().filter(|r| !r.name.is_empty()) {
+                            remediation = (r.namespace.clone(), r.name.clone());
                         }
-                        // The dedup of last resort found the incident's CR. Otherwise (dedup
-                        // vouched the incident is new) a racing repeat's count merely created
-                        // its CR first.
-                        pb::WriteOutcome::AlreadyExisted if p.last_resort => {
-                            outcome = match outcome {
-                                AlertOutcome::Created => AlertOutcome::Duplicate,
-                                AlertOutcome::StormCreated => AlertOutcome::StormAggregated,
-                                other => other,
-                            };
+                        match result.outcome() {
+                            pb::WriteOutcome::Failed => {
+                                let after = Duration::from_millis(result.retry_after_ms.max(1000));
+                                let cause = format!("{}: {}", remediation.1, result.error);
+                                failure = Some(failure.map_or((after, cause.clone()), |(a, c)| (a.max(after), c)));
+                            }
+                            // The dedup of last resort found the incident's CR. Otherwise (dedup
+                            // vouched the incident is new) a racing repeat's count merely created
+                            // its CR first.
+                            pb::WriteOutcome::AlreadyExisted if p.last_resort => {
+                                outcome = match outcome {
+                                    AlertOutcome::Created => AlertOutcome::Duplicate,
+                                    AlertOutcome::StormCreated => AlertOutcome::StormAggregated,
+                                    other => other,
+                                };
+                            }
+                            _ => {}
                         }
-                        _ => {}
                     }
+                    out.push(AlertResult {
+                        index,
+                        outcome,
+                        fingerprint: signal.fingerprint.clone(),
+                        alert_name: signal.alert_name.clone(),
+                        remediation_request_namespace: Some(remediation.0).filter(|s| !s.is_empty()),
+                        remediation_request_name: Some(remediation.1).filter(|s| !s.is_empty()),
+                        occurrence_count: p.occurrence_count,
+                        storm_alert_count: p.storm_alert_count,
+                    });
                 }
-                out.push(AlertResult {
-                    index,
-                    outcome,
-                    fingerprint: signal.fingerprint.clone(),
-                    alert_name: signal.alert_name.clone(),
-                    remediation_request_namespace: Some(remediation.0).filter(|s| !s.is_empty()),
-                    remediation_request_name: Some(remediation.1).filter(|s| !s.is_empty()),
-                    occurrence_count: p.occurrence_count,
-                    storm_alert_count: p.storm_alert_count,
-                });
+                match failure {
+                    Some((retry_after, cause)) => {
+                        tracing::Span::current().record("otel.status_code", "error");
+                        Err(cannot_persist(retry_after, cause))
+                    }
+                    None => Ok(out),
+                }
             }
-            for r in &out {
-                metrics::counter!("breakwater_signals_total", "outcome" => outcome_label(r.outcome)).increment(1);
-            }
-            match failure {
-                Some((retry_after, cause)) => Err(cannot_persist(retry_after, cause)),
-                None => Ok(out),
-            }
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -557,14 +580,31 @@ fn cannot_persist(retry_after: Duration, cause: String) -> BoxError {
     PipelineError::CannotPersist { retry_after, cause }.into()
 }
 
-fn outcome_label(o: AlertOutcome) -> &'static str {
-    match o {
-        AlertOutcome::Created => "created",
-        AlertOutcome::Duplicate => "duplicate",
-        AlertOutcome::StormCreated => "storm_created",
-        AlertOutcome::StormAggregated => "storm_aggregated",
-        AlertOutcome::Resolved => "resolved",
-        AlertOutcome::ResolvedUnknown => "resolved_unknown",
+/// One span per stage and batch, under the request's span.
+fn stage_span(stage: &'static str, signals: usize) -> tracing::Span {
+    tracing::info_span!(
+        "pipeline",
+        otel.name = %format_args!("pipeline.{stage}"),
+        otel.status_code = Empty,
+        breakwater.component = "edge",
+        breakwater.stage = stage,
+        signals = u64::try_from(signals).unwrap_or(u64::MAX),
+        degraded = Empty,
+        allowed = Empty,
+    )
+}
+
+impl AlertOutcome {
+    /// The `outcome` label of `breakwater_signals_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AlertOutcome::Created => "created",
+            AlertOutcome::Duplicate => "duplicate",
+            AlertOutcome::StormCreated => "storm_created",
+            AlertOutcome::StormAggregated => "storm_aggregated",
+            AlertOutcome::Resolved => "resolved",
+            AlertOutcome::ResolvedUnknown => "resolved_unknown",
+        }
     }
 }
 

@@ -175,9 +175,16 @@ async fn process(
         .iter()
         .map(|s| if s.namespace.is_empty() { state.config.fallback_namespace.clone() } else { s.namespace.clone() })
         .collect();
+    let count = signals.len() as u64;
     let batch = Batch { sender, signals, targets, ..Default::default() };
     match state.pipeline.clone().oneshot(batch).await {
-        Ok(results) => respond(results),
+        Ok(results) => {
+            for r in &results {
+                metrics::counter!("breakwater_signals_total", "source" => source, "outcome" => r.outcome.label())
+                    .increment(1);
+            }
+            respond(results)
+        }
         Err(e) => match e.downcast::<PipelineError>() {
             Ok(e) => {
                 let reason = match *e {
@@ -185,7 +192,7 @@ async fn process(
                     PipelineError::CannotPersist { .. } => "cannot_persist",
                 };
                 metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason)
-                    .increment(1);
+                    .increment(count);
                 match *e {
                     PipelineError::RateLimited { retry_after } => EdgeError::RateLimited { retry_after },
                     PipelineError::CannotPersist { retry_after, cause } => {

@@ -11,8 +11,10 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 mod health;
+mod rpc_telemetry;
 
 pub use health::ComponentHealth;
+pub use rpc_telemetry::{RpcTelemetry, RpcTelemetryLayer};
 
 use std::future::Future;
 use std::time::Duration;
@@ -68,17 +70,20 @@ impl<S> GrpcService for S where
 /// When the transport fails.
 pub async fn serve<S>(
     service: S,
+    component: &'static str,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError>
 where
     S: GrpcService,
 {
-    serve_with_status(service, ComponentHealth::new(S::NAME), listener, shutdown).await
+    serve_with_status(service, ComponentHealth::new(component), listener, shutdown).await
 }
 
 /// Serves `service` on `listener`, with health (reported SERVING for it),
 /// reflection and `status`, until `shutdown` resolves; in-flight calls then finish.
+/// Every call gets a span continuing the caller's trace, and per-RPC metrics,
+/// under the component `status` belongs to.
 ///
 /// # Errors
 /// When the transport fails.
@@ -97,8 +102,10 @@ where
         .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let component = status.component();
     let status = breakwater_proto::v1::status_service_server::StatusServiceServer::new(health::StatusGrpc(status));
     Server::builder()
+        .layer(RpcTelemetryLayer::server(component))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(status)
@@ -122,4 +129,13 @@ pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Channel, GrpcError> 
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_lazy())
+}
+
+/// A channel to another component whose calls carry `caller`'s trace context
+/// and count in its client metrics.
+pub type TracedChannel = RpcTelemetry<Channel>;
+
+/// Wraps `channel` for calls made by `caller`.
+pub fn traced(channel: Channel, caller: &'static str) -> TracedChannel {
+    tower::Layer::layer(&RpcTelemetryLayer::client(caller), channel)
 }

@@ -56,8 +56,8 @@ impl Keyspace {
                         .set(r.maxmemory as f64);
                     metrics::gauge!("breakwater_redis_memory_budget_bytes", "component" => component)
                         .set(budget as f64);
-                    metrics::gauge!("breakwater_redis_evicted_keys", "component" => component)
-                        .set(r.evicted_keys as f64);
+                    metrics::counter!("breakwater_redis_evicted_keys_total", "component" => component)
+                        .absolute(r.evicted_keys);
                     let problem = budget_problem(component, &r, budget);
                     metrics::gauge!("breakwater_redis_budget_drift", "component" => component)
                         .set(f64::from(u8::from(problem.is_some())));

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
 use redis::{FromRedisValue, ToRedisArgs};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 pub use budget::{MemoryReport, budget_problem, is_volatile_policy, nearly_full};
 pub use config::{RedisConfig, StoreKind};
@@ -74,6 +76,8 @@ impl Ttl {
 pub struct Keyspace {
     pool: bb8::Pool<RedisConnectionManager>,
     prefix: String,
+    /// The owning component (`dedup` of `breakwater:dedup:`), for spans and metrics.
+    component: String,
 }
 
 impl std::fmt::Debug for Keyspace {
@@ -108,7 +112,8 @@ impl Keyspace {
     }
 
     pub fn new(pool: bb8::Pool<RedisConnectionManager>, prefix: String) -> Self {
-        Self { pool, prefix }
+        let component = prefix.trim_end_matches(':').rsplit(':').next().unwrap_or_default().to_owned();
+        Self { pool, prefix, component }
     }
 
     /// The prefix of every key of this keyspace, e.g. `bw:dedup:`.
@@ -133,16 +138,45 @@ impl Keyspace {
         ttl: Ttl,
         args: &[A],
     ) -> Result<T> {
-        let mut conn = self.pool.get().await.map_err(KeyspaceError::from_pool)?;
-        let mut invocation = script.script.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
+        // Names only: key suffixes and arguments carry alert data and stay out of spans.
+        let span = tracing::info_span!(
+            "redis",
+            otel.name = %format_args!("EVALSHA {}", script.name),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            db.system = "redis",
+            db.operation = "EVALSHA",
+            db.redis.script = script.name,
+            db.redis.key_prefix = %self.prefix,
+            db.redis.keys = keys.len(),
+            error.kind = Empty,
+            breakwater.component = %self.component,
+        );
+        let start = std::time::Instant::now();
+        let result = async {
+            let mut conn = self.pool.get().await.map_err(KeyspaceError::from_pool)?;
+            let mut invocation = script.script.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            invocation.arg(ttl.as_millis());
+            for arg in args {
+                invocation.arg(arg);
+            }
+            invocation.invoke_async(&mut *conn).await.map_err(|e| KeyspaceError::from_redis(script.name, e))
         }
-        invocation.arg(ttl.as_millis());
-        for arg in args {
-            invocation.arg(arg);
+        .instrument(span.clone())
+        .await;
+        metrics::histogram!("breakwater_redis_script_duration_seconds",
+            "component" => self.component.clone(), "script" => script.name)
+        .record(start.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            span.record("otel.status_code", "error").record("error.kind", e.metric_label());
+            metrics::counter!("breakwater_redis_errors_total",
+                "component" => self.component.clone(), "kind" => e.metric_label())
+            .increment(1);
         }
-        invocation.invoke_async(&mut *conn).await.map_err(|e| KeyspaceError::from_redis(script.name, e))
+        result
     }
 
     /// Proves at start-up that this keyspace is writable with the configured

@@ -32,7 +32,7 @@ impl RateLimitGrpc {
 
 #[tonic::async_trait]
 impl pb::rate_limit_service_server::RateLimitService for RateLimitGrpc {
-    #[tracing::instrument(skip_all, fields(signals = request.get_ref().signal_count))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "ratelimit", signals = request.get_ref().signal_count))]
     async fn check_rate_limit(
         &self,
         request: Request<pb::CheckRateLimitRequest>,

@@ -1,6 +1,7 @@
 //! `breakwater.v1.StormService`: proto in, store call, proto out.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1 as pb;
@@ -9,7 +10,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::Error;
-use crate::detector::{Outcome, StormType};
+use crate::detector::{Outcome, StormRules, StormType, Window};
 use crate::store::{StormCount, StormQuery, StormStore};
 
 /// The gRPC face of the storm service.
@@ -19,11 +20,19 @@ pub struct StormGrpc {
     clock: Arc<dyn Clock>,
     /// Where store failures and recoveries are reported (`StatusService`).
     health: Arc<ComponentHealth>,
+    active: Arc<ActiveStorms>,
 }
 
 impl StormGrpc {
-    pub fn new(store: Arc<dyn StormStore>, clock: Arc<dyn Clock>, health: Arc<ComponentHealth>) -> Self {
-        Self { store, clock, health }
+    /// `rules` tell when a storm this service opened is over, for `breakwater_storms_active`.
+    pub fn new(
+        store: Arc<dyn StormStore>,
+        clock: Arc<dyn Clock>,
+        health: Arc<ComponentHealth>,
+        rules: StormRules,
+    ) -> Self {
+        let active = Arc::new(ActiveStorms { rules, open: Mutex::new(HashMap::new()) });
+        Self { store, clock, health, active }
     }
 
     /// Passes a store result through, recording Redis trouble and recovery.
@@ -41,6 +50,33 @@ impl StormGrpc {
     }
 }
 
+/// Storms this instance opened, until their window closes by inactivity or
+/// age (the same rule the detector applies): the `breakwater_storms_active` gauge.
+struct ActiveStorms {
+    rules: StormRules,
+    /// Storm CR name → its window's start and last alert.
+    open: Mutex<HashMap<String, Window>>,
+}
+
+impl ActiveStorms {
+    /// Records an alert opening (`opened`) or joining a storm at `now`.
+    fn record(&self, name: String, window_start: i64, opened: bool, now: i64) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        match open.get_mut(&name) {
+            Some(window) => window.last = now,
+            None if opened => {
+                open.insert(
+                    name,
+                    Window { start: window_start, last: now, alerts: 0, distinct: 0, omitted: 0, storm: None },
+                );
+            }
+            None => {}
+        }
+        open.retain(|_, window| self.rules.is_open(window, now));
+        metrics::gauge!("breakwater_storms_active").set(open.len() as f64);
+    }
+}
+
 /// What the edge does meanwhile (design brief, degradation table).
 const DEGRADED: &str = "no storm detection, every alert gets its own CR until it answers again";
 
@@ -50,7 +86,7 @@ fn redis_problem(kind: &str) -> String {
 
 #[tonic::async_trait]
 impl pb::storm_service_server::StormService for StormGrpc {
-    #[tracing::instrument(skip_all, fields(queries = request.get_ref().queries.len()))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "storm", queries = request.get_ref().queries.len()))]
     async fn detect_storms(
         &self,
         request: Request<pb::DetectStormsRequest>,
@@ -74,7 +110,8 @@ impl pb::storm_service_server::StormService for StormGrpc {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let verdicts = self.observe(self.store.detect(&queries, self.clock.now()).await).map_err(Status::from)?;
+        let now = self.clock.now();
+        let verdicts = self.observe(self.store.detect(&queries, now).await).map_err(Status::from)?;
         let verdicts = request
             .queries
             .iter()
@@ -85,12 +122,25 @@ impl pb::storm_service_server::StormService for StormGrpc {
                     Outcome::Opened => pb::StormOutcome::Opened,
                     Outcome::Joined => pb::StormOutcome::Joined,
                 };
-                metrics::counter!("breakwater_storm_decisions_total", "outcome" => outcome.as_str_name()).increment(1);
+                let label = match v.outcome {
+                    Outcome::None => "none",
+                    Outcome::Opened => "opened",
+                    Outcome::Joined => "joined",
+                };
+                metrics::counter!("breakwater_storm_decisions_total", "outcome" => label).increment(1);
                 let storm_type = match v.storm {
                     None => pb::StormType::Unspecified,
                     Some(StormType::Rate) => pb::StormType::Rate,
                     Some(StormType::Pattern) => pb::StormType::Pattern,
                 };
+                if v.outcome == Outcome::Opened {
+                    let kind = if v.storm == Some(StormType::Pattern) { "pattern" } else { "rate" };
+                    metrics::counter!("breakwater_storms_opened_total", "type" => kind).increment(1);
+                }
+                if v.outcome != Outcome::None {
+                    let name = storm_cr_name(&q.namespace, &q.alert_name, v.window_start);
+                    self.active.record(name, v.window_start, v.outcome == Outcome::Opened, now);
+                }
                 let remediation = (v.outcome != Outcome::None).then(|| pb::RemediationRef {
                     namespace: q.remediation_namespace.clone(),
                     name: storm_cr_name(&q.namespace, &q.alert_name, v.window_start),
@@ -109,7 +159,7 @@ impl pb::storm_service_server::StormService for StormGrpc {
         Ok(Response::new(pb::DetectStormsResponse { verdicts }))
     }
 
-    #[tracing::instrument(skip_all, fields(counts = request.get_ref().counts.len()))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "storm", counts = request.get_ref().counts.len()))]
     async fn count_storm_alerts(
         &self,
         request: Request<pb::CountStormAlertsRequest>,

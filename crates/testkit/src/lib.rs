@@ -18,6 +18,11 @@
 //!   resources that a real `kube::Client` talks to, with fault injection.
 //! - [`eventually`](mod@eventually) holds the [`eventually()`] function and the
 //!   [`assert_eventually!`] macro, which poll a condition until a deadline instead of sleeping.
+//! - [`otlp`] holds [`OtlpReceiver`], an in-process OTLP/gRPC trace receiver that keeps every
+//!   span it gets as a flattened [`ReceivedSpan`], plus [`otlp::tree`] to render one trace.
+//! - [`prometheus`] holds a strict parser for the Prometheus text exposition format
+//!   ([`prometheus::parse`] into a [`Scrape`]) and [`prometheus::scrape`], which fetches and
+//!   parses a `/metrics` endpoint.
 //! - [`logging`] holds [`init_test_logging`].
 //!
 //! The entry points are the `start`/`builder` constructors of the spawners above.
@@ -26,6 +31,8 @@ pub mod alertmanager;
 pub mod eventually;
 pub mod kube;
 pub mod logging;
+pub mod otlp;
+pub mod prometheus;
 pub mod recorder;
 pub mod redis;
 
@@ -35,6 +42,8 @@ mod port;
 pub use crate::alertmanager::{Alertmanager, AlertmanagerBuilder};
 pub use crate::eventually::eventually;
 pub use crate::kube::{FakeApiServer, Fault, LoggedRequest, Verb};
+pub use crate::otlp::{OtlpReceiver, ReceivedSpan};
+pub use crate::prometheus::{ParseError, Sample, Scrape};
 pub use crate::recorder::{Exchange, WebhookRecorder};
 
 pub use crate::logging::init_test_logging;

@@ -17,6 +17,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use kube::{Client, Error as KubeError};
 use serde_json::json;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::{
     CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, latest_open,
@@ -74,8 +76,27 @@ impl KubeSink {
         let max_attempts = self.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
-            let result = op().await;
-            record_request(verb, &result);
+            // One client span per attempt; the API server sees no trace context (it has no use for it).
+            let span = tracing::info_span!(
+                "kubernetes",
+                otel.name = %format_args!("{verb} remediationrequests"),
+                otel.kind = "client",
+                otel.status_code = Empty,
+                k8s.verb = verb,
+                k8s.resource = "remediationrequests.remediation.kubernaut.io",
+                k8s.attempt = attempt,
+                http.response.status_code = Empty,
+                breakwater.component = "crd-writer",
+            );
+            let start = std::time::Instant::now();
+            let result = op().instrument(span.clone()).await;
+            metrics::histogram!("breakwater_kubernetes_request_duration_seconds", "verb" => verb)
+                .record(start.elapsed().as_secs_f64());
+            let code = record_request(verb, &result);
+            span.record("http.response.status_code", code.as_str());
+            if result.is_err() {
+                span.record("otel.status_code", "error");
+            }
             let err = match result {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
@@ -116,7 +137,7 @@ impl KubeSink {
 
 #[async_trait]
 impl RemediationSink for KubeSink {
-    #[tracing::instrument(skip_all, fields(namespace = rr.metadata.namespace.as_deref(), name = rr.metadata.name.as_deref()))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", namespace = rr.metadata.namespace.as_deref(), name = rr.metadata.name.as_deref()))]
     async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
         let namespace = rr.metadata.namespace.clone().unwrap_or_default();
         if namespace.is_empty() {
@@ -140,12 +161,12 @@ impl RemediationSink for KubeSink {
         self.call("get", || api.get_opt(&target.name)).await
     }
 
-    #[tracing::instrument(skip_all, fields(%target))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %target))]
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
         self.read_modify_write(target, |spec| update.apply_to(spec, self.cap)).await
     }
 
-    #[tracing::instrument(skip_all, fields(%namespace))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %namespace))]
     async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
         let api = self.api(namespace);
         let params = ListParams::default().labels(&format!("{LABEL_FINGERPRINT}={}", label_value(fingerprint)));
@@ -156,7 +177,7 @@ impl RemediationSink for KubeSink {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(%target, n))]
+    #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %target, n))]
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {
         self.read_modify_write(target, |spec| add_occurrences_to(spec, n, last_seen)).await
     }
@@ -270,12 +291,13 @@ fn retry_after(err: &KubeError) -> Option<Duration> {
     }
 }
 
-fn record_request<T>(verb: &'static str, result: &Result<T, KubeError>) {
+fn record_request<T>(verb: &'static str, result: &Result<T, KubeError>) -> String {
     let code = match result {
         Ok(_) if verb == "create" => "201".to_owned(),
         Ok(_) => "200".to_owned(),
         Err(KubeError::Api(status)) => status.code.to_string(),
         Err(_) => "error".to_owned(),
     };
-    metrics::counter!("breakwater_kubernetes_requests_total", "verb" => verb, "code" => code).increment(1);
+    metrics::counter!("breakwater_kubernetes_requests_total", "verb" => verb, "code" => code.clone()).increment(1);
+    code
 }

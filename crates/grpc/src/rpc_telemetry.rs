@@ -1,0 +1,183 @@
+//! One tower layer, on every gRPC client and server, that gives each call a
+//! span (W3C trace context injected into or extracted from the metadata, so
+//! one alert's way through the components is one trace) and the per-RPC
+//! request count and duration metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tracing::Instrument as _;
+use tracing::field::Empty;
+
+/// Which end of a call the layer sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// Layer for the clients (`client`) or servers (`server`) of `component`.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcTelemetryLayer {
+    component: &'static str,
+    side: Side,
+}
+
+impl RpcTelemetryLayer {
+    /// For the gRPC clients `component` uses to call others.
+    pub fn client(component: &'static str) -> Self {
+        Self { component, side: Side::Client }
+    }
+
+    /// For the gRPC server of `component`.
+    pub fn server(component: &'static str) -> Self {
+        Self { component, side: Side::Server }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcTelemetryLayer {
+    type Service = RpcTelemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcTelemetry { inner, component: self.component, side: self.side }
+    }
+}
+
+/// See [`RpcTelemetryLayer`].
+#[derive(Debug, Clone)]
+pub struct RpcTelemetry<S> {
+    inner: S,
+    component: &'static str,
+    side: Side,
+}
+
+/// Health checks, reflection and status polls happen every few seconds and
+/// carry no alert: they get neither spans nor per-RPC metrics.
+fn is_traced(path: &str) -> bool {
+    path.starts_with("/breakwater.v1.") && !path.starts_with("/breakwater.v1.StatusService/")
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcTelemetry<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    R: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if !is_traced(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        let path = request.uri().path().to_owned();
+        // "/breakwater.v1.DedupService/CheckBatch" → ("breakwater.v1.DedupService", "CheckBatch")
+        let (service, method) = path.trim_start_matches('/').rsplit_once('/').unwrap_or((&path, ""));
+        let rpc = format!("{service}/{method}");
+        let method = method.to_owned();
+        let span = match self.side {
+            Side::Client => tracing::info_span!(
+                "grpc.client",
+                otel.name = %rpc,
+                otel.kind = "client",
+                otel.status_code = Empty,
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                rpc.grpc.status_code = Empty,
+                breakwater.component = self.component,
+            ),
+            Side::Server => tracing::info_span!(
+                "grpc.server",
+                otel.name = %rpc,
+                otel.kind = "server",
+                otel.status_code = Empty,
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                rpc.grpc.status_code = Empty,
+                breakwater.component = self.component,
+            ),
+        };
+        match self.side {
+            Side::Client => breakwater_telemetry::context::inject(&span, request.headers_mut()),
+            Side::Server => breakwater_telemetry::context::continue_trace(&span, request.headers()),
+        }
+        let (component, side) = (self.component, self.side);
+        let call = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let start = Instant::now();
+                let result = call.await;
+                let code = match &result {
+                    Ok(response) => {
+                        let code = status(response.headers());
+                        tracing::Span::current().record("rpc.grpc.status_code", code as i32);
+                        format!("{code:?}")
+                    }
+                    Err(_) => "transport".to_owned(),
+                };
+                if code != "Ok" {
+                    tracing::Span::current().record("otel.status_code", "error");
+                }
+                let elapsed = start.elapsed().as_secs_f64();
+                match side {
+                    Side::Client => {
+                        metrics::counter!("breakwater_grpc_client_requests_total",
+                            "component" => component, "rpc" => method.clone(), "code" => code)
+                        .increment(1);
+                        metrics::histogram!("breakwater_grpc_client_request_duration_seconds",
+                            "component" => component, "rpc" => method)
+                        .record(elapsed);
+                    }
+                    Side::Server => {
+                        metrics::counter!("breakwater_grpc_server_requests_total",
+                            "component" => component, "rpc" => method.clone(), "code" => code)
+                        .increment(1);
+                        metrics::histogram!("breakwater_grpc_server_request_duration_seconds",
+                            "component" => component, "rpc" => method)
+                        .record(elapsed);
+                    }
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The gRPC status of a response whose headers are in: failures come as
+/// trailers-only responses with `grpc-status` in the headers; a success
+/// carries it in trailers, so its absence here means OK.
+fn status(headers: &http::HeaderMap) -> tonic::Code {
+    headers.get("grpc-status").map_or(tonic::Code::Ok, |v| tonic::Code::from_bytes(v.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_breakwater_rpcs_are_traced() {
+        assert!(is_traced("/breakwater.v1.DedupService/CheckBatch"));
+        assert!(!is_traced("/breakwater.v1.StatusService/GetStatus"));
+        assert!(!is_traced("/grpc.health.v1.Health/Check"));
+        assert!(!is_traced("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
+    }
+
+    #[test]
+    fn status_from_headers() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(status(&headers), tonic::Code::Ok);
+        headers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        assert_eq!(status(&headers), tonic::Code::Unavailable);
+    }
+}

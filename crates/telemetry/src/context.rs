@@ -1,0 +1,55 @@
+//! W3C trace context (`traceparent`, `tracestate`) in HTTP headers, which is
+//! also where gRPC metadata travels: the edge continues a caller's trace and
+//! every gRPC hop carries it on.
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Makes `span` a child of the trace context in `headers`, if they carry a
+/// valid one. Must run before `span` is first entered.
+pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    if parent.span().span_context().is_valid() {
+        // Fails only when spans are not exported (no OpenTelemetry layer): nothing to continue then.
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Writes `span`'s trace context into `headers`; writes nothing when spans are
+/// not exported.
+pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+}
+
+/// The trace and span id of `span` as lowercase hex, when it is exported.
+pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(key), HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Log lines carry the trace and span id of the span they happen in, so a
+//! line found in the logs leads to its trace in Jaeger and back.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use opentelemetry::trace::TraceContextExt;
+use tracing::dispatcher::WeakDispatch;
+use tracing::{Dispatch, Event, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The subscriber the ids are read through; set once it is installed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DispatchSlot(Arc<OnceLock<WeakDispatch>>);
+
+/// Fills a [`DispatchSlot`] when the subscriber is installed (a formatter
+/// cannot look the subscriber up while it is formatting).
+pub(crate) struct CaptureDispatch(pub(crate) DispatchSlot);
+
+impl<S: Subscriber> Layer<S> for CaptureDispatch {
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _first_wins = self.0.0.set(subscriber.downgrade());
+    }
+}
+
+/// Wraps a formatter and appends `trace_id` and `span_id`: as JSON keys for
+/// [`crate::LogFormat::Json`], as `key=value` for the human format.
+pub(crate) struct WithTraceIds<F> {
+    pub(crate) inner: F,
+    pub(crate) json: bool,
+    pub(crate) dispatch: DispatchSlot,
+}
+
+impl<F> WithTraceIds<F> {
+    /// The innermost exported span's ids, for an event inside one.
+    fn ids<S, N>(&self, ctx: &FmtContext<'_, S, N>) -> Option<(String, String)>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        let dispatch = self.dispatch.0.get()?.upgrade()?;
+        ctx.event_scope()?.find_map(|span| {
+            let context = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+            let span_context = context.span().span_context().clone();
+            span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+        })
+    }
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut line = String::new();
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        let line = line.trim_end_matches('\n');
+        let Some((trace_id, span_id)) = self.ids(ctx) else {
+            return writeln!(writer, "{line}");
+        };
+        match line.strip_suffix('}') {
+            // Hex ids need no escaping.
+            Some(object) if self.json => {
+                writeln!(writer, r#"{object},"trace_id":"{trace_id}","span_id":"{span_id}"}}"#)
+            }
+            _ => writeln!(writer, "{line} trace_id={trace_id} span_id={span_id}"),
+        }
+    }
+}

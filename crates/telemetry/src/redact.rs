@@ -1,0 +1,166 @@
+//! Redaction of secrets and annotation bodies in text that reaches logs or
+//! error bodies (reference spec §1.4): error details can quote the payload.
+
+use std::borrow::Cow;
+
+/// Keys whose values never leave the process as written (compared without case).
+const SENSITIVE_KEYS: &[&str] =
+    &["password", "passwd", "secret", "token", "api_key", "apikey", "authorization", "annotations", "generatorurl"];
+
+const REDACTED: &str = "\"[REDACTED]\"";
+
+/// Replaces the value of every sensitive JSON key in `text` (a string, an
+/// object, an array or a scalar) with `"[REDACTED]"`, and the string a serde
+/// error quotes (`invalid type: string "…"`) once a sensitive key has been
+/// named before it. Other text is kept as is.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let lower = text.to_ascii_lowercase();
+    if !SENSITIVE_KEYS.iter().any(|k| lower.contains(k)) {
+        return Cow::Borrowed(text);
+    }
+    let (bytes, bytes_lower) = (text.as_bytes(), lower.as_bytes());
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut sensitive_named = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'"' {
+            let end = string_end(bytes, i);
+            let key = lower.get(i + 1..end.saturating_sub(1).max(i + 1)).unwrap_or("");
+            let is_sensitive = SENSITIVE_KEYS.contains(&key);
+            if let (true, Some(value)) = (is_sensitive, value_after_colon(bytes, end)) {
+                out.push_str(&text[copied..value]);
+                out.push_str(REDACTED);
+                copied = value_end(bytes, value);
+                i = copied;
+                continue;
+            }
+            i = end;
+            continue;
+        }
+        if SENSITIVE_KEYS.iter().any(|k| bytes_lower[i..].starts_with(k.as_bytes())) {
+            sensitive_named = true;
+        }
+        if sensitive_named && bytes_lower[i..].starts_with(b"string \"") {
+            let value = i + "string ".len();
+            out.push_str(&text[copied..value]);
+            out.push_str(REDACTED);
+            copied = string_end(bytes, value);
+            i = copied;
+            continue;
+        }
+        i += 1;
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// Index just past the string starting at `start` (a `"`), escapes honoured;
+/// the end of the text for an unterminated string.
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// Where the value starts when `after_key` is followed by `:` (JSON key).
+fn value_after_colon(bytes: &[u8], after_key: usize) -> Option<usize> {
+    let mut i = after_key;
+    while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    if bytes.get(i) != Some(&b':') {
+        return None;
+    }
+    i += 1;
+    while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    (i < bytes.len()).then_some(i)
+}
+
+/// Index just past the JSON value starting at `start`; nested objects and
+/// arrays are skipped whole, a truncated value runs to the end of the text.
+fn value_end(bytes: &[u8], start: usize) -> usize {
+    match bytes[start] {
+        b'"' => string_end(bytes, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'"' => {
+                        i = string_end(bytes, i);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            bytes.len()
+        }
+        _ => {
+            let mut i = start;
+            while i < bytes.len() && !matches!(bytes[i], b',' | b'}' | b']') && !bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            i
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_secret_values_of_every_shape() {
+        let text = r#"{"password":"hunter2","Token": "abc","api_key":12345,"user":"bob"}"#;
+        assert_eq!(
+            redact(text),
+            r#"{"password":"[REDACTED]","Token": "[REDACTED]","api_key":"[REDACTED]","user":"bob"}"#
+        );
+    }
+
+    #[test]
+    fn redacts_whole_annotation_objects_and_generator_urls() {
+        let text = r#"{"labels":{"alertname":"X"},"annotations":{"summary":"a \"b\" {c}","runbook":"r"},"generatorURL":"http://p/graph?g0.expr=up"}"#;
+        assert_eq!(
+            redact(text),
+            r#"{"labels":{"alertname":"X"},"annotations":"[REDACTED]","generatorURL":"[REDACTED]"}"#
+        );
+    }
+
+    #[test]
+    fn redacts_strings_serde_quotes_after_a_sensitive_key() {
+        let text = r#"alerts[0].annotations.summary: invalid type: string "db password is x", expected a map"#;
+        assert_eq!(redact(text), r#"alerts[0].annotations.summary: invalid type: string "[REDACTED]", expected a map"#);
+        let harmless = r#"alerts[0].labels.severity: invalid type: string "high", expected u8"#;
+        assert_eq!(redact(harmless), harmless);
+    }
+
+    #[test]
+    fn keeps_text_without_secrets_and_survives_truncation() {
+        assert_eq!(redact("no alerts in webhook payload"), "no alerts in webhook payload");
+        assert_eq!(redact(r#"{"password":"unterminated"#), r#"{"password":"[REDACTED]""#);
+        assert_eq!(redact(r#"{"annotations":{"a":"#), r#"{"annotations":"[REDACTED]""#);
+        assert_eq!(redact("\"token\""), "\"token\"");
+        assert_eq!(redact("é \"token\": \"é\" ü"), "é \"token\": \"[REDACTED]\" ü");
+    }
+}
