@@ -135,6 +135,33 @@ async fn bad_input_gets_rfc7807_and_leaves_nothing_behind() {
     assert_eq!(status, 201);
 }
 
+/// Reference §1.4: error details never repeat secrets or annotation bodies,
+/// even when the bad value is one of them.
+#[tokio::test]
+async fn problem_details_never_repeat_what_was_sent() {
+    let gw = TestGateway::start(Backend::Embedded).await;
+    let url = format!("{}/api/v1/signals/prometheus", gw.url);
+    let bodies = [
+        r#"{"alerts":[{"labels":{"alertname":"A"},"annotations":"password=hunter2"}]}"#,
+        r#"{"alerts":[{"labels":"api_key=hunter2"}]}"#,
+    ];
+    for body in bodies {
+        let response = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let problem: serde_json::Value = response.json().await.expect("problem body");
+        assert_eq!(status, 400, "{body}: {problem}");
+        let detail = problem["detail"].as_str().expect("detail");
+        assert!(!detail.contains("hunter2"), "{detail}");
+        assert!(detail.contains("alerts[0]"), "still says where: {detail}");
+    }
+}
+
 /// Reference: "creates CRD from Kubernetes Warning events".
 #[tokio::test]
 async fn kubernetes_warning_event_creates_a_cr() {

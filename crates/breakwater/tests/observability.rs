@@ -396,6 +396,20 @@ async fn every_components_metrics_move_with_the_scenario() {
     assert_eq!(delta(&edge_b, &edge_a, "breakwater_edge_degraded_calls_total", &[("component", "storm")]), 1.0);
     assert_eq!(edge_a.value("breakwater_degraded", &[("component", "edge"), ("concern", "storm")]), Some(1.0));
 
+    // The edge says once that it degrades around storm, in a JSON line that names the request.
+    let degraded_line = || {
+        split
+            .edge
+            .stderr()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"] == "degraded")
+    };
+    assert_eventually!(Duration::from_secs(5), async { degraded_line().is_some() }, "edge logs 'degraded'");
+    let line = degraded_line().unwrap_or_default();
+    assert!(line["request_id"].as_str().is_some_and(|id| id.len() == 36), "{line}");
+    assert_eq!(line["concern"], "storm", "{line}");
+
     let decisions =
         |decision| delta(&ratelimit_b, &ratelimit_a, "breakwater_ratelimit_decisions_total", &[("decision", decision)]);
     assert_eq!((decisions("allowed"), decisions("limited")), (4.0, 1.0));

@@ -9,7 +9,7 @@ use tracing::dispatcher::WeakDispatch;
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// The subscriber the ids are read through; set once it is installed.
@@ -32,6 +32,23 @@ pub(crate) struct WithTraceIds<F> {
     pub(crate) inner: F,
     pub(crate) json: bool,
     pub(crate) dispatch: DispatchSlot,
+}
+
+/// The `request_id` field of the innermost span in scope that has one, read
+/// from the fields the formatter recorded (JSON or `key=value`).
+fn request_id<S, N>(ctx: &FmtContext<'_, S, N>) -> Option<String>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    ctx.event_scope()?.find_map(|span| {
+        let extensions = span.extensions();
+        let fields = extensions.get::<FormattedFields<N>>()?;
+        let (_, rest) = fields.fields.split_once("request_id")?;
+        let value = rest.trim_start_matches(['"', ':', '=']);
+        let id: String = value.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        (!id.is_empty()).then_some(id)
+    })
 }
 
 impl<F> WithTraceIds<F> {
@@ -60,15 +77,29 @@ where
         let mut line = String::new();
         self.inner.format_event(ctx, Writer::new(&mut line), event)?;
         let line = line.trim_end_matches('\n');
-        let Some((trace_id, span_id)) = self.ids(ctx) else {
-            return writeln!(writer, "{line}");
-        };
-        match line.strip_suffix('}') {
-            // Hex ids need no escaping.
-            Some(object) if self.json => {
-                writeln!(writer, r#"{object},"trace_id":"{trace_id}","span_id":"{span_id}"}}"#)
-            }
-            _ => writeln!(writer, "{line} trace_id={trace_id} span_id={span_id}"),
+        let mut extra = Vec::new();
+        if self.json
+            && let Some(id) = request_id(ctx)
+        {
+            extra.push(("request_id", id));
         }
+        if let Some((trace_id, span_id)) = self.ids(ctx) {
+            extra.extend([("trace_id", trace_id), ("span_id", span_id)]);
+        }
+        if extra.is_empty() {
+            return writeln!(writer, "{line}");
+        }
+        if self.json {
+            let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(line) else {
+                return writeln!(writer, "{line}");
+            };
+            for (key, value) in extra {
+                // An event's own field of the same name wins.
+                object.entry(key).or_insert(serde_json::Value::String(value));
+            }
+            return writeln!(writer, "{}", serde_json::Value::Object(object));
+        }
+        let pairs: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(writer, "{line} {}", pairs.join(" "))
     }
 }

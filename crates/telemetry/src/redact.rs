@@ -11,17 +11,16 @@ const REDACTED: &str = "\"[REDACTED]\"";
 
 /// Replaces the value of every sensitive JSON key in `text` (a string, an
 /// object, an array or a scalar) with `"[REDACTED]"`, and the string a serde
-/// error quotes (`invalid type: string "…"`) once a sensitive key has been
-/// named before it. Other text is kept as is.
+/// error quotes (`invalid type: string "…"`), whose field it does not name.
+/// Other text is kept as is.
 pub fn redact(text: &str) -> Cow<'_, str> {
     let lower = text.to_ascii_lowercase();
-    if !SENSITIVE_KEYS.iter().any(|k| lower.contains(k)) {
+    if !SENSITIVE_KEYS.iter().any(|k| lower.contains(k)) && !lower.contains(": string \"") {
         return Cow::Borrowed(text);
     }
     let (bytes, bytes_lower) = (text.as_bytes(), lower.as_bytes());
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
-    let mut sensitive_named = false;
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'"' {
@@ -38,10 +37,10 @@ pub fn redact(text: &str) -> Cow<'_, str> {
             i = end;
             continue;
         }
-        if SENSITIVE_KEYS.iter().any(|k| bytes_lower[i..].starts_with(k.as_bytes())) {
-            sensitive_named = true;
-        }
-        if sensitive_named && bytes_lower[i..].starts_with(b"string \"") {
+        // serde quotes the offending value (`invalid type: string "…", expected …`)
+        // without naming the field, so it may be any field: never repeat it.
+        let quoted_by_serde = bytes_lower[..i].ends_with(b"type: ") || bytes_lower[..i].ends_with(b"value: ");
+        if quoted_by_serde && bytes_lower[i..].starts_with(b"string \"") {
             let value = i + "string ".len();
             out.push_str(&text[copied..value]);
             out.push_str(REDACTED);
@@ -148,10 +147,13 @@ mod tests {
     }
 
     #[test]
-    fn redacts_strings_serde_quotes_after_a_sensitive_key() {
-        let text = r#"alerts[0].annotations.summary: invalid type: string "db password is x", expected a map"#;
-        assert_eq!(redact(text), r#"alerts[0].annotations.summary: invalid type: string "[REDACTED]", expected a map"#);
-        let harmless = r#"alerts[0].labels.severity: invalid type: string "high", expected u8"#;
+    fn redacts_strings_serde_quotes() {
+        let text = r#"alerts[0] is not a valid alert: invalid type: string "db password is x", expected a map at line 1"#;
+        let redacted = r#"alerts[0] is not a valid alert: invalid type: string "[REDACTED]", expected a map at line 1"#;
+        assert_eq!(redact(text), redacted);
+        let value = r#"invalid value: string "tok", expected one of"#;
+        assert_eq!(redact(value), r#"invalid value: string "[REDACTED]", expected one of"#);
+        let harmless = "alerts[0] is not a valid alert: invalid type: integer `5`, expected a string";
         assert_eq!(redact(harmless), harmless);
     }
 
