@@ -148,7 +148,8 @@ mod tests {
 
     #[test]
     fn redacts_strings_serde_quotes() {
-        let text = r#"alerts[0] is not a valid alert: invalid type: string "db password is x", expected a map at line 1"#;
+        let text =
+            r#"alerts[0] is not a valid alert: invalid type: string "db password is x", expected a map at line 1"#;
         let redacted = r#"alerts[0] is not a valid alert: invalid type: string "[REDACTED]", expected a map at line 1"#;
         assert_eq!(redact(text), redacted);
         let value = r#"invalid value: string "tok", expected one of"#;
