@@ -4,76 +4,23 @@
 //! costs nothing but spans.
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use breakwater_testkit::otlp::{Kind, OtlpReceiver, ReceivedSpan, tree};
 use breakwater_testkit::prometheus::{Scrape, scrape};
-use breakwater_testkit::{FakeApiServer, RedisServer, assert_eventually, unique_key_root};
+use breakwater_testkit::{
+    BreakwaterProcess as Process, FakeApiServer, RedisServer, assert_eventually, unique_key_root,
+};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
 const SERVICES: [&str; 5] =
     ["breakwater-edge", "breakwater-ratelimit", "breakwater-dedup", "breakwater-storm", "breakwater-crd-writer"];
 
-/// A `breakwater` process, killed on drop, whose stderr lines are kept.
-struct Process {
-    child: Child,
-    addr: String,
-    metrics: Option<String>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Process {
-    /// Starts `breakwater <args>` and waits for its "listening on ADDR" line
-    /// (and its metrics line when `--metrics-listen` is among `args`).
-    async fn start(args: &[&str], env: &[(String, String)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater"))
-            .args(args)
-            .envs(env.iter().cloned())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the breakwater binary");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut err_lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let sink = stderr.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = err_lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let mut next_addr = async || {
-            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("breakwater {args:?} printed nothing within 20 s"))
-                .expect("read stdout")
-                .unwrap_or_else(|| panic!("breakwater {args:?} exited early: {:?}", stderr.lock().unwrap()));
-            line.rsplit(' ').next().expect("address at the end of the line").to_owned()
-        };
-        let addr = next_addr().await;
-        let metrics = if args.contains(&"--metrics-listen") { Some(next_addr().await) } else { None };
-        Self { child, addr, metrics, stderr }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn metrics_url(&self) -> String {
-        format!("http://{}/metrics", self.metrics.as_deref().unwrap_or(&self.addr))
-    }
-
-    fn stderr(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
-    }
+/// Starts `breakwater <args>`.
+async fn breakwater(args: &[&str], env: &[(String, String)]) -> Process {
+    Process::start(env!("CARGO_BIN_EXE_breakwater"), args, env).await
 }
 
 /// Exports every 50 ms, so spans arrive while the test waits.
@@ -101,7 +48,7 @@ impl Split {
             env.extend(per(name));
             let mut args = vec![name, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
             args.extend_from_slice(extra);
-            Process::start(&args, &env).await
+            breakwater(&args, &env).await
         };
         let ratelimit = start("ratelimit", &[]).await;
         let dedup = start("dedup", &[]).await;
@@ -114,7 +61,7 @@ impl Split {
             ("BREAKWATER_EDGE__COMPONENTS__STORM", &storm.url()),
             ("BREAKWATER_EDGE__COMPONENTS__CRD_WRITER", &crd_writer.url()),
         ]));
-        let edge = Process::start(&["edge", "--listen", "127.0.0.1:0"], &env).await;
+        let edge = breakwater(&["edge", "--listen", "127.0.0.1:0"], &env).await;
         Self { ratelimit, dedup, storm, crd_writer, edge }
     }
 }
@@ -204,7 +151,9 @@ async fn one_trace_across_five_services_continuing_the_callers() {
         .wait_for_spans(Duration::from_secs(20), |spans| {
             let services = services_of(spans, CALLER_TRACE);
             let k8s = spans.iter().any(|s| s.trace_id == CALLER_TRACE && s.attr("k8s.verb") == Some("create"));
-            SERVICES.iter().all(|s| services.contains(*s)) && k8s
+            // The edge's request span ends last, after every other span of its process.
+            let request = spans.iter().any(|s| s.trace_id == CALLER_TRACE && s.parent_span_id == CALLER_SPAN);
+            SERVICES.iter().all(|s| services.contains(*s)) && k8s && request
         })
         .await;
     let trace: Vec<ReceivedSpan> = spans.iter().filter(|s| s.trace_id == CALLER_TRACE).cloned().collect();
@@ -291,8 +240,7 @@ async fn up_reports_five_service_names_and_roots_traces_at_the_edge() {
     let receiver = OtlpReceiver::start().await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let sink = dir.path().to_str().expect("utf-8").to_owned();
-    let up =
-        Process::start(&["up", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &otlp_env(receiver.endpoint())).await;
+    let up = breakwater(&["up", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &otlp_env(receiver.endpoint())).await;
     let (status, body) = post(&up.url(), &json!({"alerts": [alert("UpAlert", "web-1")]}), None).await;
     assert_eq!(status, 201, "{body}");
 
@@ -331,7 +279,7 @@ async fn an_unreachable_collector_is_reported_once_and_costs_nothing_else() {
     drop(closed);
     let dir = tempfile::tempdir().expect("temporary directory");
     let sink = dir.path().to_str().expect("utf-8").to_owned();
-    let up = Process::start(&["up", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &otlp_env(endpoint)).await;
+    let up = breakwater(&["up", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &otlp_env(endpoint)).await;
     for i in 0..20 {
         let (status, body) = post(&up.url(), &json!({"alerts": [alert("Offline", &format!("p{i}"))]}), None).await;
         assert!(status == 201 || status == 202, "{body}");

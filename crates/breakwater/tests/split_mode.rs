@@ -1,43 +1,16 @@
 //! Split mode: every component as its own `breakwater` process, the edge
 //! talking to them over loopback gRPC.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use breakwater_testkit::assert_eventually;
+use breakwater_testkit::{BreakwaterProcess as Process, assert_eventually};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-/// A `breakwater` subcommand running as a child process, killed on drop.
-struct Process {
-    child: Child,
-    addr: String,
-}
-
-impl Process {
-    /// Starts `breakwater <args>` and waits for its "listening on ADDR" line.
-    async fn start(args: &[&str], env: &[(String, String)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater"))
-            .args(args)
-            .envs(env.iter().cloned())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the breakwater binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("breakwater {args:?} printed no listening line within 20 s"))
-            .expect("read stdout")
-            .unwrap_or_else(|| panic!("breakwater {args:?} exited before listening"));
-        let addr = line.rsplit(' ').next().expect("address at the end of the line").to_owned();
-        assert!(line.contains("listening on"), "unexpected first line {line:?}");
-        Self { child, addr }
-    }
+/// Starts `breakwater <args>` with warnings-only logs.
+async fn start(args: &[&str], env: &[(String, String)]) -> Process {
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG".to_owned(), "warn".to_owned()));
+    Process::start(env!("CARGO_BIN_EXE_breakwater"), args, &env).await
 }
 
 async fn post(client: &reqwest::Client, edge: &str, body: &Value) -> (u16, Value) {
@@ -57,11 +30,10 @@ async fn each_component_in_its_own_process() {
     let dir = tempfile::tempdir().expect("temporary sink directory");
     let sink = dir.path().to_str().expect("utf-8 path").to_owned();
     let fast_flush = vec![("BREAKWATER_CRD_WRITER__FLUSH_INTERVAL_MS".to_owned(), "50".to_owned())];
-    let mut ratelimit = Process::start(&["ratelimit", "--listen", "127.0.0.1:0"], &[]).await;
-    let mut dedup = Process::start(&["dedup", "--listen", "127.0.0.1:0"], &[]).await;
-    let mut storm = Process::start(&["storm", "--listen", "127.0.0.1:0"], &[]).await;
-    let mut crd_writer =
-        Process::start(&["crd-writer", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &fast_flush).await;
+    let mut ratelimit = start(&["ratelimit", "--listen", "127.0.0.1:0"], &[]).await;
+    let mut dedup = start(&["dedup", "--listen", "127.0.0.1:0"], &[]).await;
+    let mut storm = start(&["storm", "--listen", "127.0.0.1:0"], &[]).await;
+    let mut crd_writer = start(&["crd-writer", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &fast_flush).await;
     let url = |p: &Process| format!("http://{}", p.addr);
     let edge_env = vec![
         ("BREAKWATER_EDGE__COMPONENTS__RATELIMIT".to_owned(), url(&ratelimit)),
@@ -69,7 +41,7 @@ async fn each_component_in_its_own_process() {
         ("BREAKWATER_EDGE__COMPONENTS__STORM".to_owned(), url(&storm)),
         ("BREAKWATER_EDGE__COMPONENTS__CRD_WRITER".to_owned(), url(&crd_writer)),
     ];
-    let edge = Process::start(&["edge", "--listen", "127.0.0.1:0"], &edge_env).await;
+    let edge = start(&["edge", "--listen", "127.0.0.1:0"], &edge_env).await;
     let client = reqwest::Client::new();
 
     let ready: Value =
@@ -135,20 +107,8 @@ async fn each_component_in_its_own_process() {
 /// A gRPC component run on its own serves its metrics on a port of its own.
 #[tokio::test]
 async fn a_component_serves_its_own_metrics() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_breakwater"))
-        .args(["dedup", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the breakwater binary");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut next_addr = async || {
-        let line =
-            tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("in time").expect("read");
-        line.expect("a line").rsplit(' ').next().expect("address").to_owned()
-    };
-    let (grpc, metrics) = (next_addr().await, next_addr().await);
+    let dedup_process = start(&["dedup", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], &[]).await;
+    let grpc = &dedup_process.addr;
     let channel = breakwater_grpc::connect_lazy(&format!("http://{grpc}"), Duration::from_secs(5)).expect("channel");
     let mut dedup = breakwater_proto::v1::dedup_service_client::DedupServiceClient::new(channel);
     let query = breakwater_proto::v1::DedupQuery {
@@ -160,7 +120,6 @@ async fn a_component_serves_its_own_metrics() {
         .check_signals(breakwater_proto::v1::CheckSignalsRequest { queries: vec![query] })
         .await
         .expect("dedup answers");
-    let text =
-        reqwest::get(format!("http://{metrics}/metrics")).await.expect("GET /metrics").text().await.expect("text");
+    let text = reqwest::get(dedup_process.metrics_url()).await.expect("GET /metrics").text().await.expect("text");
     assert!(text.contains("breakwater_dedup_decisions_total{decision=\"new\"} 1"), "{text}");
 }

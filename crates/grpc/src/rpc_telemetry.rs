@@ -18,6 +18,27 @@ enum Side {
     Server,
 }
 
+impl Side {
+    fn span_kind(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+
+    /// The request counter and duration histogram of this side.
+    fn metric_names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Client => {
+                ("breakwater_grpc_client_requests_total", "breakwater_grpc_client_request_duration_seconds")
+            }
+            Self::Server => {
+                ("breakwater_grpc_server_requests_total", "breakwater_grpc_server_request_duration_seconds")
+            }
+        }
+    }
+}
+
 /// Layer for the clients (`client`) or servers (`server`) of `component`.
 #[derive(Debug, Clone, Copy)]
 pub struct RpcTelemetryLayer {
@@ -83,30 +104,17 @@ where
         let (service, method) = path.trim_start_matches('/').rsplit_once('/').unwrap_or((&path, ""));
         let rpc = format!("{service}/{method}");
         let method = method.to_owned();
-        let span = match self.side {
-            Side::Client => tracing::info_span!(
-                "grpc.client",
-                otel.name = %rpc,
-                otel.kind = "client",
-                otel.status_code = Empty,
-                rpc.system = "grpc",
-                rpc.service = %service,
-                rpc.method = %method,
-                rpc.grpc.status_code = Empty,
-                breakwater.component = self.component,
-            ),
-            Side::Server => tracing::info_span!(
-                "grpc.server",
-                otel.name = %rpc,
-                otel.kind = "server",
-                otel.status_code = Empty,
-                rpc.system = "grpc",
-                rpc.service = %service,
-                rpc.method = %method,
-                rpc.grpc.status_code = Empty,
-                breakwater.component = self.component,
-            ),
-        };
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %rpc,
+            otel.kind = self.side.span_kind(),
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = Empty,
+            breakwater.component = self.component,
+        );
         match self.side {
             Side::Client => breakwater_telemetry::context::inject(&span, request.headers_mut()),
             Side::Server => breakwater_telemetry::context::continue_trace(&span, request.headers()),
@@ -129,24 +137,10 @@ where
                     tracing::Span::current().record("otel.status_code", "error");
                 }
                 let elapsed = start.elapsed().as_secs_f64();
-                match side {
-                    Side::Client => {
-                        metrics::counter!("breakwater_grpc_client_requests_total",
-                            "component" => component, "rpc" => method.clone(), "code" => code)
-                        .increment(1);
-                        metrics::histogram!("breakwater_grpc_client_request_duration_seconds",
-                            "component" => component, "rpc" => method)
-                        .record(elapsed);
-                    }
-                    Side::Server => {
-                        metrics::counter!("breakwater_grpc_server_requests_total",
-                            "component" => component, "rpc" => method.clone(), "code" => code)
-                        .increment(1);
-                        metrics::histogram!("breakwater_grpc_server_request_duration_seconds",
-                            "component" => component, "rpc" => method)
-                        .record(elapsed);
-                    }
-                }
+                let (requests, duration) = side.metric_names();
+                metrics::counter!(requests, "component" => component, "rpc" => method.clone(), "code" => code)
+                    .increment(1);
+                metrics::histogram!(duration, "component" => component, "rpc" => method).record(elapsed);
                 result
             }
             .instrument(span),

@@ -23,6 +23,8 @@
 //! - [`prometheus`] holds a strict parser for the Prometheus text exposition format
 //!   ([`prometheus::parse`] into a [`Scrape`]) and [`prometheus::scrape`], which fetches and
 //!   parses a `/metrics` endpoint.
+//! - [`process`] holds [`BreakwaterProcess`], a `breakwater` subcommand as a child process
+//!   with its address, metrics address and log lines.
 //! - [`logging`] holds [`init_test_logging`].
 //!
 //! The entry points are the `start`/`builder` constructors of the spawners above.
@@ -32,6 +34,7 @@ pub mod eventually;
 pub mod kube;
 pub mod logging;
 pub mod otlp;
+pub mod process;
 pub mod prometheus;
 pub mod recorder;
 pub mod redis;
@@ -43,6 +46,7 @@ pub use crate::alertmanager::{Alertmanager, AlertmanagerBuilder};
 pub use crate::eventually::eventually;
 pub use crate::kube::{FakeApiServer, Fault, LoggedRequest, Verb};
 pub use crate::otlp::{OtlpReceiver, ReceivedSpan};
+pub use crate::process::BreakwaterProcess;
 pub use crate::prometheus::{ParseError, Sample, Scrape};
 pub use crate::recorder::{Exchange, WebhookRecorder};
 
