@@ -47,6 +47,13 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let on_shutdown = state.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Small responses: without TCP_NODELAY, Nagle and the client's delayed ACK
+    // add up to 40 ms to a response written in more than one piece.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
