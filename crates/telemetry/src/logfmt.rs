@@ -90,14 +90,19 @@ where
             return writeln!(writer, "{line}");
         }
         if self.json {
-            let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str(line) else {
+            // Appended in place, keeping the formatter's key order; an event's
+            // own field of the same name wins.
+            let (Some(object), Ok(serde_json::Value::Object(present))) =
+                (line.strip_suffix('}'), serde_json::from_str::<serde_json::Value>(line))
+            else {
                 return writeln!(writer, "{line}");
             };
-            for (key, value) in extra {
-                // An event's own field of the same name wins.
-                object.entry(key).or_insert(serde_json::Value::String(value));
+            let mut out = object.to_owned();
+            for (key, value) in extra.iter().filter(|(k, _)| !present.contains_key(*k)) {
+                // Ids are hex, UUIDs or alphanumeric: no escaping needed.
+                out.push_str(&format!(r#","{key}":"{value}""#));
             }
-            return writeln!(writer, "{}", serde_json::Value::Object(object));
+            return writeln!(writer, "{out}}}");
         }
         let pairs: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(writer, "{line} {}", pairs.join(" "))
