@@ -17,7 +17,7 @@ const RUN: Duration = Duration::from_secs(4);
 const RUNS: usize = 3;
 
 struct Split {
-    _components: Vec<Process>,
+    components: Vec<(&'static str, Process)>,
     _dir: tempfile::TempDir,
     edge: Process,
 }
@@ -47,12 +47,12 @@ async fn split(redis: &RedisServer, otlp: Option<&str>) -> Split {
     {
         let process = Process::start(binary, &[name, "--listen", "127.0.0.1:0"], &common).await;
         urls.push((format!("BREAKWATER_EDGE__COMPONENTS__{key}"), process.url()));
-        components.push(process);
+        components.push((name, process));
     }
     let mut env = common.clone();
     env.extend(urls);
     let edge = Process::start(binary, &["edge", "--listen", "127.0.0.1:0"], &env).await;
-    Split { _components: components, _dir: dir, edge }
+    Split { components, _dir: dir, edge }
 }
 
 /// 50 alerts of distinct names, each on its own pod: no storm, so every
@@ -69,8 +69,28 @@ fn webhook(batch: usize) -> Value {
 
 struct Measured {
     alerts_per_second: f64,
+    alerts: usize,
     p50: Duration,
     p99: Duration,
+}
+
+/// CPU seconds a process has used (user + system).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.unwrap_or(0))).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Redis's own CPU seconds, from INFO cpu.
+async fn redis_cpu_seconds(redis: &RedisServer) -> f64 {
+    let info = redis.admin_command(&["INFO", "cpu"]).await;
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split_once(':').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        .sum()
 }
 
 /// Repeats of already-open incidents from `CONCURRENCY` senders for `RUN`.
@@ -106,7 +126,8 @@ async fn drive(edge: &str) -> Measured {
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
-    Measured { alerts_per_second: (latencies.len() * ALERTS_PER_WEBHOOK) as f64 / elapsed, p50: at(0.5), p99: at(0.99) }
+    let alerts = latencies.len() * ALERTS_PER_WEBHOOK;
+    Measured { alerts_per_second: alerts as f64 / elapsed, alerts, p50: at(0.5), p99: at(0.99) }
 }
 
 fn rss_kib(pid: Option<u32>) -> u64 {
@@ -133,13 +154,36 @@ async fn main() {
     println!("{:<22} {:>12} {:>10} {:>10} {:>14}", "spans", "alerts/s", "p50 ms", "p99 ms", "edge RSS MiB");
     let mut medians = Vec::new();
     // Interleaved, so drift of the shared machine hits both alike.
+    // CPU milliseconds per 1000 alerts, per process, with export off.
+    let mut cpu: Vec<(String, Vec<f64>)> = Vec::new();
     let mut runs: Vec<(&str, Vec<Measured>, u64)> =
         vec![("not exported", Vec::new(), 0), ("exported (OTLP)", Vec::new(), 0)];
     for _ in 0..RUNS {
         for (label, measured, rss) in &mut runs {
             let otlp = (*label != "not exported").then(|| receiver.endpoint());
             let gateway = split(&redis, otlp.as_deref()).await;
-            measured.push(drive(&gateway.edge.url()).await);
+            let mut processes: Vec<(String, Option<u32>)> =
+                gateway.components.iter().map(|(name, p)| ((*name).to_owned(), p.child.id())).collect();
+            processes.push(("edge".to_owned(), gateway.edge.child.id()));
+            let before: Vec<f64> = processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+            let redis_before = redis_cpu_seconds(&redis).await;
+            let run = drive(&gateway.edge.url()).await;
+            if otlp.is_none() {
+                let per_k = |seconds: f64| seconds * 1e6 / run.alerts as f64;
+                let mut used: Vec<(String, f64)> = processes
+                    .iter()
+                    .zip(&before)
+                    .map(|((name, pid), b)| (name.clone(), per_k(cpu_seconds(*pid) - b)))
+                    .collect();
+                used.push(("redis-server".to_owned(), per_k(redis_cpu_seconds(&redis).await - redis_before)));
+                for (name, ms) in used {
+                    match cpu.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, all)) => all.push(ms),
+                        None => cpu.push((name, vec![ms])),
+                    }
+                }
+            }
+            measured.push(run);
             *rss = (*rss).max(rss_kib(gateway.edge.child.id()));
         }
     }
@@ -151,5 +195,9 @@ async fn main() {
         medians.push(rate);
     }
     println!("exported / not exported: {:.2}", medians[1] / medians[0]);
+    println!("CPU ms per 1000 alerts, export off (includes the warm-up):");
+    for (name, all) in cpu {
+        println!("  {name:<14} {:>8.1}", median(all));
+    }
     println!("spans received: {}", receiver.spans().len());
 }
