@@ -35,6 +35,12 @@ impl StormGrpc {
         Self { store, clock, health, active }
     }
 
+    /// Brings `breakwater_storms_active` up to date without waiting for an alert.
+    pub fn refresh_active_storms(&self) {
+        let mut open = self.active.open.lock().unwrap_or_else(PoisonError::into_inner);
+        ActiveStorms::expire(&self.active.rules, &mut open, self.clock.now());
+    }
+
     /// Passes a store result through, recording Redis trouble and recovery.
     fn observe<T>(&self, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
         match result {
@@ -72,7 +78,12 @@ impl ActiveStorms {
             }
             None => {}
         }
-        open.retain(|_, window| self.rules.is_open(window, now));
+        Self::expire(&self.rules, &mut open, now);
+    }
+
+    /// Drops storms whose window has closed by `now` and sets the gauge.
+    fn expire(rules: &StormRules, open: &mut HashMap<String, Window>, now: i64) {
+        open.retain(|_, window| rules.is_open(window, now));
         metrics::gauge!("breakwater_storms_active").set(open.len() as f64);
     }
 }
@@ -195,5 +206,48 @@ impl From<Error> for Status {
         tracing::debug!(cause = %e, source = ?std::error::Error::source(&e), "storm store failed");
         // The edge applies the degradation table (individual CRs) to Unavailable.
         Status::unavailable("storm store unavailable")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use breakwater_signal::ManualClock;
+    use pb::storm_service_server::StormService as _;
+
+    use super::*;
+    use crate::{MemoryStormStore, StormConfig};
+
+    fn burst(pods: usize) -> Request<pb::DetectStormsRequest> {
+        let queries = (0..pods)
+            .map(|i| pb::StormQuery {
+                namespace: "ns".into(),
+                alert_name: "PodCrash".into(),
+                resource_id: format!("ns/Pod/p{i}"),
+                remediation_namespace: "ns".into(),
+            })
+            .collect();
+        Request::new(pb::DetectStormsRequest { queries })
+    }
+
+    fn active(grpc: &StormGrpc) -> usize {
+        grpc.active.open.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn an_active_storm_ends_with_its_window_even_without_alerts() {
+        let config = StormConfig::default();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let store = Arc::new(MemoryStormStore::new(config.rules()));
+        let grpc = StormGrpc::new(store, clock.clone(), ComponentHealth::new("storm"), config.rules());
+        grpc.detect_storms(burst(4)).await.unwrap();
+        assert_eq!(active(&grpc), 0, "below the pattern threshold");
+        grpc.detect_storms(burst(7)).await.unwrap();
+        assert_eq!(active(&grpc), 1);
+        clock.advance_ms(i64::try_from(config.inactivity_secs * 1000).unwrap() - 1);
+        grpc.refresh_active_storms();
+        assert_eq!(active(&grpc), 1, "still inside its window");
+        clock.advance_ms(1);
+        grpc.refresh_active_storms();
+        assert_eq!(active(&grpc), 0, "ended by inactivity");
     }
 }

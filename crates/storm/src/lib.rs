@@ -49,6 +49,8 @@ pub fn store_from_config(config: &StormConfig) -> Result<Arc<dyn StormStore>> {
 }
 
 /// Serves the storm gRPC service on `listener` until `shutdown` resolves.
+/// Meanwhile `breakwater_storms_active` is refreshed every few seconds, so a
+/// storm that ends while no alert arrives stops counting.
 ///
 /// # Errors
 /// When the transport fails.
@@ -58,7 +60,21 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    breakwater_grpc::serve_with_status(StormServiceServer::new(grpc), health, listener, shutdown).await?;
+    let refresh = {
+        let grpc = grpc.clone();
+        async move {
+            let mut ticker = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                ticker.tick().await;
+                grpc.refresh_active_storms();
+            }
+        }
+    };
+    let serve = breakwater_grpc::serve_with_status(StormServiceServer::new(grpc), health, listener, shutdown);
+    tokio::select! {
+        served = serve => served?,
+        () = refresh => {}
+    }
     Ok(())
 }
 

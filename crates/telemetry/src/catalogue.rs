@@ -56,7 +56,8 @@ pub const METRICS: &[Metric] = &[
     counter(
         "breakwater_signals_rejected_total",
         &["source", "reason"],
-        "Signals refused, by source and reason (invalid, rate_limited, cannot_persist).",
+        "Signals refused, by source and reason: rate_limited and cannot_persist count every signal \
+         of the refused request, invalid counts the request (its signals could not be read).",
     ),
     counter(
         "breakwater_edge_degraded_calls_total",
