@@ -105,20 +105,24 @@ async fn drive(edge: &str) -> Measured {
     }
     let deadline = Instant::now() + RUN;
     let start = Instant::now();
-    let workers = bodies.into_iter().map(|body| {
-        let (client, url) = (client.clone(), url.clone());
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                let response =
-                    client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
-                assert!(response.is_ok_and(|r| r.status().is_success()), "request failed under load");
-                latencies.push(sent.elapsed());
-            }
-            latencies
+    // Collected, so all senders run at once.
+    let workers: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let response =
+                        client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
+                    assert!(response.is_ok_and(|r| r.status().is_success()), "request failed under load");
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
         })
-    });
+        .collect();
     let mut latencies: Vec<Duration> = Vec::new();
     for worker in workers {
         latencies.extend(worker.await.expect("worker"));
