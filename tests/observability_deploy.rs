@@ -539,3 +539,125 @@ fn scanner_rejects_unknown_metrics_and_labels() {
     let e = problems("sum(rate(breakwater_signals_total[5m])");
     assert!(e.len() == 1 && e[0].contains("unbalanced"), "{e:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The code
+
+/// Every `.rs` file under `crates/*/src`, with its path relative to the repository.
+fn source_files() -> Vec<(String, String)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(root.join("crates")).expect("crates/") {
+        let src = krate.expect("crate").path().join("src");
+        if src.is_dir() {
+            walk(&src, &mut files);
+        }
+    }
+    files
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("source file");
+            (p.strip_prefix(&root).unwrap_or(&p).display().to_string(), text)
+        })
+        .collect()
+}
+
+/// `(macro kind, metric name, label keys)` of every `counter!`/`gauge!`/`histogram!` call
+/// whose name is a string literal.
+fn recorded_metrics(text: &str) -> Vec<(MetricKind, String, Vec<String>)> {
+    let mut found = Vec::new();
+    for (kind, call) in
+        [(MetricKind::Counter, "counter!("), (MetricKind::Gauge, "gauge!("), (MetricKind::Histogram, "histogram!(")]
+    {
+        for (at, _) in text.match_indices(call) {
+            let args = text[at + call.len()..].trim_start();
+            let Some(rest) = args.strip_prefix('"') else { continue };
+            let Some((name, rest)) = rest.split_once('"') else { continue };
+            let labels = top_level_args(rest)
+                .iter()
+                .filter_map(|arg| arg.split_once("=>"))
+                .map(|(key, _)| key.trim().trim_matches('"').to_owned())
+                .collect();
+            found.push((kind, name.to_owned(), labels));
+        }
+    }
+    found
+}
+
+/// The comma-separated arguments after the name, up to the call's closing
+/// parenthesis (nesting and string literals respected).
+fn top_level_args(rest: &str) -> Vec<String> {
+    let (mut args, mut current, mut depth, mut in_string) = (Vec::new(), String::new(), 0usize, false);
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if in_string => {
+                current.push(c);
+                current.extend(chars.next());
+                continue;
+            }
+            '"' => in_string = !in_string,
+            '(' | '[' | '{' if !in_string => depth += 1,
+            ')' | ']' | '}' if !in_string => {
+                if depth == 0 {
+                    break;
+                }
+                depth -= 1;
+            }
+            ',' if !in_string && depth == 0 => {
+                args.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    args.push(current);
+    args
+}
+
+#[test]
+fn every_metric_the_code_records_is_in_the_catalogue_with_its_kind_and_labels() {
+    let mut errors = Vec::new();
+    let mut seen = 0;
+    for (file, text) in source_files() {
+        for (kind, name, labels) in recorded_metrics(&text) {
+            seen += 1;
+            let Some(metric) = METRICS.iter().find(|m| m.name == name) else {
+                errors.push(format!("{file}: {name} is recorded but not in the catalogue"));
+                continue;
+            };
+            if metric.kind != kind {
+                errors.push(format!("{file}: {name} is recorded as {kind:?}, catalogued as {:?}", metric.kind));
+            }
+            let mut labels = labels;
+            labels.sort();
+            let mut expected: Vec<String> = metric.labels.iter().map(|l| (*l).to_owned()).collect();
+            expected.sort();
+            if labels != expected {
+                errors.push(format!("{file}: {name} is recorded with labels {labels:?}, catalogued {expected:?}"));
+            }
+        }
+    }
+    assert!(seen > 20, "the scanner found only {seen} metric calls: is it still reading the code?");
+    fail_on(&errors);
+}
+
+#[test]
+fn every_catalogue_metric_is_recorded_somewhere() {
+    let code: String =
+        source_files().into_iter().filter(|(file, _)| !file.ends_with("catalogue.rs")).map(|(_, text)| text).collect();
+    let missing: Vec<&str> =
+        METRICS.iter().map(|m| m.name).filter(|name| !code.contains(&format!("\"{name}\""))).collect();
+    assert!(missing.is_empty(), "catalogued but never recorded: {missing:?}");
+}
