@@ -66,10 +66,10 @@ impl Split {
     }
 }
 
-async fn post(edge: &str, body: &Value, traceparent: Option<&str>) -> (u16, Value) {
+async fn post(edge: &str, body: &Value, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut request = reqwest::Client::new().post(format!("{edge}/api/v1/signals/prometheus")).json(body);
-    if let Some(tp) = traceparent {
-        request = request.header("traceparent", tp);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let response = request.send().await.expect("edge answers");
     let status = response.status().as_u16();
@@ -143,8 +143,12 @@ async fn one_trace_across_five_services_continuing_the_callers() {
     .await;
 
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
-    let (status, body) =
-        post(&split.edge.url(), &json!({"alerts": [alert("TracedAlert", "api-trace-1")]}), Some(&traceparent)).await;
+    let (status, body) = post(
+        &split.edge.url(),
+        &json!({"alerts": [alert("TracedAlert", "api-trace-1")]}),
+        &[("traceparent", &traceparent), ("x-request-id", "otlp-scenario-1")],
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
 
     let spans = receiver
@@ -227,6 +231,7 @@ async fn one_trace_across_five_services_continuing_the_callers() {
         .find(|l| l["message"] == "RemediationRequest created")
         .unwrap_or_else(|| panic!("no 'RemediationRequest created' line in {lines:#?}"));
     assert_eq!(created["trace_id"], CALLER_TRACE, "{created}");
+    assert_eq!(created["request_id"], "otlp-scenario-1", "the edge's request id reaches crd-writer's logs: {created}");
     let span_id = created["span_id"].as_str().unwrap_or_default();
     assert!(crd_writer_spans.contains(span_id), "log span {span_id} not exported: {created}\n{picture}");
     drop(split);
@@ -241,7 +246,7 @@ async fn up_reports_five_service_names_and_roots_traces_at_the_edge() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let sink = dir.path().to_str().expect("utf-8").to_owned();
     let up = breakwater(&["up", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &otlp_env(receiver.endpoint())).await;
-    let (status, body) = post(&up.url(), &json!({"alerts": [alert("UpAlert", "web-1")]}), None).await;
+    let (status, body) = post(&up.url(), &json!({"alerts": [alert("UpAlert", "web-1")]}), &[]).await;
     assert_eq!(status, 201, "{body}");
 
     let spans = receiver
@@ -281,7 +286,7 @@ async fn an_unreachable_collector_is_reported_once_and_costs_nothing_else() {
     let sink = dir.path().to_str().expect("utf-8").to_owned();
     let up = breakwater(&["up", "--listen", "127.0.0.1:0", "--sink-dir", &sink], &otlp_env(endpoint)).await;
     for i in 0..20 {
-        let (status, body) = post(&up.url(), &json!({"alerts": [alert("Offline", &format!("p{i}"))]}), None).await;
+        let (status, body) = post(&up.url(), &json!({"alerts": [alert("Offline", &format!("p{i}"))]}), &[]).await;
         assert!(status == 201 || status == 202, "{body}");
         // Spread over several export batches.
         tokio::time::sleep(Duration::from_millis(60)).await;
@@ -312,17 +317,17 @@ async fn every_components_metrics_move_with_the_scenario() {
     let (storm_b, crd_b) = (scrape_of(&split.storm).await, scrape_of(&split.crd_writer).await);
 
     // Created, then duplicate.
-    assert_eq!(post(&edge, &json!({"alerts": [alert("M", "a")]}), None).await.0, 201);
-    assert_eq!(post(&edge, &json!({"alerts": [alert("M", "a")]}), None).await.0, 202);
+    assert_eq!(post(&edge, &json!({"alerts": [alert("M", "a")]}), &[]).await.0, 201);
+    assert_eq!(post(&edge, &json!({"alerts": [alert("M", "a")]}), &[]).await.0, 202);
     // Seven pods of one alertname: five CRs, then the storm opens and one more joins it.
     let pods: Vec<Value> = (0..7).map(|i| alert("Storming", &format!("s{i}"))).collect();
-    assert_eq!(post(&edge, &json!({ "alerts": pods }), None).await.0, 201);
+    assert_eq!(post(&edge, &json!({ "alerts": pods }), &[]).await.0, 201);
     let storm_a = scrape_of(&split.storm).await;
     // Degraded: storm's process gone, the alert still lands.
     split.storm.child.kill().await.expect("kill storm");
-    assert_eq!(post(&edge, &json!({"alerts": [alert("Lonely", "b")]}), None).await.0, 201);
+    assert_eq!(post(&edge, &json!({"alerts": [alert("Lonely", "b")]}), &[]).await.0, 201);
     // Ten signals used: the next two are over the sender's limit.
-    let (status, body) = post(&edge, &json!({"alerts": [alert("X", "c"), alert("Y", "d")]}), None).await;
+    let (status, body) = post(&edge, &json!({"alerts": [alert("X", "c"), alert("Y", "d")]}), &[]).await;
     assert_eq!(status, 429, "{body}");
     let (edge_a, ratelimit_a, dedup_a) =
         (scrape_of(&split.edge).await, scrape_of(&split.ratelimit).await, scrape_of(&split.dedup).await);

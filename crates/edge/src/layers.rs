@@ -40,6 +40,8 @@ pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &EdgeC
                 // Failures are logged once by render_problems (and outages once by ComponentHealth).
                 .on_failure(()),
         )
+        // gRPC calls made for this request pass its id on to the components' logs.
+        .layer(middleware::from_fn(pass_on_request_id))
         // Renders every EdgeError as RFC 7807 with the request id; must be inside request-id.
         .layer(middleware::from_fn(render_problems))
         .layer(middleware::from_fn(record_http_metrics))
@@ -78,6 +80,13 @@ fn request_span(request: &Request) -> Span {
     );
     breakwater_telemetry::context::continue_trace(&span, request.headers());
     span
+}
+
+async fn pass_on_request_id(request: Request, next: Next) -> Response {
+    match breakwater_telemetry::context::request_id_from(request.headers()).map(str::to_owned) {
+        Some(id) => breakwater_telemetry::context::with_request_id(id, next.run(request)).await,
+        None => next.run(request).await,
+    }
 }
 
 async fn handle_overload(err: BoxError) -> EdgeError {

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use breakwater_telemetry::context;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
@@ -113,11 +114,24 @@ where
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = Empty,
+            request_id = Empty,
             breakwater.component = self.component,
         );
         match self.side {
-            Side::Client => breakwater_telemetry::context::inject(&span, request.headers_mut()),
-            Side::Server => breakwater_telemetry::context::continue_trace(&span, request.headers()),
+            Side::Client => {
+                breakwater_telemetry::context::inject(&span, request.headers_mut());
+                if let Some(id) = context::current_request_id()
+                    && let Ok(value) = http::HeaderValue::from_str(&id)
+                {
+                    request.headers_mut().insert(context::REQUEST_ID_HEADER, value);
+                }
+            }
+            Side::Server => {
+                context::continue_trace(&span, request.headers());
+                if let Some(id) = context::request_id_from(request.headers()) {
+                    span.record("request_id", id);
+                }
+            }
         }
         let (component, side) = (self.component, self.side);
         let call = span.in_scope(|| self.inner.call(request));

@@ -1,6 +1,7 @@
 //! W3C trace context (`traceparent`, `tracestate`) in HTTP headers, which is
 //! also where gRPC metadata travels: the edge continues a caller's trace and
-//! every gRPC hop carries it on.
+//! every gRPC hop carries it on. The edge's request id travels the same way
+//! (`x-request-id`), so every component's log lines of one request share it.
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -30,6 +31,31 @@ pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
     let context = span.context();
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+}
+
+/// Header (and gRPC metadata key) of the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `work` as part of request `id`: gRPC calls made inside pass it on.
+pub async fn with_request_id<F: std::future::Future>(id: String, work: F) -> F::Output {
+    REQUEST_ID.scope(id, work).await
+}
+
+/// The id of the request being served, inside [`with_request_id`].
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// A request id read from a header, if it is one: letters, digits, `-`, `_`
+/// and `.`, at most 128 characters (it ends up in log lines and span fields).
+pub fn request_id_from(headers: &HeaderMap) -> Option<&str> {
+    let id = headers.get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    (!id.is_empty() && id.len() <= 128 && id.chars().all(plain)).then_some(id)
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);

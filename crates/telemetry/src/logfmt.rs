@@ -46,7 +46,8 @@ where
         let fields = extensions.get::<FormattedFields<N>>()?;
         let (_, rest) = fields.fields.split_once("request_id")?;
         let value = rest.trim_start_matches(['"', ':', '=']);
-        let id: String = value.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let plain = |c: &char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        let id: String = value.chars().take_while(plain).collect();
         (!id.is_empty()).then_some(id)
     })
 }
