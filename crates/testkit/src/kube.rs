@@ -16,7 +16,7 @@ mod merge_patch;
 mod selector;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -117,14 +117,7 @@ impl FakeApiServer {
     ///
     /// Panics when it cannot bind a loopback port.
     pub async fn start() -> Self {
-        let listener = match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
-            Ok(listener) => listener,
-            Err(err) => panic!("fake API server cannot bind 127.0.0.1:0: {err}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(addr) => addr,
-            Err(err) => panic!("fake API server has no local address: {err}"),
-        };
+        let (listener, addr) = crate::port::bind_loopback("fake API server").await;
         let store = Arc::new(Mutex::new(Store { revision: 1000, ..Store::default() }));
         let app = Router::new().fallback(handle).with_state(Arc::clone(&store));
         let task = tokio::spawn(async move {

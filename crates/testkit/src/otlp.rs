@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -159,14 +159,7 @@ impl OtlpReceiver {
     ///
     /// Panics when it cannot bind a loopback port.
     pub async fn start() -> Self {
-        let listener = match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
-            Ok(listener) => listener,
-            Err(err) => panic!("OTLP receiver cannot bind 127.0.0.1:0: {err}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(addr) => addr,
-            Err(err) => panic!("OTLP receiver has no local address: {err}"),
-        };
+        let (listener, addr) = crate::port::bind_loopback("OTLP receiver").await;
         let received = Arc::new(Mutex::new(Received::default()));
         let service = TraceServiceServer::new(Collector { received: Arc::clone(&received) });
         let task = tokio::spawn(async move {

@@ -16,3 +16,19 @@ pub(crate) fn pick_unused_port() -> u16 {
         Err(err) => panic!("cannot bind 127.0.0.1:0 to pick a free port ({err}); is the loopback interface up?"),
     }
 }
+
+/// A listener on `127.0.0.1:0` for the in-process server `what`, and its address.
+///
+/// # Panics
+///
+/// Panics when it cannot bind a loopback port.
+pub(crate) async fn bind_loopback(what: &str) -> (tokio::net::TcpListener, std::net::SocketAddr) {
+    let listener = match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
+        Ok(listener) => listener,
+        Err(err) => panic!("{what} cannot bind 127.0.0.1:0: {err}"),
+    };
+    match listener.local_addr() {
+        Ok(addr) => (listener, addr),
+        Err(err) => panic!("{what} has no local address: {err}"),
+    }
+}

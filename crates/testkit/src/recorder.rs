@@ -1,6 +1,6 @@
 //! A recording reverse proxy: see what a client (e.g. Alertmanager) got back from a server.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -65,14 +65,7 @@ impl WebhookRecorder {
     ///
     /// Panics when it cannot bind a loopback port or build an HTTP client.
     pub async fn start(target_base_url: &str) -> Self {
-        let listener = match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
-            Ok(listener) => listener,
-            Err(err) => panic!("webhook recorder cannot bind 127.0.0.1:0: {err}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(addr) => addr,
-            Err(err) => panic!("webhook recorder has no local address: {err}"),
-        };
+        let (listener, addr) = crate::port::bind_loopback("webhook recorder").await;
         let http = match reqwest::Client::builder().no_proxy().build() {
             Ok(http) => http,
             Err(err) => panic!("webhook recorder cannot build its HTTP client: {err}"),
