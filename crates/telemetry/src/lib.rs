@@ -159,12 +159,8 @@ pub fn init(
                 .boxed()
         }
     };
-    let installed = tracing_subscriber::registry()
-        .with(lines)
-        .with(spans)
-        .with(logfmt::CaptureDispatch(dispatch))
-        .try_init()
-        .is_ok();
+    let installed =
+        tracing_subscriber::registry().with(lines).with(spans).with(logfmt::LogContext(dispatch)).try_init().is_ok();
     let exporting_to = plan.filter(|_| installed).map(|p| p.endpoint);
     if let Some(endpoint) = &exporting_to {
         tracing::info!(%endpoint, "exporting traces with OTLP/gRPC");

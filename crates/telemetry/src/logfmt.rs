@@ -9,7 +9,8 @@ use tracing::dispatcher::WeakDispatch;
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 /// The subscriber the ids are read through; set once it is installed.
@@ -17,12 +18,57 @@ use tracing_subscriber::registry::LookupSpan;
 pub(crate) struct DispatchSlot(Arc<OnceLock<WeakDispatch>>);
 
 /// Fills a [`DispatchSlot`] when the subscriber is installed (a formatter
-/// cannot look the subscriber up while it is formatting).
-pub(crate) struct CaptureDispatch(pub(crate) DispatchSlot);
+/// cannot look the subscriber up while it is formatting), and keeps each
+/// span's `request_id` field as a [`RequestId`] extension for the formatter.
+pub(crate) struct LogContext(pub(crate) DispatchSlot);
 
-impl<S: Subscriber> Layer<S> for CaptureDispatch {
+/// A span's `request_id`, when it is a plain id (letters, digits, `-`, `_`, `.`):
+/// it is written into log lines unescaped.
+struct RequestId(String);
+
+/// Finds the `request_id` field among a span's values.
+struct RequestIdVisitor(Option<String>);
+
+impl tracing::field::Visit for RequestIdVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "request_id" {
+            self.0 = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "request_id" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+}
+
+impl RequestIdVisitor {
+    fn keep(self, span: Option<tracing_subscriber::registry::SpanRef<'_, impl for<'a> LookupSpan<'a>>>) {
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if let (Some(span), Some(id)) = (span, self.0.filter(|id| !id.is_empty() && id.chars().all(plain))) {
+            span.extensions_mut().replace(RequestId(id));
+        }
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for LogContext {
     fn on_register_dispatch(&self, subscriber: &Dispatch) {
         let _first_wins = self.0.0.set(subscriber.downgrade());
+    }
+
+    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
+        if attrs.metadata().fields().field("request_id").is_some() {
+            let mut visitor = RequestIdVisitor(None);
+            attrs.record(&mut visitor);
+            visitor.keep(ctx.span(id));
+        }
+    }
+
+    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, ctx: Context<'_, S>) {
+        let mut visitor = RequestIdVisitor(None);
+        values.record(&mut visitor);
+        visitor.keep(ctx.span(id));
     }
 }
 
@@ -34,22 +80,13 @@ pub(crate) struct WithTraceIds<F> {
     pub(crate) dispatch: DispatchSlot,
 }
 
-/// The `request_id` field of the innermost span in scope that has one, read
-/// from the fields the formatter recorded (JSON or `key=value`).
+/// The request id of the innermost span in scope that has one.
 fn request_id<S, N>(ctx: &FmtContext<'_, S, N>) -> Option<String>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    ctx.event_scope()?.find_map(|span| {
-        let extensions = span.extensions();
-        let fields = extensions.get::<FormattedFields<N>>()?;
-        let (_, rest) = fields.fields.split_once("request_id")?;
-        let value = rest.trim_start_matches(['"', ':', '=']);
-        let plain = |c: &char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-        let id: String = value.chars().take_while(plain).collect();
-        (!id.is_empty()).then_some(id)
-    })
+    ctx.event_scope()?.find_map(|span| span.extensions().get::<RequestId>().map(|id| id.0.clone()))
 }
 
 impl<F> WithTraceIds<F> {
@@ -91,16 +128,14 @@ where
             return writeln!(writer, "{line}");
         }
         if self.json {
-            // Appended in place, keeping the formatter's key order; an event's
-            // own field of the same name wins.
-            let (Some(object), Ok(serde_json::Value::Object(present))) =
-                (line.strip_suffix('}'), serde_json::from_str::<serde_json::Value>(line))
-            else {
+            let Some(object) = line.strip_suffix('}') else {
                 return writeln!(writer, "{line}");
             };
+            // Appended in place, keeping the formatter's key order; an event's
+            // own field of the same name wins. Ids need no escaping.
+            let fields = event.metadata().fields();
             let mut out = object.to_owned();
-            for (key, value) in extra.iter().filter(|(k, _)| !present.contains_key(*k)) {
-                // Ids are hex, UUIDs or alphanumeric: no escaping needed.
+            for (key, value) in extra.iter().filter(|(k, _)| fields.field(k).is_none()) {
                 out.push_str(&format!(r#","{key}":"{value}""#));
             }
             return writeln!(writer, "{out}}}");
