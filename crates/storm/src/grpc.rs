@@ -37,8 +37,7 @@ impl StormGrpc {
 
     /// Brings `breakwater_storms_active` up to date without waiting for an alert.
     pub fn refresh_active_storms(&self) {
-        let mut open = self.active.open.lock().unwrap_or_else(PoisonError::into_inner);
-        ActiveStorms::expire(&self.active.rules, &mut open, self.clock.now());
+        self.active.expire(self.clock.now());
     }
 
     /// Passes a store result through, recording Redis trouble and recovery.
@@ -65,25 +64,25 @@ struct ActiveStorms {
 }
 
 impl ActiveStorms {
-    /// Records an alert opening (`opened`) or joining a storm at `now`.
-    fn record(&self, name: String, window_start: i64, opened: bool, now: i64) {
+    /// Records an alert opening (`opened`) or joining a storm at `now`. Ended
+    /// storms are dropped by [`ActiveStorms::expire`], not on this per-alert path.
+    fn record(&self, name: &str, window_start: i64, opened: bool, now: i64) {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        match open.get_mut(&name) {
+        match open.get_mut(name) {
             Some(window) => window.last = now,
             None if opened => {
-                open.insert(
-                    name,
-                    Window { start: window_start, last: now, alerts: 0, distinct: 0, omitted: 0, storm: None },
-                );
+                let window = Window { start: window_start, last: now, alerts: 0, distinct: 0, omitted: 0, storm: None };
+                open.insert(name.to_owned(), window);
+                metrics::gauge!("breakwater_storms_active").set(open.len() as f64);
             }
             None => {}
         }
-        Self::expire(&self.rules, &mut open, now);
     }
 
     /// Drops storms whose window has closed by `now` and sets the gauge.
-    fn expire(rules: &StormRules, open: &mut HashMap<String, Window>, now: i64) {
-        open.retain(|_, window| rules.is_open(window, now));
+    fn expire(&self, now: i64) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|_, window| self.rules.is_open(window, now));
         metrics::gauge!("breakwater_storms_active").set(open.len() as f64);
     }
 }
@@ -148,13 +147,10 @@ impl pb::storm_service_server::StormService for StormGrpc {
                     let kind = if v.storm == Some(StormType::Pattern) { "pattern" } else { "rate" };
                     metrics::counter!("breakwater_storms_opened_total", "type" => kind).increment(1);
                 }
-                if v.outcome != Outcome::None {
+                let remediation = (v.outcome != Outcome::None).then(|| {
                     let name = storm_cr_name(&q.namespace, &q.alert_name, v.window_start);
-                    self.active.record(name, v.window_start, v.outcome == Outcome::Opened, now);
-                }
-                let remediation = (v.outcome != Outcome::None).then(|| pb::RemediationRef {
-                    namespace: q.remediation_namespace.clone(),
-                    name: storm_cr_name(&q.namespace, &q.alert_name, v.window_start),
+                    self.active.record(&name, v.window_start, v.outcome == Outcome::Opened, now);
+                    pb::RemediationRef { namespace: q.remediation_namespace.clone(), name }
                 });
                 pb::StormVerdict {
                     outcome: outcome.into(),

@@ -112,7 +112,7 @@ pub const METRICS: &[Metric] = &[
     gauge(
         "breakwater_storms_active",
         &[],
-        "Storms this storm service opened that are still within their maximum duration.",
+        "Storms this storm service opened whose window is still open (ended storms drop out within 5 s).",
     ),
     counter("breakwater_ratelimit_store_errors_total", &["kind"], "Ratelimit store failures, by kind."),
     counter("breakwater_dedup_store_errors_total", &["kind"], "Dedup store failures, by kind."),
