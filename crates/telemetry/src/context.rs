@@ -26,13 +26,6 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
-/// The trace and span id of `span` as lowercase hex, when it is exported.
-pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
-}
-
 /// Header (and gRPC metadata key) of the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 

@@ -34,7 +34,6 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, fmt};
 
 pub use catalogue::{METRICS, Metric, MetricKind};
-pub use otlp::COMPONENT_ATTRIBUTE;
 pub use redact::redact;
 
 /// How log lines look.
@@ -100,8 +99,6 @@ pub enum TelemetryError {
 #[derive(Debug)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
-    /// Where spans go, when they are exported.
-    pub exporting_to: Option<String>,
 }
 
 impl Telemetry {
@@ -161,11 +158,10 @@ pub fn init(
     };
     let installed =
         tracing_subscriber::registry().with(lines).with(spans).with(logfmt::LogContext(dispatch)).try_init().is_ok();
-    let exporting_to = plan.filter(|_| installed).map(|p| p.endpoint);
-    if let Some(endpoint) = &exporting_to {
-        tracing::info!(%endpoint, "exporting traces with OTLP/gRPC");
+    if let Some(plan) = plan.filter(|_| installed) {
+        tracing::info!(endpoint = %plan.endpoint, "exporting traces with OTLP/gRPC");
     }
-    Ok(Telemetry { provider: provider.filter(|_| installed), exporting_to })
+    Ok(Telemetry { provider: provider.filter(|_| installed) })
 }
 
 /// Seconds, from half a millisecond (a Redis script) to ten seconds (a
