@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use breakwater_keyspace::RedisConfig;
 use breakwater_testkit::{RedisServer, RespValue, assert_eventually};
-use breakwater_tests::{Alert, TestGateway, webhook};
+use breakwater_tests::{Alert, TestGateway, accounted_alerts, webhook};
 use serde_json::Value;
 
 struct Topology {
@@ -94,6 +94,13 @@ async fn dedup_redis_killed_then_back() {
     let (status, back) = t.gw.post_prometheus(&alert).await;
     assert_eq!(status, 202, "{back}");
     assert_eq!(back["results"][0]["remediationRequestName"], name, "no second CR after recovery either");
+    // Dedup lost its state with its Redis, and counts the incident from 1 again: its next
+    // repeats still land on the CR found, and add to what it counted before.
+    for _ in 0..2 {
+        let (status, repeat) = t.gw.post_prometheus(&alert).await;
+        assert_eq!(status, 202, "{repeat}");
+        assert_eq!(repeat["results"][0]["remediationRequestName"], name, "{repeat}");
+    }
     assert_eventually!(
         Duration::from_secs(5),
         async { problems_of(&readyz(&t.gw).await.1, "dedup").is_empty() },
@@ -101,6 +108,15 @@ async fn dedup_redis_killed_then_back() {
         readyz(&t.gw).await.1
     );
     assert_eq!(crs_for(&t.gw, &fingerprint), 1);
+    // Every alert answered 2xx is counted once: 1 + 1 while down + 3 after, plus the others.
+    let accepted = 5 + 1 + 7;
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { accounted_alerts(&t.gw.remediations()) == accepted },
+        "accounted {} of {accepted}: {:#?}",
+        accounted_alerts(&t.gw.remediations()),
+        t.gw.remediations()
+    );
 }
 
 /// Dedup's Redis full with `noeviction` (the seeds' OOM): the same as down,
@@ -199,6 +215,34 @@ async fn storm_redis_killed_then_back() {
         Duration::from_secs(5),
         async { problems_of(&readyz(&t.gw).await.1, "storm").is_empty() },
         "storm recovers by itself"
+    );
+}
+
+/// Storm's Redis killed after a storm opened: repeats of the alerts folded into it are
+/// still counted on the storm CR (carried apart from the storm service's own count), and
+/// every alert answered 2xx is counted once.
+#[tokio::test]
+async fn storm_alert_repeats_count_while_storm_is_down() {
+    let mut t = topology(sound_redis().await, |_| {}).await;
+    let (status, burst) = t.gw.post_prometheus(&storm_burst("prod")).await;
+    assert_eq!(status, 201, "{burst}");
+    assert_eq!(burst["results"][5]["outcome"], "storm_created", "{burst}");
+    let storm = burst["results"][5]["remediationRequestName"].clone();
+    t.storm.kill().await;
+    let repeat = webhook(&[Alert::firing("PodCrashLooping").in_ns("prod").pod("p6")]);
+    for _ in 0..3 {
+        let (status, answer) = t.gw.post_prometheus(&repeat).await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["results"][0]["outcome"], "storm_aggregated", "{answer}");
+        assert_eq!(answer["results"][0]["remediationRequestName"], storm, "{answer}");
+    }
+    let accepted = 7 + 3;
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { accounted_alerts(&t.gw.remediations()) == accepted },
+        "accounted {} of {accepted}: {:#?}",
+        accounted_alerts(&t.gw.remediations()),
+        t.gw.remediations()
     );
 }
 

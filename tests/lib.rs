@@ -199,18 +199,38 @@ impl Alert {
     }
 }
 
-/// An Alertmanager webhook v4 body carrying `alerts`.
+/// An Alertmanager webhook v4 body carrying `alerts`, without `groupKey`: each
+/// post is a delivery of its own, so posting it again counts again (as
+/// Alertmanager's re-notifications do after the copy window).
 pub fn webhook(alerts: &[Alert]) -> Value {
+    let mut body = notification("", alerts);
+    if let Some(fields) = body.as_object_mut() {
+        fields.remove("groupKey");
+    }
+    body
+}
+
+/// One Alertmanager notification of group `group_key`, as every peer and every
+/// retry sends it: posting it again is a copy, counted once within the copy window.
+pub fn notification(group_key: &str, alerts: &[Alert]) -> Value {
+    let alerts: Vec<Value> = alerts
+        .iter()
+        .map(|a| {
+            let mut alert = a.json();
+            alert["startsAt"] = json!("2026-12-01T06:00:00Z");
+            alert
+        })
+        .collect();
     json!({
         "version": "4",
-        "groupKey": "{}:{}",
+        "groupKey": group_key,
         "status": "firing",
         "receiver": "breakwater",
         "groupLabels": {},
         "commonLabels": {},
         "commonAnnotations": {},
         "externalURL": "http://alertmanager.local",
-        "alerts": alerts.iter().map(Alert::json).collect::<Vec<_>>(),
+        "alerts": alerts,
     })
 }
 

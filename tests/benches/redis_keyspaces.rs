@@ -38,11 +38,16 @@ fn fingerprint(i: usize) -> String {
 async fn dedup_bytes_per_entry(entries: usize) -> f64 {
     let server = RedisServer::start().await;
     let store = RedisDedupStore::new(keyspace(&server, "dedup"), DedupWindow::new(Duration::from_secs(300)));
-    store.check(&[Query { fingerprint: fingerprint(usize::MAX), status: Status::Firing }], 1).await.expect("warm up");
+    store
+        .check(&[Query { fingerprint: fingerprint(usize::MAX), status: Status::Firing, delivery: None }], 1)
+        .await
+        .expect("warm up");
     let before = used_memory(&server).await;
     for chunk in (0..entries).collect::<Vec<_>>().chunks(BATCH) {
-        let batch: Vec<Query> =
-            chunk.iter().map(|&i| Query { fingerprint: fingerprint(i), status: Status::Firing }).collect();
+        let batch: Vec<Query> = chunk
+            .iter()
+            .map(|&i| Query { fingerprint: fingerprint(i), status: Status::Firing, delivery: None })
+            .collect();
         store.check(&batch, 1_000).await.expect("dedup check");
     }
     (used_memory(&server).await - before) as f64 / entries as f64
@@ -179,7 +184,11 @@ async fn main() {
     for batch in [1, 100] {
         let d = rate(secs, batch, |round, n| {
             let q: Vec<Query> = (0..n)
-                .map(|i| Query { fingerprint: fingerprint((round * n + i) % 50_000), status: Status::Firing })
+                .map(|i| Query {
+                    fingerprint: fingerprint((round * n + i) % 50_000),
+                    status: Status::Firing,
+                    delivery: None,
+                })
                 .collect();
             let dedup = &dedup;
             async move {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use breakwater_crd_writer::{CrdWriter, RemediationSink};
+use breakwater_embedded::EmbeddedStore;
 use breakwater_grpc::ComponentHealth;
 use breakwater_keyspace::{Keyspace, KeyspaceError, RedisConfig, StoreKind};
 use breakwater_signal::{Clock, SystemClock};
@@ -62,8 +63,21 @@ impl Component {
     }
 }
 
+/// Opens the state directory (`Config::state_dir`) when dedup or storm keeps
+/// its state in the embedded store; `None` otherwise.
+///
+/// # Errors
+/// When the directory is in use by another process, or cannot be opened.
+pub fn open_embedded(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Option<EmbeddedStore>> {
+    if config.dedup.store != StoreKind::Embedded && config.storm.store != StoreKind::Embedded {
+        return Ok(None);
+    }
+    Ok(Some(EmbeddedStore::open(&config.state_dir(), clock)?))
+}
+
 /// Runs one gRPC component until `shutdown` resolves. `sink` replaces the
 /// crd-writer sink of `config` (tests pass a fake API server's client).
+/// Dedup and storm on the embedded store open the state directory.
 ///
 /// # Errors
 /// When the component cannot start or its transport fails.
@@ -72,6 +86,24 @@ pub async fn run_component(
     config: &Config,
     clock: Arc<dyn Clock>,
     sink: Option<Arc<dyn RemediationSink>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let embedded = match component {
+        Component::Dedup | Component::Storm => open_embedded(config, clock.clone())?,
+        Component::RateLimit | Component::CrdWriter => None,
+    };
+    run_component_with(component, config, clock, sink, embedded.as_ref(), listener, shutdown).await
+}
+
+/// [`run_component`] with the state directory already open (`up` shares
+/// one between dedup and storm).
+async fn run_component_with(
+    component: Component,
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    sink: Option<Arc<dyn RemediationSink>>,
+    embedded: Option<&EmbeddedStore>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -85,19 +117,20 @@ pub async fn run_component(
             with_budget_watch(&config.ratelimit.redis, redis, breakwater_ratelimit::KEYSPACE, &health, serve).await?;
         }
         Component::Dedup => {
-            let store = breakwater_dedup::store_from_config(&config.dedup)?;
+            let store = breakwater_dedup::store_from_config(&config.dedup, embedded)?;
             let window = config.dedup.window();
-            // The in-process store starts empty, but treating its first window as uncertain
+            // The memory store starts empty, but treating its first window as uncertain
             // would also fold incidents that were resolved before a restart into their old CR
             // (only the remediation controller marks a CR finished); its loss on restart is
-            // documented instead. Uncertainty after a Redis outage is tracked by DedupGrpc.
+            // documented instead. The embedded store restores its state. Uncertainty after
+            // a Redis outage is tracked by DedupGrpc.
             let grpc = breakwater_dedup::DedupGrpc::new(store, clock, health.clone(), window, false);
             let serve = async { Ok(breakwater_dedup::run(grpc, health.clone(), listener, shutdown).await?) };
             let redis = config.dedup.store == StoreKind::Redis;
             with_budget_watch(&config.dedup.redis, redis, breakwater_dedup::KEYSPACE, &health, serve).await?;
         }
         Component::Storm => {
-            let store = breakwater_storm::store_from_config(&config.storm)?;
+            let store = breakwater_storm::store_from_config(&config.storm, embedded)?;
             let grpc = breakwater_storm::StormGrpc::new(store, clock, health.clone(), config.storm.rules());
             let serve = async { Ok(breakwater_storm::run(grpc, health.clone(), listener, shutdown).await?) };
             let redis = config.storm.store == StoreKind::Redis;
@@ -210,6 +243,8 @@ impl Gateway {
         edge_listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        // Opened here, not in a component's task: a directory in use fails the start.
+        let embedded = open_embedded(&config, clock.clone())?;
         let (stop_edge, stop_components) = (Shutdown::default(), Shutdown::default());
         let mut components = Vec::new();
         let mut component_addrs = Vec::new();
@@ -227,8 +262,9 @@ impl Gateway {
             component_addrs.push((component, addr));
             // Built before spawning so configuration errors surface here, not in a task.
             let (config, clock, sink, stop) = (config.clone(), clock.clone(), sink.clone(), stop_components.wait());
+            let embedded = embedded.clone();
             components.push(tokio::spawn(async move {
-                run_component(component, &config, clock, sink, listener, stop)
+                run_component_with(component, &config, clock, sink, embedded.as_ref(), listener, stop)
                     .await
                     .with_context(|| format!("{} failed", component.name()))
             }));

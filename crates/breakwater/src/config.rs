@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use breakwater_crd_writer::CrdWriterConfig;
 use breakwater_dedup::DedupConfig;
@@ -31,7 +31,24 @@ pub struct Config {
     pub storm: StormConfig,
     pub crd_writer: CrdWriterConfig,
     pub telemetry: TelemetryConfig,
+    pub embedded: EmbeddedConfig,
 }
+
+/// Where services with `store = "embedded"` keep their state (`[embedded]`):
+/// dedup and storm, which `breakwater up` runs on the embedded store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// The state directory, locked by the one process using it. Default:
+    /// `.breakwater-state` inside `crd_writer.directory` (so `--sink-dir`
+    /// moves it too; no namespace starts with a dot), or `./breakwater-state`
+    /// with the Kubernetes sink. Split-mode `dedup` and `storm` on the
+    /// embedded store need one each.
+    pub dir: Option<PathBuf>,
+}
+
+/// The state directory's name inside the CR directory.
+pub const STATE_DIR_NAME: &str = ".breakwater-state";
 
 /// Where each component listens when run on its own (`breakwater edge`, …).
 /// `breakwater up` uses `edge` and puts the others on loopback ports of its own.
@@ -66,12 +83,40 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The defaults of `breakwater up`: dedup and storm on the embedded
+    /// store; everything else as [`Config::default`] (split mode, tests).
+    pub fn up_defaults() -> Self {
+        let mut config = Self::default();
+        config.dedup.store = breakwater_keyspace::StoreKind::Embedded;
+        config.storm.store = breakwater_keyspace::StoreKind::Embedded;
+        config
+    }
+
+    /// Where `store = "embedded"` keeps its state: `embedded.dir`, else
+    /// beside the CRs (see [`EmbeddedConfig::dir`]).
+    pub fn state_dir(&self) -> PathBuf {
+        match (&self.embedded.dir, self.crd_writer.sink) {
+            (Some(dir), _) => dir.clone(),
+            (None, breakwater_crd_writer::SinkKind::Directory) => self.crd_writer.directory.join(STATE_DIR_NAME),
+            (None, breakwater_crd_writer::SinkKind::Kubernetes) => PathBuf::from("breakwater-state"),
+        }
+    }
+
     /// Loads `file` (if any), applies `env` overrides, and validates.
     ///
     /// # Errors
     /// [`ConfigError`] naming the key, the bad value and what is allowed.
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let mut table = toml::Table::try_from(Self::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Self::load_over(Self::default(), file, env)
+    }
+
+    /// [`Config::load`] over other `defaults` (those of `up`): a key the file
+    /// or environment leaves unset keeps its value from `defaults`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_over(defaults: Self, file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::try_from(defaults).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
@@ -102,6 +147,9 @@ impl Config {
         self.storm.validate()?;
         self.crd_writer.validate()?;
         self.telemetry.validate()?;
+        if self.embedded.dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
+            return Err("embedded.dir = \"\" is not allowed: use a directory path".to_owned());
+        }
         // Repeats of alerts folded into a storm are counted while their dedup
         // window is open, so the storm's counter must live at least as long.
         if self.storm.count_ttl_secs < self.dedup.window_secs {
@@ -158,3 +206,38 @@ fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), S
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod state_dir_tests {
+    use super::*;
+    use breakwater_keyspace::StoreKind;
+
+    #[test]
+    fn up_defaults_to_the_embedded_store_beside_the_crs_and_a_file_can_say_otherwise() {
+        let up = Config::load_over(Config::up_defaults(), None, &HashMap::new()).unwrap();
+        assert_eq!(
+            (up.dedup.store, up.storm.store, up.ratelimit.store),
+            (StoreKind::Embedded, StoreKind::Embedded, StoreKind::Memory)
+        );
+        assert_eq!(up.state_dir(), Path::new("./remediations").join(".breakwater-state"));
+        // Split mode keeps the memory store.
+        assert_eq!(Config::load(None, &HashMap::new()).unwrap().dedup.store, StoreKind::Memory);
+        let env: HashMap<String, String> =
+            [("BREAKWATER_DEDUP__STORE", "memory"), ("BREAKWATER_EMBEDDED__DIR", "state-here")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        let c = Config::load_over(Config::up_defaults(), None, &env).unwrap();
+        assert_eq!((c.dedup.store, c.storm.store), (StoreKind::Memory, StoreKind::Embedded));
+        assert_eq!(c.state_dir(), Path::new("state-here"));
+    }
+
+    #[test]
+    fn bad_state_settings_are_refused_with_the_key_named() {
+        let env = |k: &str, v: &str| [(k.to_owned(), v.to_owned())].into_iter().collect::<HashMap<_, _>>();
+        let err = Config::load(None, &env("BREAKWATER_EMBEDDED__DIR", "")).unwrap_err().to_string();
+        assert_eq!(err, "embedded.dir = \"\" is not allowed: use a directory path");
+        let err = Config::load(None, &env("BREAKWATER_RATELIMIT__STORE", "embedded")).unwrap_err().to_string();
+        assert!(err.starts_with("ratelimit.store = \"embedded\" is not allowed"), "{err}");
+    }
+}

@@ -115,6 +115,7 @@ async fn a_component_serves_its_own_metrics() {
         fingerprint: breakwater_signal::fingerprint_of(&["A", "ns", "Pod", "p"]),
         status: breakwater_proto::v1::SignalStatus::Firing.into(),
         namespace: "ns".into(),
+        delivery_key: String::new(),
     };
     dedup
         .check_signals(breakwater_proto::v1::CheckSignalsRequest { queries: vec![query] })

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tracing::Instrument as _;
 
-use breakwater_signal::Clock;
+use breakwater_signal::{Clock, UnixMillis};
 use futures::StreamExt;
 use tokio::time::MissedTickBehavior;
 
@@ -61,7 +61,9 @@ pub struct Coalescer {
     clock: Arc<dyn Clock>,
     fallback_namespace: String,
     cap: usize,
-    pending: Mutex<HashMap<CrRef, Pending>>,
+    /// Per CR and dedup window (see [`CountUpdate::window_start`]): counts of two windows of
+    /// one incident add up, so they must not merge by maximum.
+    pending: Mutex<HashMap<(CrRef, UnixMillis), Pending>>,
     /// CRs that were created in the fallback namespace, by the ref the edge uses.
     relocated: Mutex<HashMap<CrRef, String>>,
 }
@@ -95,7 +97,7 @@ impl Coalescer {
     pub fn offer(&self, write: Write) {
         let update = count_update(&write);
         let mut pending = lock(&self.pending);
-        match pending.entry(write.target.clone()) {
+        match pending.entry((write.target.clone(), update.window_start)) {
             Entry::Occupied(mut entry) => entry.get_mut().update.merge(&update, self.cap),
             Entry::Vacant(entry) => {
                 entry.insert(Pending { update, first: write });
@@ -129,7 +131,7 @@ impl Coalescer {
 
     /// Applies every pending entry once; failures stay pending.
     pub async fn flush(&self) -> FlushReport {
-        let batch: Vec<(CrRef, Pending)> = lock(&self.pending).drain().collect();
+        let batch: Vec<((CrRef, UnixMillis), Pending)> = lock(&self.pending).drain().collect();
         if batch.is_empty() {
             return FlushReport::default();
         }
@@ -141,16 +143,17 @@ impl Coalescer {
             remediations = batch.len()
         );
         let results: Vec<_> = futures::stream::iter(batch)
-            .map(|(target, pending)| async move {
-                let result = self.apply(&target, &pending).await;
-                (target, pending, result)
+            .map(|(key, pending)| async move {
+                let result = self.apply(&key.0, &pending).await;
+                (key, pending, result)
             })
             .buffer_unordered(BATCH_CONCURRENCY)
             .collect()
             .instrument(span)
             .await;
         let mut report = FlushReport::default();
-        for (target, pending, result) in results {
+        for (key, pending, result) in results {
+            let target = key.0.clone();
             let outcome = match &result {
                 Ok(Applied::Updated) => "updated",
                 Ok(Applied::Unchanged) => "unchanged",
@@ -163,7 +166,7 @@ impl Coalescer {
                 Ok(Applied::Updated | Applied::Unchanged | Applied::Created) => report.applied += 1,
                 Ok(Applied::Retry) => {
                     report.requeued += 1;
-                    self.requeue(target, pending);
+                    self.requeue(key, pending);
                 }
                 Err(err) if err.is_permanent() => {
                     tracing::error!(%target, cause = %err, lost = ?pending.update, "count update refused for good, dropped");
@@ -172,7 +175,7 @@ impl Coalescer {
                 Err(err) => {
                     tracing::warn!(%target, cause = %err, "count update failed, kept for the next flush");
                     report.requeued += 1;
-                    self.requeue(target, pending);
+                    self.requeue(key, pending);
                 }
             }
         }
@@ -203,9 +206,9 @@ impl Coalescer {
     }
 
     /// Puts a failed entry back, merged with anything that arrived since it was taken.
-    fn requeue(&self, target: CrRef, failed: Pending) {
+    fn requeue(&self, key: (CrRef, UnixMillis), failed: Pending) {
         let mut pending = lock(&self.pending);
-        match pending.entry(target) {
+        match pending.entry(key) {
             Entry::Occupied(mut entry) => {
                 let newer = entry.get_mut();
                 newer.update.merge(&failed.update, self.cap);
@@ -258,7 +261,12 @@ impl Coalescer {
 /// The counts a write carries. Storm adds list their resource when the storm service says so.
 pub fn count_update(write: &Write) -> CountUpdate {
     let last_seen = if write.last_seen > 0 { write.last_seen } else { write.signal.received_time_unix_ms.max(0) };
-    let mut update = CountUpdate { occurrence_count: write.occurrence_count, last_seen, ..CountUpdate::default() };
+    let mut update = CountUpdate {
+        occurrence_count: write.occurrence_count,
+        window_start: write.first_seen.max(0),
+        last_seen,
+        ..CountUpdate::default()
+    };
     if let Some(storm) = &write.storm {
         update.storm_alert_count = storm.alert_count;
         update.affected_resources_omitted = storm.resources_omitted;
@@ -269,6 +277,7 @@ pub fn count_update(write: &Write) -> CountUpdate {
             // A storm add is not an occurrence of the storm CR's own incident.
             update.occurrence_count = 0;
         }
+        update.window_start = 0;
     }
     update
 }

@@ -29,7 +29,10 @@ pub struct CrdWriterConfig {
     /// `affectedResourcesOmitted` (1..=1000). Keep it at least the storm service's list cap.
     /// Default 100.
     pub affected_resources_cap: usize,
-    /// Most writes accepted in one `WriteRemediations` call (1..=100000). Default 10000.
+    /// Most writes accepted in one `WriteRemediations` call (1..=2000000). The edge sends one
+    /// call per webhook with up to one write per alert, so keep it at least the alerts a
+    /// webhook of `edge.body_limit_bytes` can carry (an alert is at least 3 bytes: `{},`).
+    /// Default 200000 (enough for the default 512 KiB body limit).
     pub max_batch: usize,
     /// Retries of Kubernetes requests.
     pub retry: RetryConfig,
@@ -44,7 +47,7 @@ impl Default for CrdWriterConfig {
             flush_interval_ms: 1000,
             final_flush_timeout_ms: 10_000,
             affected_resources_cap: 100,
-            max_batch: 10_000,
+            max_batch: 200_000,
             retry: RetryConfig::default(),
         }
     }
@@ -103,7 +106,7 @@ impl CrdWriterConfig {
         in_range("crd_writer.flush_interval_ms", self.flush_interval_ms, 1, 60_000)?;
         in_range("crd_writer.final_flush_timeout_ms", self.final_flush_timeout_ms, 1, 300_000)?;
         in_range("crd_writer.affected_resources_cap", self.affected_resources_cap as u64, 1, 1000)?;
-        in_range("crd_writer.max_batch", self.max_batch as u64, 1, 100_000)?;
+        in_range("crd_writer.max_batch", self.max_batch as u64, 1, 2_000_000)?;
         if !is_dns1123_label(&self.fallback_namespace) {
             return Err(format!(
                 "crd_writer.fallback_namespace = {:?} is not allowed: use a namespace name \

@@ -94,6 +94,11 @@ pub struct RemediationRequestSpec {
     /// Alerts counted on this storm CR, the opening one included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm_alert_count: Option<i64>,
+    /// Of `stormAlertCount`, the alerts counted while the storm service could not count them
+    /// (it was unavailable). They add to the storm service's own count, which merges by
+    /// maximum, so neither overwrites the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_alerts_carried: Option<i64>,
     /// Resources of the storm (`ns:Kind:name`), capped in length.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub affected_resources: Vec<String>,
@@ -196,6 +201,68 @@ pub struct Deduplication {
     pub occurrence_count: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_remediation_request_ref: Option<String>,
+    /// How `occurrenceCount` adds up (Breakwater's bookkeeping; absent on CRs of other
+    /// gateways).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tally: Option<OccurrenceTally>,
+}
+
+/// How `occurrenceCount` adds up, so counts from different sources add up instead of one
+/// overwriting another: dedup's exact count of the window now counting the incident (and of
+/// the window before it), merged by maximum so retries and reordering change nothing, plus
+/// occurrences counted outside dedup's windows (while dedup was unavailable, and counts a CR
+/// had before it was tallied), which only ever add.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OccurrenceTally {
+    /// Start of dedup's current window for this incident, Unix ms.
+    pub window_start_ms: i64,
+    /// Dedup's count in that window.
+    pub window_count: i64,
+    /// The window before it, and its count: a late update of it still merges.
+    #[serde(default)]
+    pub previous_window_start_ms: i64,
+    #[serde(default)]
+    pub previous_window_count: i64,
+    /// Occurrences counted outside dedup's windows, and windows before the previous one.
+    #[serde(default)]
+    pub carried: i64,
+}
+
+impl OccurrenceTally {
+    /// The tally of a CR that has none yet: what it counted so far is carried.
+    pub fn carrying(occurrence_count: i64) -> Self {
+        Self { carried: occurrence_count, ..Self::default() }
+    }
+
+    /// The `occurrenceCount` it adds up to.
+    pub fn total(&self) -> i64 {
+        self.window_count.saturating_add(self.previous_window_count).saturating_add(self.carried)
+    }
+
+    /// Merges dedup's count `count` of the window that started at `start`. A newer window
+    /// (dedup lost its state and counts from 1 again) moves the current one back; one older
+    /// than both windows held was carried already. Returns whether anything changed.
+    pub fn merge_window(&mut self, start: i64, count: i64) -> bool {
+        if start == self.window_start_ms {
+            let changed = count > self.window_count;
+            self.window_count = self.window_count.max(count);
+            changed
+        } else if start > self.window_start_ms {
+            self.carried = self.carried.saturating_add(self.previous_window_count);
+            self.previous_window_start_ms = self.window_start_ms;
+            self.previous_window_count = self.window_count;
+            self.window_start_ms = start;
+            self.window_count = count;
+            true
+        } else if start == self.previous_window_start_ms {
+            let changed = count > self.previous_window_count;
+            self.previous_window_count = self.previous_window_count.max(count);
+            changed
+        } else {
+            false
+        }
+    }
 }
 
 /// Per-phase timeouts for the remediation controller (Go durations such as `15m`).
@@ -359,11 +426,18 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
             last_seen: time(last_seen_ms),
             occurrence_count: to_i64(write.occurrence_count.max(1)),
             previous_remediation_request_ref: None,
+            // A storm CR's own occurrence is its first alert; its alerts are `stormAlertCount`.
+            tally: storm.is_none().then(|| OccurrenceTally {
+                window_start_ms: first_seen_ms,
+                window_count: to_i64(write.occurrence_count.max(1)),
+                ..OccurrenceTally::default()
+            }),
         },
         is_storm: storm.is_some(),
         storm_type: storm.and_then(|s| s.storm_type),
         storm_window: storm.map(|s| time(s.window_start).0.to_string()),
         storm_alert_count: storm.map(|s| to_i64(s.alert_count.max(1))),
+        storm_alerts_carried: None,
         affected_resources: match storm {
             Some(s) if s.resource_listed => vec![signal_resource_id(signal)],
             _ => Vec::new(),
@@ -442,17 +516,7 @@ pub fn label_value(raw: &str) -> String {
     mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
 }
 
-/// Whether `s` is a DNS-1123 label (lower-case alphanumerics and `-`, alphanumeric at both
-/// ends, 1..=63 characters): what namespaces and Breakwater's CR names are.
-pub fn is_dns1123_label(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes.iter().all(|b| alnum(b) || *b == b'-')
-        && bytes.first().is_some_and(alnum)
-        && bytes.last().is_some_and(alnum)
-}
+pub use breakwater_signal::is_dns1123_label;
 
 /// Resource id of the signal's resource, as the storm service lists it.
 pub fn signal_resource_id(signal: &pb::Signal) -> String {

@@ -56,6 +56,8 @@ impl CrdWriterGrpc {
 
     pub fn into_server(self) -> CrdWriterServiceServer<Self> {
         CrdWriterServiceServer::new(self)
+            .max_decoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
     }
 
     /// Applies `writes`: one result per write, in order.
@@ -64,11 +66,14 @@ impl CrdWriterGrpc {
         let mut results: Vec<Option<pb::WriteResult>> = vec![None; writes.len()];
         let mut creates: Vec<(usize, Write)> = Vec::new();
         let mut rrs = Vec::new();
-        let mut fallbacks: Vec<(usize, Write, RemediationRequest)> = Vec::new();
+        let mut fallbacks: Vec<(usize, Write, RemediationRequest, LastResort)> = Vec::new();
+        let mut carried: Vec<(usize, Write)> = Vec::new();
         for (index, raw) in writes.into_iter().enumerate() {
             let kind = kind_label(raw.kind);
             let remediation = raw.remediation.clone();
             let dedup_unavailable = raw.dedup_unavailable;
+            let storm_unavailable = raw.storm_unavailable;
+            let count = if raw.dedup_window_exact { LastResort::MergeWindow } else { LastResort::AddOne };
             match Write::try_from(raw) {
                 Err(InvalidWrite(why)) => {
                     record(kind, "invalid");
@@ -76,12 +81,13 @@ impl CrdWriterGrpc {
                 }
                 Ok(write) if write.kind == WriteKind::Create && dedup_unavailable => {
                     let rr = crd::build(&write, now, &self.fallback_namespace);
-                    fallbacks.push((index, write, rr));
+                    fallbacks.push((index, write, rr, count));
                 }
                 Ok(write) if write.kind.is_create() => {
                     rrs.push(crd::build(&write, now, &self.fallback_namespace));
                     creates.push((index, write));
                 }
+                Ok(write) if write.kind == WriteKind::StormAdd && storm_unavailable => carried.push((index, write)),
                 Ok(write) => {
                     record(kind, "queued");
                     results[index] = Some(result(pb::WriteOutcome::Queued, remediation));
@@ -90,18 +96,30 @@ impl CrdWriterGrpc {
             }
         }
 
-        let fallback_calls: Vec<_> = fallbacks.iter().map(|(_, write, rr)| self.create_or_count(write, rr)).collect();
-        let (outcomes, fallback_outcomes) = futures::join!(
+        let fallback_calls: Vec<_> =
+            fallbacks.iter().map(|(_, write, rr, count)| self.create_or_count(write, rr, *count)).collect();
+        let carry_calls: Vec<_> = carried.iter().map(|(_, write)| self.carry_storm_alert(write)).collect();
+        let (outcomes, fallback_outcomes, carry_outcomes) = futures::join!(
             self.sink.create_batch(&rrs),
             futures::stream::iter(fallback_calls).buffered(BATCH_CONCURRENCY).collect::<Vec<_>>(),
+            futures::stream::iter(carry_calls).buffered(BATCH_CONCURRENCY).collect::<Vec<_>>(),
         );
+        for ((index, write), outcome) in carried.into_iter().zip(carry_outcomes) {
+            results[index] = Some(match outcome {
+                Ok(()) => {
+                    record(write.kind.as_str(), "carried");
+                    result(pb::WriteOutcome::Queued, Some(ref_of(&write.target)))
+                }
+                Err(err) => answer_failed(&write, &err),
+            });
+        }
         for ((index, write), outcome) in creates.into_iter().zip(outcomes) {
             results[index] = Some(match outcome {
                 Ok(created) => self.answer_created(write, created),
                 Err(err) => answer_failed(&write, &err),
             });
         }
-        for ((index, write, _), outcome) in fallbacks.into_iter().zip(fallback_outcomes) {
+        for ((index, write, _, _), outcome) in fallbacks.into_iter().zip(fallback_outcomes) {
             let (label, answer) = match outcome {
                 Ok(Fallback::Counted { at, on_open }) => {
                     record(write.kind.as_str(), "already_existed");
@@ -134,11 +152,15 @@ impl CrdWriterGrpc {
     /// is an occurrence, wherever it is counted. A failed lookup other than an unavailable API
     /// (say, no RBAC to list) does not fail the alert; it is created as usual, and
     /// Kubernetes' AlreadyExists on the window name still keeps duplicates out.
-    async fn create_or_count(&self, write: &Write, rr: &RemediationRequest) -> Result<Fallback, SinkError> {
+    async fn create_or_count(
+        &self,
+        write: &Write,
+        rr: &RemediationRequest,
+        count: LastResort,
+    ) -> Result<Fallback, SinkError> {
         let namespace = rr.metadata.namespace.as_deref().unwrap_or_default();
-        let last_seen = count_update(write).last_seen;
         match self.sink.find_open(namespace, &write.signal.fingerprint).await {
-            Ok(Some(open)) => match self.sink.add_occurrences(&open, 1, last_seen).await? {
+            Ok(Some(open)) => match self.count_on(&open, write, count).await? {
                 UpdateOutcome::Updated | UpdateOutcome::Unchanged => {
                     return Ok(Fallback::Counted { at: open, on_open: true });
                 }
@@ -154,12 +176,32 @@ impl CrdWriterGrpc {
         let created = self.sink.create(rr).await?;
         if created.outcome == CreateOutcome::AlreadyExisted {
             let at = CrRef { namespace: created.namespace.clone(), name: write.target.name.clone() };
-            if self.sink.add_occurrences(&at, 1, last_seen).await? != UpdateOutcome::NotFound {
+            if self.count_on(&at, write, count).await? != UpdateOutcome::NotFound {
                 self.coalescer.note_placement(&write.target, &created.namespace);
                 return Ok(Fallback::Counted { at, on_open: false });
             }
         }
         Ok(Fallback::Created(created))
+    }
+
+    /// Adds the alert of a `STORM_ADD` the storm service could not count to its storm CR's
+    /// carried count. A storm CR not written yet is created from the write instead.
+    async fn carry_storm_alert(&self, write: &Write) -> Result<(), SinkError> {
+        let last_seen = count_update(write).last_seen;
+        if self.sink.add_occurrences(&write.target, 1, last_seen).await? == UpdateOutcome::NotFound {
+            self.coalescer.offer(write.clone());
+        }
+        metrics::counter!("breakwater_storm_repeats_carried_total").increment(1);
+        Ok(())
+    }
+
+    /// Counts the alert of a last-resort `write` on the existing CR `at`.
+    async fn count_on(&self, at: &CrRef, write: &Write, count: LastResort) -> Result<UpdateOutcome, SinkError> {
+        let update = count_update(write);
+        match count {
+            LastResort::AddOne => self.sink.add_occurrences(at, 1, update.last_seen).await,
+            LastResort::MergeWindow => self.sink.update_counts(at, &update).await,
+        }
     }
 
     fn answer_created(&self, write: Write, created: Created) -> pb::WriteResult {
@@ -181,14 +223,26 @@ impl CrdWriterGrpc {
             }
             CreateOutcome::AlreadyExisted => {
                 record(kind, "already_existed");
-                if write.kind == WriteKind::StormCreate {
-                    // A retried storm open: its alert and resource still count.
+                if write.kind == WriteKind::StormCreate || write.occurrence_count > 1 {
+                    // A retried storm open: its alert and resource still count. A create that
+                    // completes a retried delivery carries the incident's count so far:
+                    // "create if missing, then count" (counts merge by maximum).
                     self.coalescer.offer(write);
                 }
                 result(pb::WriteOutcome::AlreadyExisted, remediation)
             }
         }
     }
+}
+
+/// How a last-resort create counts its alert on an open CR it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastResort {
+    /// Dedup was down: nothing else counts the alert, so it adds one.
+    AddOne,
+    /// Dedup answered with its exact window count (it may have lost older state): merged
+    /// by maximum per window, so dedup's later counts of the window add up with it.
+    MergeWindow,
 }
 
 /// Where a [`CrdWriterGrpc::create_or_count`] alert went.

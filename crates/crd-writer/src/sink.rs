@@ -17,8 +17,8 @@ use breakwater_signal::UnixMillis;
 use futures::StreamExt;
 
 use crate::crd::{
-    ANNOTATION_CREATED_AT, CrRef, LABEL_FINGERPRINT, RemediationRequest, RemediationRequestSpec, label_value, time,
-    to_i64,
+    ANNOTATION_CREATED_AT, CrRef, LABEL_FINGERPRINT, OccurrenceTally, RemediationRequest, RemediationRequestSpec,
+    label_value, time, to_i64,
 };
 
 pub mod dir;
@@ -60,8 +60,12 @@ pub enum UpdateOutcome {
 /// idempotent, commutative and safe to retry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CountUpdate {
-    /// `deduplication.occurrenceCount` (0 leaves it).
+    /// Dedup's count of the incident in the window that started at `window_start`
+    /// (0 leaves it), merged into `deduplication.tally` (see [`OccurrenceTally`]).
     pub occurrence_count: u64,
+    /// Start of the dedup window `occurrence_count` counts, Unix ms; 0 when unknown, and
+    /// then `occurrenceCount` is only raised to `occurrence_count`.
+    pub window_start: UnixMillis,
     /// `deduplication.lastSeen` in Unix ms (0 leaves it).
     pub last_seen: UnixMillis,
     /// `stormAlertCount` (storm CRs only; 0 leaves it).
@@ -75,8 +79,10 @@ pub struct CountUpdate {
 impl CountUpdate {
     /// Folds `other` into `self`: maxima of the counts, union of the resources (capped at
     /// `cap`; a resource that does not fit counts as omitted).
+    /// Both must count the same window (the coalescer keeps one entry per CR and window).
     pub fn merge(&mut self, other: &CountUpdate, cap: usize) {
         self.occurrence_count = self.occurrence_count.max(other.occurrence_count);
+        self.window_start = self.window_start.max(other.window_start);
         self.last_seen = self.last_seen.max(other.last_seen);
         self.storm_alert_count = self.storm_alert_count.max(other.storm_alert_count);
         let dropped = union_capped(&mut self.affected_resources, &other.affected_resources, cap);
@@ -89,7 +95,24 @@ impl CountUpdate {
     pub fn apply_to(&self, spec: &mut RemediationRequestSpec, cap: usize) -> bool {
         let before = spec.clone();
         let dedup = &mut spec.deduplication;
-        dedup.occurrence_count = dedup.occurrence_count.max(to_i64(self.occurrence_count));
+        let count = to_i64(self.occurrence_count);
+        match (self.window_start > 0, dedup.tally.as_mut()) {
+            _ if count == 0 => {}
+            (true, _) => {
+                let mut tally = dedup.tally.take().unwrap_or_else(|| OccurrenceTally::carrying(dedup.occurrence_count));
+                tally.merge_window(self.window_start, count);
+                dedup.occurrence_count = dedup.occurrence_count.max(tally.total());
+                dedup.tally = Some(tally);
+            }
+            // A count of no known window only raises the total.
+            (false, Some(tally)) => {
+                if count > tally.total() {
+                    tally.carried = tally.carried.saturating_add(count - tally.total());
+                }
+                dedup.occurrence_count = dedup.occurrence_count.max(tally.total());
+            }
+            (false, None) => dedup.occurrence_count = dedup.occurrence_count.max(count),
+        }
         if self.last_seen > 0 {
             let last_seen = time(self.last_seen);
             if last_seen > dedup.last_seen {
@@ -97,7 +120,10 @@ impl CountUpdate {
             }
         }
         if spec.is_storm {
-            let count = spec.storm_alert_count.unwrap_or(0).max(to_i64(self.storm_alert_count));
+            // The storm service's own count merges by maximum; what was carried adds to it.
+            let carried = spec.storm_alerts_carried.unwrap_or(0);
+            let own = spec.storm_alert_count.unwrap_or(0).saturating_sub(carried);
+            let count = own.max(to_i64(self.storm_alert_count)).saturating_add(carried);
             spec.storm_alert_count = Some(count);
             let dropped = union_capped(&mut spec.affected_resources, &self.affected_resources, cap);
             let omitted = spec
@@ -156,15 +182,27 @@ fn creation_key(rr: &RemediationRequest) -> (Option<jiff::Timestamp>, Option<jif
     (rr.metadata.creation_timestamp.as_ref().map(|t| t.0), created_at, rr.metadata.name.as_deref())
 }
 
-/// Adds `n` to `spec`'s `occurrenceCount` and raises its `lastSeen` to `last_seen` (0 leaves
-/// it). Returns whether anything changed. Not idempotent: each call counts.
+/// Adds `n` alerts to `spec`'s count — `occurrenceCount`, or `stormAlertCount` on a storm CR —
+/// as counted outside dedup's windows or the storm service's count, and raises its
+/// `lastSeen` to `last_seen` (0 leaves it). Returns whether anything changed. Not
+/// idempotent: each call counts.
 pub fn add_occurrences_to(spec: &mut RemediationRequestSpec, n: u64, last_seen: UnixMillis) -> bool {
-    let dedup = &mut spec.deduplication;
     let mut changed = false;
     if n > 0 {
-        dedup.occurrence_count = dedup.occurrence_count.saturating_add(to_i64(n));
+        let n = to_i64(n);
+        if spec.is_storm {
+            spec.storm_alerts_carried = Some(spec.storm_alerts_carried.unwrap_or(0).saturating_add(n));
+            spec.storm_alert_count = Some(spec.storm_alert_count.unwrap_or(0).saturating_add(n));
+        } else {
+            let dedup = &mut spec.deduplication;
+            let mut tally = dedup.tally.take().unwrap_or_else(|| OccurrenceTally::carrying(dedup.occurrence_count));
+            tally.carried = tally.carried.saturating_add(n);
+            dedup.occurrence_count = dedup.occurrence_count.saturating_add(n).max(tally.total());
+            dedup.tally = Some(tally);
+        }
         changed = true;
     }
+    let dedup = &mut spec.deduplication;
     if last_seen > 0 {
         let last_seen = time(last_seen);
         if last_seen > dedup.last_seen {
@@ -276,10 +314,10 @@ impl SinkError {
         }
     }
 
-    /// Whether retrying the same request can never succeed (a malformed or invalid object, a
-    /// bad name); 403 and 404 are not permanent, as an operator can fix RBAC or namespaces.
+    /// Whether retrying the same request can never succeed (a malformed or invalid object, an
+    /// object too large for the API server or etcd, a bad name); 403 and 404 are not permanent, as an operator can fix RBAC or namespaces.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::InvalidName(_) | Self::Rejected { code: 400 | 422, .. })
+        matches!(self, Self::InvalidName(_) | Self::Rejected { code: 400 | 413 | 422, .. })
     }
 
     /// Bounded label for metrics.

@@ -15,11 +15,22 @@ pub struct DedupConfig {
     pub redis: RedisConfig,
     /// An incident stays open this long after its last alert (sliding); default 300 (5 min).
     pub window_secs: u64,
+    /// A delivery of an alert (Alertmanager's `groupKey` with the alert's fingerprint, status
+    /// and `startsAt`; a Kubernetes Event's uid and count) is remembered this long, so its
+    /// copies (sender retries, Alertmanager HA peers) count once; default 120. Keep it
+    /// shorter than Alertmanager's `group_interval` (default 5 min), or re-notifications of
+    /// a still-firing alert stop counting as occurrences.
+    pub copy_window_secs: u64,
 }
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        Self { store: StoreKind::Memory, redis: RedisConfig::default(), window_secs: 300 }
+        Self {
+            store: StoreKind::Memory,
+            redis: RedisConfig::default(),
+            window_secs: 300,
+            copy_window_secs: crate::window::DEFAULT_COPY_WINDOW.as_secs(),
+        }
     }
 }
 
@@ -28,11 +39,21 @@ impl DedupConfig {
         Duration::from_secs(self.window_secs)
     }
 
+    pub fn copy_window(&self) -> Duration {
+        Duration::from_secs(self.copy_window_secs)
+    }
+
     /// # Errors
     /// A sentence naming the key, the bad value and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=86_400).contains(&self.window_secs) {
             return Err(format!("dedup.window_secs = {} is not allowed: use 1..=86400 seconds", self.window_secs));
+        }
+        if !(1..=3_600).contains(&self.copy_window_secs) {
+            return Err(format!(
+                "dedup.copy_window_secs = {} is not allowed: use 1..=3600 seconds, shorter than Alertmanager's group_interval",
+                self.copy_window_secs
+            ));
         }
         if self.store == StoreKind::Redis {
             self.redis.validate("dedup")?;

@@ -11,7 +11,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::Error;
 use crate::store::{Bind, DedupStore, WindowRef};
-use crate::window::{Binding, Decision, Placement, Query, Record, Status as SignalStatus};
+use crate::window::{Binding, Decision, DeliveryKey, Placement, Query, Record, Status as SignalStatus};
 
 /// A first alert still unplaced after this long is taken as placed on its own
 /// CR: the edge that was placing it is gone.
@@ -121,6 +121,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                     Decision::Duplicate => pb::DedupOutcome::Duplicate,
                     Decision::Resolved => pb::DedupOutcome::Resolved,
                     Decision::ResolvedUnknown => pb::DedupOutcome::ResolvedUnknown,
+                    Decision::Copy => pb::DedupOutcome::Copy,
                 };
                 let mut verdict = pb::DedupVerdict {
                     outcome: outcome.into(),
@@ -226,7 +227,14 @@ fn query_from_pb(i: usize, q: &pb::DedupQuery) -> Result<Query, Status> {
         Ok(pb::SignalStatus::Resolved) => SignalStatus::Resolved,
         _ => return Err(invalid(format!("queries[{i}].status"), "FIRING or RESOLVED")),
     };
-    Ok(Query { fingerprint: q.fingerprint.clone(), status })
+    let delivery =
+        match q.delivery_key.as_str() {
+            "" => None,
+            key => Some(DeliveryKey::parse(key).ok_or_else(|| {
+                invalid(format!("queries[{i}].delivery_key"), "empty or 32 lower-case hex characters")
+            })?),
+        };
+    Ok(Query { fingerprint: q.fingerprint.clone(), status, delivery })
 }
 
 fn check_fingerprint(i: usize, list: &str, fp: &str) -> Result<(), Status> {
@@ -248,6 +256,7 @@ fn decision_label(d: Decision) -> &'static str {
         Decision::Duplicate => "duplicate",
         Decision::Resolved => "resolved",
         Decision::ResolvedUnknown => "resolved_unknown",
+        Decision::Copy => "copy",
     }
 }
 

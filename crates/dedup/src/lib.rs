@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //! - [`window`] — the pure decision, `DedupWindow::decide(record, status, now)`.
-//! - [`store`] — [`DedupStore`], batch-shaped, with [`MemoryDedupStore`] (the embedded
-//!   default) and [`RedisDedupStore`] (one Lua script per batch, fixed-size records).
+//! - [`store`] — [`DedupStore`], batch-shaped, with [`MemoryDedupStore`] (tests),
+//!   [`EmbeddedDedupStore`] (`breakwater up`: the memory store journaled to disk) and
+//!   [`RedisDedupStore`] (one Lua script per batch, fixed-size records).
 //! - [`grpc`] — [`DedupGrpc`], the thin `breakwater.v1.DedupService` face.
 //! - [`config`] — [`DedupConfig`].
 //!
@@ -29,17 +30,32 @@ use tokio::net::TcpListener;
 pub use config::{DedupConfig, StoreKind};
 pub use error::{Error, Result};
 pub use grpc::DedupGrpc;
-pub use store::{Bind, DedupStore, MemoryDedupStore, RedisDedupStore, WindowRef};
-pub use window::{Binding, Decision, DedupWindow, Placement, Query, Record, Status, Verdict};
+pub use store::{Bind, DedupStore, EmbeddedDedupStore, MemoryDedupStore, RedisDedupStore, WindowRef};
+pub use window::{Binding, Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Status, Verdict};
 
-/// The store `config` asks for. Builds lazily: nothing connects yet.
+/// The store `config` asks for. Redis builds lazily: nothing connects yet.
+/// The embedded store uses the `dedup` namespace of `embedded`, restoring the
+/// open incidents now.
 ///
 /// # Errors
-/// [`Error::Store`] when the Redis settings are unusable.
-pub fn store_from_config(config: &DedupConfig) -> Result<Arc<dyn DedupStore>> {
-    let window = DedupWindow::new(config.window());
+/// [`Error::Store`] when the Redis settings are unusable, when the embedded
+/// state cannot be read, or when the embedded store is asked for without `embedded`.
+pub fn store_from_config(
+    config: &DedupConfig,
+    embedded: Option<&breakwater_embedded::EmbeddedStore>,
+) -> Result<Arc<dyn DedupStore>> {
+    let window = DedupWindow::new(config.window()).with_copy_window(config.copy_window());
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryDedupStore::new(window)),
+        StoreKind::Embedded => {
+            let Some(embedded) = embedded else {
+                let why = "dedup.store = \"embedded\" needs a state directory, and none was opened";
+                return Err(breakwater_keyspace::KeyspaceError::Config(why.to_owned()).into());
+            };
+            let store = EmbeddedDedupStore::open(embedded, window)
+                .map_err(|e| breakwater_keyspace::KeyspaceError::Unavailable(Box::new(e)))?;
+            Arc::new(store)
+        }
         StoreKind::Redis => {
             let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, KEYSPACE)?;
             Arc::new(RedisDedupStore::new(keyspace, window))
@@ -57,7 +73,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    breakwater_grpc::serve_with_status(DedupServiceServer::new(grpc), health, listener, shutdown).await?;
+    let server = DedupServiceServer::new(grpc)
+        .max_decoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES);
+    breakwater_grpc::serve_with_status(server, health, listener, shutdown).await?;
     Ok(())
 }
 

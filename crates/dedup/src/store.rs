@@ -1,5 +1,6 @@
 //! Where dedup keeps open incidents.
 
+pub mod embedded;
 mod memory;
 mod redis;
 
@@ -7,6 +8,7 @@ use async_trait::async_trait;
 use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
+pub use self::embedded::EmbeddedDedupStore;
 pub use self::memory::MemoryDedupStore;
 pub use self::redis::RedisDedupStore;
 use crate::window::{Placement, Query, Verdict};

@@ -18,6 +18,30 @@ pub enum Status {
 pub struct Query {
     pub fingerprint: String,
     pub status: Status,
+    /// Identifies this delivery of the signal (see [`DeliveryKey`]); `None`
+    /// when the sender gave it no identity, so every delivery counts.
+    pub delivery: Option<DeliveryKey>,
+}
+
+/// Identifies one delivery of one alert, whoever delivers it: a sender's retry
+/// and another Alertmanager peer's copy carry the same key. Fixed size (128
+/// bits of a hash), so remembering one costs the same whatever the alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryKey(pub u128);
+
+impl DeliveryKey {
+    /// Parses the 32 lower-case hex characters the edge sends.
+    pub fn parse(hex: &str) -> Option<Self> {
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return None;
+        }
+        u128::from_str_radix(hex, 16).ok().map(Self)
+    }
+
+    /// The 32 lower-case hex characters, as in Redis keys.
+    pub fn hex(&self) -> String {
+        format!("{:032x}", self.0)
+    }
 }
 
 /// What dedup keeps per open incident: fixed-size metadata, never payloads.
@@ -59,6 +83,8 @@ pub enum Decision {
     Resolved,
     /// A resolution with no open window.
     ResolvedUnknown,
+    /// A copy of a delivery already counted within the copy window: nothing changes.
+    Copy,
 }
 
 /// A decision and the record it concerns (none for `ResolvedUnknown`).
@@ -77,18 +103,43 @@ pub enum Change {
 
 /// The dedup window: an incident stays open while alerts keep arriving less
 /// than `window` apart.
+///
+/// Deliveries (see [`DeliveryKey`]) are remembered for the copy window, so a
+/// copy arriving within it counts once.
 #[derive(Debug, Clone, Copy)]
 pub struct DedupWindow {
     window_ms: i64,
+    copy_window_ms: i64,
 }
+
+/// How long a delivery is remembered unless configured: shorter than
+/// Alertmanager's default `group_interval` (5 min), so a re-notification
+/// counts again, and longer than its retries of one notification take.
+pub const DEFAULT_COPY_WINDOW: Duration = Duration::from_secs(120);
 
 impl DedupWindow {
     pub fn new(window: Duration) -> Self {
-        Self { window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1) }
+        Self { window_ms: millis(window), copy_window_ms: millis(DEFAULT_COPY_WINDOW) }
+    }
+
+    /// Remembers deliveries for `copy_window` instead of [`DEFAULT_COPY_WINDOW`].
+    #[must_use]
+    pub fn with_copy_window(self, copy_window: Duration) -> Self {
+        Self { copy_window_ms: millis(copy_window), ..self }
     }
 
     pub fn window_ms(&self) -> i64 {
         self.window_ms
+    }
+
+    pub fn copy_window_ms(&self) -> i64 {
+        self.copy_window_ms
+    }
+
+    /// The verdict for a delivery seen before: where the first was counted,
+    /// if its incident is still open. Nothing changes.
+    pub fn copy_of(&self, seen: Option<&Record>, now: UnixMillis) -> Verdict {
+        Verdict { decision: Decision::Copy, record: seen.filter(|r| self.is_open(r, now)).cloned() }
     }
 
     /// Whether `record` still holds an open incident at `now`.
@@ -113,6 +164,10 @@ impl DedupWindow {
             (Status::Resolved, None) => (Verdict { decision: Decision::ResolvedUnknown, record: None }, Change::Remove),
         }
     }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 #[cfg(test)]

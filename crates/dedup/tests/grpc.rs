@@ -32,12 +32,28 @@ async fn serves_dedup_health_and_reflection() {
         fingerprint: fingerprint_of(&["A", "ns", "Pod", "p"]),
         status: pb::SignalStatus::Firing.into(),
         namespace: "ns".into(),
+        delivery_key: String::new(),
     };
-    let answer = dedup.check_signals(pb::CheckSignalsRequest { queries: vec![query.clone(), query] }).await.unwrap();
+    let answer =
+        dedup.check_signals(pb::CheckSignalsRequest { queries: vec![query.clone(), query.clone()] }).await.unwrap();
     let outcomes: Vec<_> = answer.get_ref().verdicts.iter().map(pb::DedupVerdict::outcome).collect();
     assert_eq!(outcomes, [pb::DedupOutcome::New, pb::DedupOutcome::Duplicate]);
 
-    let bad = pb::DedupQuery { fingerprint: "not-hex".into(), status: 1, namespace: String::new() };
+    // A delivery and its copy: counted once; the copy names the incident's CR and count.
+    let delivery = pb::DedupQuery { delivery_key: "0123456789abcdef0123456789abcdef".into(), ..query.clone() };
+    let answer =
+        dedup.check_signals(pb::CheckSignalsRequest { queries: vec![delivery.clone(), delivery] }).await.unwrap();
+    let verdicts = &answer.get_ref().verdicts;
+    assert_eq!(verdicts[0].outcome(), pb::DedupOutcome::Duplicate);
+    assert_eq!(verdicts[1].outcome(), pb::DedupOutcome::Copy);
+    assert_eq!(verdicts[1].occurrence_count, 3);
+    assert_eq!(verdicts[1].remediation, verdicts[0].remediation);
+
+    let bad_key = pb::DedupQuery { delivery_key: "XYZ".into(), ..query };
+    let status = dedup.check_signals(pb::CheckSignalsRequest { queries: vec![bad_key] }).await.unwrap_err();
+    assert!(status.message().contains("queries[0].delivery_key"), "{}", status.message());
+
+    let bad = pb::DedupQuery { fingerprint: "not-hex".into(), status: 1, ..Default::default() };
     let status = dedup.check_signals(pb::CheckSignalsRequest { queries: vec![bad] }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("queries[0].fingerprint"), "{}", status.message());

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use breakwater_dedup::{
-    Bind, Binding, Decision, DedupStore, DedupWindow, MemoryDedupStore, Placement, Query, RedisDedupStore, Status,
-    WindowRef,
+    Bind, Binding, Decision, DedupStore, DedupWindow, DeliveryKey, MemoryDedupStore, Placement, Query, RedisDedupStore,
+    Status, WindowRef,
 };
 use breakwater_keyspace::{Keyspace, RedisConfig};
 use breakwater_signal::{UnixMillis, fingerprint_of};
@@ -27,12 +27,19 @@ fn fp(i: usize) -> String {
 }
 
 fn firing(i: usize) -> Query {
-    Query { fingerprint: fp(i), status: Status::Firing }
+    Query { fingerprint: fp(i), status: Status::Firing, delivery: None }
 }
 
 fn resolved(i: usize) -> Query {
-    Query { fingerprint: fp(i), status: Status::Resolved }
+    Query { fingerprint: fp(i), status: Status::Resolved, delivery: None }
 }
+
+/// `query` as delivery `d` (a sender's retry or an HA peer's copy repeats `d`).
+fn delivered(query: Query, d: u128) -> Query {
+    Query { delivery: Some(DeliveryKey(d)), ..query }
+}
+
+const COPY_WINDOW_MS: i64 = 120_000;
 
 async fn redis_store(server: &RedisServer, root: &str) -> RedisDedupStore {
     let config = RedisConfig { url: server.url(), key_root: root.to_owned(), ..RedisConfig::default() };
@@ -43,7 +50,8 @@ async fn redis_store(server: &RedisServer, root: &str) -> RedisDedupStore {
 type Step = (Vec<Query>, UnixMillis, Vec<(Decision, u64)>);
 
 fn contract() -> Vec<Step> {
-    use Decision::{Duplicate, New, Resolved, ResolvedUnknown};
+    use Decision::{Copy, Duplicate, New, Resolved, ResolvedUnknown};
+    const T1: UnixMillis = T0 + 10 * WINDOW_MS;
     vec![
         (vec![firing(1)], T0, vec![(New, 1)]),
         (vec![firing(1)], T0 + 1_000, vec![(Duplicate, 2)]),
@@ -56,6 +64,18 @@ fn contract() -> Vec<Step> {
         (vec![resolved(1), resolved(3)], T0 + 2_000 + 2 * WINDOW_MS + 1, vec![(Resolved, 1), (ResolvedUnknown, 0)]),
         // After a resolution the next firing is a new incident.
         (vec![firing(1)], T0 + 2_000 + 2 * WINDOW_MS + 2, vec![(New, 1)]),
+        // A delivery counts once: its copy (in the same batch or later) changes nothing…
+        (vec![delivered(firing(5), 1), delivered(firing(5), 1)], T1, vec![(New, 1), (Copy, 1)]),
+        (vec![delivered(firing(5), 1), delivered(firing(5), 2)], T1 + 1_000, vec![(Copy, 1), (Duplicate, 2)]),
+        // …until the copy window has passed: then it is a re-notification, and counts.
+        (vec![delivered(firing(5), 1)], T1 + COPY_WINDOW_MS, vec![(Duplicate, 3)]),
+        // A late copy of a firing after its resolution does not reopen the incident.
+        (
+            vec![delivered(resolved(5), 3), delivered(firing(5), 2)],
+            T1 + COPY_WINDOW_MS + 1,
+            vec![(Resolved, 3), (Copy, 0)],
+        ),
+        (vec![delivered(resolved(5), 3)], T1 + COPY_WINDOW_MS + 2, vec![(Copy, 0)]),
     ]
 }
 
@@ -167,7 +187,8 @@ fn memory_and_redis_agree_on_random_sequences() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let server = runtime.block_on(RedisServer::start());
     let step = prop_oneof![4 => 0i64..2_000, 2 => 2_000i64..(2 * WINDOW_MS), 1 => -1_000i64..0];
-    let query = (0usize..4, prop::bool::weighted(0.8));
+    // (incident, firing, delivery): a delivery key always stands for one incident and status.
+    let query = (0usize..4, prop::bool::weighted(0.8), prop::option::weighted(0.5, 0u128..3));
     let batches = proptest::collection::vec((proptest::collection::vec(query, 1..6), step), 1..30);
     let mut runner = TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() });
     let result = runner.run(&batches, |batches| {
@@ -178,8 +199,16 @@ fn memory_and_redis_agree_on_random_sequences() {
             let mut now = T0;
             for (i, (queries, step)) in batches.iter().enumerate() {
                 now += step;
-                let batch: Vec<Query> =
-                    queries.iter().map(|&(f, is_firing)| if is_firing { firing(f) } else { resolved(f) }).collect();
+                let batch: Vec<Query> = queries
+                    .iter()
+                    .map(|&(f, is_firing, d)| {
+                        let query = if is_firing { firing(f) } else { resolved(f) };
+                        match d {
+                            Some(d) => delivered(query, (f as u128) << 8 | u128::from(is_firing) << 4 | d),
+                            None => query,
+                        }
+                    })
+                    .collect();
                 let expected = memory.check(&batch, now).await.unwrap();
                 let got = redis.check(&batch, now).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(got, expected, "batch {} at T0{:+}", i, now - T0);

@@ -28,5 +28,15 @@ fn severity(s: &str) -> pb::Severity {
     }
 }
 
+/// One signal as its adapter read it, with the identity of its delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub signal: pb::Signal,
+    /// Same for every copy of this delivery (a sender's retry, another Alertmanager peer's
+    /// notification), so dedup counts it once; `None` when the payload carries no such
+    /// identity. See [`breakwater_signal::delivery_key`].
+    pub delivery: Option<String>,
+}
+
 /// Labels and annotations must be plain strings; JSON `null` values are dropped.
 type StringMap = HashMap<String, String>;

@@ -1,6 +1,6 @@
 //! Edge settings (`[edge]` in the config file).
 
-use breakwater_signal::FingerprintRule;
+use breakwater_signal::{FingerprintRule, is_dns1123_label};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,12 +121,4 @@ impl EdgeConfig {
         }
         Ok(())
     }
-}
-
-pub(crate) fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }

@@ -7,13 +7,15 @@
 //! cannot be reached degrades its own feature only (design brief, degradation
 //! table); only a CR that cannot be written fails the request.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use breakwater_grpc::{ComponentHealth, TracedChannel};
+use breakwater_grpc::{ComponentHealth, MAX_MESSAGE_BYTES, TracedChannel};
 use breakwater_proto::v1 as pb;
 use breakwater_proto::v1::crd_writer_service_client::CrdWriterServiceClient;
 use breakwater_proto::v1::dedup_service_client::DedupServiceClient;
@@ -56,9 +58,15 @@ impl Components {
         let crd_writer = breakwater_grpc::connect_lazy(&urls.crd_writer, timeout)?;
         Ok(Self {
             ratelimit: RateLimitServiceClient::new(breakwater_grpc::traced(ratelimit.clone(), "edge")),
-            dedup: DedupServiceClient::new(breakwater_grpc::traced(dedup.clone(), "edge")),
-            storm: StormServiceClient::new(breakwater_grpc::traced(storm.clone(), "edge")),
-            crd_writer: CrdWriterServiceClient::new(breakwater_grpc::traced(crd_writer.clone(), "edge")),
+            dedup: DedupServiceClient::new(breakwater_grpc::traced(dedup.clone(), "edge"))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            storm: StormServiceClient::new(breakwater_grpc::traced(storm.clone(), "edge"))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            crd_writer: CrdWriterServiceClient::new(breakwater_grpc::traced(crd_writer.clone(), "edge"))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             channels: [("ratelimit", ratelimit), ("dedup", dedup), ("storm", storm), ("crd-writer", crd_writer)],
         })
     }
@@ -72,6 +80,9 @@ pub struct Batch {
     pub signals: Vec<pb::Signal>,
     /// Namespace each signal's CR goes to.
     pub targets: Vec<String>,
+    /// Each signal's delivery key, if its payload identifies the delivery
+    /// (see [`crate::adapters::Incoming`]); copies of a delivery count once.
+    pub deliveries: Vec<Option<String>>,
     /// Dedup's verdict per signal (filled by the dedup stage).
     pub dedup: Vec<pb::DedupVerdict>,
     /// Whether dedup answered; if not, names are per fallback window and
@@ -99,6 +110,9 @@ pub struct AlertResult {
     /// Alerts counted on the storm CR so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm_alert_count: Option<u64>,
+    /// Why the alert was rejected (outcome `rejected` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -116,6 +130,12 @@ pub enum AlertOutcome {
     Resolved,
     /// A resolution for an incident that was not open.
     ResolvedUnknown,
+    /// A copy of a delivery already counted (the sender's retry, another
+    /// Alertmanager peer's notification): counted once, on the CR named.
+    DuplicateDelivery,
+    /// The alert can never be recorded (see `reason`): nothing was recorded
+    /// for it, and retrying it cannot help.
+    Rejected,
 }
 
 /// Why the pipeline refused or failed a batch.
@@ -148,15 +168,22 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
         clock: parts.clock.clone(),
         health: health.clone(),
     };
-    let dedup = DedupStage { client: components.dedup.clone(), clock: parts.clock, window_ms, health: health.clone() };
-    let storm = StormStage { client: components.storm.clone(), dedup: components.dedup.clone(), health };
+    let dedup = DedupStage {
+        client: components.dedup.clone(),
+        clock: parts.clock,
+        window_ms,
+        health: health.clone(),
+        uncertain_until: Arc::new(AtomicI64::new(0)),
+    };
+    let storm =
+        StormStage { client: components.storm.clone(), dedup: components.dedup.clone(), health: health.clone() };
     let service = ServiceBuilder::new()
         // Refuses the whole webhook before anything is recorded, so the sender can retry it as is.
         .layer(AsyncFilterLayer::new(rate_limit))
         // Must run before storm: duplicates never count towards a storm (reference §4.1).
         .layer(AsyncFilterLayer::new(dedup))
         .layer(AsyncFilterLayer::new(storm))
-        .service(CrdWrite { client: components.crd_writer.clone() });
+        .service(CrdWrite { client: components.crd_writer.clone(), dedup: components.dedup.clone(), health });
     BoxCloneSyncService::new(service)
 }
 
@@ -224,6 +251,10 @@ struct DedupStage {
     clock: Arc<dyn Clock>,
     window_ms: i64,
     health: Arc<ComponentHealth>,
+    /// Until when dedup's answers may miss incidents this edge opened without it (Unix ms):
+    /// one fallback window after the edge last degraded around dedup. Meanwhile a new
+    /// incident may have an open CR already, which crd-writer looks for.
+    uncertain_until: Arc<AtomicI64>,
 }
 
 impl AsyncPredicate<Batch> for DedupStage {
@@ -233,29 +264,37 @@ impl AsyncPredicate<Batch> for DedupStage {
     fn check(&mut self, mut batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
         let (clock, window_ms, health) = (self.clock.clone(), self.window_ms, self.health.clone());
+        let uncertain_until = self.uncertain_until.clone();
         let span = stage_span("dedup", batch.signals.len());
         Box::pin(
             async move {
-                let queries = batch
-                    .signals
-                    .iter()
-                    .zip(&batch.targets)
-                    .map(|(s, target)| pb::DedupQuery {
-                        fingerprint: s.fingerprint.clone(),
-                        status: s.status,
-                        namespace: target.clone(),
+                let queries = (0..batch.signals.len())
+                    .map(|i| pb::DedupQuery {
+                        fingerprint: batch.signals[i].fingerprint.clone(),
+                        status: batch.signals[i].status,
+                        namespace: batch.targets[i].clone(),
+                        delivery_key: batch.deliveries.get(i).cloned().flatten().unwrap_or_default(),
                     })
                     .collect();
                 match client.check_signals(pb::CheckSignalsRequest { queries }).await {
                     Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
                         health.set("dedup", None);
                         batch.dedup = answer.into_inner().verdicts;
+                        if clock.now() < uncertain_until.load(Ordering::Relaxed) {
+                            for verdict in &mut batch.dedup {
+                                verdict.state_uncertain |= verdict.outcome() == pb::DedupOutcome::New;
+                            }
+                        }
                     }
                     Ok(_) => {
                         let status = tonic::Status::internal("dedup answered the wrong number of verdicts");
+                        uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
                         fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
                     }
-                    Err(status) => fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health),
+                    Err(status) => {
+                        uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
+                        fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
+                    }
                 }
                 Ok(batch)
             }
@@ -365,13 +404,15 @@ async fn detect_storms(mut client: StormServiceClient<TracedChannel>, batch: &mu
     Ok(())
 }
 
-/// Repeats of alerts folded into a storm count on the storm's CR.
+/// Repeats of alerts folded into a storm count on the storm's CR. Copies of a
+/// delivery already counted add nothing, but learn the storm's total, so the
+/// write that completes a half-done first delivery carries it.
 async fn count_storm_repeats(
     mut client: StormServiceClient<TracedChannel>,
     batch: &mut Batch,
 ) -> Result<(), tonic::Status> {
     let repeats: Vec<(usize, pb::RemediationRef)> = (0..batch.signals.len())
-        .filter(|&i| batch.dedup[i].outcome() == pb::DedupOutcome::Duplicate)
+        .filter(|&i| matches!(batch.dedup[i].outcome(), pb::DedupOutcome::Duplicate | pb::DedupOutcome::Copy))
         .filter_map(|i| {
             let r = batch.dedup[i].remediation.clone()?;
             parse_storm_cr_name(&r.name).is_some().then_some((i, r))
@@ -380,7 +421,13 @@ async fn count_storm_repeats(
     if repeats.is_empty() {
         return Ok(());
     }
-    let counts = repeats.iter().map(|(_, r)| pb::StormCount { remediation: Some(r.clone()), alerts: 1 }).collect();
+    let counts = repeats
+        .iter()
+        .map(|&(i, ref r)| {
+            let alerts = u64::from(batch.dedup[i].outcome() == pb::DedupOutcome::Duplicate);
+            pb::StormCount { remediation: Some(r.clone()), alerts }
+        })
+        .collect();
     let totals =
         client.count_storm_alerts(pb::CountStormAlertsRequest { counts }).await?.into_inner().storm_alert_counts;
     if totals.len() != repeats.len() {
@@ -486,6 +533,9 @@ async fn resolve_pending_repeats(
 #[derive(Clone)]
 struct CrdWrite {
     client: CrdWriterServiceClient<TracedChannel>,
+    /// To point dedup at the CR the dedup of last resort found (see [`rebind_found`]).
+    dedup: DedupServiceClient<TracedChannel>,
+    health: Arc<ComponentHealth>,
 }
 
 impl Service<Batch> for CrdWrite {
@@ -499,10 +549,11 @@ impl Service<Batch> for CrdWrite {
 
     fn call(&mut self, batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
+        let (dedup, health) = (self.dedup.clone(), self.health.clone());
         let span = stage_span("crd_write", batch.signals.len());
         Box::pin(
             async move {
-                let plan: Vec<Planned> = (0..batch.signals.len()).map(|i| plan(&batch, i)).collect();
+                let plan = plan_batch(&batch);
                 let writes: Vec<pb::RemediationWrite> = plan.iter().filter_map(|p| p.write.clone()).collect();
                 let results = if writes.is_empty() {
                     Vec::new()
@@ -523,6 +574,7 @@ impl Service<Batch> for CrdWrite {
                 };
                 let mut results = results.into_iter();
                 let mut failure: Option<(Duration, String)> = None;
+                let mut found: Vec<pb::DedupBinding> = Vec::new();
                 let mut out = Vec::with_capacity(plan.len());
                 for (index, (p, signal)) in plan.into_iter().zip(&batch.signals).enumerate() {
                     let mut outcome = p.outcome;
@@ -531,6 +583,13 @@ impl Service<Batch> for CrdWrite {
                         let result = results.next().unwrap_or_default();
                         // Where the CR really is: crd-writer may have used its fallback namespace.
                         if let Some(r) = result.remediation.as_ref().filter(|r| !r.name.is_empty()) {
+                            if p.last_resort && !batch.dedup_degraded && r.name != remediation.1 {
+                                found.push(pb::DedupBinding {
+                                    fingerprint: signal.fingerprint.clone(),
+                                    first_seen_unix_ms: batch.dedup[index].first_seen_unix_ms,
+                                    remediation: Some(r.clone()),
+                                });
+                            }
                             remediation = (r.namespace.clone(), r.name.clone());
                         }
                         match result.outcome() {
@@ -561,7 +620,11 @@ impl Service<Batch> for CrdWrite {
                         remediation_request_name: Some(remediation.1).filter(|s| !s.is_empty()),
                         occurrence_count: p.occurrence_count,
                         storm_alert_count: p.storm_alert_count,
+                        reason: None,
                     });
+                }
+                if let Err(status) = rebind_found(dedup, found).await {
+                    degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
                 }
                 match failure {
                     Some((retry_after, cause)) => {
@@ -574,6 +637,20 @@ impl Service<Batch> for CrdWrite {
             .instrument(span),
         )
     }
+}
+
+/// The dedup of last resort found an incident's open CR under another name than dedup's
+/// window names (dedup lost its state): dedup counts the incident's next alerts there, so
+/// the incident keeps one CR. Rare: only after dedup recovered from an outage.
+async fn rebind_found(
+    mut dedup: DedupServiceClient<TracedChannel>,
+    bindings: Vec<pb::DedupBinding>,
+) -> Result<(), tonic::Status> {
+    if bindings.is_empty() {
+        return Ok(());
+    }
+    dedup.bind_remediations(pb::BindRemediationsRequest { bindings }).await?;
+    Ok(())
 }
 
 fn cannot_persist(retry_after: Duration, cause: String) -> BoxError {
@@ -604,6 +681,8 @@ impl AlertOutcome {
             AlertOutcome::StormAggregated => "storm_aggregated",
             AlertOutcome::Resolved => "resolved",
             AlertOutcome::ResolvedUnknown => "resolved_unknown",
+            AlertOutcome::DuplicateDelivery => "duplicate_delivery",
+            AlertOutcome::Rejected => "rejected",
         }
     }
 }
@@ -618,6 +697,63 @@ struct Planned {
     remediation: (String, String),
     occurrence_count: Option<u64>,
     storm_alert_count: Option<u64>,
+}
+
+/// Plans every alert of `batch`. A copy completes its CR only once per batch, and not at
+/// all when an alert of the batch creates or counts on that CR anyway: a retried
+/// notification of 20,000 identical alerts is one write, not 20,000.
+fn plan_batch(batch: &Batch) -> Vec<Planned> {
+    let mut plans: Vec<Planned> = (0..batch.signals.len()).map(|i| plan(batch, i)).collect();
+    let mut written: HashSet<(String, String)> = plans
+        .iter()
+        .filter(|p| p.write.is_some() && p.outcome != AlertOutcome::DuplicateDelivery)
+        .map(|p| p.remediation.clone())
+        .collect();
+    for p in plans.iter_mut().filter(|p| p.write.is_some() && p.outcome == AlertOutcome::DuplicateDelivery) {
+        if !written.insert(p.remediation.clone()) {
+            p.write = None;
+        }
+    }
+    plans
+}
+
+/// A copy of a delivery already counted adds nothing, but completes what its
+/// first delivery may have left half-done (it was answered 5xx, or its edge
+/// died): "create if missing, then count", with the absolute counts, so
+/// doing it again changes nothing.
+fn plan_copy(batch: &Batch, i: usize, base: pb::RemediationWrite) -> Planned {
+    let dedup = &batch.dedup[i];
+    let reported = |r: &pb::RemediationRef, write, occurrence_count, storm_alert_count| Planned {
+        write,
+        last_resort: false,
+        outcome: AlertOutcome::DuplicateDelivery,
+        remediation: (r.namespace.clone(), r.name.clone()),
+        occurrence_count,
+        storm_alert_count,
+    };
+    let Some(target) = dedup.remediation.as_ref() else {
+        // Its incident is closed: the first delivery's CR was written, or it
+        // was resolved meanwhile; there is nothing left to complete.
+        return reported(&pb::RemediationRef::default(), None, None, None);
+    };
+    if parse_storm_cr_name(&target.name).is_some() {
+        return match batch.storm[i].as_ref() {
+            Some(storm) => {
+                let write = pb::RemediationWrite {
+                    kind: pb::WriteKind::StormAdd.into(),
+                    remediation: Some(target.clone()),
+                    storm_window_start_unix_ms: storm.window_start_unix_ms,
+                    storm_alert_count: storm.storm_alert_count,
+                    ..base
+                };
+                reported(target, Some(write), None, Some(storm.storm_alert_count))
+            }
+            // Storm unavailable: its count is kept by storm, and reaches the CR with the next alert.
+            None => reported(target, None, None, None),
+        };
+    }
+    let write = pb::RemediationWrite { kind: pb::WriteKind::Create.into(), remediation: Some(target.clone()), ..base };
+    reported(target, Some(write), Some(dedup.occurrence_count), None)
 }
 
 fn plan(batch: &Batch, i: usize) -> Planned {
@@ -642,6 +778,7 @@ fn plan(batch: &Batch, i: usize) -> Planned {
         storm_alert_count: None,
     };
     match dedup.outcome() {
+        pb::DedupOutcome::Copy => plan_copy(batch, i, base),
         pb::DedupOutcome::Resolved => reported(AlertOutcome::Resolved, &dedup_ref, None),
         pb::DedupOutcome::ResolvedUnknown | pb::DedupOutcome::Unspecified => {
             reported(AlertOutcome::ResolvedUnknown, &dedup_ref, None)
@@ -662,10 +799,16 @@ fn plan(batch: &Batch, i: usize) -> Planned {
                     }
                 }
                 None => {
-                    // The storm service could not count it (degraded); say so instead of pretending.
-                    metrics::counter!("breakwater_storm_repeats_uncounted_total").increment(1);
-                    tracing::warn!(storm = %dedup_ref.name, "repeat of a storm alert not counted: storm unavailable");
-                    reported(AlertOutcome::StormAggregated, &dedup_ref, None)
+                    // The storm service could not count it (degraded): crd-writer adds one to
+                    // the storm CR's carried count, which the storm service's counts add to.
+                    let write = pb::RemediationWrite {
+                        kind: pb::WriteKind::StormAdd.into(),
+                        remediation: Some(dedup_ref.clone()),
+                        storm_window_start_unix_ms: parse_storm_cr_name(&dedup_ref.name).map_or(0, |(_, at)| at),
+                        storm_unavailable: true,
+                        ..base
+                    };
+                    reported(AlertOutcome::StormAggregated, &dedup_ref, Some(write))
                 }
             }
         }
@@ -686,6 +829,7 @@ fn plan(batch: &Batch, i: usize) -> Planned {
                     kind: pb::WriteKind::Create.into(),
                     remediation: Some(dedup_ref.clone()),
                     dedup_unavailable: last_resort,
+                    dedup_window_exact: last_resort && !batch.dedup_degraded,
                     ..base
                 };
                 Planned {

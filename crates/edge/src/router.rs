@@ -13,13 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use breakwater_proto::v1 as pb;
-use breakwater_signal::Clock;
+use breakwater_signal::{Clock, is_dns1123_label};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tower::ServiceExt;
 
-use crate::adapters::{kubernetes_event, prometheus};
+use crate::adapters::{Incoming, kubernetes_event, prometheus};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult, Batch, Components, Pipeline, PipelineError, PipelineParts};
@@ -136,7 +136,8 @@ impl FromRequestParts<EdgeState> for Sender {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SignalsResponse {
-    /// `created` when at least one CR was created, else `accepted`.
+    /// `created` when at least one CR was created, `rejected` when every alert was
+    /// rejected, else `accepted`.
     pub status: &'static str,
     pub message: String,
     pub results: Vec<AlertResult>,
@@ -160,49 +161,105 @@ async fn process(
     state: &EdgeState,
     Sender(sender): Sender,
     source: &'static str,
-    signals: Result<Vec<pb::Signal>, EdgeError>,
+    incoming: Result<Vec<Incoming>, EdgeError>,
 ) -> Response {
-    let signals = match signals {
-        Ok(signals) => signals,
+    let incoming = match incoming {
+        Ok(incoming) => incoming,
         Err(e) => {
             metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid")
                 .increment(1);
             return e.into_response();
         }
     };
-    metrics::counter!("breakwater_signals_received_total", "source" => source).increment(signals.len() as u64);
-    let targets = signals
-        .iter()
-        .map(|s| if s.namespace.is_empty() { state.config.fallback_namespace.clone() } else { s.namespace.clone() })
-        .collect();
-    let count = signals.len() as u64;
-    let batch = Batch { sender, signals, targets, ..Default::default() };
-    match state.pipeline.clone().oneshot(batch).await {
-        Ok(results) => {
-            for r in &results {
-                metrics::counter!("breakwater_signals_total", "source" => source, "outcome" => r.outcome.label())
-                    .increment(1);
-            }
-            respond(results)
+    metrics::counter!("breakwater_signals_received_total", "source" => source).increment(incoming.len() as u64);
+    let total = incoming.len();
+    // A permanent problem with one alert is answered in its result, and the rest go on: a
+    // 4xx or 5xx for the whole webhook would lose them (Alertmanager drops 4xx) or repeat
+    // the problem for ever (it retries 5xx).
+    let mut rejected: Vec<(usize, AlertResult)> = Vec::new();
+    let mut accepted: Vec<usize> = Vec::with_capacity(total);
+    let mut batch = Batch { sender, ..Default::default() };
+    for (index, Incoming { signal, delivery }) in incoming.into_iter().enumerate() {
+        let target = if signal.namespace.is_empty() { &state.config.fallback_namespace } else { &signal.namespace };
+        if !is_dns1123_label(target) {
+            metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid_namespace")
+                .increment(1);
+            let reason = format!(
+                "namespace {:?} can never hold a RemediationRequest: a namespace is a DNS-1123 label \
+                 (lower-case letters, digits and '-', at most 63 characters)",
+                truncated(target, 80)
+            );
+            rejected.push((index, rejected_result(index, &signal, reason)));
+            continue;
         }
-        Err(e) => match e.downcast::<PipelineError>() {
-            Ok(e) => {
-                let reason = match *e {
-                    PipelineError::RateLimited { .. } => "rate_limited",
-                    PipelineError::CannotPersist { .. } => "cannot_persist",
-                };
-                metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason)
-                    .increment(count);
-                match *e {
-                    PipelineError::RateLimited { retry_after } => EdgeError::RateLimited { retry_after },
-                    PipelineError::CannotPersist { retry_after, cause } => {
-                        EdgeError::CannotPersist { retry_after, cause }
-                    }
-                }
-                .into_response()
+        batch.targets.push(target.clone());
+        batch.signals.push(signal);
+        batch.deliveries.push(delivery);
+        accepted.push(index);
+    }
+    let count = batch.signals.len() as u64;
+    let results = if batch.signals.is_empty() {
+        Vec::new()
+    } else {
+        match state.pipeline.clone().oneshot(batch).await {
+            Ok(results) => results,
+            Err(e) => return pipeline_failure(e, source, count),
+        }
+    };
+    let mut all: Vec<AlertResult> = Vec::with_capacity(total);
+    let mut rejected = rejected.into_iter().peekable();
+    for (mut result, index) in results.into_iter().zip(accepted) {
+        while let Some((_, r)) = rejected.next_if(|(at, _)| *at < index) {
+            all.push(r);
+        }
+        result.index = index;
+        all.push(result);
+    }
+    all.extend(rejected.map(|(_, r)| r));
+    for r in &all {
+        metrics::counter!("breakwater_signals_total", "source" => source, "outcome" => r.outcome.label()).increment(1);
+    }
+    respond(all)
+}
+
+fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64) -> Response {
+    match e.downcast::<PipelineError>() {
+        Ok(e) => {
+            let reason = match *e {
+                PipelineError::RateLimited { .. } => "rate_limited",
+                PipelineError::CannotPersist { .. } => "cannot_persist",
+            };
+            metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason)
+                .increment(count);
+            match *e {
+                PipelineError::RateLimited { retry_after } => EdgeError::RateLimited { retry_after },
+                PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
             }
-            Err(other) => EdgeError::Internal(other.to_string()).into_response(),
-        },
+            .into_response()
+        }
+        Err(other) => EdgeError::Internal(other.to_string()).into_response(),
+    }
+}
+
+fn rejected_result(index: usize, signal: &pb::Signal, reason: String) -> AlertResult {
+    AlertResult {
+        index,
+        outcome: AlertOutcome::Rejected,
+        fingerprint: signal.fingerprint.clone(),
+        alert_name: signal.alert_name.clone(),
+        remediation_request_namespace: None,
+        remediation_request_name: None,
+        occurrence_count: None,
+        storm_alert_count: None,
+        reason: Some(reason),
+    }
+}
+
+/// At most `max` characters of `s`, so an answer never echoes a huge value.
+fn truncated(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
     }
 }
 
@@ -210,15 +267,25 @@ fn respond(results: Vec<AlertResult>) -> Response {
     let created = results.iter().any(|r| matches!(r.outcome, AlertOutcome::Created | AlertOutcome::StormCreated));
     let count = |o: AlertOutcome| results.iter().filter(|r| r.outcome == o).count();
     let message = format!(
-        "{} alerts: {} created, {} duplicate, {} storm created, {} storm aggregated, {} resolved",
+        "{} alerts: {} created, {} duplicate, {} storm created, {} storm aggregated, {} resolved, \
+         {} duplicate delivery, {} rejected",
         results.len(),
         count(AlertOutcome::Created),
         count(AlertOutcome::Duplicate),
         count(AlertOutcome::StormCreated),
         count(AlertOutcome::StormAggregated),
         count(AlertOutcome::Resolved) + count(AlertOutcome::ResolvedUnknown),
+        count(AlertOutcome::DuplicateDelivery),
+        count(AlertOutcome::Rejected),
     );
-    let (status, word) = if created { (StatusCode::CREATED, "created") } else { (StatusCode::ACCEPTED, "accepted") };
+    let (status, word) = if created {
+        (StatusCode::CREATED, "created")
+    } else if results.iter().all(|r| r.outcome == AlertOutcome::Rejected) {
+        // 2xx all the same: the sender must not retry what can never be recorded.
+        (StatusCode::OK, "rejected")
+    } else {
+        (StatusCode::ACCEPTED, "accepted")
+    };
     (status, Json(SignalsResponse { status: word, message, results })).into_response()
 }
 

@@ -64,6 +64,14 @@ impl<S> GrpcService for S where
 {
 }
 
+/// The largest gRPC message a component sends or accepts. One webhook travels
+/// as one message per component, and a webhook that fits the edge's body limit
+/// must not fail on a message limit. tonic's default, 4 MiB, was exceeded by
+/// 20,000 tiny alerts in an 80 KB webhook; at the default 512 KiB body limit the
+/// worst case (about 175,000 empty alerts, each a signal of some 250 bytes)
+/// stays far below this.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 /// Like [`serve_with_status`], with a status that never reports a problem.
 ///
 /// # Errors

@@ -2,14 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Which store a stateful service keeps its state in (`store = "memory"` or
-/// `"redis"` in its config section).
+/// Which store a stateful service keeps its state in (`store = "memory"`,
+/// `"embedded"` or `"redis"` in its config section).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
-    /// In-process: the embedded default; state is lost on restart.
+    /// In-process only: state is lost on restart. The default of the split-mode
+    /// services; for tests.
     #[default]
     Memory,
+    /// In-process, journaled to a state directory on local disk (`embedded.dir`):
+    /// a crashed process loses nothing, a crashed machine at most the last
+    /// second. What `breakwater up` uses for dedup and storm.
+    Embedded,
     /// Redis: state survives restarts and is shared by replicas.
     Redis,
 }

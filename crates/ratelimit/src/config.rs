@@ -9,7 +9,8 @@ use crate::limiter::TokenBucket;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// `memory` (default) or `redis`.
+    /// `memory` (default) or `redis`. Not `embedded`: a token bucket refills
+    /// by itself, so its state is not worth a disk write per request.
     pub store: StoreKind,
     /// Used when `store = "redis"`; keys live under `<key_root>:rl:`.
     pub redis: RedisConfig,
@@ -34,6 +35,10 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// Why `ratelimit.store = "embedded"` is refused.
+pub(crate) const EMBEDDED_REFUSED: &str = "ratelimit.store = \"embedded\" is not allowed: use \"memory\" or \"redis\"; \
+     a token bucket refills by itself, so rate-limit state needs no disk";
+
 impl RateLimitConfig {
     /// The bucket every sender gets.
     pub fn bucket(&self) -> TokenBucket {
@@ -52,8 +57,10 @@ impl RateLimitConfig {
         if self.burst == 0 {
             return Err("ratelimit.burst = 0 is not allowed: use at least 1".to_owned());
         }
-        if self.store == StoreKind::Redis {
-            self.redis.validate("ratelimit")?;
+        match self.store {
+            StoreKind::Memory => {}
+            StoreKind::Embedded => return Err(EMBEDDED_REFUSED.to_owned()),
+            StoreKind::Redis => self.redis.validate("ratelimit")?,
         }
         Ok(())
     }
@@ -88,5 +95,7 @@ mod tests {
             bad_redis.validate(),
             Err("ratelimit.redis.pool_size = 0 is not allowed: use at least 1".to_owned())
         );
+        let embedded = RateLimitConfig { store: StoreKind::Embedded, ..Default::default() };
+        assert!(embedded.validate().unwrap_err().starts_with("ratelimit.store = \"embedded\" is not allowed"));
     }
 }

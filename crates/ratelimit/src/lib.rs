@@ -37,11 +37,15 @@ pub use store::{FallbackRateLimitStore, MemoryRateLimitStore, RateLimitStore, Re
 /// The store `config` asks for. Builds lazily: nothing connects yet.
 ///
 /// # Errors
-/// [`Error::Store`] when the Redis settings are unusable.
+/// [`Error::Store`] when the Redis settings are unusable, or for
+/// `store = "embedded"`, which validation refuses first.
 pub fn store_from_config(config: &RateLimitConfig, health: Arc<ComponentHealth>) -> Result<Arc<dyn RateLimitStore>> {
     let bucket = config.bucket();
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryRateLimitStore::new(bucket)),
+        StoreKind::Embedded => {
+            return Err(breakwater_keyspace::KeyspaceError::Config(config::EMBEDDED_REFUSED.to_owned()).into());
+        }
         StoreKind::Redis => {
             let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, KEYSPACE)?;
             let redis = Arc::new(RedisRateLimitStore::new(keyspace, bucket));

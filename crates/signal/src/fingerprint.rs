@@ -48,6 +48,20 @@ pub fn fingerprint_of(parts: &[&str]) -> String {
     hex::encode(Sha256::digest(parts.join(":").as_bytes()))
 }
 
+/// Identity of one delivery of a signal (a sender's retry and an Alertmanager HA peer's copy
+/// carry the same parts): 32 lower-case hex characters, the first 128 bits of the SHA-256 of
+/// the length-prefixed parts, so no two part lists collide whatever characters they hold.
+pub fn delivery_key(parts: &[&str]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.len().to_string().as_bytes());
+        hash.update(b":");
+        hash.update(part.as_bytes());
+    }
+    let digest = hash.finalize();
+    hex::encode(&digest[..16])
+}
+
 /// Whether `s` is a fingerprint as the CRD schema requires (`^[a-f0-9]{64}$`).
 pub fn is_valid(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

@@ -29,6 +29,18 @@ pub fn parse_storm_cr_name(name: &str) -> Option<(&str, UnixMillis)> {
     Some((id, start))
 }
 
+/// Whether `s` is a DNS-1123 label (lower-case alphanumerics and `-`, alphanumeric at both
+/// ends, 1..=63 characters): what namespaces and Breakwater's CR names are.
+pub fn is_dns1123_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| alnum(b) || *b == b'-')
+        && bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum)
+}
+
 /// Resource identity used in storm state and on storm CRs: `ns:Kind:name`, or
 /// `Kind:name` for cluster-scoped resources (reference spec §2.3).
 pub fn resource_id(namespace: &str, kind: &str, name: &str) -> String {

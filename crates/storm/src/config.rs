@@ -11,7 +11,8 @@ use crate::detector::StormRules;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StormConfig {
-    /// `memory` (default) or `redis`.
+    /// `memory` (default; `breakwater up` defaults to `embedded`), `embedded`
+    /// (on disk in `embedded.dir`) or `redis`.
     pub store: StoreKind,
     /// Used when `store = "redis"`; keys live under `<key_root>:storm:`.
     pub redis: RedisConfig,

@@ -8,6 +8,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("storm store")]
     Store(#[from] KeyspaceError),
+    #[error("storm's embedded store")]
+    Embedded(#[from] breakwater_embedded::EmbeddedError),
+    /// `storm.store = "embedded"` without an open state directory to use.
+    #[error("storm.store = \"embedded\" needs a state directory, and none was opened")]
+    NoStateDirectory,
     #[error("serving storm")]
     Serve(#[from] breakwater_grpc::GrpcError),
 }
@@ -17,6 +22,8 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Store(e) => e.metric_label(),
+            Self::Embedded(_) => "embedded",
+            Self::NoStateDirectory => "config",
             Self::Serve(_) => "serve",
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //! - [`detector`] — the pure decision, `StormRules::decide(window, listed, now)`.
-//! - [`store`] — [`StormStore`], batch-shaped, with [`MemoryStormStore`] and
-//!   [`RedisStormStore`] (one Lua script per batch; a constant-size window record
+//! - [`store`] — [`StormStore`], batch-shaped, with [`MemoryStormStore`] (tests),
+//!   [`EmbeddedStormStore`] (`breakwater up`: the memory store journaled to disk)
+//!   and [`RedisStormStore`] (one Lua script per batch; a constant-size window record
 //!   plus a capped resource set per (namespace, alertname)).
 //! - [`grpc`] — [`StormGrpc`], the thin `breakwater.v1.StormService` face.
 //! - [`config`] — [`StormConfig`].
@@ -31,16 +32,27 @@ pub use config::{StoreKind, StormConfig};
 pub use detector::{CountChange, Outcome, StormRules, StormType, Verdict, Window};
 pub use error::{Error, Result};
 pub use grpc::StormGrpc;
-pub use store::{MemoryStormStore, RedisStormStore, StormCount, StormQuery, StormStore};
+pub use store::{EmbeddedStormStore, MemoryStormStore, RedisStormStore, StormCount, StormQuery, StormStore};
 
-/// The store `config` asks for. Builds lazily: nothing connects yet.
+/// The store `config` asks for. Redis builds lazily: nothing connects yet.
+/// The embedded store uses the `storm` namespace of `embedded`, restoring its
+/// state now.
 ///
 /// # Errors
-/// [`Error::Store`] when the Redis settings are unusable.
-pub fn store_from_config(config: &StormConfig) -> Result<Arc<dyn StormStore>> {
+/// [`Error::Store`] when the Redis settings are unusable;
+/// [`Error::Embedded`] when the state cannot be read;
+/// [`Error::NoStateDirectory`] when the embedded store is asked for without `embedded`.
+pub fn store_from_config(
+    config: &StormConfig,
+    embedded: Option<&breakwater_embedded::EmbeddedStore>,
+) -> Result<Arc<dyn StormStore>> {
     let rules = config.rules();
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryStormStore::new(rules)),
+        StoreKind::Embedded => {
+            let embedded = embedded.ok_or(Error::NoStateDirectory)?;
+            Arc::new(EmbeddedStormStore::open(embedded, rules)?)
+        }
         StoreKind::Redis => {
             let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, KEYSPACE)?;
             Arc::new(RedisStormStore::new(keyspace, rules))

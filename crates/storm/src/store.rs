@@ -1,5 +1,6 @@
 //! Where the storm service keeps its windows.
 
+pub mod embedded;
 mod memory;
 mod redis;
 
@@ -7,6 +8,7 @@ use async_trait::async_trait;
 use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
+pub use self::embedded::EmbeddedStormStore;
 pub use self::memory::MemoryStormStore;
 pub use self::redis::RedisStormStore;
 use crate::detector::Verdict;

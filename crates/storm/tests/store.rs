@@ -1,14 +1,18 @@
-//! The storm store contract: one body, run against the memory store and the
-//! Redis store on a real `redis-server`; both must decide alike, atomically,
-//! and keep constant-size state with a TTL on every key.
+//! The storm store contract: one body, run against the memory store, the
+//! embedded (on-disk) store and the Redis store on a real `redis-server`; all
+//! must decide alike, atomically, and keep constant-size state with a TTL on
+//! every key. The embedded store must also decide after a reopen as if it had
+//! never stopped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use breakwater_embedded::EmbeddedStore;
 use breakwater_keyspace::{Keyspace, RedisConfig};
-use breakwater_signal::{UnixMillis, storm_cr_name};
+use breakwater_signal::{ManualClock, UnixMillis, storm_cr_name};
 use breakwater_storm::{
-    MemoryStormStore, Outcome, RedisStormStore, StormCount, StormQuery, StormRules, StormStore, StormType,
+    EmbeddedStormStore, MemoryStormStore, Outcome, RedisStormStore, StormCount, StormQuery, StormRules, StormStore,
+    StormType,
 };
 use breakwater_testkit::{RedisServer, unique_key_root};
 use proptest::prelude::*;
@@ -27,6 +31,12 @@ fn alert(ns: &str, name: &str, pod: usize) -> StormQuery {
 async fn redis_store(server: &RedisServer, root: &str, rules: StormRules) -> RedisStormStore {
     let config = RedisConfig { url: server.url(), key_root: root.to_owned(), ..RedisConfig::default() };
     RedisStormStore::new(Keyspace::from_config(&config, "storm").unwrap(), rules)
+}
+
+/// An embedded store in `dir`, restoring what is live at `now`.
+fn embedded_store(dir: &std::path::Path, rules: StormRules, now: UnixMillis) -> EmbeddedStormStore {
+    let store = EmbeddedStore::open(dir, Arc::new(ManualClock::new(now))).unwrap();
+    EmbeddedStormStore::open(&store, rules).unwrap()
 }
 
 /// Reference §11.3: threshold boundaries, one window per (namespace,
@@ -62,6 +72,12 @@ async fn run_contract(store: &dyn StormStore) {
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
     run_contract(&MemoryStormStore::new(rules())).await;
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    run_contract(&embedded_store(dir.path(), rules(), T0)).await;
 }
 
 #[tokio::test]
@@ -103,6 +119,12 @@ async fn fifty_concurrent_alerts_open_exactly_one_storm_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_alerts_open_exactly_one_storm_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    fifty_concurrent_alerts_open_exactly_one_storm(Arc::new(embedded_store(dir.path(), rules(), T0))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_alerts_open_exactly_one_storm_redis() {
     let server = RedisServer::start().await;
     let store = redis_store(&server, &unique_key_root("storm_50"), rules()).await;
@@ -133,6 +155,12 @@ async fn repeats_count_on_the_storm_memory() {
 }
 
 #[tokio::test]
+async fn repeats_count_on_the_storm_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    repeats_count_on_the_storm(&embedded_store(dir.path(), rules(), T0)).await;
+}
+
+#[tokio::test]
 async fn repeats_count_on_the_storm_redis() {
     let server = RedisServer::start().await;
     let root = unique_key_root("storm_repeats");
@@ -150,6 +178,83 @@ async fn state_survives_a_service_restart() {
     let restarted = redis_store(&server, &root, rules()).await;
     let v = restarted.detect(&[alert("prod", "PodCrash", 5)], T0 + 1).await.unwrap();
     assert_eq!(v[0].outcome, Outcome::Opened);
+}
+
+/// The embedded store's version of §11.2: an open storm keeps its window,
+/// its resource list and its counter across a reopen.
+#[tokio::test]
+async fn embedded_state_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let six: Vec<_> = (0..6).map(|p| alert("prod", "PodCrash", p)).collect();
+    {
+        let store = embedded_store(dir.path(), rules(), T0);
+        let v = store.detect(&six, T0).await.unwrap();
+        assert_eq!(v[5].outcome, Outcome::Opened);
+        let repeats = StormCount { name: storm_cr_name("prod", "PodCrash", T0), alerts: 2 };
+        assert_eq!(store.count(&[repeats], T0 + 5).await.unwrap(), vec![3]);
+    }
+    let store = embedded_store(dir.path(), rules(), T0 + 10);
+    // A listed pod again: no new resource, and the storm counts on.
+    let v = store.detect(&[alert("prod", "PodCrash", 0), alert("prod", "PodCrash", 6)], T0 + 10).await.unwrap();
+    assert_eq!((v[0].outcome, v[0].storm_alerts, v[0].window_start), (Outcome::Joined, 4, T0));
+    assert_eq!((v[0].resource_listed, v[1].storm_alerts), (true, 5));
+    // Once the window closed (60 s of silence), a reopen does not bring it back.
+    drop(store);
+    let store = embedded_store(dir.path(), rules(), T0 + 70_010);
+    let v = store.detect(&six, T0 + 70_010).await.unwrap();
+    assert_eq!(v.iter().filter(|v| v.outcome != Outcome::None).count(), 1);
+    assert_eq!((v[5].outcome, v[5].window_start), (Outcome::Opened, T0 + 70_010));
+}
+
+/// Random alerts, repeats and clock steps, with the embedded store reopened
+/// at random points: it answers exactly as a memory store that never stopped.
+#[test]
+fn embedded_store_reopened_answers_as_an_uninterrupted_memory_store() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rules = StormRules::new(4, 3, Duration::from_secs(60), Duration::from_secs(300), 5)
+        .with_count_ttl(Duration::from_secs(400));
+    let step = prop_oneof![4 => 0i64..5_000, 2 => 5_000i64..120_000, 1 => 120_000i64..500_000];
+    let query = (0usize..2, 0usize..2, 0usize..9);
+    // Few reopens: each costs the engine's shutdown (up to a quarter second).
+    let batch = (proptest::collection::vec(query, 1..8), step, proptest::bool::weighted(0.15), 0u64..3);
+    let batches = proptest::collection::vec(batch, 1..24);
+    let mut runner = TestRunner::new(Config { cases: 24, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&batches, |batches| {
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let memory = MemoryStormStore::new(rules);
+            let mut embedded = Some(embedded_store(dir.path(), rules, T0));
+            let mut now = T0;
+            for (i, (queries, step, reopen, repeats)) in batches.iter().enumerate() {
+                now += step;
+                if *reopen {
+                    drop(embedded.take());
+                    embedded = Some(embedded_store(dir.path(), rules, now));
+                }
+                let Some(store) = &embedded else { unreachable!("reopened above") };
+                let batch: Vec<StormQuery> =
+                    queries.iter().map(|&(ns, name, pod)| alert(["a", "b"][ns], ["X", "Y"][name], pod)).collect();
+                let expected = memory.detect(&batch, now).await.unwrap();
+                prop_assert_eq!(&store.detect(&batch, now).await.unwrap(), &expected, "batch {}", i);
+                // Repeats on every storm this batch saw, as the edge sends them.
+                let counts: Vec<StormCount> = batch
+                    .iter()
+                    .zip(&expected)
+                    .filter(|(_, v)| v.storm.is_some())
+                    .map(|(q, v)| StormCount {
+                        name: storm_cr_name(&q.namespace, &q.alert_name, v.window_start),
+                        alerts: *repeats,
+                    })
+                    .collect();
+                let expected = memory.count(&counts, now + 1).await.unwrap();
+                prop_assert_eq!(store.count(&counts, now + 1).await.unwrap(), expected, "counts of batch {}", i);
+            }
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
 
 /// Random interleavings of alerts and clock steps give identical decisions.

@@ -71,9 +71,9 @@ pub const METRICS: &[Metric] = &[
         "Repeats that waited the full 3 s for a new incident's placement and fell back to its own CR name.",
     ),
     counter(
-        "breakwater_storm_repeats_uncounted_total",
+        "breakwater_storm_repeats_carried_total",
         &[],
-        "Repeats of a storm alert that could not be counted on the storm CR (storm unavailable).",
+        "Repeats of a storm alert counted on the storm CR while the storm service was unavailable (stormAlertsCarried).",
     ),
     // Every gRPC component, client and server side (one shared tower layer).
     counter(

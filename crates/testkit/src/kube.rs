@@ -5,7 +5,17 @@
 //! create, get, list (namespaced and cluster-wide, with label and field selectors), replace,
 //! JSON merge patch, delete, and get/replace/patch on `/status`. Objects are stored as JSON and
 //! keyed by (group, plural, namespace, name); the version in the path is not checked against
-//! a schema. Errors are `Status` objects with the codes, reasons and messages of a real server.
+//! a schema. Errors are `Status` objects with the codes, reasons and messages of a real server,
+//! except an injected 429, which is plain text with a `Retry-After` header, as the real
+//! server's max-inflight and priority-and-fairness filters answer.
+//!
+//! Faults ([`Fault`]) cover what a client must survive: throttling, 5xx, latency, a reset
+//! connection, and a write that was committed but whose answer was lost (a 504 or a reset
+//! after the commit), so a retry meets its own earlier write.
+//!
+//! Size limits are the real server's defaults: a write whose body exceeds 3 MiB is refused with
+//! 413 `RequestEntityTooLarge`, and one whose stored object would exceed etcd's 1.5 MiB request
+//! limit fails with the 500 `etcdserver: request is too large` the API server passes on.
 //!
 //! Deliberately not supported (the request fails loudly instead): watches (405), server-side
 //! apply, strategic merge and JSON patch (415), cluster-scoped resources, core (`/api/v1`)
@@ -31,6 +41,12 @@ use tokio::task::JoinHandle;
 use self::merge_patch::merge_patch;
 use self::selector::{FieldSelector, LabelSelector};
 
+/// The API server's default limit on a write's body (`MaxRequestBodyBytes`).
+const MAX_REQUEST_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// etcd's default `--max-request-bytes`; custom resources are stored as JSON, so their JSON size
+/// is what counts.
+const MAX_STORED_OBJECT_BYTES: usize = 1536 * 1024;
+
 /// What a request did, as the API server's audit log would name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verb {
@@ -53,24 +69,46 @@ pub enum Verb {
 }
 
 /// A fault to inject with [`FakeApiServer::inject`] or [`FakeApiServer::inject_for`].
+///
+/// A request takes the summed delay of every matching [`Fault::Latency`] and at most one
+/// other fault: the first matching one, in the order they were injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Answer with this HTTP status and a `Status` body (reason `TooManyRequests` for 429,
-    /// `InternalError` for 500, `ServiceUnavailable` for 503, `Timeout` for 504). With
-    /// `retry_after_secs`, the answer also carries a `Retry-After` header and
-    /// `details.retryAfterSeconds`, as the API server's priority-and-fairness 429s do.
+    /// Answer with this HTTP status instead of serving the request (nothing is committed).
+    ///
+    /// A 429 is what the API server's max-inflight and priority-and-fairness filters send: the
+    /// plain-text body `Too many requests, please try again later.` (`text/plain`) and, with
+    /// `retry_after_secs`, a `Retry-After` header; no `Status` body. Other codes get a `Status`
+    /// body (reason `InternalError` for 500, `ServiceUnavailable` for 503, `Timeout` for 504)
+    /// and, with `retry_after_secs`, both a `Retry-After` header and
+    /// `details.retryAfterSeconds`, as the server writes a `Status` that carries one.
     Status {
         /// HTTP status code.
         code: u16,
         /// Seconds the client should wait before retrying.
         retry_after_secs: Option<u32>,
     },
-    /// Delay the request by this long, then serve it normally (or with a status fault that
+    /// Delay the request by this long, then serve it normally (or with another fault that
     /// also matches).
     Latency(Duration),
+    /// Close the connection without answering and without serving the request: a connection
+    /// reset before the server acted. Logged with status 0.
+    Reset,
+    /// Serve the request (a write is committed, its resourceVersion advances), then answer
+    /// `code`, as [`Fault::Status`] does, instead of the result: the API server's 504
+    /// `Timeout` when storage committed after the deadline, or a proxy's 502/503 after
+    /// forwarding.
+    CommitThenStatus {
+        /// HTTP status code of the answer the client gets.
+        code: u16,
+    },
+    /// Serve the request (a write is committed), then close the connection without answering:
+    /// a connection reset after the server acted. Logged with status 0.
+    CommitThenReset,
 }
 
-/// One entry of [`FakeApiServer::request_log`]: verb, path (without query) and status code.
+/// One entry of [`FakeApiServer::request_log`]: verb, path (without query) and the status
+/// code the client got (0 when the connection was closed instead).
 pub type LoggedRequest = (Verb, String, u16);
 
 #[derive(Debug)]
@@ -119,7 +157,11 @@ impl FakeApiServer {
     pub async fn start() -> Self {
         let (listener, addr) = crate::port::bind_loopback("fake API server").await;
         let store = Arc::new(Mutex::new(Store { revision: 1000, ..Store::default() }));
-        let app = Router::new().fallback(handle).with_state(Arc::clone(&store));
+        // axum's own 2 MB body limit would answer before the API server's 3 MiB one does.
+        let app = Router::new()
+            .fallback(handle)
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(Arc::clone(&store));
         let task = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {
                 tracing::error!(cause = %err, "fake API server stopped");
@@ -293,35 +335,66 @@ fn verb_for(method: &Method, target: &Target, query: &HashMap<String, String>) -
     }
 }
 
-/// An answer: status code, JSON body and an optional `Retry-After`.
+/// What an answer carries.
+#[derive(Debug)]
+enum Payload {
+    Json(Value),
+    /// `text/plain`, as Go's `http.Error` writes it.
+    Text(&'static str),
+    /// No answer: the connection is closed.
+    Reset,
+}
+
+/// An answer: status code, payload and an optional `Retry-After`.
 #[derive(Debug)]
 struct Reply {
     code: StatusCode,
-    body: Value,
+    payload: Payload,
     retry_after: Option<u32>,
+}
+
+/// An injected fault's effect on one request.
+#[derive(Debug)]
+enum Injected {
+    /// Answer this without serving the request.
+    Instead(Reply),
+    /// Serve the request, then answer this instead of its result.
+    AfterServing(Reply),
 }
 
 impl Reply {
     fn ok(code: StatusCode, body: Value) -> Self {
-        Self { code, body, retry_after: None }
+        Self { code, payload: Payload::Json(body), retry_after: None }
     }
 
     /// A failure `Status` object, shaped like the API server's.
     fn failure(code: u16, message: String, details: Option<Value>) -> Self {
+        Self::failure_with_reason(code, reason_for(code), message, details)
+    }
+
+    fn failure_with_reason(code: u16, reason: &str, message: String, details: Option<Value>) -> Self {
         let mut body = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
             "status": "Failure",
             "message": message,
-            "reason": reason_for(code),
+            "reason": reason,
             "code": code,
         });
         if let Some(details) = details {
             body["details"] = details;
         }
         let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Self { code, body, retry_after: None }
+        Self { code, payload: Payload::Json(body), retry_after: None }
+    }
+
+    /// The code the client sees, 0 for a closed connection.
+    fn logged_code(&self) -> u16 {
+        match self.payload {
+            Payload::Reset => 0,
+            _ => self.code.as_u16(),
+        }
     }
 
     fn bad_request(message: String) -> Self {
@@ -346,22 +419,33 @@ impl Reply {
 
     /// 409 with reason `AlreadyExists`, which a create conflict has instead of `Conflict`.
     fn already_exists(key: &ObjectKey) -> Self {
-        let mut reply = Self::failure(
+        Self::failure_with_reason(
             409,
+            "AlreadyExists",
             format!("{}.{} {:?} already exists", key.plural, key.group, key.name),
             Some(object_details(key)),
-        );
-        reply.body["reason"] = json!("AlreadyExists");
-        reply
+        )
     }
 
     fn method_not_allowed(message: &str) -> Self {
         Self::failure(405, message.to_owned(), None)
     }
 
+    fn reset() -> Self {
+        Self { code: StatusCode::OK, payload: Payload::Reset, retry_after: None }
+    }
+
     fn injected(code: u16, retry_after: Option<u32>) -> Self {
+        if code == 429 {
+            // The max-inflight and priority-and-fairness filters answer with Go's `http.Error`:
+            // no Status, and the pause only in the header.
+            return Self {
+                code: StatusCode::TOO_MANY_REQUESTS,
+                payload: Payload::Text("Too many requests, please try again later.\n"),
+                retry_after,
+            };
+        }
         let message = match code {
-            429 => "Too many requests, please try again later.".to_owned(),
             500 => "Internal error occurred: injected by the testkit fake API server".to_owned(),
             503 => "the server is currently unable to handle the request".to_owned(),
             504 => "the server was unable to return a response in the time allotted, but may still \
@@ -376,7 +460,26 @@ impl Reply {
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
-        let mut response = (self.code, axum::Json(self.body)).into_response();
+        let mut response = match self.payload {
+            Payload::Json(body) => (self.code, axum::Json(body)).into_response(),
+            Payload::Text(text) => (
+                self.code,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+                text,
+            )
+                .into_response(),
+            // A body that fails before its first byte makes hyper close the connection
+            // without writing the response head, so the client sees no answer at all.
+            Payload::Reset => {
+                let failing = futures::stream::once(async {
+                    Err::<Bytes, _>(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection reset injected by the testkit fake API server",
+                    ))
+                });
+                (self.code, axum::body::Body::from_stream(failing)).into_response()
+            }
+        };
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -393,6 +496,7 @@ fn reason_for(code: u16) -> &'static str {
         405 => "MethodNotAllowed",
         409 => "Conflict",
         410 => "Expired",
+        413 => "RequestEntityTooLarge",
         415 => "UnsupportedMediaType",
         422 => "Invalid",
         429 => "TooManyRequests",
@@ -427,43 +531,57 @@ async fn handle(
     };
     let verb = verb_for(&method, &target, &query);
 
+    let mut lost = None;
     if verb != Verb::Other {
-        let (latency, status) = lock().take_faults(verb);
+        let (latency, injected) = lock().take_faults(verb);
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        if let Some(reply) = status {
-            lock().log.push((verb, path, reply.code.as_u16()));
-            return reply;
+        match injected {
+            Some(Injected::Instead(reply)) => {
+                lock().log.push((verb, path, reply.logged_code()));
+                return reply;
+            }
+            Some(Injected::AfterServing(reply)) => lost = Some(reply),
+            None => {}
         }
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut store = lock();
-    let reply = store.serve(verb, target, &query, content_type, &body);
-    store.log.push((verb, path, reply.code.as_u16()));
+    let served = store.serve(verb, target, &query, content_type, &body);
+    // The answer is lost whatever it was, as when the connection or a deadline fails after
+    // the commit.
+    let reply = lost.unwrap_or(served);
+    store.log.push((verb, path, reply.logged_code()));
     reply
 }
 
 impl Store {
-    /// Consumes matching faults: the summed latency, and the first matching status fault.
-    fn take_faults(&mut self, verb: Verb) -> (Duration, Option<Reply>) {
+    /// Consumes matching faults: the summed latency, and the first matching other fault.
+    fn take_faults(&mut self, verb: Verb) -> (Duration, Option<Injected>) {
         let mut latency = Duration::ZERO;
-        let mut status = None;
+        let mut injected = None;
         for rule in &mut self.faults {
             if rule.remaining == 0 || rule.verb.is_some_and(|only| only != verb) {
                 continue;
             }
             match rule.fault {
                 Fault::Latency(delay) => latency += delay,
-                Fault::Status { code, retry_after_secs } if status.is_none() => {
-                    status = Some(Reply::injected(code, retry_after_secs));
+                // One answer per request: later faults wait for the next one.
+                _ if injected.is_some() => continue,
+                Fault::Status { code, retry_after_secs } => {
+                    injected = Some(Injected::Instead(Reply::injected(code, retry_after_secs)));
                 }
-                Fault::Status { .. } => continue,
+                Fault::Reset => injected = Some(Injected::Instead(Reply::reset())),
+                Fault::CommitThenStatus { code } => {
+                    injected = Some(Injected::AfterServing(Reply::injected(code, None)));
+                }
+                Fault::CommitThenReset => injected = Some(Injected::AfterServing(Reply::reset())),
             }
             rule.remaining -= 1;
         }
         self.faults.retain(|rule| rule.remaining > 0);
-        (latency, status)
+        (latency, injected)
     }
 
     fn serve(
@@ -474,6 +592,9 @@ impl Store {
         content_type: &str,
         body: &[u8],
     ) -> Reply {
+        if matches!(verb, Verb::Create | Verb::Replace | Verb::Patch) && body.len() > MAX_REQUEST_BODY_BYTES {
+            return Reply::failure(413, format!("Request entity too large: limit is {MAX_REQUEST_BODY_BYTES}"), None);
+        }
         match (verb, target) {
             (Verb::Other, Target::Version) => Reply::ok(StatusCode::OK, version_info()),
             (Verb::Other, Target::Unknown) => Reply::failure(
@@ -610,6 +731,9 @@ impl Store {
         metadata["resourceVersion"] = json!(self.revision.to_string());
         metadata["generation"] = json!(1);
         metadata["creationTimestamp"] = json!(jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        if let Some(reply) = too_large_to_store(&object) {
+            return reply;
+        }
         self.kinds.insert((key.group.clone(), key.plural.clone()), kind);
         self.objects.insert(key, object.clone());
         Reply::ok(StatusCode::CREATED, object)
@@ -707,9 +831,20 @@ impl Store {
         }
         self.revision += 1;
         next["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+        if let Some(reply) = too_large_to_store(&next) {
+            return reply;
+        }
         self.objects.insert(key.clone(), next.clone());
         Reply::ok(StatusCode::OK, next)
     }
+}
+
+/// etcd's refusal of an object over its request limit, as the API server passes it on: not a
+/// Status error of its own, so a 500 without a reason.
+fn too_large_to_store(object: &Value) -> Option<Reply> {
+    let size = serde_json::to_vec(object).map_or(0, |bytes| bytes.len());
+    (size > MAX_STORED_OBJECT_BYTES)
+        .then(|| Reply::failure_with_reason(500, "", "etcdserver: request is too large".to_owned(), None))
 }
 
 fn parse_object(body: &[u8]) -> Result<Value, Reply> {

@@ -249,12 +249,16 @@ async fn the_final_flush_retries_until_drained_or_timed_out() -> Result<(), Box<
 #[test]
 fn count_updates_of_each_kind() {
     let update = count_update(&occurrence(3));
-    assert_eq!(update, CountUpdate { occurrence_count: 3, last_seen: T0 + 3, ..CountUpdate::default() });
+    assert_eq!(
+        update,
+        CountUpdate { occurrence_count: 3, window_start: T0, last_seen: T0 + 3, ..CountUpdate::default() }
+    );
     let update = count_update(&storm_add("cart-9", 21, true));
     assert_eq!(
         update,
         CountUpdate {
             occurrence_count: 0,
+            window_start: 0,
             last_seen: T0,
             storm_alert_count: 21,
             affected_resources: vec!["shop:Pod:cart-9".to_owned()],

@@ -52,6 +52,8 @@ fn write(kind: pb::WriteKind, name: &str) -> pb::RemediationWrite {
         resource_listed: true,
         resources_omitted: 0,
         dedup_unavailable: false,
+        dedup_window_exact: false,
+        storm_unavailable: false,
     }
 }
 

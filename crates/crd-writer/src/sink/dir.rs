@@ -4,7 +4,13 @@
 //! accepts it. Files are replaced atomically (temporary file, then rename). Writes go through
 //! one async mutex, so a read-modify-write cannot interleave with another; this sink assumes it
 //! is the directory's only writer.
+//!
+//! The dedup of last resort ([`RemediationSink::find_open`]) asks for the open CR of a
+//! fingerprint, per alert while dedup is unavailable. An index of the CR names of each
+//! fingerprint answers it by reading only those files: the namespace is scanned once, the
+//! first time it is asked about, and `create` keeps the index current from then on.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,12 +34,24 @@ pub struct DirSink {
     write_lock: Mutex<()>,
     /// Makes temporary file names unique within the process.
     tmp_seq: AtomicU64,
+    /// Per namespace scanned so far, the CR names of each fingerprint (`spec.signalFingerprint`).
+    /// Changed only under `write_lock`.
+    index: std::sync::Mutex<HashMap<String, HashMap<String, Vec<String>>>>,
+    /// CR files read, for tests of the index.
+    files_read: AtomicU64,
 }
 
 impl DirSink {
     /// A sink writing under `root`, which is created on first write.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), cap: DEFAULT_CAP, write_lock: Mutex::new(()), tmp_seq: AtomicU64::new(0) }
+        Self {
+            root: root.into(),
+            cap: DEFAULT_CAP,
+            write_lock: Mutex::new(()),
+            tmp_seq: AtomicU64::new(0),
+            index: std::sync::Mutex::new(HashMap::new()),
+            files_read: AtomicU64::new(0),
+        }
     }
 
     /// Caps `affectedResources` at `cap` entries (default 100).
@@ -57,7 +75,40 @@ impl DirSink {
         Ok(self.root.join(&target.namespace).join(format!("{}.yaml", target.name)))
     }
 
+    /// CR files read so far (the index keeps this O(1) per `find_open`).
+    pub fn files_read(&self) -> u64 {
+        self.files_read.load(Ordering::Relaxed)
+    }
+
+    fn lock_index(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Vec<String>>>> {
+        // Each change is one insert: a panic elsewhere cannot leave the map half-changed.
+        self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The names of the CRs of `fingerprint` in `namespace`, scanning the namespace into the
+    /// index the first time it is asked about.
+    async fn names_of(&self, namespace: &str, fingerprint: &str) -> Result<Vec<String>, SinkError> {
+        if let Some(by_fingerprint) = self.lock_index().get(namespace) {
+            return Ok(by_fingerprint.get(fingerprint).cloned().unwrap_or_default());
+        }
+        // Under the write lock, so no create slips between the scan and the index.
+        let _guard = self.write_lock.lock().await;
+        if let Some(by_fingerprint) = self.lock_index().get(namespace) {
+            return Ok(by_fingerprint.get(fingerprint).cloned().unwrap_or_default());
+        }
+        let mut by_fingerprint: HashMap<String, Vec<String>> = HashMap::new();
+        for rr in self.read_namespace(namespace).await? {
+            if let Some(name) = rr.metadata.name {
+                by_fingerprint.entry(rr.spec.signal_fingerprint).or_default().push(name);
+            }
+        }
+        let names = by_fingerprint.get(fingerprint).cloned().unwrap_or_default();
+        self.lock_index().insert(namespace.to_owned(), by_fingerprint);
+        Ok(names)
+    }
+
     async fn read(&self, path: &Path) -> Result<Option<RemediationRequest>, SinkError> {
+        self.files_read.fetch_add(1, Ordering::Relaxed);
         let text = match tokio::fs::read_to_string(path).await {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -164,6 +215,9 @@ impl RemediationSink for DirSink {
         rr.metadata.resource_version = None;
         bump_resource_version(&mut rr);
         self.write(&path, &rr).await?;
+        if let Some(by_fingerprint) = self.lock_index().get_mut(&target.namespace) {
+            by_fingerprint.entry(rr.spec.signal_fingerprint.clone()).or_default().push(target.name.clone());
+        }
         Ok(Created { outcome: CreateOutcome::Created, namespace: target.namespace })
     }
 
@@ -177,7 +231,20 @@ impl RemediationSink for DirSink {
     }
 
     async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
-        Ok(latest_open(self.read_namespace(namespace).await?, fingerprint).map(|rr| target_of(&rr)))
+        if !is_dns1123_label(namespace) {
+            return Err(SinkError::InvalidName(namespace.to_owned()));
+        }
+        let mut candidates = Vec::new();
+        for name in self.names_of(namespace, fingerprint).await? {
+            let target = CrRef { namespace: namespace.to_owned(), name };
+            // Gone or unreadable since it was indexed: not this incident's open CR.
+            if let Ok(Some(mut rr)) = self.read(&self.path_of(&target)?).await {
+                rr.metadata.namespace = Some(target.namespace);
+                rr.metadata.name = Some(target.name);
+                candidates.push(rr);
+            }
+        }
+        Ok(latest_open(candidates, fingerprint).map(|rr| target_of(&rr)))
     }
 
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {

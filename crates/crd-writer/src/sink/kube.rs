@@ -1,21 +1,40 @@
 //! The Kubernetes sink: RemediationRequests through the API server.
 //!
-//! Every request is retried with exponential backoff on 429 (honouring the Status body's
-//! `details.retryAfterSeconds`), 500, 502, 503, 504, timeouts and connection errors, and never
-//! on 400/403/404/409/422. A create whose namespace does not exist is repeated in the fallback
-//! namespace (reference spec §7.2). Count updates are read-merge-patch with
-//! `metadata.resourceVersion` as precondition; a 409 Conflict re-reads and merges again. The
-//! dedup fallback's increments take the same path, so concurrent increments are all counted;
-//! its lookup of an open CR is one `list` by the fingerprint label.
+//! Every request is retried with exponential backoff on 429, 500, 502, 503, 504, timeouts and
+//! connection errors, and never on 400/403/404/409/413/422, nor on etcd's 500 `request is too
+//! large` (reported, like a 413, as `Rejected` with code 413: the same object never fits). A
+//! pause the server asks for is honoured: its `Retry-After` header, which is all the pause a
+//! max-inflight or priority-and-fairness 429 carries (its body is plain text, not a `Status`),
+//! or a `Status`'s `details.retryAfterSeconds`. Requests go through `Client::send` rather than
+//! `Api`, because kube's `Api` drops the response headers.
+//!
+//! A create whose namespace does not exist is repeated in the fallback namespace (reference
+//! spec §7.2). Count updates are read-merge-patch with `metadata.resourceVersion` as
+//! precondition; a 409 Conflict re-reads and merges again. The dedup fallback's increments take
+//! the same path, so concurrent increments are all counted; its lookup of an open CR is one
+//! `list` by the fingerprint label.
+//!
+//! A retry may meet its own earlier attempt, committed although its answer was lost (a 504, a
+//! reset connection). Count merges are idempotent, so that is harmless for them. The others
+//! carry an operation id, so the retry can tell:
+//! - each create stamps [`ANNOTATION_CREATE_OP`]; an AlreadyExists after a retry reads the CR
+//!   and reports `Created` when it carries our id, so the caller counts the alert once;
+//! - each increment adds its id to [`ANNOTATION_COUNT_OPS`] in the same merge patch; a read
+//!   that finds our id there means the increment is in, and it is not applied again.
 
 use std::future::Future;
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use breakwater_signal::UnixMillis;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::core::Status;
-use kube::{Client, Error as KubeError};
+use kube::api::{GetParams, ListParams, Patch, PatchParams, PostParams};
+use kube::client::Body;
+use kube::core::response::StatusDetails;
+use kube::core::{ObjectList, Request, Status};
+use kube::{Client, Error as KubeError, Resource as _};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::Instrument as _;
 use tracing::field::Empty;
@@ -32,6 +51,13 @@ const DEFAULT_CAP: usize = 100;
 const MAX_CONFLICT_ATTEMPTS: u32 = 10;
 /// An API server asking for a longer pause than this is capped, so a flush cannot stall.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// The operation id of the create that made the CR.
+pub const ANNOTATION_CREATE_OP: &str = "breakwater.io/create-op";
+/// The operation ids of the latest increments applied to the CR, oldest first.
+pub const ANNOTATION_COUNT_OPS: &str = "breakwater.io/count-ops";
+/// Increment ids kept in [`ANNOTATION_COUNT_OPS`]. An increment whose answer was lost is
+/// recognised on its retry unless this many other increments landed on the CR in between.
+const KEPT_COUNT_OPS: usize = 32;
 
 pub struct KubeSink {
     client: Client,
@@ -63,12 +89,53 @@ impl KubeSink {
         self
     }
 
-    fn api(&self, namespace: &str) -> Api<RemediationRequest> {
-        Api::namespaced(self.client.clone(), namespace)
+    /// Requests on the RemediationRequests of `namespace`.
+    fn requests(namespace: &str) -> Request {
+        Request::new(RemediationRequest::url_path(&(), Some(namespace)))
+    }
+
+    /// Sends `request` and decodes the answer, as `kube::Client::request` does, except that an
+    /// error answer's `Retry-After` header is kept (see [`api_error`]).
+    async fn send<T: DeserializeOwned>(
+        &self,
+        verb: &'static str,
+        request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<T, KubeError> {
+        let mut request = request.map_err(KubeError::BuildRequest)?;
+        // kube's own trace layer names its span after this, as `Api` does.
+        request.extensions_mut().insert(verb);
+        let response = self.client.send(request.map(Body::from)).await?;
+        let code = response.status();
+        let retry_after =
+            response.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = response.into_body().collect_bytes().await?;
+        if code.is_client_error() || code.is_server_error() {
+            return Err(api_error(code.as_u16(), &body, retry_after.as_deref()));
+        }
+        serde_json::from_slice(&body).map_err(KubeError::SerdeError)
+    }
+
+    async fn get_opt(&self, target: &CrRef) -> Result<Option<RemediationRequest>, KubeError> {
+        let request = Self::requests(&target.namespace).get(&target.name, &GetParams::default());
+        match self.send("get", request).await {
+            Ok(rr) => Ok(Some(rr)),
+            Err(KubeError::Api(status)) if status.is_not_found() => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// Runs `op` until it succeeds, fails for good, or runs out of attempts.
     async fn call<T, F, Fut>(&self, verb: &'static str, op: F) -> Result<T, SinkError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, KubeError>>,
+    {
+        self.call_counted(verb, op).await.0
+    }
+
+    /// [`call`](Self::call), also saying how many attempts it took: after more than one, an
+    /// earlier attempt may have been committed although its answer was lost.
+    async fn call_counted<T, F, Fut>(&self, verb: &'static str, op: F) -> (Result<T, SinkError>, u32)
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, KubeError>>,
@@ -98,22 +165,28 @@ impl KubeSink {
                 span.record("otel.status_code", "error");
             }
             let err = match result {
-                Ok(value) => return Ok(value),
+                Ok(value) => return (Ok(value), attempt),
                 Err(err) => err,
             };
             if !is_retryable(&err) {
-                return Err(match err {
+                let rejected = match err {
+                    KubeError::Api(status) if is_too_large(&status) => SinkError::Rejected {
+                        code: 413,
+                        reason: "RequestEntityTooLarge".to_owned(),
+                        source: KubeError::Api(status),
+                    },
                     KubeError::Api(status) => SinkError::Rejected {
                         code: status.code,
                         reason: status.reason.clone(),
                         source: KubeError::Api(status),
                     },
                     other => SinkError::Rejected { code: 0, reason: "client".to_owned(), source: other },
-                });
+                };
+                return (Err(rejected), attempt);
             }
             let retry_after = retry_after(&err);
             if attempt >= max_attempts {
-                return Err(SinkError::Unavailable { attempts: attempt, retry_after, source: err });
+                return (Err(SinkError::Unavailable { attempts: attempt, retry_after, source: err }), attempt);
             }
             let delay = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
             tracing::debug!(verb, attempt, delay_ms = delay.as_millis(), cause = %err, "retrying kubernetes request");
@@ -123,12 +196,36 @@ impl KubeSink {
     }
 
     async fn create_in(&self, namespace: &str, rr: &RemediationRequest) -> Result<Created, SinkError> {
-        let api = self.api(namespace);
+        let op = operation_id();
+        let mut stamped = rr.clone();
+        stamped.metadata.annotations.get_or_insert_default().insert(ANNOTATION_CREATE_OP.to_owned(), op.clone());
+        let body = serde_json::to_vec(&stamped).map_err(|err| SinkError::Rejected {
+            code: 0,
+            reason: "serialize".to_owned(),
+            source: KubeError::SerdeError(err),
+        })?;
+        let requests = Self::requests(namespace);
         let params = PostParams::default();
-        match self.call("create", || api.create(&params, rr)).await {
-            Ok(_) => Ok(Created { outcome: CreateOutcome::Created, namespace: namespace.to_owned() }),
+        let created = |outcome| Created { outcome, namespace: namespace.to_owned() };
+        let (result, attempts) = self
+            .call_counted("create", || {
+                self.send::<RemediationRequest>("create", requests.create(&params, body.clone()))
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(created(CreateOutcome::Created)),
             Err(err) if status_of(&err).is_some_and(Status::is_already_exists) => {
-                Ok(Created { outcome: CreateOutcome::AlreadyExisted, namespace: namespace.to_owned() })
+                // Only a retried create can have met itself; a first attempt never does.
+                if attempts > 1 {
+                    let target =
+                        CrRef { namespace: namespace.to_owned(), name: rr.metadata.name.clone().unwrap_or_default() };
+                    let existing = self.get(&target).await?;
+                    if existing.is_some_and(|cr| create_op_of(&cr) == Some(op.as_str())) {
+                        tracing::debug!(%target, "an earlier attempt of this create was committed");
+                        return Ok(created(CreateOutcome::Created));
+                    }
+                }
+                Ok(created(CreateOutcome::AlreadyExisted))
             }
             Err(err) => Err(err),
         }
@@ -157,20 +254,20 @@ impl RemediationSink for KubeSink {
     }
 
     async fn get(&self, target: &CrRef) -> Result<Option<RemediationRequest>, SinkError> {
-        let api = self.api(&target.namespace);
-        self.call("get", || api.get_opt(&target.name)).await
+        self.call("get", || self.get_opt(target)).await
     }
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %target))]
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
-        self.read_modify_write(target, |spec| update.apply_to(spec, self.cap)).await
+        self.read_modify_write(target, None, |spec| update.apply_to(spec, self.cap)).await
     }
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %namespace))]
     async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
-        let api = self.api(namespace);
+        let requests = Self::requests(namespace);
         let params = ListParams::default().labels(&format!("{LABEL_FINGERPRINT}={}", label_value(fingerprint)));
-        let list = self.call("list", || api.list(&params)).await?;
+        let list: ObjectList<RemediationRequest> =
+            self.call("list", || self.send("list", requests.list(&params))).await?;
         Ok(latest_open(list.items, fingerprint).map(|rr| CrRef {
             namespace: rr.metadata.namespace.unwrap_or_else(|| namespace.to_owned()),
             name: rr.metadata.name.unwrap_or_default(),
@@ -179,7 +276,8 @@ impl RemediationSink for KubeSink {
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %target, n))]
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {
-        self.read_modify_write(target, |spec| add_occurrences_to(spec, n, last_seen)).await
+        let op = operation_id();
+        self.read_modify_write(target, Some(&op), |spec| add_occurrences_to(spec, n, last_seen)).await
     }
 }
 
@@ -187,23 +285,46 @@ impl KubeSink {
     /// Reads the CR, changes its counts with `change` (which says whether it changed anything)
     /// and merge-patches them with the read `resourceVersion` as precondition; on 409 Conflict
     /// reads and changes again, so a change is applied exactly once to the latest counts.
+    ///
+    /// A change that is not idempotent (an increment) passes its operation id `op`: the patch
+    /// records it in [`ANNOTATION_COUNT_OPS`], and a read that finds it there (a retry after a
+    /// lost answer, then a 409 because our own write moved the resourceVersion) stops at once.
     async fn read_modify_write(
         &self,
         target: &CrRef,
+        op: Option<&str>,
         change: impl Fn(&mut RemediationRequestSpec) -> bool + Send + Sync,
     ) -> Result<UpdateOutcome, SinkError> {
-        let api = self.api(&target.namespace);
+        let requests = Self::requests(&target.namespace);
         let params = PatchParams::default();
         for attempt in 1..=MAX_CONFLICT_ATTEMPTS {
             let Some(current) = self.get(target).await? else {
                 return Ok(UpdateOutcome::NotFound);
             };
+            let applied = count_ops_of(&current);
+            if let Some(op) = op
+                && applied.contains(&op)
+            {
+                tracing::debug!(attempt, "an earlier attempt of this increment was committed");
+                return Ok(UpdateOutcome::Updated);
+            }
             let mut spec = current.spec.clone();
             if !change(&mut spec) {
                 return Ok(UpdateOutcome::Unchanged);
             }
-            let patch = Patch::Merge(count_patch(&spec, current.metadata.resource_version.as_deref()));
-            match self.call("patch", || api.patch(&target.name, &params, &patch)).await {
+            let mut patch = count_patch(&spec, current.metadata.resource_version.as_deref());
+            if let Some(op) = op {
+                let skip = (applied.len() + 1).saturating_sub(KEPT_COUNT_OPS);
+                let ops: Vec<&str> = applied.into_iter().skip(skip).chain([op]).collect();
+                patch["metadata"]["annotations"] = json!({ ANNOTATION_COUNT_OPS: ops.join(" ") });
+            }
+            let patch = Patch::Merge(patch);
+            let sent = self
+                .call("patch", || {
+                    self.send::<RemediationRequest>("patch", requests.patch(&target.name, &params, &patch))
+                })
+                .await;
+            match sent {
                 Ok(_) => return Ok(UpdateOutcome::Updated),
                 Err(err) if status_of(&err).is_some_and(Status::is_conflict) => {
                     tracing::debug!(attempt, "resourceVersion conflict, merging again");
@@ -225,6 +346,7 @@ fn count_patch(spec: &RemediationRequestSpec, resource_version: Option<&str>) ->
             "deduplication": {
                 "occurrenceCount": spec.deduplication.occurrence_count,
                 "lastSeen": spec.deduplication.last_seen,
+                "tally": spec.deduplication.tally,
             },
         },
     });
@@ -239,9 +361,33 @@ fn count_patch(spec: &RemediationRequestSpec, resource_version: Option<&str>) ->
     patch
 }
 
+/// The create operation id stamped on `rr`, if any.
+fn create_op_of(rr: &RemediationRequest) -> Option<&str> {
+    rr.metadata.annotations.as_ref()?.get(ANNOTATION_CREATE_OP).map(String::as_str)
+}
+
+/// The increment operation ids recorded on `rr`, oldest first.
+fn count_ops_of(rr: &RemediationRequest) -> Vec<&str> {
+    rr.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_COUNT_OPS))
+        .map(|ops| ops.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+/// A fresh operation id: 16 hex digits, unique across calls and processes.
+fn operation_id() -> String {
+    // RandomState is keyed randomly per thread (and so per process); the sequence keeps two
+    // ids of one thread apart. Enough for uniqueness without a random-number crate.
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(SEQUENCE.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", hasher.finish())
+}
+
 /// A random pause of up to 5 ms × 2^attempt (at most 320 ms) after a lost update race.
 fn conflict_pause(attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
     let ceiling_ms = 5u64 << attempt.min(6);
     // A fresh RandomState is randomly keyed: enough randomness for jitter without a crate.
     let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
@@ -264,8 +410,15 @@ fn is_namespace_missing(err: &SinkError) -> bool {
     })
 }
 
+/// A write too large to store: the API server's 413, or etcd's refusal, which it passes on as a
+/// 500.
+fn is_too_large(status: &Status) -> bool {
+    status.code == 413 || status.message.contains("etcdserver: request is too large")
+}
+
 fn is_retryable(err: &KubeError) -> bool {
     match err {
+        KubeError::Api(status) if is_too_large(status) => false,
         KubeError::Api(status) => {
             matches!(status.code, 429 | 500 | 502 | 503 | 504)
                 || matches!(
@@ -277,6 +430,36 @@ fn is_retryable(err: &KubeError) -> bool {
         KubeError::HyperError(_) | KubeError::Service(_) => true,
         _ => false,
     }
+}
+
+/// The error for an answer with status `code`: its `Status` body, or one made up from a body
+/// that is not one (as kube does: the API server's 429s are plain text). A `Retry-After` of
+/// whole seconds goes into `details.retryAfterSeconds` unless the body already set it, so
+/// [`retry_after`] finds it wherever the server put it. An HTTP-date `Retry-After` is
+/// ignored: the API server sends seconds.
+fn api_error(code: u16, body: &[u8], retry_after: Option<&str>) -> KubeError {
+    let mut status = serde_json::from_slice::<Status>(body).unwrap_or_else(|_| {
+        let text = String::from_utf8_lossy(body);
+        Status::failure(text.trim(), "Failed to parse error data").with_code(code)
+    });
+    if status.code == 0 {
+        // JSON that is not a Status (a proxy's, say) has no code of its own.
+        status.code = code;
+    }
+    if let Some(secs) = retry_after.and_then(|v| v.trim().parse::<u32>().ok()).filter(|s| *s > 0) {
+        let details = status.details.get_or_insert_with(|| StatusDetails {
+            name: String::new(),
+            group: String::new(),
+            kind: String::new(),
+            uid: String::new(),
+            causes: Vec::new(),
+            retry_after_seconds: 0,
+        });
+        if details.retry_after_seconds == 0 {
+            details.retry_after_seconds = secs;
+        }
+    }
+    KubeError::Api(Box::new(status))
 }
 
 fn retry_after(err: &KubeError) -> Option<Duration> {

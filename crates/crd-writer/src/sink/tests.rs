@@ -23,11 +23,13 @@ fn spec(is_storm: bool) -> RemediationRequestSpec {
             last_seen: time(5000),
             occurrence_count: 7,
             previous_remediation_request_ref: None,
+            tally: None,
         },
         is_storm,
         storm_type: None,
         storm_window: None,
         storm_alert_count: is_storm.then_some(10),
+        storm_alerts_carried: None,
         affected_resources: if is_storm { vec!["ns:Pod:a".to_owned(), "ns:Pod:b".to_owned()] } else { Vec::new() },
         affected_resources_omitted: is_storm.then_some(0),
         signal_labels: BTreeMap::new(),
@@ -88,6 +90,7 @@ fn storm_resources_union_in_order_and_cap() {
 fn pending_updates_merge_by_max_and_union() {
     let mut a = CountUpdate {
         occurrence_count: 5,
+        window_start: 0,
         last_seen: 100,
         storm_alert_count: 3,
         affected_resources: resources(&["x", "y"]),
@@ -95,6 +98,7 @@ fn pending_updates_merge_by_max_and_union() {
     };
     let b = CountUpdate {
         occurrence_count: 2,
+        window_start: 0,
         last_seen: 300,
         storm_alert_count: 8,
         affected_resources: resources(&["y", "z", "w"]),
@@ -205,4 +209,54 @@ fn latest_open_needs_the_label_and_the_whole_fingerprint() {
     storm.spec.is_storm = true;
     assert_eq!(latest_open([storm], &fp), None);
     assert_eq!(name_of(latest_open([cr("ok", None, None, None)], &fp)), Some("ok".to_owned()));
+}
+
+/// Counts from dedup's windows and from outside them add up; none overwrites another, and
+/// each merge is idempotent.
+#[test]
+fn occurrence_counts_of_windows_and_increments_add_up() {
+    let mut s = spec(false);
+    s.deduplication.tally = None;
+    let window = |start: UnixMillis, count: u64| CountUpdate {
+        occurrence_count: count,
+        window_start: start,
+        ..CountUpdate::default()
+    };
+    // A CR without a tally (another gateway's, or an older Breakwater's): its 7 are carried.
+    assert!(window(1000, 9).apply_to(&mut s, 10));
+    assert_eq!(s.deduplication.occurrence_count, 16);
+    assert!(!window(1000, 9).apply_to(&mut s, 10), "a retry changes nothing");
+    assert!(!window(1000, 3).apply_to(&mut s, 10), "an older count of the window changes nothing");
+    // Dedup was down: two alerts counted outside its windows…
+    assert!(add_occurrences_to(&mut s, 2, 0));
+    assert_eq!(s.deduplication.occurrence_count, 18);
+    // …and dedup's next count of its window adds to them instead of swallowing them.
+    assert!(window(1000, 10).apply_to(&mut s, 10));
+    assert_eq!(s.deduplication.occurrence_count, 19);
+    // Dedup lost its state and counts a new window from 1: added, not merged by maximum.
+    assert!(window(50_000, 1).apply_to(&mut s, 10));
+    assert_eq!(s.deduplication.occurrence_count, 20);
+    // A late update of the window before still merges; one older than that was carried.
+    assert!(window(1000, 12).apply_to(&mut s, 10));
+    assert_eq!(s.deduplication.occurrence_count, 22);
+    assert!(window(90_000, 2).apply_to(&mut s, 10));
+    assert!(!window(1000, 99).apply_to(&mut s, 10));
+    assert_eq!(s.deduplication.occurrence_count, 24);
+    let tally = s.deduplication.tally.clone().unwrap_or_default();
+    assert_eq!(tally.total(), 24);
+    assert_eq!((tally.window_start_ms, tally.window_count), (90_000, 2));
+}
+
+/// Storm alerts counted while the storm service was down add to its own count, which later
+/// merges by maximum without overwriting them.
+#[test]
+fn carried_storm_alerts_add_to_the_storm_services_count() {
+    let mut s = spec(true);
+    assert!(add_occurrences_to(&mut s, 2, 0));
+    assert_eq!((s.storm_alert_count, s.storm_alerts_carried), (Some(12), Some(2)));
+    let storm = |count: u64| CountUpdate { storm_alert_count: count, ..CountUpdate::default() };
+    assert!(!storm(10).apply_to(&mut s, 100), "the storm service's 10 are in already");
+    assert!(storm(11).apply_to(&mut s, 100));
+    assert_eq!(s.storm_alert_count, Some(13));
+    assert_eq!(s.deduplication.occurrence_count, 7, "a storm CR's own occurrences do not move");
 }

@@ -8,10 +8,11 @@ use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
 use super::{Bind, DedupStore, WindowRef};
-use crate::window::{Change, DedupWindow, Placement, Query, Record, Verdict};
+use crate::window::{Change, DedupWindow, DeliveryKey, Placement, Query, Record, Verdict};
 
-/// Open incidents in a map; closed ones are swept whenever the map has doubled
-/// since the last sweep, so memory follows the number of open incidents.
+/// Open incidents and recent deliveries in maps; closed incidents and expired
+/// deliveries are swept whenever the maps have doubled since the last sweep,
+/// so memory follows the number of open incidents and recent deliveries.
 #[derive(Debug)]
 pub struct MemoryDedupStore {
     window: DedupWindow,
@@ -21,12 +22,20 @@ pub struct MemoryDedupStore {
 #[derive(Debug, Default)]
 struct State {
     records: HashMap<String, Record>,
+    /// Deliveries counted, and until when a copy of each is recognised.
+    deliveries: HashMap<DeliveryKey, UnixMillis>,
     sweep_at: usize,
+}
+
+impl State {
+    fn held(&self) -> usize {
+        self.records.len() + self.deliveries.len()
+    }
 }
 
 impl MemoryDedupStore {
     pub fn new(window: DedupWindow) -> Self {
-        Self { window, state: Mutex::new(State { records: HashMap::new(), sweep_at: 1024 }) }
+        Self { window, state: Mutex::new(State { sweep_at: 1024, ..State::default() }) }
     }
 
     /// Open incidents held right now (for tests and metrics).
@@ -36,6 +45,30 @@ impl MemoryDedupStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The record held for `fingerprint`, open or not yet swept.
+    pub fn record(&self, fingerprint: &str) -> Option<Record> {
+        self.lock().records.get(fingerprint).cloned()
+    }
+
+    /// Puts back records saved elsewhere (an on-disk journal), replacing any held.
+    pub fn restore(&self, records: impl IntoIterator<Item = (String, Record)>) {
+        let mut state = self.lock();
+        state.records.extend(records);
+        state.sweep_at = (state.held() * 2).max(1024);
+    }
+
+    /// Until when a copy of `delivery` is recognised, if it is remembered.
+    pub fn delivery(&self, delivery: DeliveryKey) -> Option<UnixMillis> {
+        self.lock().deliveries.get(&delivery).copied()
+    }
+
+    /// Puts back deliveries saved elsewhere, with until when each is remembered.
+    pub fn restore_deliveries(&self, deliveries: impl IntoIterator<Item = (DeliveryKey, UnixMillis)>) {
+        let mut state = self.lock();
+        state.deliveries.extend(deliveries);
+        state.sweep_at = (state.held() * 2).max(1024);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -49,9 +82,16 @@ impl MemoryDedupStore {
 impl DedupStore for MemoryDedupStore {
     async fn check(&self, queries: &[Query], now: UnixMillis) -> Result<Vec<Verdict>, KeyspaceError> {
         let mut state = self.lock();
+        let remember_until = now.saturating_add(self.window.copy_window_ms());
         let verdicts = queries
             .iter()
             .map(|q| {
+                if let Some(delivery) = q.delivery {
+                    if state.deliveries.get(&delivery).is_some_and(|&until| now < until) {
+                        return self.window.copy_of(state.records.get(&q.fingerprint), now);
+                    }
+                    state.deliveries.insert(delivery, remember_until);
+                }
                 let (verdict, change) = self.window.decide(state.records.get(&q.fingerprint), q.status, now);
                 match change {
                     Change::Put(record) => {
@@ -64,10 +104,11 @@ impl DedupStore for MemoryDedupStore {
                 verdict
             })
             .collect();
-        if state.records.len() >= state.sweep_at {
+        if state.held() >= state.sweep_at {
             let window = self.window;
             state.records.retain(|_, r| window.is_open(r, now));
-            state.sweep_at = (state.records.len() * 2).max(1024);
+            state.deliveries.retain(|_, &mut until| now < until);
+            state.sweep_at = (state.held() * 2).max(1024);
         }
         Ok(verdicts)
     }

@@ -1,5 +1,6 @@
 //! Redis dedup store: one Lua script per batch over fixed-size string records
-//! `bw:dedup:f:<fingerprint>` whose TTL is the window.
+//! `bw:dedup:f:<fingerprint>` whose TTL is the window, and delivery markers
+//! `bw:dedup:d:<delivery key>` whose TTL is the copy window.
 
 use std::sync::LazyLock;
 
@@ -8,7 +9,7 @@ use breakwater_keyspace::{Keyspace, KeyspaceError, Script, Ttl};
 use breakwater_signal::UnixMillis;
 
 use super::{Bind, DedupStore, WindowRef};
-use crate::window::{Binding, Decision, DedupWindow, Placement, Query, Record, Status, Verdict};
+use crate::window::{Binding, Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Status, Verdict};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_check", include_str!("check.lua")));
 static BIND: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_bind", include_str!("bind.lua")));
@@ -33,6 +34,11 @@ impl RedisDedupStore {
         self.keyspace.key(&format!("f:{fingerprint}"))
     }
 
+    /// The key remembering one delivery.
+    pub fn delivery_key(&self, delivery: DeliveryKey) -> String {
+        self.keyspace.key(&format!("d:{}", delivery.hex()))
+    }
+
     fn ttl(&self) -> Ttl {
         Ttl::from_millis(u64::try_from(self.window.window_ms()).unwrap_or(u64::MAX))
     }
@@ -44,9 +50,20 @@ impl DedupStore for RedisDedupStore {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = queries.iter().map(|q| self.record_key(&q.fingerprint)).collect();
-        let mut args = vec![now.to_string(), self.window.window_ms().to_string()];
-        args.extend(queries.iter().map(|q| if q.status == Status::Firing { "f" } else { "r" }.to_owned()));
+        let mut keys: Vec<String> = queries.iter().map(|q| self.record_key(&q.fingerprint)).collect();
+        let mut args =
+            vec![now.to_string(), self.window.window_ms().to_string(), self.window.copy_window_ms().to_string()];
+        for q in queries {
+            let status = if q.status == Status::Firing { "f" } else { "r" };
+            match q.delivery {
+                Some(delivery) => {
+                    keys.push(self.delivery_key(delivery));
+                    // Lua indexes KEYS from 1.
+                    args.push(format!("{status}:{}", keys.len()));
+                }
+                None => args.push(status.to_owned()),
+            }
+        }
         let replies: Vec<String> = self.keyspace.run(&CHECK, &keys, self.ttl(), &args).await?;
         if replies.len() != queries.len() {
             return Err(bad_reply(&CHECK, format!("{} replies for {} queries", replies.len(), queries.len())));
@@ -102,14 +119,17 @@ fn bad_reply(script: &Script, what: String) -> KeyspaceError {
 }
 
 fn parse_verdict(reply: &str) -> Option<Verdict> {
-    if reply == "U" {
-        return Some(Verdict { decision: Decision::ResolvedUnknown, record: None });
+    match reply {
+        "U" => return Some(Verdict { decision: Decision::ResolvedUnknown, record: None }),
+        "C" => return Some(Verdict { decision: Decision::Copy, record: None }),
+        _ => {}
     }
     let (tag, record) = reply.split_once('|')?;
     let decision = match tag {
         "N" => Decision::New,
         "D" => Decision::Duplicate,
         "R" => Decision::Resolved,
+        "C" => Decision::Copy,
         _ => return None,
     };
     Some(Verdict { decision, record: Some(parse_record(record)?) })
@@ -160,6 +180,8 @@ mod tests {
         );
         assert_eq!(parse_verdict("N|1|1|1|?").and_then(|v| v.record).map(|r| r.placement), Some(Placement::Pending));
         assert_eq!(parse_verdict("D|1|1|2|").and_then(|v| v.record).map(|r| r.placement), Some(Placement::Own));
+        assert_eq!(parse_verdict("C"), Some(Verdict { decision: Decision::Copy, record: None }));
+        assert_eq!(parse_verdict("C|1|5|2|").map(|v| v.decision), Some(Decision::Copy));
         assert_eq!(parse_verdict("X|1|1|1|"), None);
         assert_eq!(parse_verdict("N|a|1|1|"), None);
     }

@@ -1,6 +1,6 @@
 use super::*;
 
-const WINDOW: DedupWindow = DedupWindow { window_ms: 300_000 };
+const WINDOW: DedupWindow = DedupWindow { window_ms: 300_000, copy_window_ms: 120_000 };
 
 #[test]
 fn first_firing_is_new() {

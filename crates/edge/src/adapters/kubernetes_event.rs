@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::unix_ms;
+use super::{Incoming, unix_ms};
 use crate::error::EdgeError;
 use breakwater_proto::v1 as pb;
-use breakwater_signal::{FingerprintRule, UnixMillis};
+use breakwater_signal::{FingerprintRule, UnixMillis, delivery_key};
 
 pub const SOURCE_TYPE: &str = "kubernetes-event";
 
@@ -18,6 +18,8 @@ const CRITICAL_REASONS: [&str; 6] =
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Event {
+    #[serde(default)]
+    metadata: Option<EventMeta>,
     #[serde(rename = "type", default)]
     kind: Option<String>,
     #[serde(default)]
@@ -34,6 +36,12 @@ struct Event {
     count: Option<i64>,
     #[serde(default)]
     source: Option<EventSource>,
+}
+
+#[derive(Deserialize, Default)]
+struct EventMeta {
+    #[serde(default)]
+    uid: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -58,7 +66,10 @@ struct EventSource {
 /// [`EdgeError::BadRequest`] for malformed JSON, a missing reason, kind or
 /// name, and for `Normal` or unknown event types (in that order, as the
 /// reference gateway checks them).
-pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Result<Vec<pb::Signal>, EdgeError> {
+///
+/// A delivery is identified by the Event's `metadata.uid` and `count`: the same Event
+/// object posted twice counts once, while the next count of a recurring event counts again.
+pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Result<Vec<Incoming>, EdgeError> {
     let event: Event = serde_json::from_slice(body).map_err(|e| EdgeError::BadRequest(format!("invalid JSON: {e}")))?;
     let reason = event.reason.filter(|r| !r.is_empty()).ok_or_else(|| bad("missing reason field"))?;
     let object = event.involved_object.unwrap_or_default();
@@ -96,7 +107,12 @@ pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Resul
     annotate("first-timestamp", event.first_timestamp.clone());
     annotate("last-timestamp", event.last_timestamp);
     let fingerprint = rule.apply(&reason, &namespace, &kind, &name, &labels);
-    Ok(vec![pb::Signal {
+    let delivery = event
+        .metadata
+        .and_then(|m| m.uid)
+        .filter(|uid| !uid.is_empty())
+        .map(|uid| delivery_key(&["kubernetes-event", &uid, &event.count.unwrap_or_default().to_string()]));
+    let signal = pb::Signal {
         fingerprint,
         severity: severity.into(),
         resource: Some(pb::Resource { kind, name, namespace: namespace.clone() }),
@@ -110,7 +126,8 @@ pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Resul
         source: "kubernetes-events".into(),
         status: pb::SignalStatus::Firing.into(),
         original_payload: body.to_vec(),
-    }])
+    };
+    Ok(vec![Incoming { signal, delivery }])
 }
 
 fn bad(detail: &str) -> EdgeError {

@@ -1,13 +1,18 @@
 //! Alertmanager webhook v4: every alert of the batch becomes a signal;
 //! `resolved` alerts become resolutions.
+//!
+//! A delivery is identified by the notification's `receiver` and `groupKey` with the
+//! alert's `fingerprint`, `status` and `startsAt`: every Alertmanager peer, and every retry,
+//! sends the same for one notification of one alert. A payload without `groupKey` (not
+//! from Alertmanager) has no delivery identity, and each of its deliveries counts.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{StringMap, severity, unix_ms};
+use super::{Incoming, StringMap, severity, unix_ms};
 use crate::error::EdgeError;
 use breakwater_proto::v1 as pb;
-use breakwater_signal::{FingerprintRule, UnixMillis};
+use breakwater_signal::{FingerprintRule, UnixMillis, delivery_key};
 
 pub const SOURCE_TYPE: &str = "prometheus-alert";
 
@@ -20,6 +25,10 @@ struct Webhook<'a> {
     common_labels: Option<StringMap>,
     #[serde(default)]
     common_annotations: Option<StringMap>,
+    #[serde(default)]
+    receiver: Option<String>,
+    #[serde(default)]
+    group_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -33,6 +42,9 @@ struct Alert {
     annotations: Option<StringMap>,
     #[serde(default)]
     starts_at: Option<String>,
+    /// Alertmanager's fingerprint of the alert's label set.
+    #[serde(default)]
+    fingerprint: Option<String>,
 }
 
 /// The label that names the resource, in precedence order (reference §2.1).
@@ -47,7 +59,7 @@ const RESOURCE_LABELS: [(&str, &str); 6] = [
 
 /// # Errors
 /// [`EdgeError::BadRequest`] naming the first problem, e.g. `alerts[2]: labels.alertname is required`.
-pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Result<Vec<pb::Signal>, EdgeError> {
+pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Result<Vec<Incoming>, EdgeError> {
     let webhook: Webhook<'_> =
         serde_json::from_slice(body).map_err(|e| EdgeError::BadRequest(format!("malformed JSON payload: {e}")))?;
     let alerts = webhook.alerts.ok_or_else(|| EdgeError::BadRequest("missing alerts array".into()))?;
@@ -56,13 +68,23 @@ pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Resul
     }
     let common_labels = webhook.common_labels.unwrap_or_default();
     let common_annotations = webhook.common_annotations.unwrap_or_default();
+    let receiver = webhook.receiver.unwrap_or_default();
+    let group_key = webhook.group_key.filter(|k| !k.is_empty());
     alerts
         .iter()
         .enumerate()
         .map(|(i, raw)| {
             let alert: Alert = serde_json::from_str(raw.get())
                 .map_err(|e| EdgeError::BadRequest(format!("alerts[{i}] is not a valid alert: {e}")))?;
-            signal(i, alert, raw.get().as_bytes(), &common_labels, &common_annotations, received, rule)
+            let starts_at = alert.starts_at.clone().unwrap_or_default();
+            let am_fingerprint = alert.fingerprint.clone();
+            let signal = signal(i, alert, raw.get().as_bytes(), &common_labels, &common_annotations, received, rule)?;
+            let delivery = group_key.as_deref().map(|group_key| {
+                let alert_id = am_fingerprint.as_deref().unwrap_or(&signal.fingerprint);
+                let status = if signal.status() == pb::SignalStatus::Resolved { "resolved" } else { "firing" };
+                delivery_key(&["alertmanager", &receiver, group_key, alert_id, status, &starts_at])
+            });
+            Ok(Incoming { signal, delivery })
         })
         .collect()
 }

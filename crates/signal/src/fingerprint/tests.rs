@@ -46,3 +46,14 @@ fn validity() {
     assert!(!is_valid(&"A".repeat(64)));
     assert!(is_valid(&"a".repeat(64)));
 }
+
+#[test]
+fn delivery_keys_are_fixed_size_and_unambiguous() {
+    let key = delivery_key(&["{}:{alertname=\"A\"}", "abc", "firing"]);
+    assert_eq!(key.len(), 32);
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert_eq!(key, delivery_key(&["{}:{alertname=\"A\"}", "abc", "firing"]));
+    // The same characters split differently are another delivery.
+    assert_ne!(delivery_key(&["ab", "c"]), delivery_key(&["a", "bc"]));
+    assert_ne!(delivery_key(&["a:b"]), delivery_key(&["a", "b"]));
+}

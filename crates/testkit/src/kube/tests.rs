@@ -5,6 +5,7 @@ use ::kube::core::Status;
 use ::kube::{CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{FakeApiServer, Fault, Verb};
 
@@ -247,9 +248,10 @@ async fn injected_429_surfaces_as_an_api_error_without_retries() {
     let fake = FakeApiServer::start().await;
     fake.inject_for(Verb::Create, Fault::Status { code: 429, retry_after_secs: Some(1) }, 1);
     let api: Api<DynamicObject> = Api::namespaced_with(fake.client_without_retry(), "default", &resource());
+    // kube makes a Status of a body that is not one: the code survives, the header does not.
     let status = api_status(api.create(&PostParams::default(), &request("rr", &[])).await);
-    assert_eq!((status.code, status.reason.as_str()), (429, "TooManyRequests"));
-    assert_eq!(status.details.expect("details").retry_after_seconds, 1);
+    assert_eq!((status.code, status.message.as_str()), (429, "Too many requests, please try again later."));
+    assert!(status.details.is_none(), "{status:?}");
     api.create(&PostParams::default(), &request("rr", &[])).await.expect("fault used up");
     assert_eq!(fake.log_statuses(), [(Verb::Create, 429), (Verb::Create, 201)]);
 }
@@ -269,18 +271,90 @@ async fn default_client_retries_429_and_503_but_not_500() {
 }
 
 #[tokio::test]
-async fn retry_after_header_is_sent() {
+async fn a_429_is_plain_text_with_retry_after_as_the_api_server_sends_it() {
     let fake = FakeApiServer::start().await;
     fake.inject(Fault::Status { code: 429, retry_after_secs: Some(7) }, 1);
-    let response = reqwest::Client::new()
-        .get(format!("{}/apis/{GROUP}/v1alpha1/namespaces/default/{PLURAL}", fake.url()))
-        .send()
-        .await
-        .expect("GET");
+    let url = format!("{}/apis/{GROUP}/v1alpha1/namespaces/default/{PLURAL}", fake.url());
+    let response = reqwest::Client::new().get(&url).send().await.expect("GET");
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(response.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(response.text().await.expect("body"), "Too many requests, please try again later.\n");
+}
+
+#[tokio::test]
+async fn other_injected_codes_are_status_objects_with_retry_after_in_both_places() {
+    let fake = FakeApiServer::start().await;
+    fake.inject(Fault::Status { code: 503, retry_after_secs: Some(3) }, 1);
+    let url = format!("{}/apis/{GROUP}/v1alpha1/namespaces/default/{PLURAL}", fake.url());
+    let response = reqwest::Client::new().get(&url).send().await.expect("GET");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "3");
     let body: Value = response.json().await.expect("Status body");
-    assert_eq!(body["details"]["retryAfterSeconds"], 7);
+    assert_eq!((body["reason"].as_str(), body["code"].as_u64()), (Some("ServiceUnavailable"), Some(503)));
+    assert_eq!(body["details"]["retryAfterSeconds"], 3);
+}
+
+#[tokio::test]
+async fn commit_then_504_stores_the_write_and_loses_the_answer() {
+    let fake = FakeApiServer::start().await;
+    let api: Api<DynamicObject> = Api::namespaced_with(fake.client_without_retry(), "default", &resource());
+    fake.inject_for(Verb::Create, Fault::CommitThenStatus { code: 504 }, 1);
+    let status = api_status(api.create(&PostParams::default(), &request("rr", &[])).await);
+    assert_eq!((status.code, status.reason.as_str()), (504, "Timeout"));
+    let stored = fake.get(PLURAL, "default", "rr").expect("the create was committed");
+    let rv = stored["metadata"]["resourceVersion"].clone();
+
+    fake.inject_for(Verb::Patch, Fault::CommitThenStatus { code: 504 }, 1);
+    let patch = Patch::Merge(json!({ "metadata": { "resourceVersion": rv }, "spec": { "severity": "info" } }));
+    let status = api_status(api.patch("rr", &PatchParams::default(), &patch).await);
+    assert_eq!(status.code, 504);
+    assert_eq!(fake.get(PLURAL, "default", "rr").expect("stored")["spec"]["severity"], "info");
+    // The retry of the same conditional patch meets its own commit.
+    let status = api_status(api.patch("rr", &PatchParams::default(), &patch).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert_eq!(fake.log_statuses(), [(Verb::Create, 504), (Verb::Patch, 504), (Verb::Patch, 409)]);
+}
+
+#[tokio::test]
+async fn resets_close_the_connection_before_or_after_the_commit() {
+    let fake = FakeApiServer::start().await;
+    let api: Api<DynamicObject> = Api::namespaced_with(fake.client_without_retry(), "default", &resource());
+    fake.inject_for(Verb::Create, Fault::Reset, 1);
+    let err = api.create(&PostParams::default(), &request("rr", &[])).await.expect_err("no answer");
+    assert!(!matches!(err, ::kube::Error::Api(_)), "a reset is not an answer: {err:?}");
+    assert!(fake.objects(PLURAL).is_empty(), "a reset before serving commits nothing");
+
+    fake.inject_for(Verb::Create, Fault::CommitThenReset, 1);
+    let err = api.create(&PostParams::default(), &request("rr", &[])).await.expect_err("no answer");
+    assert!(!matches!(err, ::kube::Error::Api(_)), "a reset is not an answer: {err:?}");
+    assert!(fake.get(PLURAL, "default", "rr").is_some(), "a reset after serving keeps the commit");
+
+    // Not a byte of an answer goes out.
+    fake.inject_for(Verb::Get, Fault::Reset, 1);
+    let mut raw = tokio::net::TcpStream::connect(fake.url().trim_start_matches("http://")).await.expect("connect");
+    let head = format!("GET /apis/{GROUP}/v1alpha1/namespaces/default/{PLURAL}/rr HTTP/1.1\r\nhost: fake\r\n\r\n");
+    raw.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer).await;
+    assert_eq!(String::from_utf8_lossy(&answer), "");
+
+    // The server keeps serving on fresh connections.
+    let status = api_status(api.create(&PostParams::default(), &request("rr", &[])).await);
+    assert_eq!(status.reason, "AlreadyExists");
+    assert_eq!(fake.log_statuses(), [(Verb::Create, 0), (Verb::Create, 0), (Verb::Get, 0), (Verb::Create, 409)]);
+}
+
+#[tokio::test]
+async fn one_answer_fault_per_request_in_injection_order() {
+    let fake = FakeApiServer::start().await;
+    let api: Api<DynamicObject> = Api::namespaced_with(fake.client_without_retry(), "default", &resource());
+    fake.inject(Fault::Status { code: 500, retry_after_secs: None }, 1);
+    fake.inject(Fault::CommitThenStatus { code: 504 }, 1);
+    for _ in 0..3 {
+        let _ = api.create(&PostParams::default(), &request("rr", &[])).await;
+    }
+    assert_eq!(fake.log_statuses(), [(Verb::Create, 500), (Verb::Create, 504), (Verb::Create, 409)]);
 }
 
 #[tokio::test]
@@ -334,6 +408,33 @@ async fn unsupported_requests_fail_loudly() {
     let core = http.get(format!("{}/api/v1/namespaces/default/pods", fake.url())).send().await.expect("core request");
     assert_eq!(core.status(), 404);
     assert_eq!(fake.count(Verb::Watch), 1);
+}
+
+#[tokio::test]
+async fn oversized_writes_fail_as_on_a_real_server() {
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    let pp = PostParams::default();
+    let with_note = |name: &str, bytes: usize| {
+        let mut object = request(name, &[]);
+        object.data["spec"]["note"] = json!("x".repeat(bytes));
+        object
+    };
+
+    let status = api_status(api.create(&pp, &with_note("huge", 3 * 1024 * 1024)).await);
+    assert_eq!((status.code, status.reason.as_str()), (413, "RequestEntityTooLarge"));
+    assert_eq!(status.message, "Request entity too large: limit is 3145728");
+
+    let status = api_status(api.create(&pp, &with_note("big", 2 * 1024 * 1024)).await);
+    assert_eq!((status.code, status.reason.as_str()), (500, ""));
+    assert_eq!(status.message, "etcdserver: request is too large");
+    assert!(fake.objects(PLURAL).is_empty());
+
+    api.create(&pp, &with_note("grows", 1024 * 1024)).await.expect("1 MiB fits");
+    let grow = Patch::Merge(json!({ "spec": { "more": "y".repeat(1024 * 1024) } }));
+    let status = api_status(api.patch("grows", &PatchParams::default(), &grow).await);
+    assert_eq!((status.code, status.message.as_str()), (500, "etcdserver: request is too large"));
+    assert!(fake.get(PLURAL, "default", "grows").expect("stored")["spec"].get("more").is_none());
 }
 
 #[tokio::test]

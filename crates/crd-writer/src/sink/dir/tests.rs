@@ -95,6 +95,7 @@ async fn updates_apply_max_semantics() -> TestResult {
 
     let update = CountUpdate {
         occurrence_count: 4,
+        window_start: 0,
         last_seen: 1_700_000_009_000,
         storm_alert_count: 20,
         affected_resources: vec!["payments:Pod:p-2".to_owned(), "payments:Pod:p-3".to_owned()],
@@ -188,10 +189,37 @@ async fn find_open_scans_the_namespace_and_skips_what_is_not_a_cr() -> TestResul
     // A CR stored under another file name is found by its file, which is what `get` reads.
     std::fs::rename(dir.path().join("payments/rr-1.yaml"), dir.path().join("payments/rr-renamed.yaml"))?;
 
+    // A sink indexes a namespace the first time it is asked (as after a restart).
+    let sink = DirSink::new(dir.path());
     assert_eq!(sink.find_open("payments", &fp).await?, Some(target("payments", "rr-renamed")));
     assert_eq!(sink.find_open("payments", &"1".repeat(64)).await?, None);
     assert_eq!(sink.find_open("billing", &fp).await?, None);
     assert!(matches!(sink.find_open("../payments", &fp).await, Err(SinkError::InvalidName(_))));
+    Ok(())
+}
+
+/// The dedup of last resort costs O(1) per alert: after one scan of the namespace, a lookup
+/// reads only the files of its fingerprint, and CRs created since are found.
+#[tokio::test]
+async fn find_open_reads_only_the_fingerprints_files_after_one_scan() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sink = DirSink::new(dir.path());
+    for i in 0..200 {
+        let mut w = write("payments", &format!("rr-{i}"), false);
+        w.signal.fingerprint = format!("{i:064x}");
+        sink.create(&build(&w, 1_700_000_000_500, "kubernaut-system")).await?;
+    }
+    let fp = format!("{:064x}", 7);
+    assert_eq!(sink.find_open("payments", &fp).await?, Some(target("payments", "rr-7")));
+    let after_scan = sink.files_read();
+    for _ in 0..100 {
+        assert_eq!(sink.find_open("payments", &fp).await?, Some(target("payments", "rr-7")));
+    }
+    assert_eq!(sink.files_read() - after_scan, 100, "one file per lookup");
+    let mut w = write("payments", "rr-new", false);
+    w.signal.fingerprint = "f".repeat(64);
+    sink.create(&build(&w, 1_700_000_000_600, "kubernaut-system")).await?;
+    assert_eq!(sink.find_open("payments", &"f".repeat(64)).await?, Some(target("payments", "rr-new")));
     Ok(())
 }
 

@@ -4,6 +4,7 @@ use serde_json::json;
 
 fn parse_json(v: &serde_json::Value) -> Result<Vec<pb::Signal>, EdgeError> {
     parse(v.to_string().as_bytes(), 5, &FingerprintRule::Resource)
+        .map(|incoming| incoming.into_iter().map(|i| i.signal).collect())
 }
 
 fn oom_event() -> serde_json::Value {
@@ -59,4 +60,20 @@ fn rejections_in_reference_order() {
     let mut odd = oom_event();
     odd["type"] = json!("Odd");
     assert_eq!(detail(odd), "unsupported event type: Odd (expected Warning or Error)");
+}
+
+#[test]
+fn an_event_objects_uid_and_count_identify_its_delivery() {
+    let delivery = |e: &serde_json::Value| {
+        parse(e.to_string().as_bytes(), 5, &FingerprintRule::Resource).unwrap()[0].delivery.clone()
+    };
+    assert_eq!(delivery(&oom_event()), None, "no uid: every delivery counts");
+    let mut event = oom_event();
+    event["metadata"] = json!({"uid": "u-1"});
+    event["count"] = json!(3);
+    let key = delivery(&event);
+    assert!(key.as_ref().is_some_and(|k| k.len() == 32));
+    assert_eq!(key, delivery(&event));
+    event["count"] = json!(4);
+    assert_ne!(key, delivery(&event), "the event recurred: a new delivery");
 }

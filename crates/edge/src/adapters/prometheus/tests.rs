@@ -4,6 +4,7 @@ use serde_json::json;
 
 fn parse_json(v: serde_json::Value) -> Result<Vec<pb::Signal>, EdgeError> {
     parse(v.to_string().as_bytes(), 1_000, &FingerprintRule::Resource)
+        .map(|incoming| incoming.into_iter().map(|i| i.signal).collect())
 }
 
 fn bad_request(v: serde_json::Value) -> String {
@@ -90,4 +91,32 @@ fn invalid_payloads_are_rejected_with_a_reason() {
 fn a_bad_alert_anywhere_rejects_the_whole_batch() {
     let r = parse_json(json!({"alerts": [{"labels": {"alertname": "A"}}, {"labels": {}}]}));
     assert!(matches!(r, Err(EdgeError::BadRequest(d)) if d.starts_with("alerts[1]")));
+}
+
+fn deliveries(v: serde_json::Value) -> Vec<Option<String>> {
+    parse(v.to_string().as_bytes(), 1_000, &FingerprintRule::Resource)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.delivery)
+        .collect()
+}
+
+#[test]
+fn a_notification_identifies_each_alerts_delivery() {
+    let alert = |status: &str, starts: &str| json!({"status": status, "labels": {"alertname": "A", "pod": "p1"}, "startsAt": starts, "fingerprint": "c0ffee"});
+    let notification = |group: &str, alerts: Vec<serde_json::Value>| json!({"receiver": "breakwater", "groupKey": group, "alerts": alerts});
+    let t0 = "2026-12-01T06:00:00Z";
+    let first = deliveries(notification("{}:{}", vec![alert("firing", t0), alert("firing", t0)]));
+    // Identical alerts of one notification are one delivery; every copy of it carries the same key.
+    assert!(first[0].as_ref().is_some_and(|k| k.len() == 32));
+    assert_eq!(first[0], first[1]);
+    assert_eq!(first, deliveries(notification("{}:{}", vec![alert("firing", t0), alert("firing", t0)])));
+    // Another group, status or start is another delivery.
+    let other = |n| deliveries(n)[0].clone();
+    assert_ne!(first[0], other(notification("{}:{x}", vec![alert("firing", t0)])));
+    assert_ne!(first[0], other(notification("{}:{}", vec![alert("resolved", t0)])));
+    assert_ne!(first[0], other(notification("{}:{}", vec![alert("firing", "2026-12-01T06:05:00Z")])));
+    // Without a groupKey the payload is not Alertmanager's: no delivery identity.
+    assert_eq!(deliveries(json!({"alerts": [alert("firing", t0)]})), [None]);
+    assert_eq!(deliveries(json!({"groupKey": "", "alerts": [alert("firing", t0)]})), [None]);
 }
