@@ -91,6 +91,10 @@ pub async fn run_component(
 ) -> anyhow::Result<()> {
     let embedded = match component {
         Component::Dedup | Component::Storm => open_embedded(config, clock.clone())?,
+        // Given a state directory, crd-writer journals its pending counts there.
+        Component::CrdWriter if config.embedded.dir.is_some() => {
+            Some(EmbeddedStore::open(&config.state_dir(), clock.clone())?)
+        }
         Component::RateLimit | Component::CrdWriter => None,
     };
     run_component_with(component, config, clock, sink, embedded.as_ref(), listener, shutdown).await
@@ -141,7 +145,10 @@ async fn run_component_with(
                 Some(sink) => sink,
                 None => breakwater_crd_writer::sink_from_config(&config.crd_writer).await?,
             };
-            let writer = CrdWriter::new(config.crd_writer.clone(), sink).with_clock(clock);
+            let mut writer = CrdWriter::new(config.crd_writer.clone(), sink).with_clock(clock);
+            if let Some(embedded) = embedded {
+                writer = writer.with_journal(embedded.namespace("crd-writer")?);
+            }
             breakwater_crd_writer::run(writer, listener, shutdown).await?;
         }
     }

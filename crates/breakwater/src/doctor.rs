@@ -159,10 +159,14 @@ fn targets(
     let mut instances: BTreeMap<String, Instance> = BTreeMap::new();
     for (name, component, redis, store) in services {
         if store != StoreKind::Redis {
+            let kind = match store {
+                StoreKind::Embedded => "\"embedded\" (on disk)",
+                StoreKind::Memory | StoreKind::Redis => "\"memory\" (in-process)",
+            };
             report.add(
                 Status::Skip,
                 name,
-                format!("{name}.store is \"memory\" (in-process), so {name} uses no Redis: nothing to check"),
+                format!("{name}.store is {kind}, so {name} uses no Redis: nothing to check"),
             );
             continue;
         }

@@ -105,3 +105,42 @@ async fn a_killed_up_restarts_with_its_incidents_and_storms() {
     assert_eq!(cr_files(sink, "stage").len(), 6, "{:?}", cr_files(sink, "stage"));
     assert!(cr_files(sink, "stage").contains(&format!("{storm_cr}.yaml")));
 }
+
+/// Counts answered 202 but not yet written to their CR (crd-writer coalesces them for
+/// `flush_interval_ms`) survive `kill -9`: they are journaled beside the state, and the
+/// restarted gateway writes them without waiting for another alert.
+#[tokio::test]
+async fn counts_answered_before_a_kill_reach_the_cr_after_restart() {
+    let dir = tempfile::tempdir().expect("temporary sink directory");
+    let sink = dir.path();
+    let client = reqwest::Client::new();
+    let sink_arg = sink.to_str().expect("utf-8 path");
+    let args = ["up", "--listen", "127.0.0.1:0", "--sink-dir", sink_arg];
+    // Nothing is flushed before the kill: a minute between flushes.
+    let slow = [
+        ("RUST_LOG".to_owned(), "warn".to_owned()),
+        ("BREAKWATER_CRD_WRITER__FLUSH_INTERVAL_MS".to_owned(), "60000".to_owned()),
+    ];
+    let gateway = Process::start(env!("CARGO_BIN_EXE_breakwater"), &args, &slow).await;
+    let mut name = String::new();
+    for expected in 1..=4 {
+        let (status, answer) = post(&client, &gateway, &[alert("HighMemory", "prod", "api-1")]).await;
+        assert!(status == 201 || status == 202, "{answer}");
+        assert_eq!(answer["results"][0]["occurrenceCount"], expected, "{answer}");
+        answer["results"][0]["remediationRequestName"].as_str().expect("CR name").clone_into(&mut name);
+    }
+    kill_9(gateway).await;
+    let count = || -> Option<u64> {
+        let text = std::fs::read_to_string(sink.join("prod").join(format!("{name}.yaml"))).ok()?;
+        let cr: Value = serde_saphyr::from_str(&text).ok()?;
+        cr["spec"]["deduplication"]["occurrenceCount"].as_u64()
+    };
+    assert_eq!(count(), Some(1), "the kill came before any flush");
+
+    let _restarted = up(sink).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count() != Some(4) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(), Some(4), "the journaled counts were written after the restart");
+}

@@ -22,6 +22,8 @@ use breakwater_signal::{Clock, UnixMillis};
 use futures::StreamExt;
 use tokio::time::MissedTickBehavior;
 
+use breakwater_embedded::{Namespace, Op};
+
 use crate::crd::{self, CrRef, Write, WriteKind, signal_resource_id};
 use crate::sink::{BATCH_CONCURRENCY, CountUpdate, CreateOutcome, RemediationSink, SinkError, UpdateOutcome};
 
@@ -45,8 +47,12 @@ pub struct FlushReport {
 struct Pending {
     update: CountUpdate,
     /// The oldest write of the entry: what the CR is built from if it must be created.
-    first: Write,
+    /// `None` for an entry restored from the journal (only counts are journaled).
+    first: Option<Write>,
 }
+
+/// How long a journaled entry may wait for its flush before it is dropped.
+const JOURNAL_TTL_MS: i64 = 24 * 3600 * 1000;
 
 enum Applied {
     Updated,
@@ -54,6 +60,8 @@ enum Applied {
     Created,
     /// The CR vanished between create and update: try again next flush.
     Retry,
+    /// A restored entry's CR does not exist, and the entry cannot build it.
+    Gone,
 }
 
 pub struct Coalescer {
@@ -66,6 +74,8 @@ pub struct Coalescer {
     pending: Mutex<HashMap<(CrRef, UnixMillis), Pending>>,
     /// CRs that were created in the fallback namespace, by the ref the edge uses.
     relocated: Mutex<HashMap<CrRef, String>>,
+    /// Where pending counts survive a crash (see [`Coalescer::with_journal`]).
+    journal: Option<Namespace>,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -90,18 +100,78 @@ impl Coalescer {
             cap,
             pending: Mutex::new(HashMap::new()),
             relocated: Mutex::new(HashMap::new()),
+            journal: None,
         }
+    }
+
+    /// Keeps every pending entry in `journal` until it is flushed, and takes back the
+    /// entries a previous process left there: counts answered `QUEUED` survive a crash
+    /// (the journal is handed to the OS before `offer` returns). A restored entry whose
+    /// CR no longer exists is dropped, as only counts are journaled.
+    ///
+    /// # Errors
+    /// When the journal cannot be read.
+    pub fn with_journal(mut self, journal: Namespace) -> Result<Self, breakwater_embedded::EmbeddedError> {
+        let now = self.clock.now();
+        let mut pending = lock(&self.pending);
+        for (key, value) in journal.load_live(now)? {
+            match (decode_key(&key), serde_json::from_slice::<CountUpdate>(&value)) {
+                (Some(key), Ok(update)) => {
+                    pending.insert(key, Pending { update, first: None });
+                }
+                _ => tracing::warn!(key = %String::from_utf8_lossy(&key), "skipping an unreadable journal entry"),
+            }
+        }
+        if !pending.is_empty() {
+            tracing::info!(entries = pending.len(), "count updates restored from the journal");
+        }
+        drop(pending);
+        self.journal = Some(journal);
+        Ok(self)
     }
 
     /// Queues the counts of `write` (any kind; a create's counts are its initial ones).
     pub fn offer(&self, write: Write) {
-        let update = count_update(&write);
+        self.offer_all([write]);
+    }
+
+    /// Queues the counts of `writes`, journaling them in one batch.
+    pub fn offer_all(&self, writes: impl IntoIterator<Item = Write>) {
         let mut pending = lock(&self.pending);
-        match pending.entry((write.target.clone(), update.window_start)) {
-            Entry::Occupied(mut entry) => entry.get_mut().update.merge(&update, self.cap),
-            Entry::Vacant(entry) => {
-                entry.insert(Pending { update, first: write });
+        let mut touched = Vec::new();
+        for write in writes {
+            let update = count_update(&write);
+            let key = (write.target.clone(), update.window_start);
+            match pending.entry(key.clone()) {
+                Entry::Occupied(mut entry) => {
+                    let entry = entry.get_mut();
+                    entry.update.merge(&update, self.cap);
+                    entry.first.get_or_insert(write);
+                }
+                Entry::Vacant(entry) => {
+                    entry.insert(Pending { update, first: Some(write) });
+                }
             }
+            touched.push(key);
+        }
+        self.journal(&pending, &touched);
+    }
+
+    /// Writes the current state of `keys` to the journal (held under the pending lock, so
+    /// the journal's order is the map's).
+    fn journal(&self, pending: &HashMap<(CrRef, UnixMillis), Pending>, keys: &[(CrRef, UnixMillis)]) {
+        let Some(journal) = &self.journal else { return };
+        let expires_at = self.clock.now().saturating_add(JOURNAL_TTL_MS);
+        let ops: Vec<Op> = keys
+            .iter()
+            .map(|key| match pending.get(key).map(|p| serde_json::to_vec(&p.update)) {
+                Some(Ok(value)) => Op::Put { key: encode_key(key), value, expires_at },
+                _ => Op::Remove { key: encode_key(key) },
+            })
+            .collect();
+        if let Err(err) = journal.apply(&ops) {
+            metrics::counter!("breakwater_crd_journal_errors_total").increment(1);
+            tracing::error!(cause = %err, "count updates not journaled: a crash now would lose them");
         }
     }
 
@@ -132,6 +202,7 @@ impl Coalescer {
     /// Applies every pending entry once; failures stay pending.
     pub async fn flush(&self) -> FlushReport {
         let batch: Vec<((CrRef, UnixMillis), Pending)> = lock(&self.pending).drain().collect();
+        let flushed: Vec<(CrRef, UnixMillis)> = batch.iter().map(|(key, _)| key.clone()).collect();
         if batch.is_empty() {
             return FlushReport::default();
         }
@@ -159,11 +230,16 @@ impl Coalescer {
                 Ok(Applied::Unchanged) => "unchanged",
                 Ok(Applied::Created) => "created",
                 Ok(Applied::Retry) => "retry",
+                Ok(Applied::Gone) => "gone",
                 Err(err) => err.metric_label(),
             };
             metrics::counter!("breakwater_crd_flush_writes_total", "outcome" => outcome).increment(1);
             match result {
                 Ok(Applied::Updated | Applied::Unchanged | Applied::Created) => report.applied += 1,
+                Ok(Applied::Gone) => {
+                    tracing::warn!(%target, lost = ?pending.update, "restored count update dropped: its CR no longer exists");
+                    report.dropped += 1;
+                }
                 Ok(Applied::Retry) => {
                     report.requeued += 1;
                     self.requeue(key, pending);
@@ -179,6 +255,8 @@ impl Coalescer {
                 }
             }
         }
+        // Flushed entries leave the journal; those pending again are journaled as they are now.
+        self.journal(&lock(&self.pending), &flushed);
         report
     }
 
@@ -189,7 +267,8 @@ impl Coalescer {
             UpdateOutcome::Unchanged => return Ok(Applied::Unchanged),
             UpdateOutcome::NotFound => {}
         }
-        let mut rr = crd::build(&pending.first, self.clock.now(), &self.fallback_namespace);
+        let Some(first) = &pending.first else { return Ok(Applied::Gone) };
+        let mut rr = crd::build(first, self.clock.now(), &self.fallback_namespace);
         pending.update.apply_to(&mut rr.spec, self.cap);
         let created = self.sink.create(&rr).await?;
         self.note_placement(target, &created.namespace);
@@ -212,7 +291,7 @@ impl Coalescer {
             Entry::Occupied(mut entry) => {
                 let newer = entry.get_mut();
                 newer.update.merge(&failed.update, self.cap);
-                newer.first = failed.first;
+                newer.first = failed.first.or(newer.first.take());
             }
             Entry::Vacant(entry) => {
                 entry.insert(failed);
@@ -280,6 +359,18 @@ pub fn count_update(write: &Write) -> CountUpdate {
         update.window_start = 0;
     }
     update
+}
+
+/// `<namespace>/<name>/<window start>`: namespaces and names are DNS-1123 labels, without '/'.
+fn encode_key((target, window): &(CrRef, UnixMillis)) -> Vec<u8> {
+    format!("{}/{}/{window}", target.namespace, target.name).into_bytes()
+}
+
+fn decode_key(key: &[u8]) -> Option<(CrRef, UnixMillis)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let mut parts = key.splitn(3, '/');
+    let (namespace, name, window) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((CrRef { namespace: namespace.to_owned(), name: name.to_owned() }, window.parse().ok()?))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

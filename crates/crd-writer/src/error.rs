@@ -21,4 +21,7 @@ pub enum Error {
     BatchTooLarge { len: usize, max: usize },
     #[error("remediation sink")]
     Sink(#[from] SinkError),
+    /// The journal of pending counts could not be read.
+    #[error("count journal")]
+    Journal(#[from] breakwater_embedded::EmbeddedError),
 }

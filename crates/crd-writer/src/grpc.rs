@@ -68,6 +68,7 @@ impl CrdWriterGrpc {
         let mut rrs = Vec::new();
         let mut fallbacks: Vec<(usize, Write, RemediationRequest, LastResort)> = Vec::new();
         let mut carried: Vec<(usize, Write)> = Vec::new();
+        let mut queued: Vec<Write> = Vec::new();
         for (index, raw) in writes.into_iter().enumerate() {
             let kind = kind_label(raw.kind);
             let remediation = raw.remediation.clone();
@@ -91,13 +92,15 @@ impl CrdWriterGrpc {
                 Ok(write) => {
                     record(kind, "queued");
                     results[index] = Some(result(pb::WriteOutcome::Queued, remediation));
-                    self.coalescer.offer(write);
+                    queued.push(write);
                 }
             }
         }
 
         let fallback_calls: Vec<_> =
             fallbacks.iter().map(|(_, write, rr, count)| self.create_or_count(write, rr, *count)).collect();
+        // Journaled in one batch before anything is answered.
+        self.coalescer.offer_all(queued);
         let carry_calls: Vec<_> = carried.iter().map(|(_, write)| self.carry_storm_alert(write)).collect();
         let (outcomes, fallback_outcomes, carry_outcomes) = futures::join!(
             self.sink.create_batch(&rrs),
@@ -288,7 +291,7 @@ impl From<Error> for Status {
             Error::Sink(_) | Error::KubeConfig(_) | Error::KubeClient(_) => {
                 Status::unavailable("remediation sink unavailable")
             }
-            Error::Config(_) | Error::Grpc(_) => Status::internal("crd-writer is misconfigured"),
+            Error::Config(_) | Error::Grpc(_) | Error::Journal(_) => Status::internal("crd-writer is misconfigured"),
         }
     }
 }

@@ -50,6 +50,7 @@ pub struct CrdWriter {
     config: CrdWriterConfig,
     sink: Arc<dyn RemediationSink>,
     clock: Arc<dyn Clock>,
+    journal: Option<breakwater_embedded::Namespace>,
 }
 
 impl std::fmt::Debug for CrdWriter {
@@ -61,7 +62,15 @@ impl std::fmt::Debug for CrdWriter {
 impl CrdWriter {
     /// A writer on `sink` (see [`sink_from_config`]) with the wall clock.
     pub fn new(config: CrdWriterConfig, sink: Arc<dyn RemediationSink>) -> Self {
-        Self { config, sink, clock: Arc::new(SystemClock) }
+        Self { config, sink, clock: Arc::new(SystemClock), journal: None }
+    }
+
+    /// Keeps counts answered `QUEUED` in `journal` until they are written, so a crash does
+    /// not lose them (see [`Coalescer::with_journal`]).
+    #[must_use]
+    pub fn with_journal(mut self, journal: breakwater_embedded::Namespace) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     #[must_use]
@@ -72,15 +81,22 @@ impl CrdWriter {
 
     /// The gRPC service and its coalescer, for embedding without [`run`]; whoever does so
     /// must drive [`Coalescer::run_until`] and [`Coalescer::final_flush`].
-    pub fn into_parts(self) -> (CrdWriterGrpc, Arc<Coalescer>) {
-        let coalescer = Arc::new(Coalescer::new(
+    ///
+    /// # Errors
+    /// [`Error::Journal`] when the journal cannot be read.
+    pub fn into_parts(self) -> Result<(CrdWriterGrpc, Arc<Coalescer>)> {
+        let mut coalescer = Coalescer::new(
             Arc::clone(&self.sink),
             Arc::clone(&self.clock),
             self.config.fallback_namespace.clone(),
             self.config.affected_resources_cap,
-        ));
+        );
+        if let Some(journal) = self.journal {
+            coalescer = coalescer.with_journal(journal)?;
+        }
+        let coalescer = Arc::new(coalescer);
         let grpc = CrdWriterGrpc::new(self.sink, Arc::clone(&coalescer), self.clock, &self.config);
-        (grpc, coalescer)
+        Ok((grpc, coalescer))
     }
 }
 
@@ -120,7 +136,7 @@ pub async fn run(writer: CrdWriter, listener: TcpListener, shutdown: impl Future
     writer.config.validate().map_err(Error::Config)?;
     let interval = writer.config.flush_interval();
     let final_timeout = writer.config.final_flush_timeout();
-    let (grpc, coalescer) = writer.into_parts();
+    let (grpc, coalescer) = writer.into_parts()?;
 
     let (stop_flusher, stopped) = tokio::sync::oneshot::channel::<()>();
     let flusher = tokio::spawn({

@@ -57,8 +57,8 @@ pub enum UpdateOutcome {
 }
 
 /// Counts to merge into a CR. Every field only ever raises the CR's value: merging is
-/// idempotent, commutative and safe to retry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// idempotent, commutative and safe to retry. Serialized into the coalescer's journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CountUpdate {
     /// Dedup's count of the incident in the window that started at `window_start`
     /// (0 leaves it), merged into `deduplication.tally` (see [`OccurrenceTally`]).

@@ -236,7 +236,7 @@ async fn a_fallback_create_committed_then_lost_counts_the_alert_once() -> TestRe
     for fault in LOST_ANSWERS {
         let api = FakeApiServer::start().await;
         let sink: Arc<dyn RemediationSink> = Arc::new(sink(&api));
-        let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), sink).into_parts();
+        let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), sink).into_parts().unwrap();
         api.inject_for(Verb::Create, fault, 1);
         let results = grpc.write_all(vec![fallback_create("rr-cccc-window", &"c".repeat(64))]).await;
         assert_eq!(results[0].outcome(), pb::WriteOutcome::Created, "{fault:?}");
@@ -251,7 +251,7 @@ async fn a_fallback_count_on_the_open_cr_committed_then_lost_counts_once() -> Te
         let api = FakeApiServer::start().await;
         let sink: Arc<dyn RemediationSink> = Arc::new(sink(&api));
         sink.create(&incident("rr-cccc-first", &"c".repeat(64))).await?;
-        let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), sink).into_parts();
+        let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), sink).into_parts().unwrap();
         api.inject_for(Verb::Patch, fault, 1);
         let results = grpc.write_all(vec![fallback_create("rr-cccc-window", &"c".repeat(64))]).await;
         assert_eq!(results[0].outcome(), pb::WriteOutcome::AlreadyExisted, "{fault:?}");

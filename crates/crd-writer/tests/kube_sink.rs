@@ -457,7 +457,7 @@ async fn fallback_scenario() -> TestResult {
     let sink: Arc<dyn RemediationSink> = Arc::new(sink(&api, 5));
     let fp = "c".repeat(64);
     sink.create(&incident_of("shop", "rr-cccc-first", &fp, T0)).await?;
-    let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), Arc::clone(&sink)).into_parts();
+    let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), Arc::clone(&sink)).into_parts().unwrap();
 
     // Dedup answered: the normal path, no lookup.
     let results = grpc.write_all(vec![create_write("rr-dddd-first", &"d".repeat(64), false)]).await;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
-    /// `memory` (default) or `redis`.
+    /// `memory` (default in split mode), `redis`, or `embedded` (on disk; the default of `up`).
     pub store: StoreKind,
     /// Used when `store = "redis"`; keys live under `<key_root>:dedup:`.
     pub redis: RedisConfig,

@@ -434,6 +434,10 @@ async fn count_storm_repeats(
         return Err(tonic::Status::internal("storm answered the wrong number of counts"));
     }
     for ((i, r), total) in repeats.into_iter().zip(totals) {
+        if total == 0 {
+            // Storm lost that storm's count: counted like a repeat while storm is down.
+            continue;
+        }
         let window_start = parse_storm_cr_name(&r.name).map_or(0, |(_, start)| start);
         batch.storm[i] = Some(pb::StormVerdict {
             outcome: pb::StormOutcome::Joined.into(),

@@ -12,8 +12,8 @@ pub enum KeyspaceError {
         #[source]
         source: redis::RedisError,
     },
-    /// No connection could be had, or it broke.
-    #[error("redis unavailable")]
+    /// No connection could be had, or it broke (for the embedded store: its journal failed).
+    #[error("store unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Redis did not answer in time.
     #[error("redis timed out")]

@@ -28,7 +28,9 @@ pub trait StormStore: Send + Sync {
     async fn detect(&self, queries: &[StormQuery], now: UnixMillis) -> Result<Vec<Verdict>, KeyspaceError>;
 
     /// Adds `alerts` to the counter of each storm CR `name` (repeats of alerts
-    /// folded into it) and returns each counter's total, in order.
+    /// folded into it) and returns each counter's total, in order. A counter the
+    /// store no longer holds (its state was lost) answers 0 and is not created
+    /// again: a total counted from 0 would fall behind the storm CR's count.
     async fn count(&self, storms: &[StormCount], now: UnixMillis) -> Result<Vec<u64>, KeyspaceError>;
 }
 

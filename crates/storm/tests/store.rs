@@ -147,6 +147,11 @@ async fn repeats_count_on_the_storm(store: &dyn StormStore) {
     let later: Vec<_> = (0..6).map(|p| alert("prod", "PodCrash", p)).collect();
     let v = store.detect(&later, T0 + 200_000).await.unwrap();
     assert_eq!((v[5].outcome, v[5].storm_alerts, v[5].window_start), (Outcome::Opened, 1, T0 + 200_000));
+    // A storm whose counter the store does not hold (its state was lost) has no known
+    // total: 0, and counting it does not start a counter from 0 behind the CR's count.
+    let lost = StormCount { name: storm_cr_name("prod", "Lost", T0), alerts: 2 };
+    assert_eq!(store.count(std::slice::from_ref(&lost), T0 + 200_001).await.unwrap(), vec![0]);
+    assert_eq!(store.count(&[lost], T0 + 200_002).await.unwrap(), vec![0]);
 }
 
 #[tokio::test]

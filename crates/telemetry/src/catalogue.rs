@@ -71,6 +71,11 @@ pub const METRICS: &[Metric] = &[
         "Repeats that waited the full 3 s for a new incident's placement and fell back to its own CR name.",
     ),
     counter(
+        "breakwater_crd_journal_errors_total",
+        &[],
+        "Batches of pending count updates crd-writer could not write to its journal (a crash then would lose them).",
+    ),
+    counter(
         "breakwater_storm_repeats_carried_total",
         &[],
         "Repeats of a storm alert counted on the storm CR while the storm service was unavailable (stormAlertsCarried).",

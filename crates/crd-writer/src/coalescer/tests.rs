@@ -276,3 +276,32 @@ async fn a_write_refused_for_good_is_dropped_not_retried_forever() {
     assert_eq!(coalescer.flush().await, FlushReport { applied: 0, requeued: 0, dropped: 1 });
     assert_eq!(coalescer.pending_len(), 0);
 }
+
+/// Counts answered `QUEUED` survive a crash of crd-writer: the journal hands them to the OS
+/// before `offer` returns, and the next process flushes them. Flushed entries leave it.
+#[tokio::test]
+async fn journaled_counts_survive_a_crash() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0 + 500));
+    let sink = Arc::new(MemorySink::new());
+    let mut create = occurrence(1);
+    create.kind = WriteKind::Create;
+    sink.create(&crd::build(&create, T0, "kubernaut-system")).await?;
+    let journal = || -> Result<Namespace, Box<dyn std::error::Error>> {
+        Ok(breakwater_embedded::EmbeddedStore::open(dir.path(), clock.clone())?.namespace("crd-writer")?)
+    };
+    {
+        let crashed = coalescer(sink.clone()).with_journal(journal()?)?;
+        crashed.offer_all([occurrence(2), occurrence(3), storm_add("cart-1", 7, true)]);
+        // The process dies here: nothing was flushed.
+    }
+    let restarted = coalescer(sink.clone()).with_journal(journal()?)?;
+    assert_eq!(restarted.pending_len(), 2, "both entries came back");
+    let report = restarted.flush().await;
+    assert_eq!(report, FlushReport { applied: 1, requeued: 0, dropped: 1 }, "the storm CR was never created");
+    assert_eq!(stored(sink.as_ref(), &target()).await?.spec.deduplication.occurrence_count, 3);
+    drop(restarted);
+    let again = coalescer(sink.clone()).with_journal(journal()?)?;
+    assert_eq!(again.pending_len(), 0, "flushed entries left the journal");
+    Ok(())
+}

@@ -145,6 +145,21 @@ impl State {
     }
 }
 
+impl State {
+    /// Adds to a storm's counter if it is still held; 0 when it is not (lost with the
+    /// store's state, or expired), and nothing is created: no total is known then.
+    fn add_existing(&mut self, name: &str, alerts: u64, now: UnixMillis, expires: UnixMillis) -> u64 {
+        match self.counters.get_mut(name) {
+            Some(counter) if counter.1 > now => {
+                counter.0 += alerts;
+                counter.1 = expires;
+                counter.0
+            }
+            _ => 0,
+        }
+    }
+}
+
 impl MemoryStormStore {
     pub fn new(rules: StormRules) -> Self {
         Self { rules, state: Mutex::new(State { sweep_at: 1024, ..State::default() }) }
@@ -250,7 +265,7 @@ impl MemoryStormStore {
             {
                 slot.insert(state.counters.get(&s.name).copied());
             }
-            totals.push(state.add(s.name.clone(), s.alerts, now, expires));
+            totals.push(state.add_existing(&s.name, s.alerts, now, expires));
         }
         if let Some(journal) = journal {
             let undo = Undo { counters: before, ..Undo::default() };
