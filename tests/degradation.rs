@@ -136,6 +136,28 @@ async fn dedup_redis_out_of_memory() {
     assert_eq!(again["results"][0]["remediationRequestName"], name);
     let (status, _) = t.gw.post_prometheus(&storm_burst("prod")).await;
     assert_eq!(status, 201);
+    // Unique alerts and their repeats while full: never a 503, one CR per incident, and
+    // every alert counted once (the seeds' failure was a full Redis answering 503 to all).
+    let mut accepted = 1 + 1 + 7;
+    for round in 0..3 {
+        let alerts: Vec<Alert> =
+            (0..20).map(|i| Alert::firing(&format!("DiskFull{i}")).in_ns("prod").pod("db-0")).collect();
+        let (status, answer) = t.gw.post_prometheus(&webhook(&alerts)).await;
+        assert!(status == 201 || status == 202, "round {round}: {answer}");
+        accepted += 20;
+    }
+    assert_eventually!(
+        Duration::from_secs(10),
+        async { accounted_alerts(&t.gw.remediations()) == accepted },
+        "accounted {} of {accepted}",
+        accounted_alerts(&t.gw.remediations())
+    );
+    let disk_full =
+        t.gw.remediations()
+            .iter()
+            .filter(|cr| cr["spec"]["signalName"].as_str().is_some_and(|n| n.starts_with("DiskFull")))
+            .count();
+    assert_eq!(disk_full, 20, "one CR per incident");
     let ready = readyz(&t.gw).await.1;
     let dedup = problems_of(&ready, "dedup");
     assert!(dedup.iter().any(|p| p.contains("(oom)")), "{ready}");

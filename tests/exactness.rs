@@ -239,3 +239,28 @@ async fn a_kubernetes_event_delivered_twice_counts_once() {
     settles_at(&gw, 2, 1).await;
     gw.stop().await;
 }
+
+/// A storm's webhook answered 503 (its CRs could not be written) left its counts in dedup
+/// and storm; Alertmanager's retry is all copies: it creates what is missing with those
+/// counts and adds nothing, so each alert is counted once. Before, the storm counter kept
+/// the failed attempt's alerts and the retry counted them again.
+#[tokio::test]
+async fn a_storm_answered_503_then_retried_counts_each_alert_once() {
+    let mut gw = TestGateway::start(Backend::RedisAndKube).await;
+    let api = gw.fake_api.as_ref().expect("fake API server");
+    api.inject_for(Verb::Create, Fault::Status { code: 503, retry_after_secs: None }, 1_000);
+    let pods: Vec<Alert> = (0..50).map(|p| Alert::firing("PodCrash").in_ns("prod").pod(&format!("web-{p}"))).collect();
+    let body = notification("{}:{alertname=\"PodCrash\"}", &pods);
+    let (status, failed) = gw.post_prometheus(&body).await;
+    assert_eq!(status, 503, "{failed}");
+    api.clear_faults();
+    let (status, retry) = gw.post_prometheus(&body).await;
+    assert_eq!(status, 202, "{retry}");
+    assert!(outcomes(&retry).iter().all(|o| o == "duplicate_delivery"), "{retry}");
+    // Five incidents' own CRs and one storm CR counting the other 45.
+    settles_at(&gw, 50, 6).await;
+    let (status, _) = gw.post_prometheus(&body).await;
+    assert_eq!(status, 202);
+    settles_at(&gw, 50, 6).await;
+    gw.stop().await;
+}

@@ -8,11 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use breakwater_dedup::{DedupStore, DedupWindow, Query, RedisDedupStore, Status};
+use breakwater_dedup::{DedupStore, DedupWindow, DeliveryKey, Query, RedisDedupStore, Status};
 use breakwater_keyspace::{Keyspace, RedisConfig};
 use breakwater_ratelimit::{RateLimitStore, RedisRateLimitStore, TokenBucket};
-use breakwater_signal::{fingerprint_of, storm_cr_name};
-use breakwater_storm::{RedisStormStore, StormCount, StormQuery, StormRules, StormStore};
+use breakwater_signal::fingerprint_of;
+use breakwater_storm::{RedisStormStore, StormQuery, StormRules, StormStore};
 use breakwater_testkit::RedisServer;
 
 const BATCH: usize = 500;
@@ -53,13 +53,32 @@ async fn dedup_bytes_per_entry(entries: usize) -> f64 {
     (used_memory(&server).await - before) as f64 / entries as f64
 }
 
+/// Bytes per remembered delivery (the copy window's keys): `entries` repeats of one open
+/// incident, each a delivery of its own, so only the delivery keys grow.
+async fn delivery_bytes_per_entry(entries: usize) -> f64 {
+    let server = RedisServer::start().await;
+    let store = RedisDedupStore::new(keyspace(&server, "dedup"), DedupWindow::new(Duration::from_secs(300)));
+    let query = |d: usize| Query {
+        fingerprint: fingerprint(0),
+        status: Status::Firing,
+        delivery: Some(DeliveryKey(d as u128 | 1 << 100)),
+    };
+    store.check(&[query(usize::MAX)], 1).await.expect("warm up");
+    let before = used_memory(&server).await;
+    for chunk in (0..entries).collect::<Vec<_>>().chunks(BATCH) {
+        let batch: Vec<Query> = chunk.iter().map(|&d| query(d)).collect();
+        store.check(&batch, 1_000).await.expect("dedup check");
+    }
+    (used_memory(&server).await - before) as f64 / entries as f64
+}
+
 /// Bytes per storm window: one (namespace, alertname) per entry, one alert each,
 /// then the same for windows that stormed (record + 8-resource set + counter).
 async fn storm_bytes_per_window(windows: usize, alerts_per_window: usize) -> f64 {
     let server = RedisServer::start().await;
     let rules = StormRules::new(3, 5, Duration::from_secs(60), Duration::from_secs(300), 100);
     let store = RedisStormStore::new(keyspace(&server, "storm"), rules);
-    let warm = StormQuery { namespace: "warm".into(), alert_name: "w".into(), resource_id: "w".into() };
+    let warm = StormQuery { namespace: "warm".into(), alert_name: "w".into(), resource_id: "w".into(), delivery: None };
     store.detect(&[warm], 1).await.expect("warm up");
     let before = used_memory(&server).await;
     let per_batch = (BATCH / alerts_per_window).max(1);
@@ -71,6 +90,7 @@ async fn storm_bytes_per_window(windows: usize, alerts_per_window: usize) -> f64
                     namespace: format!("ns-{}", w % 1000),
                     alert_name: format!("Alert{w}"),
                     resource_id: format!("ns-{}:Pod:p{a}", w % 1000),
+                    delivery: None,
                 })
             })
             .collect();
@@ -86,13 +106,27 @@ async fn storm_bytes_per_counter(counters: usize) -> f64 {
     let rules = StormRules::new(3, 5, Duration::from_secs(60), Duration::from_secs(300), 100)
         .with_count_ttl(Duration::from_secs(900));
     let store = RedisStormStore::new(keyspace(&server, "storm"), rules);
-    let count =
-        |w: usize| StormCount { name: storm_cr_name("prod", &format!("Alert{w}"), 1_700_000_000_000), alerts: 3 };
-    store.count(&[count(usize::MAX)], 1).await.expect("warm up");
+    let storm = |w: usize| -> Vec<StormQuery> {
+        (0..6)
+            .map(|p| StormQuery {
+                namespace: "prod".into(),
+                alert_name: format!("Alert{w}"),
+                resource_id: format!("p{p}"),
+                delivery: None,
+            })
+            .collect()
+    };
+    store.detect(&storm(usize::MAX), 1).await.expect("warm up");
     let before = used_memory(&server).await;
-    for chunk in (0..counters).collect::<Vec<_>>().chunks(BATCH) {
-        let batch: Vec<StormCount> = chunk.iter().map(|&w| count(w)).collect();
-        store.count(&batch, 1_000).await.expect("storm count");
+    // Each storm opens with its counter; then its window ends (its record and resource set
+    // go), and the counter stays for count_ttl: what `breakwater plan` calls a counter.
+    for chunk in (0..counters).collect::<Vec<_>>().chunks(BATCH / 6) {
+        let batch: Vec<StormQuery> = chunk.iter().flat_map(|&w| storm(w)).collect();
+        store.detect(&batch, 1_000).await.expect("storm detect");
+        for &w in chunk {
+            let [record, resources, _] = store.keys("prod", &format!("Alert{w}"));
+            server.admin_command(&["DEL", &record, &resources]).await;
+        }
     }
     (used_memory(&server).await - before) as f64 / counters as f64
 }
@@ -154,6 +188,10 @@ async fn main() {
     );
     println!("dedup:  {:.1} bytes per entry over {entries} entries", dedup_bytes_per_entry(entries).await);
     println!(
+        "dedup:  {:.1} bytes per remembered delivery over {entries} deliveries",
+        delivery_bytes_per_entry(entries).await
+    );
+    println!(
         "storm:  {:.1} bytes per quiet window (1 alert) over {entries} windows",
         storm_bytes_per_window(entries, 1).await
     );
@@ -202,6 +240,7 @@ async fn main() {
                     namespace: "prod".into(),
                     alert_name: format!("A{}", (round * n + i) % 1000),
                     resource_id: format!("prod:Pod:p{i}"),
+                    delivery: None,
                 })
                 .collect();
             let storm = &storm;

@@ -1,6 +1,7 @@
 //! Starting components: each one alone on its listener, or all five in one
-//! process (`breakwater up`) talking over loopback gRPC, so `up` runs the same
-//! code path as split mode.
+//! process (`breakwater up`), where the edge calls the other four directly,
+//! with no socket between them. Both run the same components, clients and
+//! layers; only the transport differs.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,11 +11,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use breakwater_crd_writer::{CrdWriter, RemediationSink};
 use breakwater_embedded::EmbeddedStore;
-use breakwater_grpc::ComponentHealth;
+use breakwater_grpc::{ComponentHealth, Incoming, Transport};
 use breakwater_keyspace::{Keyspace, KeyspaceError, RedisConfig, StoreKind};
 use breakwater_signal::{Clock, SystemClock};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -43,7 +44,7 @@ impl Shutdown {
     }
 }
 
-/// A component that runs on its own listener.
+/// One of the four gRPC components (the edge calls them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
     RateLimit,
@@ -97,18 +98,18 @@ pub async fn run_component(
         }
         Component::RateLimit | Component::CrdWriter => None,
     };
-    run_component_with(component, config, clock, sink, embedded.as_ref(), listener, shutdown).await
+    run_component_with(component, config, clock, sink, embedded.as_ref(), listener.into(), shutdown).await
 }
 
 /// [`run_component`] with the state directory already open (`up` shares
-/// one between dedup and storm).
+/// one between dedup and storm), taking calls from `incoming`.
 async fn run_component_with(
     component: Component,
     config: &Config,
     clock: Arc<dyn Clock>,
     sink: Option<Arc<dyn RemediationSink>>,
     embedded: Option<&EmbeddedStore>,
-    listener: TcpListener,
+    incoming: Incoming,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let health = ComponentHealth::new(component.name());
@@ -116,27 +117,27 @@ async fn run_component_with(
         Component::RateLimit => {
             let store = breakwater_ratelimit::store_from_config(&config.ratelimit, health.clone())?;
             let grpc = breakwater_ratelimit::RateLimitGrpc::new(store, clock, config.ratelimit.enabled);
-            let serve = async { Ok(breakwater_ratelimit::run(grpc, health.clone(), listener, shutdown).await?) };
+            let serve = async { Ok(breakwater_ratelimit::run(grpc, health.clone(), incoming, shutdown).await?) };
             let redis = config.ratelimit.store == StoreKind::Redis;
             with_budget_watch(&config.ratelimit.redis, redis, breakwater_ratelimit::KEYSPACE, &health, serve).await?;
         }
         Component::Dedup => {
             let store = breakwater_dedup::store_from_config(&config.dedup, embedded)?;
             let window = config.dedup.window();
-            // The memory store starts empty, but treating its first window as uncertain
-            // would also fold incidents that were resolved before a restart into their old CR
-            // (only the remediation controller marks a CR finished); its loss on restart is
-            // documented instead. The embedded store restores its state. Uncertainty after
-            // a Redis outage is tracked by DedupGrpc.
-            let grpc = breakwater_dedup::DedupGrpc::new(store, clock, health.clone(), window, false);
-            let serve = async { Ok(breakwater_dedup::run(grpc, health.clone(), listener, shutdown).await?) };
+            // For one window after it starts, dedup may not know incidents opened while it
+            // was down (edges named them per fallback window, and a restarted edge no longer
+            // remembers that it fell back): new incidents are looked up first. A resolved
+            // incident's CR records the resolution, so its next firing still gets a new CR.
+            // Uncertainty after a Redis outage is tracked by DedupGrpc.
+            let grpc = breakwater_dedup::DedupGrpc::new(store, clock, health.clone(), window, true);
+            let serve = async { Ok(breakwater_dedup::run(grpc, health.clone(), incoming, shutdown).await?) };
             let redis = config.dedup.store == StoreKind::Redis;
             with_budget_watch(&config.dedup.redis, redis, breakwater_dedup::KEYSPACE, &health, serve).await?;
         }
         Component::Storm => {
             let store = breakwater_storm::store_from_config(&config.storm, embedded)?;
             let grpc = breakwater_storm::StormGrpc::new(store, clock, health.clone(), config.storm.rules());
-            let serve = async { Ok(breakwater_storm::run(grpc, health.clone(), listener, shutdown).await?) };
+            let serve = async { Ok(breakwater_storm::run(grpc, health.clone(), incoming, shutdown).await?) };
             let redis = config.storm.store == StoreKind::Redis;
             with_budget_watch(&config.storm.redis, redis, breakwater_storm::KEYSPACE, &health, serve).await?;
         }
@@ -149,7 +150,7 @@ async fn run_component_with(
             if let Some(embedded) = embedded {
                 writer = writer.with_journal(embedded.namespace("crd-writer")?);
             }
-            breakwater_crd_writer::run(writer, listener, shutdown).await?;
+            breakwater_crd_writer::run(writer, incoming, shutdown).await?;
         }
     }
     Ok(())
@@ -214,24 +215,48 @@ async fn stop_watch(stop: Shutdown, watch: Option<JoinHandle<()>>) {
     }
 }
 
-/// Builds the edge's state for `config` (clients connect lazily).
+/// Builds the edge's state for `config`, calling the components at
+/// `edge.components.*` (clients connect lazily).
 ///
 /// # Errors
 /// When a component URL is invalid.
 pub fn edge_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<breakwater_edge::EdgeState> {
     let timeout = Duration::from_millis(config.edge.component_timeout_ms);
     let components = breakwater_edge::Components::connect_lazy(&config.edge.components, timeout)?;
+    Ok(edge_state_over(config, clock, components))
+}
+
+fn edge_state_over(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    components: breakwater_edge::Components,
+) -> breakwater_edge::EdgeState {
     let metrics = breakwater_telemetry::metrics_handle();
     // The same [ratelimit] settings rule the edge's in-process limiter when ratelimit is unreachable.
-    Ok(breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.bucket()))
+    breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.bucket())
+}
+
+/// Waits for a starting component's transport. A component that hands none
+/// over failed to start, and its task says why.
+async fn handed_over(
+    component: Component,
+    transport: oneshot::Receiver<Transport>,
+    task: &mut JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<Transport> {
+    if let Ok(transport) = transport.await {
+        return Ok(transport);
+    }
+    match task.await {
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => anyhow::bail!("{} stopped before it started", component.name()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{} task", component.name()))),
+    }
 }
 
 /// All five components in this process: what `breakwater up` runs.
 pub struct Gateway {
     /// Where the HTTP edge listens.
     pub edge_addr: SocketAddr,
-    /// Where each gRPC component listens (loopback).
-    pub component_addrs: Vec<(Component, SocketAddr)>,
     stop_edge: Shutdown,
     stop_components: Shutdown,
     edge: JoinHandle<anyhow::Result<()>>,
@@ -239,13 +264,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the four gRPC components on loopback ports of their own, then the
-    /// edge on `edge_listener`, pointed at them.
+    /// Starts the four components in this process (no listener of their
+    /// own), then the edge on `edge_listener`, calling them directly.
     ///
     /// # Errors
-    /// When a listener cannot be bound or a component cannot be built.
+    /// When a component cannot be built or start.
     pub async fn start(
-        mut config: Config,
+        config: Config,
         sink: Option<Arc<dyn RemediationSink>>,
         edge_listener: TcpListener,
     ) -> anyhow::Result<Self> {
@@ -254,33 +279,38 @@ impl Gateway {
         let embedded = open_embedded(&config, clock.clone())?;
         let (stop_edge, stop_components) = (Shutdown::default(), Shutdown::default());
         let mut components = Vec::new();
-        let mut component_addrs = Vec::new();
+        let mut handoffs = Vec::new();
         for component in [Component::RateLimit, Component::Dedup, Component::Storm, Component::CrdWriter] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
-            let addr = listener.local_addr()?;
-            let url = format!("http://{addr}");
-            let urls = &mut config.edge.components;
-            match component {
-                Component::RateLimit => urls.ratelimit = url,
-                Component::Dedup => urls.dedup = url,
-                Component::Storm => urls.storm = url,
-                Component::CrdWriter => urls.crd_writer = url,
-            }
-            component_addrs.push((component, addr));
-            // Built before spawning so configuration errors surface here, not in a task.
+            let (incoming, handoff) = Incoming::in_process();
             let (config, clock, sink, stop) = (config.clone(), clock.clone(), sink.clone(), stop_components.wait());
             let embedded = embedded.clone();
             components.push(tokio::spawn(async move {
-                run_component_with(component, &config, clock, sink, embedded.as_ref(), listener, stop)
+                run_component_with(component, &config, clock, sink, embedded.as_ref(), incoming, stop)
                     .await
                     .with_context(|| format!("{} failed", component.name()))
             }));
+            handoffs.push((component, handoff));
         }
-        let state = edge_state(&config, clock)?;
+        // All four start at once; each hands its transport over once built and checked.
+        let mut transports = Vec::new();
+        for ((component, handoff), task) in handoffs.into_iter().zip(&mut components) {
+            match handed_over(component, handoff, task).await {
+                Ok(transport) => transports.push(transport),
+                Err(e) => {
+                    stop_components.trigger();
+                    return Err(e);
+                }
+            }
+        }
+        let [ratelimit, dedup, storm, crd_writer]: [Transport; 4] =
+            transports.try_into().map_err(|_| anyhow::anyhow!("a component handed over no transport"))?;
+        let timeout = Duration::from_millis(config.edge.component_timeout_ms);
+        let components_of_edge = breakwater_edge::Components::new(ratelimit, dedup, storm, crd_writer, timeout);
+        let state = edge_state_over(&config, clock, components_of_edge);
         let edge_addr = edge_listener.local_addr()?;
         let stop = stop_edge.wait();
         let edge = tokio::spawn(async move { Ok(breakwater_edge::run(state, edge_listener, stop).await?) });
-        Ok(Self { edge_addr, component_addrs, stop_edge, stop_components, edge, components })
+        Ok(Self { edge_addr, stop_edge, stop_components, edge, components })
     }
 
     /// Stops the edge (in-flight requests finish), then the components (the

@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`cli`] — the clap subcommands and what each runs.
 //! - [`config`] — [`Config`], the file + environment + flags loader.
-//! - [`compose`] — starting components on listeners, alone or all together (`up`).
+//! - [`compose`] — starting components: each alone on a listener, or all in one process (`up`).
 //! - [`plan`] — the Redis memory a load needs against the budgets (`plan`).
 //! - [`doctor`] — checks of a deployment's Redis instances (`doctor`).
 

@@ -12,6 +12,8 @@ use crate::config::Config;
 pub struct EntryBytes {
     /// One open incident's dedup record.
     pub dedup_incident: f64,
+    /// One delivery dedup remembers for the copy window (`dedup.copy_window_secs`).
+    pub dedup_delivery: f64,
     /// A (namespace, alertname) window that did not storm: record + a one-resource set.
     pub storm_quiet_window: f64,
     /// A window that stormed: record, a set listing [`STORMED_WINDOW_LISTED`]
@@ -44,12 +46,17 @@ pub const RESOURCE_ID_BYTES: f64 = 48.0;
 /// (7.2 keeps small sets as listpacks, which makes listed resources cheaper).
 pub const MEASURED: EntryBytes = EntryBytes {
     dedup_incident: 212.9,
+    dedup_delivery: DEDUP_DELIVERY_BYTES,
     storm_quiet_window: 442.5,
     storm_stormed_window: 954.7,
     storm_listed_resource: 47.6,
     storm_counter: 132.8,
     ratelimit_bucket: 152.2,
 };
+
+/// Bytes per remembered delivery (`bw:dedup:d:<key>`, its expiry as value, a TTL), measured
+/// like the others over 100,000 deliveries of one open incident.
+pub const DEDUP_DELIVERY_BYTES: f64 = 148.8;
 
 /// The load to plan for (`breakwater plan` flags).
 #[derive(Debug, Clone, Copy, PartialEq, clap::Args)]
@@ -60,6 +67,10 @@ pub struct Load {
     /// Share of alerts that are new incidents (0..=1); the rest repeat open ones.
     #[arg(long, default_value_t = 0.1)]
     pub unique_share: f64,
+    /// Share of alerts delivered by Alertmanager with a `groupKey` (0..=1): dedup remembers
+    /// each such delivery for the copy window, so its copies count once.
+    #[arg(long, default_value_t = 1.0)]
+    pub notified_share: f64,
     /// Distinct senders (Alertmanagers, event sources): one bucket each.
     #[arg(long, default_value_t = 10)]
     pub senders: u64,
@@ -81,7 +92,11 @@ impl Load {
         if !(self.alerts_per_second.is_finite() && self.alerts_per_second >= 0.0) {
             return Err(format!("--alerts-per-second {} is not allowed: use 0 or more", self.alerts_per_second));
         }
-        for (flag, share) in [("--unique-share", self.unique_share), ("--storm-share", self.storm_share)] {
+        for (flag, share) in [
+            ("--unique-share", self.unique_share),
+            ("--notified-share", self.notified_share),
+            ("--storm-share", self.storm_share),
+        ] {
             if !(0.0..=1.0).contains(&share) {
                 return Err(format!("{flag} {share} is not allowed: use a share from 0 to 1"));
             }
@@ -130,16 +145,23 @@ impl Plan {
         // A new incident's record lives at least the window after its alert.
         let window = config.dedup.window_secs;
         let incidents = (load.alerts_per_second * load.unique_share * window as f64).round() as u64;
+        // Each delivery with a groupKey is remembered for the copy window after it.
+        let copy_window = config.dedup.copy_window_secs;
+        let deliveries = (load.alerts_per_second * load.notified_share * copy_window as f64).round() as u64;
         let dedup = Row {
             keyspace: "dedup",
-            entries: incidents,
-            needed: with_headroom(incidents as f64 * bytes.dedup_incident),
+            entries: incidents + deliveries,
+            needed: with_headroom(incidents as f64 * bytes.dedup_incident + deliveries as f64 * bytes.dedup_delivery),
             budget: config.dedup.redis.memory_budget_bytes,
             basis: format!(
-                "{} alerts/s × {} new × {window} s (dedup.window_secs) × {} B per open incident",
+                "{} alerts/s × {} new × {window} s (dedup.window_secs) × {} B per open incident \
+                 + {} alerts/s × {} notified × {copy_window} s (dedup.copy_window_secs) × {} B per delivery",
                 load.alerts_per_second,
                 percent(load.unique_share),
-                bytes.dedup_incident
+                bytes.dedup_incident,
+                load.alerts_per_second,
+                percent(load.notified_share),
+                bytes.dedup_delivery
             ),
         };
 

@@ -325,6 +325,8 @@ async fn every_components_metrics_move_with_the_scenario() {
     let storm_a = scrape_of(&split.storm).await;
     // Degraded: storm's process gone, the alert still lands.
     split.storm.child.kill().await.expect("kill storm");
+    // Once the edge has seen the connection close, calls are refused, not lost mid-call (503).
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(post(&edge, &json!({"alerts": [alert("Lonely", "b")]}), &[]).await.0, 201);
     // Ten signals used: the next two are over the sender's limit.
     let (status, body) = post(&edge, &json!({"alerts": [alert("X", "c"), alert("Y", "d")]}), &[]).await;

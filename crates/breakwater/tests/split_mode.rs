@@ -65,6 +65,10 @@ async fn each_component_in_its_own_process() {
 
     // A component process dying degrades its feature only: storm gone, alerts still land.
     storm.child.kill().await.expect("kill storm");
+    // Until the edge has seen its connection close, a call could go out on it and fail after
+    // sending, which the edge must answer 503 (the call may have been applied); a process
+    // gone for a moment is one that refuses connections.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let other = json!({"alerts": [{"status": "firing", "labels": {"alertname": "DiskFull", "namespace": "prod", "pod": "db-0"}}]});
     let (status, answer) = post(&client, &edge.addr, &other).await;
     assert_eq!(status, 201, "{answer}");
@@ -75,6 +79,7 @@ async fn each_component_in_its_own_process() {
 
     // Dedup's process gone: the repeated alert still lands on its CR, no second CR.
     dedup.child.kill().await.expect("kill dedup");
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, third) = post(&client, &edge.addr, &alert).await;
     assert_eq!(status, 202, "{third}");
     assert_eq!(third["results"][0]["remediationRequestName"], name.as_str());

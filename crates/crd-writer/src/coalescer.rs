@@ -267,6 +267,10 @@ impl Coalescer {
             UpdateOutcome::Unchanged => return Ok(Applied::Unchanged),
             UpdateOutcome::NotFound => {}
         }
+        if pending.update.is_resolution_only() {
+            // The incident's CR was never written: nothing to mark.
+            return Ok(Applied::Unchanged);
+        }
         let Some(first) = &pending.first else { return Ok(Applied::Gone) };
         let mut rr = crd::build(first, self.clock.now(), &self.fallback_namespace);
         pending.update.apply_to(&mut rr.spec, self.cap);
@@ -357,6 +361,9 @@ pub fn count_update(write: &Write) -> CountUpdate {
             update.occurrence_count = 0;
         }
         update.window_start = 0;
+    }
+    if write.kind == WriteKind::Resolution {
+        return CountUpdate { resolved_at: last_seen, ..CountUpdate::default() };
     }
     update
 }

@@ -205,6 +205,10 @@ pub struct Deduplication {
     /// gateways).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tally: Option<OccurrenceTally>,
+    /// When the incident's latest resolution arrived. A firing after it is a new incident
+    /// with a CR of its own, so this CR no longer collects occurrences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Time>,
 }
 
 /// How `occurrenceCount` adds up, so counts from different sources add up instead of one
@@ -332,6 +336,8 @@ pub enum WriteKind {
     StormCreate,
     /// Count an alert on an open storm's CR.
     StormAdd,
+    /// Record that the incident was resolved (never creates a CR).
+    Resolution,
 }
 
 impl WriteKind {
@@ -342,6 +348,7 @@ impl WriteKind {
             Self::Occurrence => "occurrence",
             Self::StormCreate => "storm_create",
             Self::StormAdd => "storm_add",
+            Self::Resolution => "resolution",
         }
     }
 
@@ -432,6 +439,7 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
                 window_count: to_i64(write.occurrence_count.max(1)),
                 ..OccurrenceTally::default()
             }),
+            resolved_at: None,
         },
         is_storm: storm.is_some(),
         storm_type: storm.and_then(|s| s.storm_type),

@@ -67,7 +67,7 @@ impl CrdWriterGrpc {
         let mut creates: Vec<(usize, Write)> = Vec::new();
         let mut rrs = Vec::new();
         let mut fallbacks: Vec<(usize, Write, RemediationRequest, LastResort)> = Vec::new();
-        let mut carried: Vec<(usize, Write)> = Vec::new();
+        let mut immediate: Vec<(usize, Write)> = Vec::new();
         let mut queued: Vec<Write> = Vec::new();
         for (index, raw) in writes.into_iter().enumerate() {
             let kind = kind_label(raw.kind);
@@ -88,7 +88,9 @@ impl CrdWriterGrpc {
                     rrs.push(crd::build(&write, now, &self.fallback_namespace));
                     creates.push((index, write));
                 }
-                Ok(write) if write.kind == WriteKind::StormAdd && storm_unavailable => carried.push((index, write)),
+                Ok(write) if write.kind == WriteKind::StormAdd && storm_unavailable => immediate.push((index, write)),
+                // Applied before answering: the incident's next firing must find it closed.
+                Ok(write) if write.kind == WriteKind::Resolution => immediate.push((index, write)),
                 Ok(write) => {
                     record(kind, "queued");
                     results[index] = Some(result(pb::WriteOutcome::Queued, remediation));
@@ -101,16 +103,19 @@ impl CrdWriterGrpc {
             fallbacks.iter().map(|(_, write, rr, count)| self.create_or_count(write, rr, *count)).collect();
         // Journaled in one batch before anything is answered.
         self.coalescer.offer_all(queued);
-        let carry_calls: Vec<_> = carried.iter().map(|(_, write)| self.carry_storm_alert(write)).collect();
+        let carry_calls: Vec<_> = immediate.iter().map(|(_, write)| self.apply_now(write)).collect();
         let (outcomes, fallback_outcomes, carry_outcomes) = futures::join!(
             self.sink.create_batch(&rrs),
             futures::stream::iter(fallback_calls).buffered(BATCH_CONCURRENCY).collect::<Vec<_>>(),
             futures::stream::iter(carry_calls).buffered(BATCH_CONCURRENCY).collect::<Vec<_>>(),
         );
-        for ((index, write), outcome) in carried.into_iter().zip(carry_outcomes) {
+        for ((index, write), outcome) in immediate.into_iter().zip(carry_outcomes) {
             results[index] = Some(match outcome {
                 Ok(()) => {
-                    record(write.kind.as_str(), "carried");
+                    record(
+                        write.kind.as_str(),
+                        if write.kind == WriteKind::Resolution { "applied" } else { "carried" },
+                    );
                     result(pb::WriteOutcome::Queued, Some(ref_of(&write.target)))
                 }
                 Err(err) => answer_failed(&write, &err),
@@ -188,8 +193,14 @@ impl CrdWriterGrpc {
     }
 
     /// Adds the alert of a `STORM_ADD` the storm service could not count to its storm CR's
-    /// carried count. A storm CR not written yet is created from the write instead.
-    async fn carry_storm_alert(&self, write: &Write) -> Result<(), SinkError> {
+    /// carried count. A storm CR not written yet is created from the write instead. A
+    /// `RESOLUTION` is recorded on its CR at once.
+    async fn apply_now(&self, write: &Write) -> Result<(), SinkError> {
+        if write.kind == WriteKind::Resolution {
+            // A CR never written has nothing to mark.
+            self.sink.update_counts(&write.target, &count_update(write)).await?;
+            return Ok(());
+        }
         let last_seen = count_update(write).last_seen;
         if self.sink.add_occurrences(&write.target, 1, last_seen).await? == UpdateOutcome::NotFound {
             self.coalescer.offer(write.clone());
@@ -310,6 +321,7 @@ impl TryFrom<pb::RemediationWrite> for Write {
             pb::WriteKind::Occurrence => WriteKind::Occurrence,
             pb::WriteKind::StormCreate => WriteKind::StormCreate,
             pb::WriteKind::StormAdd => WriteKind::StormAdd,
+            pb::WriteKind::Resolution => WriteKind::Resolution,
         };
         let storm_type = raw.storm_type();
         let signal = raw.signal.ok_or(InvalidWrite("signal is missing"))?;
@@ -324,7 +336,7 @@ impl TryFrom<pb::RemediationWrite> for Write {
             return Err(InvalidWrite("signal.fingerprint is not 64 lower-case hex characters"));
         }
         let storm = match kind {
-            WriteKind::Create | WriteKind::Occurrence => None,
+            WriteKind::Create | WriteKind::Occurrence | WriteKind::Resolution => None,
             WriteKind::StormCreate | WriteKind::StormAdd => Some(StormWrite {
                 storm_type: match (storm_type, kind) {
                     (pb::StormType::Rate, _) => Some(StormType::Rate),
@@ -368,6 +380,7 @@ fn kind_label(kind: i32) -> &'static str {
         Ok(pb::WriteKind::Occurrence) => "occurrence",
         Ok(pb::WriteKind::StormCreate) => "storm_create",
         Ok(pb::WriteKind::StormAdd) => "storm_add",
+        Ok(pb::WriteKind::Resolution) => "resolution",
         Ok(pb::WriteKind::Unspecified) | Err(_) => "unspecified",
     }
 }

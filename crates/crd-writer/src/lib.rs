@@ -28,8 +28,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use breakwater_grpc::Incoming;
 use breakwater_signal::{Clock, SystemClock};
-use tokio::net::TcpListener;
 
 pub mod coalescer;
 pub mod config;
@@ -124,7 +124,8 @@ pub async fn sink_from_config(config: &CrdWriterConfig) -> Result<Arc<dyn Remedi
     })
 }
 
-/// Serves `breakwater.v1.CrdWriterService` (with health and reflection) on `listener` and
+/// Serves `breakwater.v1.CrdWriterService` (with health; with reflection on TCP) on `incoming`
+/// (a TCP listener, or in process for `breakwater up`) and
 /// flushes coalesced counts every `flush_interval_ms`, until `shutdown` resolves; then stops
 /// taking calls, lets in-flight ones finish, and flushes what is pending (bounded by
 /// `final_flush_timeout_ms`).
@@ -132,7 +133,12 @@ pub async fn sink_from_config(config: &CrdWriterConfig) -> Result<Arc<dyn Remedi
 /// # Errors
 /// [`Error::Config`] for an invalid configuration, [`Error::Grpc`] when the transport fails
 /// (pending counts are flushed first).
-pub async fn run(writer: CrdWriter, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+pub async fn run(
+    writer: CrdWriter,
+    incoming: impl Into<Incoming>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let incoming = incoming.into();
     writer.config.validate().map_err(Error::Config)?;
     let interval = writer.config.flush_interval();
     let final_timeout = writer.config.final_flush_timeout();
@@ -150,8 +156,8 @@ pub async fn run(writer: CrdWriter, listener: TcpListener, shutdown: impl Future
         }
     });
 
-    tracing::info!(addr = ?listener.local_addr().ok(), "crd-writer serving");
-    let served = breakwater_grpc::serve(grpc.into_server(), "crd-writer", listener, shutdown).await;
+    tracing::info!(addr = ?incoming.local_addr(), "crd-writer serving");
+    let served = breakwater_grpc::serve(grpc.into_server(), "crd-writer", incoming, shutdown).await;
 
     let _ = stop_flusher.send(());
     if let Err(err) = flusher.await {

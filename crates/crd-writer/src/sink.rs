@@ -74,6 +74,9 @@ pub struct CountUpdate {
     pub affected_resources: Vec<String>,
     /// `affectedResourcesOmitted` as the storm service counts it (storm CRs only).
     pub affected_resources_omitted: u64,
+    /// `deduplication.resolvedAt` in Unix ms (0 leaves it).
+    #[serde(default)]
+    pub resolved_at: UnixMillis,
 }
 
 impl CountUpdate {
@@ -83,6 +86,7 @@ impl CountUpdate {
     pub fn merge(&mut self, other: &CountUpdate, cap: usize) {
         self.occurrence_count = self.occurrence_count.max(other.occurrence_count);
         self.window_start = self.window_start.max(other.window_start);
+        self.resolved_at = self.resolved_at.max(other.resolved_at);
         self.last_seen = self.last_seen.max(other.last_seen);
         self.storm_alert_count = self.storm_alert_count.max(other.storm_alert_count);
         let dropped = union_capped(&mut self.affected_resources, &other.affected_resources, cap);
@@ -119,6 +123,12 @@ impl CountUpdate {
                 dedup.last_seen = last_seen;
             }
         }
+        if self.resolved_at > 0 {
+            let resolved_at = time(self.resolved_at);
+            if dedup.resolved_at.as_ref().is_none_or(|at| resolved_at > *at) {
+                dedup.resolved_at = Some(resolved_at);
+            }
+        }
         if spec.is_storm {
             // The storm service's own count merges by maximum; what was carried adds to it.
             let carried = spec.storm_alerts_carried.unwrap_or(0);
@@ -135,6 +145,11 @@ impl CountUpdate {
         *spec != before
     }
 
+    /// Whether this update only records a resolution (it must not create a CR).
+    pub fn is_resolution_only(&self) -> bool {
+        self.resolved_at > 0 && self.occurrence_count == 0 && self.storm_alert_count == 0
+    }
+
     /// Whether merging this update can change nothing.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
@@ -144,11 +159,14 @@ impl CountUpdate {
 /// `status.overallPhase` values after which the remediation controller is done with a CR.
 pub const TERMINAL_PHASES: [&str; 4] = ["Completed", "Failed", "Cancelled", "Timeout"];
 
-/// Whether the remediation controller may still act on `rr`: it has no terminal phase yet
-/// (no status, or an empty or non-terminal `overallPhase`).
+/// Whether `rr`'s incident is still open: the remediation controller has not finished it
+/// (no status, or an empty or non-terminal `overallPhase`), and it was not resolved after
+/// its last occurrence.
 pub fn is_open(rr: &RemediationRequest) -> bool {
     let phase = rr.status.as_ref().and_then(|s| s.overall_phase.as_deref()).unwrap_or("");
-    !TERMINAL_PHASES.contains(&phase)
+    let dedup = &rr.spec.deduplication;
+    let resolved = dedup.resolved_at.as_ref().is_some_and(|at| *at >= dedup.last_seen);
+    !TERMINAL_PHASES.contains(&phase) && !resolved
 }
 
 /// Of `candidates`, the open incident CR of `fingerprint`: labelled with it (cut to a label

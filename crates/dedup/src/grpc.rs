@@ -125,7 +125,8 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                 };
                 let mut verdict = pb::DedupVerdict {
                     outcome: outcome.into(),
-                    state_uncertain: v.decision == Decision::New && uncertain,
+                    // A copy may complete a first delivery that was new: it looks first as well.
+                    state_uncertain: matches!(v.decision, Decision::New | Decision::Copy) && uncertain,
                     ..Default::default()
                 };
                 if let Some(r) = v.record {
@@ -266,6 +267,6 @@ impl From<Error> for Status {
         // Logged once per outage by ComponentHealth; per call only at debug level.
         tracing::debug!(cause = %e, source = ?std::error::Error::source(&e), "dedup store failed");
         // The edge applies the degradation table to Unavailable; the cause stays in our logs.
-        Status::unavailable("dedup store unavailable")
+        breakwater_grpc::store_unavailable("dedup store unavailable")
     }
 }

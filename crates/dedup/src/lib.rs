@@ -23,9 +23,8 @@ pub mod window;
 use std::future::Future;
 use std::sync::Arc;
 
-use breakwater_grpc::ComponentHealth;
+use breakwater_grpc::{ComponentHealth, Incoming};
 use breakwater_proto::v1::dedup_service_server::DedupServiceServer;
-use tokio::net::TcpListener;
 
 pub use config::{DedupConfig, StoreKind};
 pub use error::{Error, Result};
@@ -63,20 +62,21 @@ pub fn store_from_config(
     })
 }
 
-/// Serves the dedup gRPC service on `listener` until `shutdown` resolves.
+/// Serves the dedup gRPC service on `incoming` (a TCP listener, or in process
+/// for `breakwater up`) until `shutdown` resolves.
 ///
 /// # Errors
 /// When the transport fails.
 pub async fn run(
     grpc: DedupGrpc,
     health: Arc<ComponentHealth>,
-    listener: TcpListener,
+    incoming: impl Into<Incoming>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let server = DedupServiceServer::new(grpc)
         .max_decoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES);
-    breakwater_grpc::serve_with_status(server, health, listener, shutdown).await?;
+    breakwater_grpc::serve_with_status(server, health, incoming, shutdown).await?;
     Ok(())
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use breakwater_grpc::TracedTransport;
 use breakwater_proto::v1 as pb;
 use breakwater_proto::v1::status_service_client::StatusServiceClient;
 use serde::Serialize;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -40,8 +40,8 @@ pub struct ComponentReadiness {
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn check(channel: Channel) -> ComponentReadiness {
-    let mut health = HealthClient::new(channel.clone());
+async fn check(component: TracedTransport) -> ComponentReadiness {
+    let mut health = HealthClient::new(component.clone());
     let state =
         match tokio::time::timeout(CHECK_TIMEOUT, health.check(HealthCheckRequest { service: String::new() })).await {
             Ok(Ok(r)) if r.get_ref().status() == ServingStatus::Serving => "serving".to_owned(),
@@ -51,7 +51,7 @@ async fn check(channel: Channel) -> ComponentReadiness {
         };
     let mut problems = Vec::new();
     if state == "serving" {
-        let mut status = StatusServiceClient::new(channel);
+        let mut status = StatusServiceClient::new(component);
         match tokio::time::timeout(CHECK_TIMEOUT, status.get_status(pb::GetStatusRequest {})).await {
             Ok(Ok(r)) => problems = r.into_inner().problems,
             Ok(Err(e)) => problems.push(format!("status unavailable: {}", e.message())),
@@ -65,8 +65,11 @@ async fn check(channel: Channel) -> ComponentReadiness {
 /// edge is shutting down; anything else that is wrong degrades one feature and
 /// answers 200 `degraded`, with one sentence per problem.
 pub async fn readyz(State(state): State<EdgeState>) -> (StatusCode, Json<Readiness>) {
-    let checks =
-        state.components.channels.iter().map(|(name, channel)| async move { (*name, check(channel.clone()).await) });
+    let checks = state
+        .components
+        .transports
+        .iter()
+        .map(|(name, component)| async move { (*name, check(component.clone()).await) });
     let components: BTreeMap<&'static str, ComponentReadiness> =
         futures::future::join_all(checks).await.into_iter().collect();
     for (name, c) in &components {

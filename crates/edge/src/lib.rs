@@ -7,7 +7,8 @@
 //! - [`layers`] — the middleware stack, one `ServiceBuilder`.
 //! - [`error`] — [`EdgeError`], every HTTP error as RFC 7807.
 //! - [`adapters`] — payload → signals (Prometheus webhook v4, Kubernetes events).
-//! - [`pipeline`] — the tower stages calling the components over gRPC.
+//! - [`pipeline`] — the tower stages calling the components (tonic clients over
+//!   a channel in split mode, or directly in `breakwater up`).
 //! - [`health`] — `/readyz`.
 //! - [`config`] — [`EdgeConfig`].
 //!

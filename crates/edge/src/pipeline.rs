@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use breakwater_grpc::{ComponentHealth, MAX_MESSAGE_BYTES, TracedChannel};
+use breakwater_grpc::{ComponentHealth, MAX_MESSAGE_BYTES, TracedTransport, Transport};
 use breakwater_proto::v1 as pb;
 use breakwater_proto::v1::crd_writer_service_client::CrdWriterServiceClient;
 use breakwater_proto::v1::dedup_service_client::DedupServiceClient;
@@ -37,38 +37,60 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// The whole pipeline as one cloneable service.
 pub type Pipeline = BoxCloneSyncService<Batch, Vec<AlertResult>, BoxError>;
 
-/// gRPC clients of the four components; channels connect lazily and reconnect.
+/// The four components as the edge calls them: tonic clients over each one's
+/// [`Transport`] (a lazy channel in split mode, the component itself in `up`),
+/// inside the same layers either way (deadline, tracing, metrics).
 #[derive(Clone, Debug)]
 pub struct Components {
-    pub ratelimit: RateLimitServiceClient<TracedChannel>,
-    pub dedup: DedupServiceClient<TracedChannel>,
-    pub storm: StormServiceClient<TracedChannel>,
-    pub crd_writer: CrdWriterServiceClient<TracedChannel>,
-    /// The raw channels, for health checks (not traced).
-    pub channels: [(&'static str, tonic::transport::Channel); 4],
+    pub ratelimit: RateLimitServiceClient<TracedTransport>,
+    pub dedup: DedupServiceClient<TracedTransport>,
+    pub storm: StormServiceClient<TracedTransport>,
+    pub crd_writer: CrdWriterServiceClient<TracedTransport>,
+    /// The same services by component name, for health and status checks
+    /// (which the telemetry layer leaves untraced).
+    pub transports: [(&'static str, TracedTransport); 4],
 }
 
 impl Components {
+    /// Split mode: channels to `urls` that connect on first use and reconnect.
+    ///
     /// # Errors
     /// When a URL is not a valid endpoint.
     pub fn connect_lazy(urls: &ComponentUrls, timeout: Duration) -> Result<Self, breakwater_grpc::GrpcError> {
-        let ratelimit = breakwater_grpc::connect_lazy(&urls.ratelimit, timeout)?;
-        let dedup = breakwater_grpc::connect_lazy(&urls.dedup, timeout)?;
-        let storm = breakwater_grpc::connect_lazy(&urls.storm, timeout)?;
-        let crd_writer = breakwater_grpc::connect_lazy(&urls.crd_writer, timeout)?;
-        Ok(Self {
-            ratelimit: RateLimitServiceClient::new(breakwater_grpc::traced(ratelimit.clone(), "edge")),
-            dedup: DedupServiceClient::new(breakwater_grpc::traced(dedup.clone(), "edge"))
+        Ok(Self::new(
+            Transport::connect_lazy(&urls.ratelimit, timeout)?,
+            Transport::connect_lazy(&urls.dedup, timeout)?,
+            Transport::connect_lazy(&urls.storm, timeout)?,
+            Transport::connect_lazy(&urls.crd_writer, timeout)?,
+            timeout,
+        ))
+    }
+
+    /// The components behind these transports, each call bounded by `timeout`.
+    pub fn new(
+        ratelimit: Transport,
+        dedup: Transport,
+        storm: Transport,
+        crd_writer: Transport,
+        timeout: Duration,
+    ) -> Self {
+        let [ratelimit, dedup, storm, crd_writer] =
+            [ratelimit, dedup, storm, crd_writer].map(|t| breakwater_grpc::client(t, "edge", timeout));
+        Self {
+            ratelimit: RateLimitServiceClient::new(ratelimit.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            storm: StormServiceClient::new(breakwater_grpc::traced(storm.clone(), "edge"))
+            dedup: DedupServiceClient::new(dedup.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            crd_writer: CrdWriterServiceClient::new(breakwater_grpc::traced(crd_writer.clone(), "edge"))
+            storm: StormServiceClient::new(storm.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            channels: [("ratelimit", ratelimit), ("dedup", dedup), ("storm", storm), ("crd-writer", crd_writer)],
-        })
+            crd_writer: CrdWriterServiceClient::new(crd_writer.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            transports: [("ratelimit", ratelimit), ("dedup", dedup), ("storm", storm), ("crd-writer", crd_writer)],
+        }
     }
 }
 
@@ -90,6 +112,8 @@ pub struct Batch {
     pub dedup_degraded: bool,
     /// Storm verdict per signal, for new firing incidents (filled by the storm stage).
     pub storm: Vec<Option<pb::StormVerdict>>,
+    /// Whether storm could not be asked (known down): its verdicts are missing.
+    pub storm_degraded: bool,
 }
 
 /// What happened to one alert; the response lists one per alert, in order.
@@ -203,7 +227,7 @@ const STORM_MEANWHILE: &str = "no storm detection, every alert gets its own CR";
 
 #[derive(Clone)]
 struct RateLimitStage {
-    client: RateLimitServiceClient<TracedChannel>,
+    client: RateLimitServiceClient<TracedTransport>,
     fallback: Arc<MemoryRateLimitStore>,
     clock: Arc<dyn Clock>,
     health: Arc<ComponentHealth>,
@@ -247,7 +271,7 @@ impl AsyncPredicate<Batch> for RateLimitStage {
 
 #[derive(Clone)]
 struct DedupStage {
-    client: DedupServiceClient<TracedChannel>,
+    client: DedupServiceClient<TracedTransport>,
     clock: Arc<dyn Clock>,
     window_ms: i64,
     health: Arc<ComponentHealth>,
@@ -276,13 +300,15 @@ impl AsyncPredicate<Batch> for DedupStage {
                         delivery_key: batch.deliveries.get(i).cloned().flatten().unwrap_or_default(),
                     })
                     .collect();
+                let dedup_was_up = !health.has("dedup");
                 match client.check_signals(pb::CheckSignalsRequest { queries }).await {
                     Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
                         health.set("dedup", None);
                         batch.dedup = answer.into_inner().verdicts;
                         if clock.now() < uncertain_until.load(Ordering::Relaxed) {
                             for verdict in &mut batch.dedup {
-                                verdict.state_uncertain |= verdict.outcome() == pb::DedupOutcome::New;
+                                verdict.state_uncertain |=
+                                    matches!(verdict.outcome(), pb::DedupOutcome::New | pb::DedupOutcome::Copy);
                             }
                         }
                     }
@@ -290,6 +316,15 @@ impl AsyncPredicate<Batch> for DedupStage {
                         let status = tonic::Status::internal("dedup answered the wrong number of verdicts");
                         uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
                         fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
+                    }
+                    // Failed in transport while dedup was answering: it may have counted the
+                    // batch (it died mid-call), and degrading would count it again. Answered
+                    // 503; the retry's copies are recognised. Once dedup is known to be down
+                    // (or says its store failed: nothing applied), we degrade.
+                    Err(status) if dedup_was_up && !breakwater_grpc::nothing_applied(&status) => {
+                        uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
+                        degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+                        return Err(cannot_persist(Duration::from_secs(1), format!("dedup failed mid-call: {status}")));
                     }
                     Err(status) => {
                         uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
@@ -336,8 +371,8 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
 
 #[derive(Clone)]
 struct StormStage {
-    client: StormServiceClient<TracedChannel>,
-    dedup: DedupServiceClient<TracedChannel>,
+    client: StormServiceClient<TracedTransport>,
+    dedup: DedupServiceClient<TracedTransport>,
     health: Arc<ComponentHealth>,
 }
 
@@ -351,14 +386,37 @@ impl AsyncPredicate<Batch> for StormStage {
         Box::pin(
             async move {
                 batch.storm = vec![None; batch.signals.len()];
+                // A call that fails in transport while storm was answering may have been applied
+                // (storm died mid-call): degrading around it could count an alert twice. The
+                // webhook is answered 503 instead, and its retry is a copy that storm recognises.
+                // Once storm is known to be down, calls fail before reaching it, and we degrade;
+                // so we do when storm itself answers that its store failed (nothing applied).
+                let storm_was_up = !health.has("storm");
                 let storm_up = detect_storms(client.clone(), &mut batch).await;
+                if let Err(status) = &storm_up
+                    && storm_was_up
+                    && !breakwater_grpc::nothing_applied(status)
+                {
+                    degraded(&health, "storm", status, STORM_MEANWHILE);
+                    return Err(cannot_persist(Duration::from_secs(1), format!("storm failed mid-call: {status}")));
+                }
                 // Placing this batch's new incidents first lets its own repeats resolve at once.
                 let placed = place_new_incidents(dedup.clone(), &batch).await;
                 let resolved = resolve_pending_repeats(dedup, &mut batch).await;
                 let counted = count_storm_repeats(client, &mut batch).await;
+                if let Err(status) = &counted
+                    && storm_was_up
+                    && !breakwater_grpc::nothing_applied(status)
+                {
+                    degraded(&health, "storm", status, STORM_MEANWHILE);
+                    return Err(cannot_persist(Duration::from_secs(1), format!("storm failed mid-call: {status}")));
+                }
                 match storm_up.and(counted) {
                     Ok(()) => health.set("storm", None),
-                    Err(status) => degraded(&health, "storm", &status, STORM_MEANWHILE),
+                    Err(status) => {
+                        batch.storm_degraded = true;
+                        degraded(&health, "storm", &status, STORM_MEANWHILE);
+                    }
                 }
                 if let Err(status) = placed.and(resolved) {
                     degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
@@ -372,7 +430,10 @@ impl AsyncPredicate<Batch> for StormStage {
 
 /// New firing incidents may open or join a storm. Without an answer there is
 /// no storm detection: every alert gets its own CR.
-async fn detect_storms(mut client: StormServiceClient<TracedChannel>, batch: &mut Batch) -> Result<(), tonic::Status> {
+async fn detect_storms(
+    mut client: StormServiceClient<TracedTransport>,
+    batch: &mut Batch,
+) -> Result<(), tonic::Status> {
     let asked: Vec<usize> = (0..batch.signals.len())
         .filter(|&i| {
             batch.signals[i].status() == pb::SignalStatus::Firing && batch.dedup[i].outcome() == pb::DedupOutcome::New
@@ -391,6 +452,7 @@ async fn detect_storms(mut client: StormServiceClient<TracedChannel>, batch: &mu
                 alert_name: s.alert_name.clone(),
                 resource_id: resource_id(&s.namespace, kind, name),
                 remediation_namespace: batch.targets[i].clone(),
+                delivery_key: batch.deliveries.get(i).cloned().flatten().unwrap_or_default(),
             }
         })
         .collect();
@@ -404,11 +466,12 @@ async fn detect_storms(mut client: StormServiceClient<TracedChannel>, batch: &mu
     Ok(())
 }
 
-/// Repeats of alerts folded into a storm count on the storm's CR. Copies of a
-/// delivery already counted add nothing, but learn the storm's total, so the
-/// write that completes a half-done first delivery carries it.
+/// Repeats of alerts folded into a storm count on the storm's CR. Each carries
+/// its delivery key, so a copy of a delivery counts only if its first attempt
+/// died before storm counted it, and learns the storm's total, so the write
+/// that completes a half-done first delivery carries it.
 async fn count_storm_repeats(
-    mut client: StormServiceClient<TracedChannel>,
+    mut client: StormServiceClient<TracedTransport>,
     batch: &mut Batch,
 ) -> Result<(), tonic::Status> {
     let repeats: Vec<(usize, pb::RemediationRef)> = (0..batch.signals.len())
@@ -423,9 +486,10 @@ async fn count_storm_repeats(
     }
     let counts = repeats
         .iter()
-        .map(|&(i, ref r)| {
-            let alerts = u64::from(batch.dedup[i].outcome() == pb::DedupOutcome::Duplicate);
-            pb::StormCount { remediation: Some(r.clone()), alerts }
+        .map(|&(i, ref r)| pb::StormCount {
+            remediation: Some(r.clone()),
+            alerts: 1,
+            delivery_key: batch.deliveries.get(i).cloned().flatten().unwrap_or_default(),
         })
         .collect();
     let totals =
@@ -453,7 +517,10 @@ async fn count_storm_repeats(
 /// Tells dedup which CR counts each new incident: a storm's, or its own.
 /// Until then its repeats wait (see [`resolve_pending_repeats`]), so none is
 /// counted on the wrong CR.
-async fn place_new_incidents(mut dedup: DedupServiceClient<TracedChannel>, batch: &Batch) -> Result<(), tonic::Status> {
+async fn place_new_incidents(
+    mut dedup: DedupServiceClient<TracedTransport>,
+    batch: &Batch,
+) -> Result<(), tonic::Status> {
     if batch.dedup_degraded {
         return Ok(());
     }
@@ -481,7 +548,7 @@ const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
 
 /// Repeats that raced their incident's first alert learn where it was placed.
 async fn resolve_pending_repeats(
-    mut dedup: DedupServiceClient<TracedChannel>,
+    mut dedup: DedupServiceClient<TracedTransport>,
     batch: &mut Batch,
 ) -> Result<(), tonic::Status> {
     let mut outcome = Ok(());
@@ -536,9 +603,9 @@ async fn resolve_pending_repeats(
 /// the per-alert answer.
 #[derive(Clone)]
 struct CrdWrite {
-    client: CrdWriterServiceClient<TracedChannel>,
+    client: CrdWriterServiceClient<TracedTransport>,
     /// To point dedup at the CR the dedup of last resort found (see [`rebind_found`]).
-    dedup: DedupServiceClient<TracedChannel>,
+    dedup: DedupServiceClient<TracedTransport>,
     health: Arc<ComponentHealth>,
 }
 
@@ -558,6 +625,9 @@ impl Service<Batch> for CrdWrite {
         Box::pin(
             async move {
                 let plan = plan_batch(&batch);
+                if let Some(why) = plan.iter().find_map(|p| p.unsettled) {
+                    return Err(cannot_persist(Duration::from_secs(1), why.to_owned()));
+                }
                 let writes: Vec<pb::RemediationWrite> = plan.iter().filter_map(|p| p.write.clone()).collect();
                 let results = if writes.is_empty() {
                     Vec::new()
@@ -647,7 +717,7 @@ impl Service<Batch> for CrdWrite {
 /// window names (dedup lost its state): dedup counts the incident's next alerts there, so
 /// the incident keeps one CR. Rare: only after dedup recovered from an outage.
 async fn rebind_found(
-    mut dedup: DedupServiceClient<TracedChannel>,
+    mut dedup: DedupServiceClient<TracedTransport>,
     bindings: Vec<pb::DedupBinding>,
 ) -> Result<(), tonic::Status> {
     if bindings.is_empty() {
@@ -701,6 +771,9 @@ struct Planned {
     remediation: (String, String),
     occurrence_count: Option<u64>,
     storm_alert_count: Option<u64>,
+    /// Why this alert cannot be answered yet: the webhook is answered 503, and its retry
+    /// (a copy) settles it.
+    unsettled: Option<&'static str>,
 }
 
 /// Plans every alert of `batch`. A copy completes its CR only once per batch, and not at
@@ -734,6 +807,7 @@ fn plan_copy(batch: &Batch, i: usize, base: pb::RemediationWrite) -> Planned {
         remediation: (r.namespace.clone(), r.name.clone()),
         occurrence_count,
         storm_alert_count,
+        unsettled: None,
     };
     let Some(target) = dedup.remediation.as_ref() else {
         // Its incident is closed: the first delivery's CR was written, or it
@@ -752,12 +826,28 @@ fn plan_copy(batch: &Batch, i: usize, base: pb::RemediationWrite) -> Planned {
                 };
                 reported(target, Some(write), None, Some(storm.storm_alert_count))
             }
-            // Storm unavailable: its count is kept by storm, and reaches the CR with the next alert.
-            None => reported(target, None, None, None),
+            // Storm lost that storm's count: the first delivery was counted (by storm, or
+            // carried on the CR); nothing is left to complete.
+            None if !batch.storm_degraded => reported(target, None, None, None),
+            // Storm is down: whether the first delivery reached it (it may have died mid-call)
+            // is unknown until it answers again, so the copy waits for it (503).
+            None => Planned {
+                unsettled: Some("storm is unavailable to settle a copy of a storm alert"),
+                ..reported(target, None, None, None)
+            },
         };
     }
-    let write = pb::RemediationWrite { kind: pb::WriteKind::Create.into(), remediation: Some(target.clone()), ..base };
-    reported(target, Some(write), Some(dedup.occurrence_count), None)
+    // Dedup may have lost incidents: the first delivery may have found an open CR under
+    // another name, so the copy looks for it too.
+    let last_resort = dedup.state_uncertain;
+    let write = pb::RemediationWrite {
+        kind: pb::WriteKind::Create.into(),
+        remediation: Some(target.clone()),
+        dedup_unavailable: last_resort,
+        dedup_window_exact: last_resort,
+        ..base
+    };
+    Planned { last_resort, ..reported(target, Some(write), Some(dedup.occurrence_count), None) }
 }
 
 fn plan(batch: &Batch, i: usize) -> Planned {
@@ -780,9 +870,21 @@ fn plan(batch: &Batch, i: usize) -> Planned {
         remediation: (r.namespace.clone(), r.name.clone()),
         occurrence_count: None,
         storm_alert_count: None,
+        unsettled: None,
     };
     match dedup.outcome() {
         pb::DedupOutcome::Copy => plan_copy(batch, i, base),
+        // The incident's own CR records the resolution, so no lookup ever counts on it again.
+        // A storm's CR does not: one resource resolved is not the storm.
+        pb::DedupOutcome::Resolved if !dedup_ref.name.is_empty() && parse_storm_cr_name(&dedup_ref.name).is_none() => {
+            let write = pb::RemediationWrite {
+                kind: pb::WriteKind::Resolution.into(),
+                remediation: Some(dedup_ref.clone()),
+                last_seen_unix_ms: signal.received_time_unix_ms,
+                ..base
+            };
+            reported(AlertOutcome::Resolved, &dedup_ref, Some(write))
+        }
         pb::DedupOutcome::Resolved => reported(AlertOutcome::Resolved, &dedup_ref, None),
         pb::DedupOutcome::ResolvedUnknown | pb::DedupOutcome::Unspecified => {
             reported(AlertOutcome::ResolvedUnknown, &dedup_ref, None)

@@ -54,10 +54,52 @@ impl ComponentHealth {
             .set(f64::from(u8::from(problem.is_some())));
     }
 
+    /// Whether `concern` has a problem recorded now.
+    pub fn has(&self, concern: &'static str) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self.problems.lock().unwrap_or_else(PoisonError::into_inner).contains_key(concern)
+    }
+
     /// The current problems, one sentence each.
     pub fn problems(&self) -> Vec<String> {
         self.problems.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
+}
+
+/// Metadata key marking an answer in which the service refused a call because its store
+/// failed: the call reached it and changed nothing. A caller can tell that apart from a
+/// transport failure, after which the call may or may not have been applied.
+const STORE_UNAVAILABLE_KEY: &str = "bw-store-unavailable";
+
+/// `Unavailable`, marked as a refusal by the service itself (see [`is_store_unavailable`]).
+pub fn store_unavailable(message: &'static str) -> Status {
+    let mut status = Status::unavailable(message);
+    status.metadata_mut().insert(STORE_UNAVAILABLE_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    status
+}
+
+/// Whether the service answered `status` itself because its store failed (nothing applied).
+pub fn is_store_unavailable(status: &Status) -> bool {
+    status.metadata().get(STORE_UNAVAILABLE_KEY).is_some()
+}
+
+/// Whether the call failed without reaching the service: the service answered that its store
+/// failed, or no connection could be made (refused), so nothing was applied. After any other
+/// failure (a reset, a timeout) the call may have been applied.
+pub fn nothing_applied(status: &Status) -> bool {
+    if is_store_unavailable(status) {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 pub(crate) struct StatusGrpc(pub(crate) Arc<ComponentHealth>);

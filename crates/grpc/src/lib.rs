@@ -1,10 +1,14 @@
 //! The serving and dialing every Breakwater gRPC component shares.
 //!
-//! [`serve`] runs one component's service next to `grpc.health.v1`, server
-//! reflection and `breakwater.v1.StatusService` (fed by a [`ComponentHealth`])
-//! until shutdown; [`connect_lazy`] makes the client channel the edge uses.
-//! Keeping both here gives the components one shape and `up` and split mode
-//! one code path.
+//! A component's routes are its service next to `grpc.health.v1` and
+//! `breakwater.v1.StatusService` (fed by a [`ComponentHealth`]). [`serve`]
+//! takes calls for them from an [`Incoming`]: a TCP listener in split mode,
+//! where reflection is served too, or, in `breakwater up`, a [`Transport`]
+//! handed to the edge that calls the routes in this process (no socket, no
+//! HTTP/2). [`Transport::connect_lazy`] is the split-mode transport, and
+//! [`client`] wraps either in the layers every call to a component gets.
+//! Keeping both here gives the components one shape, and makes the transport
+//! the only thing `up` and split mode compose differently.
 
 // Library code must not panic on input: failures are typed errors. Tests may
 // unwrap (`.clippy.toml` allows it there).
@@ -12,15 +16,20 @@
 
 mod health;
 mod rpc_telemetry;
+mod transport;
 
-pub use health::ComponentHealth;
+pub use health::{ComponentHealth, is_store_unavailable, nothing_applied, store_unavailable};
 pub use rpc_telemetry::{RpcTelemetry, RpcTelemetryLayer};
+pub use transport::{Deadline, TracedTransport, Transport, client};
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
@@ -72,6 +81,39 @@ impl<S> GrpcService for S where
 /// stays far below this.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// Where a component takes its calls.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Split mode: gRPC over HTTP/2 on this listener.
+    Tcp(TcpListener),
+    /// `breakwater up`: the component's [`Transport`] goes to this channel once
+    /// its routes are built; the caller calls them directly.
+    InProcess(oneshot::Sender<Transport>),
+}
+
+impl Incoming {
+    /// An in-process incoming, and where its transport will arrive. The
+    /// sender is dropped without a transport when the component fails to start.
+    pub fn in_process() -> (Self, oneshot::Receiver<Transport>) {
+        let (handoff, transport) = oneshot::channel();
+        (Self::InProcess(handoff), transport)
+    }
+
+    /// The listener's address; `None` in process.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(listener) => listener.local_addr().ok(),
+            Self::InProcess(_) => None,
+        }
+    }
+}
+
+impl From<TcpListener> for Incoming {
+    fn from(listener: TcpListener) -> Self {
+        Self::Tcp(listener)
+    }
+}
+
 /// Like [`serve_with_status`], with a status that never reports a problem.
 ///
 /// # Errors
@@ -79,73 +121,84 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub async fn serve<S>(
     service: S,
     component: &'static str,
-    listener: TcpListener,
+    incoming: impl Into<Incoming>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError>
 where
     S: GrpcService,
 {
-    serve_with_status(service, ComponentHealth::new(component), listener, shutdown).await
+    serve_with_status(service, ComponentHealth::new(component), incoming, shutdown).await
 }
 
-/// Serves `service` on `listener`, with health (reported SERVING for it),
-/// reflection and `status`, until `shutdown` resolves; in-flight calls then finish.
-/// Every call gets a span continuing the caller's trace, and per-RPC metrics,
-/// under the component `status` belongs to.
+/// Serves `service` with health (reported SERVING for it) and `status` until
+/// `shutdown` resolves; on TCP, with reflection too, and in-flight calls then
+/// finish. Every call gets a span continuing the caller's trace, and per-RPC
+/// metrics, under the component `status` belongs to.
+///
+/// In process, the routes are handed over and this waits for `shutdown`: the
+/// caller stops calling first (`up` stops the edge before its components).
 ///
 /// # Errors
 /// When the transport fails.
 pub async fn serve_with_status<S>(
     service: S,
     status: std::sync::Arc<ComponentHealth>,
-    listener: TcpListener,
+    incoming: impl Into<Incoming>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError>
 where
     S: GrpcService,
 {
+    let component = status.component();
+    let routes = routes(service, status).await;
+    match incoming.into() {
+        Incoming::Tcp(listener) => {
+            let reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?;
+            Server::builder()
+                .layer(RpcTelemetryLayer::server(component))
+                .add_routes(routes.add_service(reflection))
+                // Without TCP_NODELAY, a response's header, data and trailer frames can
+                // wait for the client's delayed ACK (40 ms).
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+                .await?;
+        }
+        Incoming::InProcess(handoff) => {
+            // A dropped receiver means no one will call; the component still runs until
+            // shutdown, like a server nobody connects to.
+            let _ = handoff.send(Transport::in_process(routes, component));
+            shutdown.await;
+        }
+    }
+    Ok(())
+}
+
+/// The routes of one component, whatever carries the calls: `service`, health
+/// (SERVING for it) and `breakwater.v1.StatusService` on `status`.
+async fn routes<S>(service: S, status: std::sync::Arc<ComponentHealth>) -> Routes
+where
+    S: GrpcService,
+{
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<S>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let component = status.component();
     let status = breakwater_proto::v1::status_service_server::StatusServiceServer::new(health::StatusGrpc(status));
-    Server::builder()
-        .layer(RpcTelemetryLayer::server(component))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(status)
-        .add_service(service)
-        // Without TCP_NODELAY, a response's header, data and trailer frames can
-        // wait for the client's delayed ACK (40 ms).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await?;
-    Ok(())
+    Routes::new(health_service).add_service(status).add_service(service)
+}
+
+/// The endpoint at `uri` (`http://host:port`), connecting lazily within `connect_timeout`.
+fn endpoint(uri: &str, connect_timeout: Duration) -> Result<Endpoint, GrpcError> {
+    let endpoint = Endpoint::from_shared(uri.to_owned()).map_err(|_| GrpcError::Endpoint(uri.to_owned()))?;
+    Ok(endpoint.connect_timeout(connect_timeout).tcp_nodelay(true).http2_keep_alive_interval(Duration::from_secs(30)))
 }
 
 /// A channel to `uri` (`http://host:port`) that connects on first use and
 /// reconnects by itself, so a component that starts later or restarts is
-/// picked up without restarting the edge.
+/// picked up without restarting the caller; each call is bounded by `timeout`.
 ///
 /// # Errors
 /// When `uri` is not a valid endpoint.
 pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Channel, GrpcError> {
-    let endpoint = Endpoint::from_shared(uri.to_owned()).map_err(|_| GrpcError::Endpoint(uri.to_owned()))?;
-    Ok(endpoint
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_lazy())
-}
-
-/// A channel to another component whose calls carry `caller`'s trace context
-/// and count in its client metrics.
-pub type TracedChannel = RpcTelemetry<Channel>;
-
-/// Wraps `channel` for calls made by `caller`.
-pub fn traced(channel: Channel, caller: &'static str) -> TracedChannel {
-    tower::Layer::layer(&RpcTelemetryLayer::client(caller), channel)
+    Ok(endpoint(uri, timeout)?.timeout(timeout).connect_lazy())
 }

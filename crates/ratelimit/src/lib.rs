@@ -24,9 +24,8 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-use breakwater_grpc::ComponentHealth;
+use breakwater_grpc::{ComponentHealth, Incoming};
 use breakwater_proto::v1::rate_limit_service_server::RateLimitServiceServer;
-use tokio::net::TcpListener;
 
 pub use config::{RateLimitConfig, StoreKind};
 pub use error::{Error, Result};
@@ -57,16 +56,20 @@ pub fn store_from_config(config: &RateLimitConfig, health: Arc<ComponentHealth>)
 /// The component part of this service's key prefix (`bw:rl:`).
 pub const KEYSPACE: &str = "rl";
 
-/// Serves the ratelimit gRPC service on `listener` until `shutdown` resolves.
+/// Serves the ratelimit gRPC service on `incoming` (a TCP listener, or in
+/// process for `breakwater up`) until `shutdown` resolves.
 ///
 /// # Errors
 /// When the transport fails.
 pub async fn run(
     grpc: RateLimitGrpc,
     health: Arc<ComponentHealth>,
-    listener: TcpListener,
+    incoming: impl Into<Incoming>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    breakwater_grpc::serve_with_status(RateLimitServiceServer::new(grpc), health, listener, shutdown).await?;
+    let server = RateLimitServiceServer::new(grpc)
+        .max_decoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES);
+    breakwater_grpc::serve_with_status(server, health, incoming, shutdown).await?;
     Ok(())
 }

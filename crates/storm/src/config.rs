@@ -32,6 +32,10 @@ pub struct StormConfig {
     /// repeats of folded alerts are counted on the storm CR; at least
     /// `max_window_secs` and the dedup window. Default 900.
     pub count_ttl_secs: u64,
+    /// How long a repeat counted on a storm CR is remembered by its delivery, so a copy of
+    /// it (a retry of a request that died after storm counted it) adds nothing; keep it
+    /// equal to `dedup.copy_window_secs`. Default 120.
+    pub copy_window_secs: u64,
 }
 
 impl Default for StormConfig {
@@ -45,6 +49,7 @@ impl Default for StormConfig {
             max_window_secs: 300,
             affected_resources_cap: 100,
             count_ttl_secs: 900,
+            copy_window_secs: 120,
         }
     }
 }
@@ -59,6 +64,7 @@ impl StormConfig {
             self.affected_resources_cap,
         )
         .with_count_ttl(Duration::from_secs(self.count_ttl_secs))
+        .with_copy_window(Duration::from_secs(self.copy_window_secs))
     }
 
     /// # Errors
@@ -90,6 +96,12 @@ impl StormConfig {
             return Err(format!(
                 "storm.count_ttl_secs = {} is not allowed: use storm.max_window_secs ({})..=604800",
                 self.count_ttl_secs, self.max_window_secs
+            ));
+        }
+        if !(1..=3_600).contains(&self.copy_window_secs) {
+            return Err(format!(
+                "storm.copy_window_secs = {} is not allowed: use 1..=3600 seconds, as dedup.copy_window_secs",
+                self.copy_window_secs
             ));
         }
         if self.store == StoreKind::Redis {

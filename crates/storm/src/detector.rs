@@ -31,6 +31,8 @@ pub struct StormRules {
     /// How long a storm's alert counter lives after its last increment; at
     /// least the dedup window, so repeats of folded alerts are still counted.
     pub count_ttl_ms: i64,
+    /// How long a counted delivery is remembered, so its copy adds nothing.
+    pub copy_window_ms: i64,
 }
 
 impl StormRules {
@@ -43,7 +45,14 @@ impl StormRules {
             max_window_ms: ms(max_window),
             list_cap,
             count_ttl_ms: ms(max_window).max(ms(Duration::from_secs(900))),
+            copy_window_ms: ms(Duration::from_secs(120)),
         }
+    }
+
+    #[must_use]
+    pub fn with_copy_window(mut self, window: Duration) -> Self {
+        self.copy_window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+        self
     }
 
     #[must_use]

@@ -113,10 +113,17 @@ impl pb::storm_service_server::StormService for StormGrpc {
                 if q.resource_id.is_empty() {
                     return Err(invalid(format!("queries[{i}].resource_id"), "non-empty"));
                 }
+                let delivery = match q.delivery_key.as_str() {
+                    "" => None,
+                    key => Some(parse_delivery(key).ok_or_else(|| {
+                        invalid(format!("queries[{i}].delivery_key"), "empty or 32 lower-case hex characters")
+                    })?),
+                };
                 Ok(StormQuery {
                     namespace: q.namespace.clone(),
                     alert_name: q.alert_name.clone(),
                     resource_id: q.resource_id.clone(),
+                    delivery,
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
@@ -181,13 +188,25 @@ impl pb::storm_service_server::StormService for StormGrpc {
                 if parse_storm_cr_name(&name).is_none() {
                     return Err(invalid(format!("counts[{i}].remediation.name"), "a storm CR name"));
                 }
-                Ok(StormCount { name, alerts: c.alerts })
+                let delivery = match c.delivery_key.as_str() {
+                    "" => None,
+                    key => Some(parse_delivery(key).ok_or_else(|| {
+                        invalid(format!("counts[{i}].delivery_key"), "empty or 32 lower-case hex characters")
+                    })?),
+                };
+                Ok(StormCount { name, alerts: c.alerts, delivery })
             })
             .collect::<Result<Vec<_>, Status>>()?;
         let storm_alert_counts =
             self.observe(self.store.count(&counts, self.clock.now()).await).map_err(Status::from)?;
         Ok(Response::new(pb::CountStormAlertsResponse { storm_alert_counts }))
     }
+}
+
+/// A delivery key as the edge sends it: 32 lower-case hex characters.
+fn parse_delivery(hex: &str) -> Option<u128> {
+    let valid = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    valid.then(|| u128::from_str_radix(hex, 16).ok()).flatten()
 }
 
 fn invalid(field: String, expected: &str) -> Status {
@@ -201,7 +220,7 @@ impl From<Error> for Status {
         // Logged once per outage by ComponentHealth; per call only at debug level.
         tracing::debug!(cause = %e, source = ?std::error::Error::source(&e), "storm store failed");
         // The edge applies the degradation table (individual CRs) to Unavailable.
-        Status::unavailable("storm store unavailable")
+        breakwater_grpc::store_unavailable("storm store unavailable")
     }
 }
 
@@ -220,6 +239,7 @@ mod tests {
                 alert_name: "PodCrash".into(),
                 resource_id: format!("ns/Pod/p{i}"),
                 remediation_namespace: "ns".into(),
+                delivery_key: String::new(),
             })
             .collect();
         Request::new(pb::DetectStormsRequest { queries })

@@ -24,9 +24,8 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-use breakwater_grpc::ComponentHealth;
+use breakwater_grpc::{ComponentHealth, Incoming};
 use breakwater_proto::v1::storm_service_server::StormServiceServer;
-use tokio::net::TcpListener;
 
 pub use config::{StoreKind, StormConfig};
 pub use detector::{CountChange, Outcome, StormRules, StormType, Verdict, Window};
@@ -60,7 +59,8 @@ pub fn store_from_config(
     })
 }
 
-/// Serves the storm gRPC service on `listener` until `shutdown` resolves.
+/// Serves the storm gRPC service on `incoming` (a TCP listener, or in process
+/// for `breakwater up`) until `shutdown` resolves.
 /// Meanwhile `breakwater_storms_active` is refreshed every few seconds, so a
 /// storm that ends while no alert arrives stops counting.
 ///
@@ -69,7 +69,7 @@ pub fn store_from_config(
 pub async fn run(
     grpc: StormGrpc,
     health: Arc<ComponentHealth>,
-    listener: TcpListener,
+    incoming: impl Into<Incoming>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let refresh = {
@@ -82,7 +82,10 @@ pub async fn run(
             }
         }
     };
-    let serve = breakwater_grpc::serve_with_status(StormServiceServer::new(grpc), health, listener, shutdown);
+    let server = StormServiceServer::new(grpc)
+        .max_decoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES);
+    let serve = breakwater_grpc::serve_with_status(server, health, incoming, shutdown);
     tokio::select! {
         served = serve => served?,
         () = refresh => {}

@@ -19,6 +19,9 @@ pub struct StormQuery {
     pub namespace: String,
     pub alert_name: String,
     pub resource_id: String,
+    /// The delivery of the alert: when it is counted on a storm, it is remembered, so a
+    /// copy's count (see [`StormCount::delivery`]) adds nothing.
+    pub delivery: Option<u128>,
 }
 
 #[async_trait]
@@ -40,4 +43,7 @@ pub struct StormCount {
     /// The storm CR name, `storm-<id>-<window start>`.
     pub name: String,
     pub alerts: u64,
+    /// The delivery these alerts came with (see the dedup service's delivery keys): a
+    /// delivery counted before within the copy window adds nothing again.
+    pub delivery: Option<u128>,
 }

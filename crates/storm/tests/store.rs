@@ -25,7 +25,12 @@ fn rules() -> StormRules {
 }
 
 fn alert(ns: &str, name: &str, pod: usize) -> StormQuery {
-    StormQuery { namespace: ns.into(), alert_name: name.into(), resource_id: format!("{ns}:Pod:p{pod}") }
+    StormQuery {
+        namespace: ns.into(),
+        alert_name: name.into(),
+        resource_id: format!("{ns}:Pod:p{pod}"),
+        delivery: None,
+    }
 }
 
 async fn redis_store(server: &RedisServer, root: &str, rules: StormRules) -> RedisStormStore {
@@ -138,7 +143,7 @@ async fn repeats_count_on_the_storm(store: &dyn StormStore) {
     let v = store.detect(&six, T0).await.unwrap();
     assert_eq!((v[5].outcome, v[5].storm_alerts), (Outcome::Opened, 1));
     let name = storm_cr_name("prod", "PodCrash", T0);
-    let repeats = StormCount { name: name.clone(), alerts: 3 };
+    let repeats = StormCount { name: name.clone(), alerts: 3, delivery: None };
     assert_eq!(store.count(std::slice::from_ref(&repeats), T0 + 10).await.unwrap(), vec![4]);
     let v = store.detect(&[alert("prod", "PodCrash", 6)], T0 + 20).await.unwrap();
     assert_eq!((v[0].outcome, v[0].storm_alerts), (Outcome::Joined, 5));
@@ -149,7 +154,12 @@ async fn repeats_count_on_the_storm(store: &dyn StormStore) {
     assert_eq!((v[5].outcome, v[5].storm_alerts, v[5].window_start), (Outcome::Opened, 1, T0 + 200_000));
     // A storm whose counter the store does not hold (its state was lost) has no known
     // total: 0, and counting it does not start a counter from 0 behind the CR's count.
-    let lost = StormCount { name: storm_cr_name("prod", "Lost", T0), alerts: 2 };
+    // A delivery counts once: its copy adds nothing and answers the total.
+    let late = storm_cr_name("prod", "PodCrash", T0 + 200_000);
+    let delivered = |d: u128| StormCount { name: late.clone(), alerts: 1, delivery: Some(d) };
+    assert_eq!(store.count(&[delivered(7), delivered(7)], T0 + 200_001).await.unwrap(), vec![2, 2]);
+    assert_eq!(store.count(&[delivered(8), delivered(7)], T0 + 200_002).await.unwrap(), vec![3, 3]);
+    let lost = StormCount { name: storm_cr_name("prod", "Lost", T0), alerts: 2, delivery: None };
     assert_eq!(store.count(std::slice::from_ref(&lost), T0 + 200_001).await.unwrap(), vec![0]);
     assert_eq!(store.count(&[lost], T0 + 200_002).await.unwrap(), vec![0]);
 }
@@ -195,7 +205,7 @@ async fn embedded_state_survives_a_reopen() {
         let store = embedded_store(dir.path(), rules(), T0);
         let v = store.detect(&six, T0).await.unwrap();
         assert_eq!(v[5].outcome, Outcome::Opened);
-        let repeats = StormCount { name: storm_cr_name("prod", "PodCrash", T0), alerts: 2 };
+        let repeats = StormCount { name: storm_cr_name("prod", "PodCrash", T0), alerts: 2, delivery: None };
         assert_eq!(store.count(&[repeats], T0 + 5).await.unwrap(), vec![3]);
     }
     let store = embedded_store(dir.path(), rules(), T0 + 10);
@@ -249,6 +259,7 @@ fn embedded_store_reopened_answers_as_an_uninterrupted_memory_store() {
                     .map(|(q, v)| StormCount {
                         name: storm_cr_name(&q.namespace, &q.alert_name, v.window_start),
                         alerts: *repeats,
+                        delivery: None,
                     })
                     .collect();
                 let expected = memory.count(&counts, now + 1).await.unwrap();

@@ -4,6 +4,7 @@ fn load(alerts_per_second: f64) -> Load {
     Load {
         alerts_per_second,
         unique_share: 0.1,
+        notified_share: 0.0,
         senders: 10,
         namespaces_alertnames: 100,
         storm_share: 0.1,
@@ -28,6 +29,17 @@ fn dedup_holds_every_new_incident_for_its_window() {
     let mut config = Config::default();
     config.dedup.window_secs = 60;
     assert_eq!(row(&Plan::new(load(1000.0), &config, &MEASURED), "dedup").entries, 6_000);
+}
+
+#[test]
+fn dedup_remembers_each_notified_delivery_for_the_copy_window() {
+    // 1000 alerts/s, all from Alertmanager, 120 s copy window: 120,000 deliveries on top.
+    let bytes = EntryBytes { dedup_incident: 200.0, dedup_delivery: 100.0, ..MEASURED };
+    let plan = Plan::new(Load { notified_share: 1.0, ..load(1000.0) }, &Config::default(), &bytes);
+    let dedup = row(&plan, "dedup");
+    assert_eq!(dedup.entries, 30_000 + 120_000);
+    assert_eq!(dedup.needed, 30_000 * 200 + 120_000 * 100);
+    assert!(dedup.basis.contains("120 s (dedup.copy_window_secs)"), "{}", dedup.basis);
 }
 
 #[test]

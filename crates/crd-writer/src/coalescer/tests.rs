@@ -263,6 +263,7 @@ fn count_updates_of_each_kind() {
             storm_alert_count: 21,
             affected_resources: vec!["shop:Pod:cart-9".to_owned()],
             affected_resources_omitted: 0,
+            resolved_at: 0,
         }
     );
     assert!(count_update(&storm_add("cart-9", 22, false)).affected_resources.is_empty());

@@ -347,6 +347,7 @@ fn count_patch(spec: &RemediationRequestSpec, resource_version: Option<&str>) ->
                 "occurrenceCount": spec.deduplication.occurrence_count,
                 "lastSeen": spec.deduplication.last_seen,
                 "tally": spec.deduplication.tally,
+                "resolvedAt": spec.deduplication.resolved_at,
             },
         },
     });

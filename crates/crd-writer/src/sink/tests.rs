@@ -24,6 +24,7 @@ fn spec(is_storm: bool) -> RemediationRequestSpec {
             occurrence_count: 7,
             previous_remediation_request_ref: None,
             tally: None,
+            resolved_at: None,
         },
         is_storm,
         storm_type: None,
@@ -95,6 +96,7 @@ fn pending_updates_merge_by_max_and_union() {
         storm_alert_count: 3,
         affected_resources: resources(&["x", "y"]),
         affected_resources_omitted: 4,
+        resolved_at: 0,
     };
     let b = CountUpdate {
         occurrence_count: 2,
@@ -103,6 +105,7 @@ fn pending_updates_merge_by_max_and_union() {
         storm_alert_count: 8,
         affected_resources: resources(&["y", "z", "w"]),
         affected_resources_omitted: 1,
+        resolved_at: 0,
     };
     a.merge(&b, 3);
     assert_eq!(a.occurrence_count, 5);
@@ -170,6 +173,15 @@ fn only_unfinished_crs_are_open() {
     for phase in [None, Some(""), Some("Pending"), Some("Processing"), Some("completed")] {
         assert!(is_open(&cr("a", phase, None, None)), "{phase:?}");
     }
+    // Resolved after its last occurrence: closed; an occurrence after the resolution reopens.
+    let mut resolved = cr("a", None, None, None);
+    let resolution = CountUpdate { resolved_at: 6000, ..CountUpdate::default() };
+    assert!(resolution.is_resolution_only());
+    assert!(resolution.apply_to(&mut resolved.spec, 100));
+    assert!(!resolution.apply_to(&mut resolved.spec, 100), "recorded once");
+    assert!(!is_open(&resolved));
+    resolved.spec.deduplication.last_seen = time(7000);
+    assert!(is_open(&resolved));
 }
 
 #[test]

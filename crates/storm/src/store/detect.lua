@@ -8,15 +8,20 @@
 -- ARGV[1] counter TTL ms (the longest TTL written; window keys live ARGV[5])
 -- ARGV[2] now ms, ARGV[3] rate threshold, ARGV[4] pattern threshold,
 -- ARGV[5] inactivity ms, ARGV[6] max window ms, ARGV[7] list cap,
--- ARGV[7+i] resource id of query i
+-- ARGV[8] copy window ms, ARGV[9] number of queries n
+-- ARGV[9+i]   resource id of query i
+-- ARGV[9+n+i] index in KEYS of query i's delivery key, or 0: a delivery counted on a
+--             storm is remembered (until now + copy window), so a copy's count adds nothing
 -- Reply per query: "<N|O|J>|<storm 0/1/2>|<window start>|<storm alerts>|<listed 0/1>|<omitted>"
 local count_ttl = ARGV[1]
 local now = tonumber(ARGV[2])
 local rate, pattern = tonumber(ARGV[3]), tonumber(ARGV[4])
 local inactivity, maxw, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local copy_ttl, n = tonumber(ARGV[8]), tonumber(ARGV[9])
 local out = {}
-for i = 1, #KEYS / 3 do
-  local wkey, rkey, ckey, res = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[7 + i]
+for i = 1, n do
+  local wkey, rkey, ckey, res = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[9 + i]
+  local delivery = tonumber(ARGV[9 + n + i])
   local rec = redis.call('GET', wkey)
   local open = false
   local start, last, alerts, distinct, omitted, storm
@@ -59,6 +64,9 @@ for i = 1, #KEYS / 3 do
       storm_alerts = 1
       redis.call('SET', counter, 1, 'PX', count_ttl)
     end
+  end
+  if storm_alerts > 0 and delivery > 0 then
+    redis.call('SET', KEYS[delivery], string.format('%d', now + copy_ttl), 'PX', copy_ttl)
   end
   if add then redis.call('SADD', rkey, res) end
   redis.call('PEXPIRE', rkey, inactivity)

@@ -45,6 +45,7 @@ impl EmbeddedStormStore {
         let mut windows: HashMap<(String, String), (Window, Vec<String>)> = HashMap::new();
         let mut resources = Vec::new();
         let mut counters = Vec::new();
+        let mut deliveries = Vec::new();
         for (key, value) in journal.load_live(store.now())? {
             // An entry this version cannot read is skipped, not fatal: it expires by itself.
             match decode_entry(&key, &value) {
@@ -53,6 +54,7 @@ impl EmbeddedStormStore {
                 }
                 Some(Entry::Resource(k, start, resource)) => resources.push((k, start, resource)),
                 Some(Entry::Counter(name, alerts)) => counters.push((name, alerts)),
+                Some(Entry::Delivery(delivery, until)) => deliveries.push((delivery, until)),
                 None => tracing::warn!(namespace = NAMESPACE, "skipping an unreadable storm entry"),
             }
         }
@@ -63,7 +65,7 @@ impl EmbeddedStormStore {
                 list.push(resource);
             }
         }
-        memory.restore(windows, counters);
+        memory.restore(windows, counters, deliveries);
         Ok(Self { memory, journal, rules })
     }
 
@@ -86,6 +88,11 @@ impl EmbeddedStormStore {
             value.extend_from_slice(&expires.to_be_bytes());
             ops.push(Op::Put { key: counter_key(name), value, expires_at: *expires });
         }
+        for (delivery, until) in &changes.deliveries {
+            let mut key = vec![b'd'];
+            key.extend_from_slice(&delivery.to_be_bytes());
+            ops.push(Op::Put { key, value: until.to_be_bytes().to_vec(), expires_at: *until });
+        }
         // The trait speaks KeyspaceError; "unavailable" is what the storm face degrades on.
         self.journal.apply(&ops).map_err(|e| KeyspaceError::Unavailable(Box::new(e)))
     }
@@ -107,6 +114,8 @@ enum Entry {
     Resource((String, String), UnixMillis, String),
     /// (name, (alerts, expiry)).
     Counter(String, (u64, UnixMillis)),
+    /// (delivery, until when it is remembered).
+    Delivery(u128, UnixMillis),
 }
 
 fn push_str(key: &mut Vec<u8>, s: &str) {
@@ -208,6 +217,12 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Option<Entry> {
             let start = k.i64()?;
             let resource = String::from_utf8(k.rest().to_vec()).ok()?;
             Some(Entry::Resource(window_key, start, resource))
+        }
+        b'd' => {
+            let delivery = u128::from_be_bytes(k.take(16)?.try_into().ok()?);
+            let mut v = Reader(value);
+            let until = v.i64()?;
+            (k.rest().is_empty() && v.rest().is_empty()).then_some(Entry::Delivery(delivery, until))
         }
         b'c' => {
             let name = String::from_utf8(k.rest().to_vec()).ok()?;

@@ -29,6 +29,8 @@ struct State {
     windows: HashMap<WindowKey, (Window, Vec<String>)>,
     /// Alerts per storm CR name, and when the counter may be dropped.
     counters: HashMap<String, (u64, UnixMillis)>,
+    /// Deliveries counted, and until when a copy of each adds nothing.
+    deliveries: HashMap<u128, UnixMillis>,
     sweep_at: usize,
 }
 
@@ -41,6 +43,8 @@ pub(crate) struct Changes {
     pub(crate) resources: Vec<(WindowKey, UnixMillis, String)>,
     /// (storm CR name, alerts, expiry).
     pub(crate) counters: Vec<(String, u64, UnixMillis)>,
+    /// (delivery, until when it is remembered).
+    pub(crate) deliveries: Vec<(u128, UnixMillis)>,
 }
 
 /// Where changes go before a call answers; an error undoes the call.
@@ -52,6 +56,9 @@ struct Undo {
     windows: HashMap<WindowKey, WindowBefore>,
     counters: HashMap<String, Option<(u64, UnixMillis)>>,
     resources: Vec<(WindowKey, UnixMillis, String)>,
+    /// Deliveries the call remembered (forgotten again on revert: one that was remembered
+    /// before had expired, or it would not have counted).
+    deliveries: Vec<u128>,
 }
 
 enum WindowBefore {
@@ -105,6 +112,11 @@ impl Undo {
                 .keys()
                 .filter_map(|name| state.counters.get(name).map(|&(n, expires)| (name.clone(), n, expires)))
                 .collect(),
+            deliveries: self
+                .deliveries
+                .iter()
+                .filter_map(|d| state.deliveries.get(d).map(|&until| (*d, until)))
+                .collect(),
         }
     }
 
@@ -127,6 +139,9 @@ impl Undo {
                 None => state.counters.remove(&name),
                 Some(counter) => state.counters.insert(name, counter),
             };
+        }
+        for delivery in self.deliveries {
+            state.deliveries.remove(&delivery);
         }
     }
 }
@@ -176,10 +191,12 @@ impl MemoryStormStore {
         &self,
         windows: impl IntoIterator<Item = (WindowKey, (Window, Vec<String>))>,
         counters: impl IntoIterator<Item = (String, (u64, UnixMillis))>,
+        deliveries: impl IntoIterator<Item = (u128, UnixMillis)>,
     ) {
         let mut state = self.lock();
         state.windows.extend(windows);
         state.counters.extend(counters);
+        state.deliveries.extend(deliveries);
         state.sweep_at = ((state.windows.len() + state.counters.len()) * 2).max(1024);
     }
 
@@ -195,6 +212,7 @@ impl MemoryStormStore {
         let mut state = self.lock();
         let mut undo = journal.map(|_| Undo::default());
         let expires = now.saturating_add(self.rules.count_ttl_ms);
+        let remember_until = now.saturating_add(self.rules.copy_window_ms);
         let mut verdicts = Vec::with_capacity(queries.len());
         for q in queries {
             let key = (q.namespace.clone(), q.alert_name.clone());
@@ -213,6 +231,12 @@ impl MemoryStormStore {
                     state.counters.remove(&name);
                 }
                 verdict.storm_alerts = state.add(name, 1, now, expires);
+                if let Some(delivery) = q.delivery {
+                    state.deliveries.insert(delivery, remember_until);
+                    if let Some(undo) = &mut undo {
+                        undo.deliveries.push(delivery);
+                    }
+                }
             }
             let mut list = match state.windows.remove(&key) {
                 Some((_, list)) if !next.reset => list,
@@ -257,7 +281,9 @@ impl MemoryStormStore {
     ) -> Result<Vec<u64>, KeyspaceError> {
         let mut state = self.lock();
         let expires = now.saturating_add(self.rules.count_ttl_ms);
+        let remember_until = now.saturating_add(self.rules.copy_window_ms);
         let mut before: HashMap<String, Option<(u64, UnixMillis)>> = HashMap::new();
+        let mut remembered = Vec::new();
         let mut totals = Vec::with_capacity(storms.len());
         for s in storms {
             if journal.is_some()
@@ -265,10 +291,24 @@ impl MemoryStormStore {
             {
                 slot.insert(state.counters.get(&s.name).copied());
             }
-            totals.push(state.add_existing(&s.name, s.alerts, now, expires));
+            let mut alerts = s.alerts;
+            if let Some(delivery) = s.delivery {
+                if state.deliveries.get(&delivery).is_some_and(|&until| now < until) {
+                    alerts = 0;
+                } else if state.counters.get(&s.name).is_some_and(|&(_, counter_expires)| counter_expires > now) {
+                    // Remembered only where it counts: a counter that is not held counts nothing.
+                    state.deliveries.insert(delivery, remember_until);
+                    remembered.push(delivery);
+                }
+            }
+            totals.push(state.add_existing(&s.name, alerts, now, expires));
+        }
+        if state.deliveries.len() >= state.sweep_at {
+            state.deliveries.retain(|_, until| *until > now);
+            state.sweep_at = state.sweep_at.max(state.deliveries.len() * 2);
         }
         if let Some(journal) = journal {
-            let undo = Undo { counters: before, ..Undo::default() };
+            let undo = Undo { counters: before, deliveries: remembered, ..Undo::default() };
             if let Err(e) = journal(&undo.changes(&state)) {
                 undo.revert(&mut state);
                 return Err(e);
@@ -298,7 +338,12 @@ mod tests {
     const T0: UnixMillis = 1_000_000;
 
     fn alert(pod: usize) -> StormQuery {
-        StormQuery { namespace: "prod".into(), alert_name: "PodCrash".into(), resource_id: format!("pod-{pod}") }
+        StormQuery {
+            namespace: "prod".into(),
+            alert_name: "PodCrash".into(),
+            resource_id: format!("pod-{pod}"),
+            delivery: None,
+        }
     }
 
     fn failing(_: &Changes) -> Result<(), KeyspaceError> {
@@ -320,11 +365,19 @@ mod tests {
         assert!(store.detect_journaled(&[alert(3), alert(0)], T0 + 1, Some(journal)).is_err());
         assert!(store.detect_journaled(&[alert(4)], T0 + 61_001, Some(journal)).is_err());
         let name = storm_cr_name("prod", "PodCrash", T0);
-        assert!(store.count_journaled(&[StormCount { name: name.clone(), alerts: 5 }], T0 + 2, Some(journal)).is_err());
+        assert!(
+            store
+                .count_journaled(&[StormCount { name: name.clone(), alerts: 5, delivery: None }], T0 + 2, Some(journal))
+                .is_err()
+        );
         for s in [&store, &untouched] {
             let v = s.detect_journaled(&[alert(3)], T0 + 3, None).unwrap();
             assert_eq!((v[0].storm_alerts, v[0].window_start), (2, T0));
-            assert_eq!(s.count_journaled(&[StormCount { name: name.clone(), alerts: 1 }], T0 + 4, None).unwrap(), [3]);
+            assert_eq!(
+                s.count_journaled(&[StormCount { name: name.clone(), alerts: 1, delivery: None }], T0 + 4, None)
+                    .unwrap(),
+                [3]
+            );
         }
     }
 
@@ -347,6 +400,7 @@ mod tests {
             windows: vec![(key.clone(), window)],
             resources: vec![(key.clone(), T0, "pod-0".into()), (key, T0, "pod-1".into())],
             counters: vec![(storm_cr_name("prod", "PodCrash", T0), 2, T0 + rules.count_ttl_ms)],
+            deliveries: Vec::new(),
         };
         assert_eq!(seen, vec![format!("{:?}", (&expected.windows, &expected.resources, &expected.counters))]);
     }

@@ -33,6 +33,11 @@ impl RedisStormStore {
         ["w", "r", "c"].map(|kind| self.keyspace.key(&format!("{kind}:{id}")))
     }
 
+    /// The key remembering one counted delivery.
+    fn delivery_key(&self, delivery: u128) -> String {
+        self.keyspace.key(&format!("d:{delivery:032x}"))
+    }
+
     fn count_ttl(&self) -> Ttl {
         Ttl::from_millis(u64::try_from(self.rules.count_ttl_ms).unwrap_or(u64::MAX))
     }
@@ -44,7 +49,7 @@ impl StormStore for RedisStormStore {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = queries.iter().flat_map(|q| self.keys(&q.namespace, &q.alert_name)).collect();
+        let mut keys: Vec<String> = queries.iter().flat_map(|q| self.keys(&q.namespace, &q.alert_name)).collect();
         let r = &self.rules;
         let mut args = vec![
             now.to_string(),
@@ -53,8 +58,20 @@ impl StormStore for RedisStormStore {
             r.inactivity_ms.to_string(),
             r.max_window_ms.to_string(),
             r.list_cap.to_string(),
+            r.copy_window_ms.to_string(),
+            queries.len().to_string(),
         ];
         args.extend(queries.iter().map(|q| q.resource_id.clone()));
+        for q in queries {
+            match q.delivery {
+                Some(delivery) => {
+                    keys.push(self.delivery_key(delivery));
+                    // Lua indexes KEYS from 1.
+                    args.push(keys.len().to_string());
+                }
+                None => args.push("0".to_owned()),
+            }
+        }
         let replies: Vec<String> = self.keyspace.run(&DETECT, &keys, self.count_ttl(), &args).await?;
         if replies.len() != queries.len() {
             return Err(bad_reply(format!("{} replies for {} queries", replies.len(), queries.len())));
@@ -62,17 +79,27 @@ impl StormStore for RedisStormStore {
         replies.iter().map(|reply| parse_verdict(reply).ok_or_else(|| bad_reply(format!("reply {reply:?}")))).collect()
     }
 
-    async fn count(&self, storms: &[StormCount], _now: UnixMillis) -> Result<Vec<u64>, KeyspaceError> {
+    async fn count(&self, storms: &[StormCount], now: UnixMillis) -> Result<Vec<u64>, KeyspaceError> {
         if storms.is_empty() {
             return Ok(Vec::new());
         }
-        let mut keys = Vec::with_capacity(storms.len());
+        let mut keys = Vec::with_capacity(storms.len() * 2);
         for s in storms {
             let (id, start) =
                 parse_storm_cr_name(&s.name).ok_or_else(|| bad_reply(format!("storm name {:?}", s.name)))?;
             keys.push(self.keyspace.key(&format!("c:{id}:{start}")));
         }
-        let args: Vec<u64> = storms.iter().map(|s| s.alerts).collect();
+        let mut args = vec![now.to_string(), self.rules.copy_window_ms.to_string()];
+        for s in storms {
+            match s.delivery {
+                Some(delivery) => {
+                    keys.push(self.delivery_key(delivery));
+                    // Lua indexes KEYS from 1.
+                    args.push(format!("{}:{}", s.alerts, keys.len()));
+                }
+                None => args.push(s.alerts.to_string()),
+            }
+        }
         let totals: Vec<u64> = self.keyspace.run(&COUNT, &keys, self.count_ttl(), &args).await?;
         if totals.len() == storms.len() {
             Ok(totals)
