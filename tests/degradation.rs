@@ -57,6 +57,17 @@ fn crs_for(gw: &TestGateway, fingerprint: &Value) -> usize {
     gw.remediations().iter().filter(|cr| cr["spec"]["signalFingerprint"] == *fingerprint).count()
 }
 
+/// The CRs come to count exactly the `accepted` alerts (crd-writer flushes within 50 ms).
+async fn every_alert_counted_once(gw: &TestGateway, accepted: u64) {
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { accounted_alerts(&gw.remediations()) == accepted },
+        "accounted {} of {accepted}: {:#?}",
+        accounted_alerts(&gw.remediations()),
+        gw.remediations()
+    );
+}
+
 /// Seven distinct pods of one alertname: a storm when storm works.
 fn storm_burst(ns: &str) -> Value {
     let pods: Vec<Alert> = (0..7).map(|p| Alert::firing("PodCrashLooping").in_ns(ns).pod(&format!("p{p}"))).collect();
@@ -110,13 +121,7 @@ async fn dedup_redis_killed_then_back() {
     assert_eq!(crs_for(&t.gw, &fingerprint), 1);
     // Every alert answered 2xx is counted once: 1 + 1 while down + 3 after, plus the others.
     let accepted = 5 + 1 + 7;
-    assert_eventually!(
-        Duration::from_secs(5),
-        async { accounted_alerts(&t.gw.remediations()) == accepted },
-        "accounted {} of {accepted}: {:#?}",
-        accounted_alerts(&t.gw.remediations()),
-        t.gw.remediations()
-    );
+    every_alert_counted_once(&t.gw, accepted).await;
 }
 
 /// Dedup's Redis full with `noeviction` (the seeds' OOM): the same as down,
@@ -267,13 +272,7 @@ async fn storm_alert_repeats_count_while_storm_is_down() {
         assert_eq!(answer["results"][0]["remediationRequestName"], storm, "{answer}");
     }
     let accepted = 7 + 3 + 2;
-    assert_eventually!(
-        Duration::from_secs(5),
-        async { accounted_alerts(&t.gw.remediations()) == accepted },
-        "accounted {} of {accepted}: {:#?}",
-        accounted_alerts(&t.gw.remediations()),
-        t.gw.remediations()
-    );
+    every_alert_counted_once(&t.gw, accepted).await;
 }
 
 /// Ratelimit's Redis killed: the in-process limiter takes over (it still

@@ -54,6 +54,42 @@ pub struct Record {
     pub placement: Placement,
 }
 
+impl Record {
+    /// The record's text form, `<first_seen>|<last_seen>|<count>|<placement>` (what
+    /// `store/check.lua` keeps in Redis and the embedded store on disk).
+    pub fn encode(&self) -> String {
+        format!("{}|{}|{}|{}", self.first_seen, self.last_seen, self.count, self.placement.encode())
+    }
+
+    /// Parses [`Record::encode`]'s form; `None` for anything else.
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(4, '|');
+        let first_seen = parts.next()?.parse().ok()?;
+        let last_seen = parts.next()?.parse().ok()?;
+        let count = parts.next()?.parse().ok()?;
+        let placement = match parts.next()? {
+            "?" => Placement::Pending,
+            "" => Placement::Own,
+            bound => {
+                let (namespace, name) = bound.split_once('/')?;
+                Placement::Bound(Binding { namespace: namespace.to_owned(), name: name.to_owned() })
+            }
+        };
+        Some(Self { first_seen, last_seen, count, placement })
+    }
+}
+
+impl Placement {
+    /// `?` pending, empty for the own CR, or `namespace/name`.
+    pub fn encode(&self) -> String {
+        match self {
+            Placement::Pending => "?".to_owned(),
+            Placement::Own => String::new(),
+            Placement::Bound(b) => format!("{}/{}", b.namespace, b.name),
+        }
+    }
+}
+
 /// Which CR counts an incident. A new incident is `Pending` until the edge
 /// that saw its first alert knows whether a storm took it, so a repeat racing
 /// that decision is counted on the right CR, never on both.

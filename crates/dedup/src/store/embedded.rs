@@ -15,7 +15,7 @@ use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
 use super::{Bind, DedupStore, MemoryDedupStore, WindowRef};
-use crate::window::{Binding, Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Verdict};
+use crate::window::{Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Verdict};
 
 /// The namespace of the dedup service in a state directory.
 pub const NAMESPACE: &str = "dedup";
@@ -56,7 +56,7 @@ impl EmbeddedDedupStore {
     fn put(&self, fingerprint: &str, record: &Record) -> Op {
         Op::Put {
             key: record_key(fingerprint),
-            value: encode(record).into_bytes(),
+            value: record.encode().into_bytes(),
             expires_at: record.last_seen.saturating_add(self.window.window_ms()),
         }
     }
@@ -177,43 +177,19 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Option<Entry> {
     let key = std::str::from_utf8(key).ok()?;
     let value = std::str::from_utf8(value).ok()?;
     if let Some(fingerprint) = key.strip_prefix('f') {
-        Some(Entry::Record(fingerprint.to_owned(), decode(value)?))
+        Some(Entry::Record(fingerprint.to_owned(), Record::decode(value)?))
     } else {
         let delivery = DeliveryKey::parse(key.strip_prefix('d')?)?;
         Some(Entry::Delivery(delivery, value.parse().ok()?))
     }
 }
 
-/// `first|last|count|placement`.
-fn encode(r: &Record) -> String {
-    let placement = match &r.placement {
-        Placement::Pending => "?".to_owned(),
-        Placement::Own => String::new(),
-        Placement::Bound(b) => format!("{}/{}", b.namespace, b.name),
-    };
-    format!("{}|{}|{}|{placement}", r.first_seen, r.last_seen, r.count)
-}
-
-fn decode(s: &str) -> Option<Record> {
-    let mut parts = s.splitn(4, '|');
-    let first_seen = parts.next()?.parse().ok()?;
-    let last_seen = parts.next()?.parse().ok()?;
-    let count = parts.next()?.parse().ok()?;
-    let placement = match parts.next()? {
-        "?" => Placement::Pending,
-        "" => Placement::Own,
-        bound => {
-            let (namespace, name) = bound.split_once('/')?;
-            Placement::Bound(Binding { namespace: namespace.to_owned(), name: name.to_owned() })
-        }
-    };
-    Some(Record { first_seen, last_seen, count, placement })
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
+
+    use crate::window::Binding;
 
     use breakwater_signal::ManualClock;
     use proptest::prelude::*;
@@ -343,17 +319,17 @@ mod tests {
         let bound = Placement::Bound(Binding { namespace: "prod".into(), name: "storm-a-1".into() });
         for placement in [Placement::Pending, Placement::Own, bound] {
             let r = Record { first_seen: 10, last_seen: -20, count: 3, placement };
-            assert_eq!(decode(&encode(&r)), Some(r));
+            assert_eq!(Record::decode(&r.encode()), Some(r));
         }
         for damaged in ["", "1|2|3", "a|2|3|", "1|2|3|noslash", "1|2|-3|"] {
-            assert_eq!(decode(damaged), None, "{damaged:?}");
+            assert_eq!(Record::decode(damaged), None, "{damaged:?}");
         }
     }
 
     #[test]
     fn entries_are_told_apart_by_their_key() {
         let r = Record { first_seen: 1, last_seen: 2, count: 3, placement: Placement::Pending };
-        let Some(Entry::Record(fp, got)) = decode_entry(&record_key("dd1b"), encode(&r).as_bytes()) else {
+        let Some(Entry::Record(fp, got)) = decode_entry(&record_key("dd1b"), r.encode().as_bytes()) else {
             panic!("record did not decode");
         };
         assert_eq!((fp.as_str(), got), ("dd1b", r));

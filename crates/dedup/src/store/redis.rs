@@ -9,7 +9,7 @@ use breakwater_keyspace::{Keyspace, KeyspaceError, Script, Ttl};
 use breakwater_signal::UnixMillis;
 
 use super::{Bind, DedupStore, WindowRef};
-use crate::window::{Binding, Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Status, Verdict};
+use crate::window::{Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Status, Verdict};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_check", include_str!("check.lua")));
 static BIND: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_bind", include_str!("bind.lua")));
@@ -79,7 +79,7 @@ impl DedupStore for RedisDedupStore {
         let mut args = vec![now.to_string(), self.window.window_ms().to_string()];
         for b in binds {
             args.push(b.first_seen.to_string());
-            args.push(encode_placement(&b.to));
+            args.push(b.to.encode());
         }
         self.keyspace.run(&BIND, &keys, self.ttl(), &args).await
     }
@@ -103,7 +103,7 @@ impl DedupStore for RedisDedupStore {
             .map(|(w, record)| {
                 record
                     .as_deref()
-                    .and_then(parse_record)
+                    .and_then(Record::decode)
                     .filter(|r| r.first_seen == w.first_seen && self.window.is_open(r, now))
                     .map(|r| r.placement)
             })
@@ -132,37 +132,13 @@ fn parse_verdict(reply: &str) -> Option<Verdict> {
         "C" => Decision::Copy,
         _ => return None,
     };
-    Some(Verdict { decision, record: Some(parse_record(record)?) })
-}
-
-fn parse_record(s: &str) -> Option<Record> {
-    let mut parts = s.splitn(4, '|');
-    let first_seen = parts.next()?.parse().ok()?;
-    let last_seen = parts.next()?.parse().ok()?;
-    let count = parts.next()?.parse().ok()?;
-    let placement = match parts.next()? {
-        "?" => Placement::Pending,
-        "" => Placement::Own,
-        b => {
-            let (ns, name) = b.split_once('/')?;
-            Placement::Bound(Binding { namespace: ns.to_owned(), name: name.to_owned() })
-        }
-    };
-    Some(Record { first_seen, last_seen, count, placement })
-}
-
-/// The record's placement field: `?` pending, empty for the own CR, or `namespace/name`.
-fn encode_placement(p: &Placement) -> String {
-    match p {
-        Placement::Pending => "?".to_owned(),
-        Placement::Own => String::new(),
-        Placement::Bound(b) => format!("{}/{}", b.namespace, b.name),
-    }
+    Some(Verdict { decision, record: Some(Record::decode(record)?) })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::Binding;
 
     #[test]
     fn parses_script_replies() {
