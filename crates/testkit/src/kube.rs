@@ -4,10 +4,13 @@
 //! It implements what the API server does for a CRD with the `status` subresource enabled:
 //! create, get, list (namespaced and cluster-wide, with label and field selectors), replace,
 //! JSON merge patch, delete, and get/replace/patch on `/status`. Objects are stored as JSON and
-//! keyed by (group, plural, namespace, name); the version in the path is not checked against
-//! a schema. Errors are `Status` objects with the codes, reasons and messages of a real server,
-//! except an injected 429, which is plain text with a `Retry-After` header, as the real
-//! server's max-inflight and priority-and-fairness filters answer.
+//! keyed by (group, plural, namespace, name); the version in the path is not checked. Writes
+//! are checked against a CRD's structural schema only for plurals given one with
+//! [`FakeApiServer::set_schema`] (pruning, defaulting, validation and `fieldValidation=Strict`,
+//! see `kube/schema.rs`); other objects are stored as sent. Errors are `Status` objects with
+//! the codes, reasons and messages of a real server, except an injected 429, which is plain
+//! text with a `Retry-After` header, as the real server's max-inflight and
+//! priority-and-fairness filters answer.
 //!
 //! Faults ([`Fault`]) cover what a client must survive: throttling, 5xx, latency, a reset
 //! connection, and a write that was committed but whose answer was lost (a 504 or a reset
@@ -23,6 +26,7 @@
 //! DELETE removes the object at once.
 
 mod merge_patch;
+mod schema;
 mod selector;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -39,6 +43,7 @@ use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 
 use self::merge_patch::merge_patch;
+use self::schema::Schema;
 use self::selector::{FieldSelector, LabelSelector};
 
 /// The API server's default limit on a write's body (`MaxRequestBodyBytes`).
@@ -136,6 +141,8 @@ struct Store {
     missing_namespaces: HashSet<String>,
     faults: Vec<FaultRule>,
     log: Vec<LoggedRequest>,
+    /// Structural schemas by plural, set with [`FakeApiServer::set_schema`].
+    schemas: HashMap<String, Schema>,
 }
 
 /// A fake Kubernetes API server on `127.0.0.1:0` (plain HTTP); stops on `Drop`.
@@ -213,6 +220,28 @@ impl FakeApiServer {
     /// Makes creates in `namespace` fail with 404 `namespaces "NAMESPACE" not found`.
     pub fn set_missing_namespace(&self, namespace: &str) {
         self.lock().missing_namespaces.insert(namespace.to_owned());
+    }
+
+    /// Makes writes of this plural (any group) go through `schema`, the `openAPIV3Schema` of a
+    /// CRD version, as the API server applies it: on create, replace, merge patch (to the
+    /// patched object) and `/status` writes, unknown fields are pruned (without
+    /// `x-kubernetes-preserve-unknown-fields`), non-nullable nulls dropped, defaults filled in,
+    /// and then the object is validated. A violation is a 422 `Invalid` with one
+    /// `details.causes` entry per field; with the query parameter `fieldValidation=Strict`
+    /// an unknown field is a 400 `BadRequest` naming it instead. See `kube/schema.rs` for
+    /// the keywords supported. Objects already stored are not re-checked.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the schema is malformed (not an object, an unknown `type`, a `pattern`
+    /// that is not a regular expression): a broken test setup, not a request to answer.
+    pub fn set_schema(&self, plural: &str, schema: Value) {
+        match Schema::compile(&schema) {
+            Ok(compiled) => {
+                self.lock().schemas.insert(plural.to_owned(), compiled);
+            }
+            Err(err) => panic!("invalid schema for {plural}: {err}"),
+        }
     }
 
     /// Applies `fault` to the next `times` resource requests of any verb. Requests to
@@ -592,6 +621,7 @@ impl Store {
         content_type: &str,
         body: &[u8],
     ) -> Reply {
+        let strict = query.get("fieldValidation").is_some_and(|mode| mode == "Strict");
         if matches!(verb, Verb::Create | Verb::Replace | Verb::Patch) && body.len() > MAX_REQUEST_BODY_BYTES {
             return Reply::failure(413, format!("Request entity too large: limit is {MAX_REQUEST_BODY_BYTES}"), None);
         }
@@ -612,14 +642,18 @@ impl Store {
             }
             (Verb::Create, Target::Collection { group, version, namespace: Some(namespace), plural }) => {
                 let key = ObjectKey { group, plural, namespace, name: String::new() };
-                self.create(key, &version, body)
+                self.create(key, &version, body, strict)
             }
             (Verb::Get, Target::Object { key, .. }) => match self.objects.get(&key) {
                 Some(object) => Reply::ok(StatusCode::OK, object.clone()),
                 None => Reply::not_found(&key),
             },
-            (Verb::Replace, Target::Object { key, status, .. }) => self.replace(&key, status, body),
-            (Verb::Patch, Target::Object { key, status, .. }) => self.patch(&key, status, content_type, body),
+            (Verb::Replace, Target::Object { key, status, version }) => {
+                self.replace(&key, Update { version: &version, status, strict }, body)
+            }
+            (Verb::Patch, Target::Object { key, status, version }) => {
+                self.patch(&key, Update { version: &version, status, strict }, content_type, body)
+            }
             (Verb::Delete, Target::Object { key, .. }) => match self.objects.remove(&key) {
                 Some(object) => Reply::ok(StatusCode::OK, object),
                 None => Reply::not_found(&key),
@@ -666,7 +700,7 @@ impl Store {
         )
     }
 
-    fn create(&mut self, mut key: ObjectKey, version: &str, body: &[u8]) -> Reply {
+    fn create(&mut self, mut key: ObjectKey, version: &str, body: &[u8], strict: bool) -> Reply {
         if self.missing_namespaces.contains(&key.namespace) {
             return Reply::failure(
                 404,
@@ -723,6 +757,9 @@ impl Store {
         if let Some(fields) = object.as_object_mut() {
             fields.remove("status");
         }
+        if let Some(reply) = self.check_schema(&key, &kind, version, &mut object, strict) {
+            return reply;
+        }
         self.revision += 1;
         let metadata = &mut object["metadata"];
         metadata["name"] = json!(key.name);
@@ -739,7 +776,7 @@ impl Store {
         Reply::ok(StatusCode::CREATED, object)
     }
 
-    fn replace(&mut self, key: &ObjectKey, status: bool, body: &[u8]) -> Reply {
+    fn replace(&mut self, key: &ObjectKey, update: Update<'_>, body: &[u8]) -> Reply {
         let Some(stored) = self.objects.get(key).cloned() else {
             return Reply::not_found(key);
         };
@@ -766,11 +803,11 @@ impl Store {
                 Some(object_details(key)),
             ),
             Some(rv) if rv != resource_version_of(&stored) => Reply::conflict(key),
-            Some(_) => self.commit(key, &stored, candidate, status),
+            Some(_) => self.commit(key, &stored, candidate, update),
         }
     }
 
-    fn patch(&mut self, key: &ObjectKey, status: bool, content_type: &str, body: &[u8]) -> Reply {
+    fn patch(&mut self, key: &ObjectKey, update: Update<'_>, content_type: &str, body: &[u8]) -> Reply {
         let media_type = content_type.split(';').next().unwrap_or("").trim();
         if media_type != "application/merge-patch+json" {
             return Reply::failure(
@@ -797,14 +834,14 @@ impl Store {
         }
         let mut candidate = stored.clone();
         merge_patch(&mut candidate, &patch);
-        self.commit(key, &stored, candidate, status)
+        self.commit(key, &stored, candidate, update)
     }
 
     /// Stores an update the way the API server does for a CRD with a status subresource: the
     /// main resource ignores `.status`, `/status` changes only `.status`, server-owned metadata
     /// is kept, `generation` counts spec changes, and a no-op keeps the resourceVersion.
-    fn commit(&mut self, key: &ObjectKey, stored: &Value, candidate: Value, status: bool) -> Reply {
-        let mut next = if status {
+    fn commit(&mut self, key: &ObjectKey, stored: &Value, candidate: Value, update: Update<'_>) -> Reply {
+        let mut next = if update.status {
             let mut next = stored.clone();
             set_or_remove(&mut next, "status", candidate.get("status"));
             next
@@ -822,6 +859,12 @@ impl Store {
         for field in ["name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion"] {
             set_or_remove(&mut next["metadata"], field, stored["metadata"].get(field));
         }
+        // Pruned and defaulted before the no-op check, so a write of only unknown fields
+        // changes nothing, as on a real server.
+        let kind = stored["kind"].as_str().unwrap_or_default().to_owned();
+        if let Some(reply) = self.check_schema(key, &kind, update.version, &mut next, update.strict) {
+            return reply;
+        }
         if next == *stored {
             return Reply::ok(StatusCode::OK, next);
         }
@@ -837,6 +880,55 @@ impl Store {
         self.objects.insert(key.clone(), next.clone());
         Reply::ok(StatusCode::OK, next)
     }
+    /// Applies the plural's schema, if any, to `object`: `None` to go on with the pruned and
+    /// defaulted object, or the API server's refusal.
+    fn check_schema(
+        &self,
+        key: &ObjectKey,
+        kind: &str,
+        version: &str,
+        object: &mut Value,
+        strict: bool,
+    ) -> Option<Reply> {
+        let schema = self.schemas.get(&key.plural)?;
+        let outcome = schema.apply(object);
+        // Strict decoding fails before validation runs, so unknown fields win over invalid ones.
+        if strict && !outcome.unknown.is_empty() {
+            let fields: Vec<String> = outcome.unknown.iter().map(|field| format!("unknown field {field:?}")).collect();
+            return Some(Reply::bad_request(format!(
+                "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+                fields.join(", ")
+            )));
+        }
+        if outcome.errors.is_empty() {
+            return None;
+        }
+        let listed: Vec<String> = outcome.errors.iter().map(schema::FieldError::full).collect();
+        // The API server's `errors.NewInvalid` lists several errors in brackets.
+        let errors = match listed.as_slice() {
+            [one] => one.clone(),
+            _ => format!("[{}]", listed.join(", ")),
+        };
+        let causes: Vec<Value> = outcome
+            .errors
+            .iter()
+            .map(|error| json!({ "reason": error.reason, "message": error.body, "field": error.field }))
+            .collect();
+        Some(Reply::failure(
+            422,
+            format!("{kind}.{} {:?} is invalid: {errors}", key.group, key.name),
+            Some(json!({ "name": key.name, "group": key.group, "kind": kind, "causes": causes })),
+        ))
+    }
+}
+
+/// How an update is asked for: the version in its path, whether it is a `/status` write, and
+/// whether unknown fields are refused (`fieldValidation=Strict`).
+#[derive(Debug, Clone, Copy)]
+struct Update<'a> {
+    version: &'a str,
+    status: bool,
+    strict: bool,
 }
 
 /// etcd's refusal of an object over its request limit, as the API server passes it on: not a

@@ -485,3 +485,213 @@ impl FakeApiServer {
         self.request_log().into_iter().map(|(verb, _, status)| (verb, status)).collect()
     }
 }
+
+/// A schema with one of each keyword the validator supports.
+fn schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["signalFingerprint", "severity"],
+                "properties": {
+                    "signalFingerprint": { "type": "string", "maxLength": 64, "pattern": "^[a-f0-9]{64}$" },
+                    "severity": { "type": "string", "enum": ["critical", "warning", "info"] },
+                    "environment": { "type": "string", "minLength": 1, "maxLength": 5 },
+                    "count": { "type": "integer", "format": "int64", "minimum": 1 },
+                    "ratio": { "type": "number", "maximum": 1.5 },
+                    "isStorm": { "type": "boolean", "default": false },
+                    "seenAt": { "type": "string", "format": "date-time", "nullable": true },
+                    "payload": { "type": "string", "format": "byte" },
+                    "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "resources": { "type": "array", "items": { "type": "string", "maxLength": 3 } },
+                    "port": { "x-kubernetes-int-or-string": true },
+                    "extra": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+                    "note": { "type": "string" },
+                },
+            },
+            "status": {
+                "type": "object",
+                "nullable": true,
+                "properties": { "phase": { "type": "string", "enum": ["Pending", "Done"] } },
+            },
+        },
+    })
+}
+
+const FINGERPRINT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn valid(name: &str) -> DynamicObject {
+    DynamicObject::new(name, &resource()).data(json!({
+        "spec": { "signalFingerprint": FINGERPRINT, "severity": "critical" },
+    }))
+}
+
+/// `(field, reason, message)` of each cause of a 422.
+fn causes(status: &Status) -> Vec<(String, String, String)> {
+    let details = status.details.as_ref().expect("details");
+    details.causes.iter().map(|c| (c.field.clone(), c.reason.clone(), c.message.clone())).collect()
+}
+
+#[tokio::test]
+async fn schema_violations_are_422_invalid_with_a_cause_per_field() {
+    let fake = FakeApiServer::start().await;
+    fake.set_schema(PLURAL, schema());
+    let api = api(&fake, "default");
+    let mut object = valid("rr");
+    object.data["spec"]["signalFingerprint"] = json!("x");
+    let status = api_status(api.create(&PostParams::default(), &object).await);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        r#"RemediationRequest.remediation.kubernaut.io "rr" is invalid: spec.signalFingerprint: Invalid value: "x": spec.signalFingerprint in body should match '^[a-f0-9]{64}$'"#
+    );
+    let details = status.details.as_ref().expect("details");
+    assert_eq!(
+        (details.name.as_str(), details.group.as_str(), details.kind.as_str()),
+        ("rr", GROUP, "RemediationRequest")
+    );
+    assert_eq!(
+        causes(&status),
+        [(
+            "spec.signalFingerprint".to_owned(),
+            "FieldValueInvalid".to_owned(),
+            r#"Invalid value: "x": spec.signalFingerprint in body should match '^[a-f0-9]{64}$'"#.to_owned()
+        )]
+    );
+
+    let object = DynamicObject::new("rr", &resource()).data(json!({
+        "spec": {
+            "severity": "fatal",
+            "environment": "",
+            "count": "7",
+            "ratio": 2,
+            "seenAt": "yesterday",
+            "payload": "not base64!",
+            "labels": { "team": 1 },
+            "resources": ["ok", "toolong"],
+            "port": true,
+            "note": null,
+        },
+    }));
+    let status = api_status(api.create(&PostParams::default(), &object).await);
+    assert_eq!(status.code, 422);
+    let mut got: Vec<(String, String)> =
+        causes(&status).into_iter().map(|(field, _, message)| (field, message)).collect();
+    got.sort();
+    let want = [
+        ("spec.count", r#"Invalid value: "string": spec.count in body must be of type integer: "string""#),
+        ("spec.environment", r#"Invalid value: "": spec.environment in body should be at least 1 chars long"#),
+        ("spec.labels.team", r#"Invalid value: "integer": spec.labels.team in body must be of type string: "integer""#),
+        ("spec.payload", r#"Invalid value: "not base64!": spec.payload in body must be of type byte: "not base64!""#),
+        ("spec.port", r#"Invalid value: "boolean": spec.port in body must be of type integer,string: "boolean""#),
+        ("spec.ratio", "Invalid value: 2: spec.ratio in body should be less than or equal to 1.5"),
+        ("spec.resources[1]", "Too long: may not be more than 3 bytes"),
+        ("spec.seenAt", r#"Invalid value: "yesterday": spec.seenAt in body must be of type date-time: "yesterday""#),
+        ("spec.severity", r#"Unsupported value: "fatal": supported values: "critical", "warning", "info""#),
+        ("spec.signalFingerprint", "Required value"),
+    ];
+    let want: Vec<(String, String)> = want.iter().map(|(f, m)| ((*f).to_owned(), (*m).to_owned())).collect();
+    assert_eq!(got, want);
+    assert!(status.message.contains(" is invalid: [spec."), "several errors are bracketed: {}", status.message);
+    assert!(fake.objects(PLURAL).is_empty());
+    assert_eq!(fake.log_statuses(), [(Verb::Create, 422), (Verb::Create, 422)]);
+}
+
+#[tokio::test]
+async fn schema_checks_replace_patch_and_status_writes_on_the_resulting_object() {
+    let fake = FakeApiServer::start().await;
+    fake.set_schema(PLURAL, schema());
+    let api = api(&fake, "default");
+    let created = api.create(&PostParams::default(), &valid("rr")).await.expect("create");
+    let rv = created.metadata.resource_version.clone();
+
+    // The patch alone is valid JSON; the patched object lacks a required field.
+    let patch = Patch::Merge(json!({ "spec": { "signalFingerprint": null } }));
+    let status = api_status(api.patch("rr", &PatchParams::default(), &patch).await);
+    assert_eq!(causes(&status)[0].0, "spec.signalFingerprint");
+    assert_eq!(causes(&status)[0].1, "FieldValueRequired");
+
+    let mut replaced = created.clone();
+    replaced.data["spec"]["count"] = json!(0);
+    let status = api_status(api.replace("rr", &PostParams::default(), &replaced).await);
+    assert_eq!(causes(&status)[0].2, "Invalid value: 0: spec.count in body should be greater than or equal to 1");
+
+    let patch = Patch::Merge(json!({ "status": { "phase": "Lost" } }));
+    let status = api_status(api.patch_status("rr", &PatchParams::default(), &patch).await);
+    assert_eq!(causes(&status)[0].0, "status.phase");
+
+    let stored = fake.get(PLURAL, "default", "rr").expect("stored");
+    assert_eq!(stored["metadata"]["resourceVersion"].as_str(), rv.as_deref(), "refused writes change nothing");
+
+    let patch = Patch::Merge(json!({
+        "spec": { "count": 3, "seenAt": "2025-06-01T12:00:00.5+02:00", "payload": "e30=", "port": "http" },
+    }));
+    api.patch("rr", &PatchParams::default(), &patch).await.expect("valid patch");
+    let patch = Patch::Merge(json!({ "status": { "phase": "Done" } }));
+    api.patch_status("rr", &PatchParams::default(), &patch).await.expect("valid status patch");
+    let stored = fake.get(PLURAL, "default", "rr").expect("stored");
+    assert_eq!((stored["spec"]["count"].clone(), stored["status"]["phase"].clone()), (json!(3), json!("Done")));
+}
+
+#[tokio::test]
+async fn unknown_fields_are_pruned_and_defaults_filled_in() {
+    let fake = FakeApiServer::start().await;
+    fake.set_schema(PLURAL, schema());
+    let api = api(&fake, "default");
+    let mut object = valid("rr");
+    object.data["spec"]["bogus"] = json!(1);
+    object.data["spec"]["extra"] = json!({ "anything": { "goes": true } });
+    object.data["topLevel"] = json!("x");
+    let created = api.create(&PostParams::default(), &object).await.expect("create");
+    assert!(created.data["spec"].get("bogus").is_none(), "{:?}", created.data);
+    assert!(created.data.get("topLevel").is_none(), "{:?}", created.data);
+    assert_eq!(created.data["spec"]["extra"], json!({ "anything": { "goes": true } }), "preserved");
+    assert_eq!(created.data["spec"]["isStorm"], json!(false), "defaulted");
+    assert_eq!(created.metadata.name.as_deref(), Some("rr"), "metadata is never pruned");
+
+    // A write of only unknown fields is a no-op: the resourceVersion stays.
+    let patch = Patch::Merge(json!({ "spec": { "bogus": 2 } }));
+    let patched = api.patch("rr", &PatchParams::default(), &patch).await.expect("patch");
+    assert_eq!(patched.metadata.resource_version, created.metadata.resource_version);
+    assert!(patched.data["spec"].get("bogus").is_none());
+}
+
+#[tokio::test]
+async fn strict_field_validation_rejects_unknown_fields() {
+    let fake = FakeApiServer::start().await;
+    fake.set_schema(PLURAL, schema());
+    let url = format!("{}/apis/{GROUP}/v1alpha1/namespaces/default/{PLURAL}?fieldValidation=Strict", fake.url());
+    let body = json!({
+        "apiVersion": format!("{GROUP}/v1alpha1"),
+        "kind": "RemediationRequest",
+        "metadata": { "name": "rr" },
+        "spec": { "signalFingerprint": "x", "severity": "critical", "bogus": 1 },
+    });
+    let answer = reqwest::Client::new().post(&url).json(&body).send().await.expect("POST");
+    assert_eq!(answer.status(), 400);
+    let status: Value = answer.json().await.expect("Status body");
+    assert_eq!(status["reason"], "BadRequest");
+    assert_eq!(
+        status["message"],
+        r#"RemediationRequest in version "v1alpha1" cannot be handled as a RemediationRequest: strict decoding error: unknown field "spec.bogus""#
+    );
+
+    let api = api(&fake, "default");
+    api.create(&PostParams::default(), &valid("rr")).await.expect("create");
+    let strict =
+        PatchParams { field_validation: Some(::kube::api::ValidationDirective::Strict), ..PatchParams::default() };
+    let status = api_status(api.patch("rr", &strict, &Patch::Merge(json!({ "spec": { "bogus": 1 } }))).await);
+    assert_eq!((status.code, status.message.ends_with(r#"unknown field "spec.bogus""#)), (400, true), "{status:?}");
+    api.patch("rr", &strict, &Patch::Merge(json!({ "spec": { "note": "known" } }))).await.expect("known field");
+}
+
+#[tokio::test]
+async fn a_schema_for_one_plural_leaves_others_unchecked() {
+    let fake = FakeApiServer::start().await;
+    fake.set_schema("widgets", schema());
+    let api = api(&fake, "default");
+    let created = api.create(&PostParams::default(), &request("rr", &[])).await.expect("create");
+    assert_eq!(created.data["spec"]["signalFingerprint"], "fp-rr");
+}
