@@ -128,8 +128,11 @@ async fn run_component_with(
             // was down (edges named them per fallback window, and a restarted edge no longer
             // remembers that it fell back): new incidents are looked up first. A resolved
             // incident's CR records the resolution, so its next firing still gets a new CR.
-            // Uncertainty after a Redis outage is tracked by DedupGrpc.
-            let grpc = breakwater_dedup::DedupGrpc::new(store, clock, health.clone(), window, true);
+            // The embedded store (`up`) restores its state, and its edge cannot answer
+            // without it (one process), so it starts certain. Uncertainty after a Redis
+            // outage is tracked by DedupGrpc.
+            let starts_uncertain = config.dedup.store != StoreKind::Embedded;
+            let grpc = breakwater_dedup::DedupGrpc::new(store, clock, health.clone(), window, starts_uncertain);
             let serve = async { Ok(breakwater_dedup::run(grpc, health.clone(), incoming, shutdown).await?) };
             let redis = config.dedup.store == StoreKind::Redis;
             with_budget_watch(&config.dedup.redis, redis, breakwater_dedup::KEYSPACE, &health, serve).await?;
