@@ -32,10 +32,7 @@ pub struct DeliveryKey(pub u128);
 impl DeliveryKey {
     /// Parses the 32 lower-case hex characters the edge sends.
     pub fn parse(hex: &str) -> Option<Self> {
-        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return None;
-        }
-        u128::from_str_radix(hex, 16).ok().map(Self)
+        breakwater_signal::parse_delivery_key(hex).map(Self)
     }
 
     /// The 32 lower-case hex characters, as in Redis keys.

@@ -116,6 +116,13 @@ pub struct Batch {
     pub storm_degraded: bool,
 }
 
+impl Batch {
+    /// Signal `i`'s delivery key as the components take it (empty: none).
+    fn delivery_key(&self, i: usize) -> String {
+        self.deliveries.get(i).cloned().flatten().unwrap_or_default()
+    }
+}
+
 /// What happened to one alert; the response lists one per alert, in order.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -297,7 +304,7 @@ impl AsyncPredicate<Batch> for DedupStage {
                         fingerprint: batch.signals[i].fingerprint.clone(),
                         status: batch.signals[i].status,
                         namespace: batch.targets[i].clone(),
-                        delivery_key: batch.deliveries.get(i).cloned().flatten().unwrap_or_default(),
+                        delivery_key: batch.delivery_key(i),
                     })
                     .collect();
                 let dedup_was_up = !health.has("dedup");
@@ -452,7 +459,7 @@ async fn detect_storms(
                 alert_name: s.alert_name.clone(),
                 resource_id: resource_id(&s.namespace, kind, name),
                 remediation_namespace: batch.targets[i].clone(),
-                delivery_key: batch.deliveries.get(i).cloned().flatten().unwrap_or_default(),
+                delivery_key: batch.delivery_key(i),
             }
         })
         .collect();
@@ -489,7 +496,7 @@ async fn count_storm_repeats(
         .map(|&(i, ref r)| pb::StormCount {
             remediation: Some(r.clone()),
             alerts: 1,
-            delivery_key: batch.deliveries.get(i).cloned().flatten().unwrap_or_default(),
+            delivery_key: batch.delivery_key(i),
         })
         .collect();
     let totals =

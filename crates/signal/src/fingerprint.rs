@@ -62,6 +62,12 @@ pub fn delivery_key(parts: &[&str]) -> String {
     hex::encode(&digest[..16])
 }
 
+/// Parses [`delivery_key`]'s form (32 lower-case hex characters) into its 128 bits.
+pub fn parse_delivery_key(hex: &str) -> Option<u128> {
+    let valid = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    valid.then(|| u128::from_str_radix(hex, 16).ok()).flatten()
+}
+
 /// Whether `s` is a fingerprint as the CRD schema requires (`^[a-f0-9]{64}$`).
 pub fn is_valid(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

@@ -115,7 +115,7 @@ impl pb::storm_service_server::StormService for StormGrpc {
                 }
                 let delivery = match q.delivery_key.as_str() {
                     "" => None,
-                    key => Some(parse_delivery(key).ok_or_else(|| {
+                    key => Some(breakwater_signal::parse_delivery_key(key).ok_or_else(|| {
                         invalid(format!("queries[{i}].delivery_key"), "empty or 32 lower-case hex characters")
                     })?),
                 };
@@ -190,7 +190,7 @@ impl pb::storm_service_server::StormService for StormGrpc {
                 }
                 let delivery = match c.delivery_key.as_str() {
                     "" => None,
-                    key => Some(parse_delivery(key).ok_or_else(|| {
+                    key => Some(breakwater_signal::parse_delivery_key(key).ok_or_else(|| {
                         invalid(format!("counts[{i}].delivery_key"), "empty or 32 lower-case hex characters")
                     })?),
                 };
@@ -201,12 +201,6 @@ impl pb::storm_service_server::StormService for StormGrpc {
             self.observe(self.store.count(&counts, self.clock.now()).await).map_err(Status::from)?;
         Ok(Response::new(pb::CountStormAlertsResponse { storm_alert_counts }))
     }
-}
-
-/// A delivery key as the edge sends it: 32 lower-case hex characters.
-fn parse_delivery(hex: &str) -> Option<u128> {
-    let valid = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    valid.then(|| u128::from_str_radix(hex, 16).ok()).flatten()
 }
 
 fn invalid(field: String, expected: &str) -> Status {
