@@ -14,14 +14,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use breakwater_signal::{Clock, SystemClock};
-use breakwater_testkit::{BreakwaterProcess as Process, RedisServer, unique_key_root};
 use serde_json::{Value, json};
+use support::{SplitMode, accounted, cr_count, is_storm};
+
+mod support;
 
 /// Concurrent Alertmanager-like senders.
 const SENDERS: usize = 4;
@@ -50,70 +51,6 @@ const STORM_PODS_PER_SENDER: usize = 10;
 const CANARY_NAMESPACE: &str = "faults-canary";
 /// The kill order.
 const KILL_ORDER: [&str; 5] = ["ratelimit", "dedup", "storm", "crd-writer", "edge"];
-
-/// A loopback port that was free a moment ago; each process keeps its port across restarts.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
-
-/// One `breakwater` subcommand on a fixed address, restartable on that address.
-struct Component {
-    name: &'static str,
-    port: u16,
-    env: Vec<(String, String)>,
-    extra: Vec<String>,
-    process: Option<Process>,
-}
-
-impl Component {
-    async fn start(name: &'static str, env: &[(String, String)], extra: &[String]) -> Self {
-        let mut component = Self { name, port: free_port(), env: env.to_vec(), extra: extra.to_vec(), process: None };
-        component.restart().await;
-        component
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the process on its port; the port may still be held for a moment, so it tries a few times.
-    async fn restart(&mut self) {
-        let listen = self.addr();
-        let mut last_error = String::new();
-        for _ in 0..10 {
-            let mut args = vec![self.name.to_owned(), "--listen".to_owned(), listen.clone()];
-            args.extend(self.extra.iter().cloned());
-            let env = self.env.clone();
-            let started = tokio::spawn(async move {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                Process::start(env!("CARGO_BIN_EXE_breakwater"), &args, &env).await
-            })
-            .await;
-            match started {
-                Ok(process) => {
-                    assert_eq!(process.addr, listen, "{} listens where it was told", self.name);
-                    self.process = Some(process);
-                    return;
-                }
-                Err(err) => last_error = err.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("{} could not start again on {listen}: {last_error}", self.name);
-    }
-
-    /// SIGKILL, and waits until it is gone: nothing is flushed on the way out.
-    async fn kill_9(&mut self) {
-        let mut process = self.process.take().unwrap_or_else(|| panic!("{} is not running", self.name));
-        process.child.start_kill().expect("SIGKILL sent");
-        let status = tokio::time::timeout(Duration::from_secs(10), process.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{} did not die within 10 s of SIGKILL", self.name))
-            .expect("wait for the killed process");
-        assert!(!status.success(), "{} was killed, not exited: {status}", self.name);
-    }
-}
 
 /// One alert of a notification, as the test tracks it.
 #[derive(Debug, Clone)]
@@ -285,53 +222,6 @@ async fn deliver(client: &reqwest::Client, url: &str, body: &Value, started: Ins
     }
 }
 
-/// Every RemediationRequest under the directory sink, as `(namespace/name, object)`.
-/// While settling a file may be caught mid-write; `strict` (the final read) fails on one that does not parse.
-fn read_crs(root: &Path, strict: bool) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    let Ok(namespaces) = std::fs::read_dir(root) else { return out };
-    for ns in namespaces.flatten().filter(|e| e.path().is_dir()) {
-        let ns_name = ns.file_name().to_string_lossy().into_owned();
-        if ns_name.starts_with('.') {
-            continue;
-        }
-        for file in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-            let path = file.path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                let parsed = std::fs::read_to_string(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| serde_saphyr::from_str::<Value>(&text).map_err(|e| e.to_string()));
-                let cr = match parsed {
-                    Ok(cr) => cr,
-                    Err(err) if strict => panic!("{}: {err}", path.display()),
-                    Err(_) => continue,
-                };
-                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                out.insert(format!("{ns_name}/{stem}"), cr);
-            }
-        }
-    }
-    out
-}
-
-fn is_storm(cr: &Value) -> bool {
-    cr["spec"]["isStorm"].as_bool().unwrap_or(false)
-}
-
-/// What one CR counts: its occurrences, or a storm CR's alerts.
-fn cr_count(cr: &Value) -> u64 {
-    if is_storm(cr) {
-        cr["spec"]["stormAlertCount"].as_u64().unwrap_or(0)
-    } else {
-        cr["spec"]["deduplication"]["occurrenceCount"].as_u64().unwrap_or(0)
-    }
-}
-
-/// The invariant of promise 1, summed over all CRs.
-fn accounted(crs: &BTreeMap<String, Value>) -> u64 {
-    crs.values().map(cr_count).sum()
-}
-
 /// `name`, with the time its `-<unix ms>` suffix means in seconds since the test started: the
 /// incident's first sighting, or for a name made without dedup, the start of its fallback window.
 fn with_time(name: &str, started_ms: i64) -> String {
@@ -343,40 +233,11 @@ fn with_time(name: &str, started_ms: i64) -> String {
     }
 }
 
-/// Waits until the edge's `/readyz` lists every component as serving.
-async fn wait_all_serving(client: &reqwest::Client, edge: &str, what: &str) -> f64 {
-    let start = Instant::now();
-    let mut last = Value::Null;
-    while start.elapsed() < Duration::from_secs(15) {
-        if let Ok(response) = client.get(format!("http://{edge}/readyz")).send().await
-            && let Ok(ready) = response.json::<Value>().await
-        {
-            let components = ready["components"].as_object().cloned().unwrap_or_default();
-            if !components.is_empty() && components.values().all(|c| c["state"] == "serving") {
-                return start.elapsed().as_secs_f64();
-            }
-            last = ready;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("after {what}, the edge did not see every component serving within 15 s: {last}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_alert_counts_once_when_each_process_is_killed_in_turn() {
     let started = Instant::now();
     let started_ms = SystemClock.now();
-    let redis = RedisServer::builder().maxmemory("256mb").maxmemory_policy("volatile-lru").start().await;
-    let dir = tempfile::tempdir().expect("temporary sink directory");
-    let sink = dir.path().to_str().expect("utf-8 path").to_owned();
-    let root = unique_key_root("faults");
-    let mut env: Vec<(String, String)> = vec![("RUST_LOG".into(), "warn".into())];
-    for section in ["RATELIMIT", "DEDUP", "STORM"] {
-        env.push((format!("BREAKWATER_{section}__STORE"), "redis".into()));
-        env.push((format!("BREAKWATER_{section}__REDIS__URL"), redis.url()));
-        env.push((format!("BREAKWATER_{section}__REDIS__KEY_ROOT"), root.clone()));
-    }
-    env.extend([
+    let env: Vec<(String, String)> = vec![
         // Far above this load: ratelimit never refuses, in the service or in the edge's fallback.
         ("BREAKWATER_RATELIMIT__SIGNALS_PER_SECOND".into(), "100000".into()),
         ("BREAKWATER_RATELIMIT__BURST".into(), "1000000".into()),
@@ -384,29 +245,10 @@ async fn every_alert_counts_once_when_each_process_is_killed_in_turn() {
         ("BREAKWATER_STORM__RATE_THRESHOLD".into(), "100000".into()),
         ("BREAKWATER_STORM__PATTERN_THRESHOLD".into(), "5".into()),
         ("BREAKWATER_CRD_WRITER__FLUSH_INTERVAL_MS".into(), FLUSH_MS.to_string()),
-    ]);
-
-    let mut ratelimit = Component::start("ratelimit", &env, &[]).await;
-    let mut dedup = Component::start("dedup", &env, &[]).await;
-    let mut storm = Component::start("storm", &env, &[]).await;
-    // crd-writer with a state directory journals the counts it has not written yet (as an
-    // emptyDir volume would keep them across a container restart).
-    let state = tempfile::tempdir().expect("temporary state directory");
-    let mut writer_env = env.clone();
-    writer_env.push(("BREAKWATER_EMBEDDED__DIR".into(), state.path().to_str().expect("utf-8 path").to_owned()));
-    let mut crd_writer = Component::start("crd-writer", &writer_env, &["--sink-dir".into(), sink.clone()]).await;
-    let mut edge_env = env.clone();
-    for (key, component) in
-        [("RATELIMIT", &ratelimit), ("DEDUP", &dedup), ("STORM", &storm), ("CRD_WRITER", &crd_writer)]
-    {
-        edge_env.push((format!("BREAKWATER_EDGE__COMPONENTS__{key}"), format!("http://{}", component.addr())));
-    }
-    let mut edge = Component::start("edge", &edge_env, &[]).await;
-    let edge_addr = edge.addr();
-    let probe = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().expect("client");
-    wait_all_serving(&probe, &edge_addr, "start").await;
+    ];
+    let mut split = SplitMode::start("faults", &env, 1).await;
+    let url = split.webhook_url(0);
     let starts = Arc::new(AtomicU64::new(0));
-    let url = format!("http://{edge_addr}/api/v1/signals/prometheus");
 
     // A canary incident per process, opened now and repeated once right before that process is
     // killed: the last answer before a SIGKILL must count for good, like every other.
@@ -474,22 +316,15 @@ async fn every_alert_counts_once_when_each_process_is_killed_in_turn() {
         KILL_ORDER.into_iter().filter(|k| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *k))).collect();
     assert!(!kills.is_empty(), "FAULTS_KILL={only:?} names none of {KILL_ORDER:?}");
     for &name in &kills {
-        let component = match name {
-            "ratelimit" => &mut ratelimit,
-            "dedup" => &mut dedup,
-            "storm" => &mut storm,
-            "crd-writer" => &mut crd_writer,
-            _ => &mut edge,
-        };
         let (body, mut notification) = canary(canaries.len(), name);
         notification.attempts = deliver(&canary_client, &url, &body, started).await;
         canaries.push(notification);
         let down = started.elapsed().as_secs_f64();
-        component.kill_9().await;
+        split.component(name).kill_9().await;
         tokio::time::sleep(DOWN_FOR).await;
-        component.restart().await;
+        split.component(name).restart().await;
         let up = started.elapsed().as_secs_f64();
-        let serving = up + wait_all_serving(&probe, &edge_addr, &format!("restarting {name}")).await;
+        let serving = up + split.wait_all_serving(&format!("restarting {name}")).await;
         outages.push((name.to_owned(), down, up, serving));
         tokio::time::sleep(HEALTHY_FOR).await;
     }
@@ -596,14 +431,14 @@ async fn every_alert_counts_once_when_each_process_is_killed_in_turn() {
 
     // Settle: crd-writer flushes; poll the CR files, bounded.
     let settle = Instant::now();
-    let mut crs = read_crs(dir.path(), false);
+    let mut crs = split.crs(false);
     while accounted(&crs) != expected && settle.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        crs = read_crs(dir.path(), false);
+        crs = split.crs(false);
     }
     // And it stays so: a few more flush intervals change nothing.
     tokio::time::sleep(Duration::from_millis(5 * FLUSH_MS)).await;
-    crs = read_crs(dir.path(), true);
+    crs = split.crs(true);
     let total = accounted(&crs);
 
     let mut report = String::new();
@@ -689,5 +524,4 @@ async fn every_alert_counts_once_when_each_process_is_killed_in_turn() {
     if kills.iter().any(|k| ["crd-writer", "edge"].contains(k)) {
         assert!(retried > 0, "some notifications were retried through the outages\n{report}");
     }
-    drop(redis);
 }

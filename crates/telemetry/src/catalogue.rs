@@ -51,7 +51,9 @@ pub const METRICS: &[Metric] = &[
         "breakwater_signals_total",
         &["source", "outcome"],
         "Signals through the pipeline, by source and outcome \
-         (created, duplicate, storm_created, storm_aggregated, resolved, resolved_unknown).",
+         (created, duplicate, storm_created, storm_aggregated, resolved, resolved_unknown, \
+         rejected, and duplicate_delivery: a copy of a delivery already counted, such as a \
+         retry or a second Alertmanager peer's notification).",
     ),
     counter(
         "breakwater_signals_rejected_total",

@@ -81,13 +81,80 @@ impl AlertmanagerBuilder {
             Ok(http) => http,
             Err(err) => panic!("cannot build an HTTP client for Alertmanager: {err}"),
         };
+        // An empty address disables the gossip cluster (and its second port).
+        let standalone = ["--cluster.listen-address=".to_owned()];
         for _ in 0..ATTEMPTS {
             let port = pick_unused_port();
-            if let Some(child) = launch(&binary, &dir, &config_path, port, &receiver, &http).await {
-                return Alertmanager { _child: child, port, dir, http };
+            if let Some(child) = launch(&binary, &dir, &config_path, port, &receiver, &http, &standalone).await {
+                return Alertmanager { _child: child, port, cluster_port: None, dir, http };
             }
         }
         panic!("Alertmanager could not bind a free loopback port in {ATTEMPTS} attempts");
+    }
+
+    /// Starts one peer per entry of `webhook_urls` (peer `i` delivers to `webhook_urls[i]`;
+    /// the builder's own URL is not used), clustered over loopback gossip, as Alertmanager
+    /// runs in production. Every peer has the same route and receiver, so their notifications
+    /// of one group carry the same `groupKey` and `receiver`.
+    ///
+    /// Gossip is slow (every 10 s) and a peer waits only 10 ms for the peers before it, so
+    /// every peer delivers every notification itself, as during a partition or slow gossip;
+    /// the cluster still forms (`alertmanager_cluster_members`) and settles within 2 s.
+    ///
+    /// # Panics
+    ///
+    /// As [`AlertmanagerBuilder::start`], for each peer.
+    pub async fn start_cluster(self, webhook_urls: &[String]) -> Vec<Alertmanager> {
+        let Some(binary) = find_on_path(&BINARY_NAMES) else {
+            panic!("{MISSING_BINARY}");
+        };
+        let receiver = format!("webhook-{}", uuid::Uuid::new_v4().simple());
+        let http = match reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build() {
+            Ok(http) => http,
+            Err(err) => panic!("cannot build an HTTP client for Alertmanager: {err}"),
+        };
+        let mut peers: Vec<Alertmanager> = Vec::new();
+        for webhook_url in webhook_urls {
+            let dir = match tempfile::Builder::new().prefix("breakwater-alertmanager-").tempdir() {
+                Ok(dir) => dir,
+                Err(err) => panic!("cannot create a temporary directory for Alertmanager: {err}"),
+            };
+            let config_path = dir.path().join("alertmanager.yml");
+            let config =
+                AlertmanagerBuilder { webhook_url: webhook_url.clone(), ..self.clone() }.config_yaml(&receiver);
+            if let Err(err) = std::fs::write(&config_path, config) {
+                panic!("cannot write {}: {err}", config_path.display());
+            }
+            let mut started = None;
+            for _ in 0..ATTEMPTS {
+                let (port, cluster_port) = (pick_unused_port(), pick_unused_port());
+                let mut cluster = vec![
+                    format!("--cluster.listen-address=127.0.0.1:{cluster_port}"),
+                    format!("--cluster.advertise-address=127.0.0.1:{cluster_port}"),
+                    "--cluster.gossip-interval=10s".to_owned(),
+                    "--cluster.peer-timeout=10ms".to_owned(),
+                    "--cluster.settle-timeout=2s".to_owned(),
+                ];
+                cluster.extend(
+                    peers.iter().filter_map(|peer| peer.cluster_port).map(|p| format!("--cluster.peer=127.0.0.1:{p}")),
+                );
+                if let Some(child) = launch(&binary, &dir, &config_path, port, &receiver, &http, &cluster).await {
+                    started = Some(Alertmanager {
+                        _child: child,
+                        port,
+                        cluster_port: Some(cluster_port),
+                        dir,
+                        http: http.clone(),
+                    });
+                    break;
+                }
+            }
+            match started {
+                Some(peer) => peers.push(peer),
+                None => panic!("Alertmanager could not bind free loopback ports in {ATTEMPTS} attempts"),
+            }
+        }
+        peers
     }
 
     /// The configuration file: one route to one webhook receiver that also sends resolutions.
@@ -112,11 +179,14 @@ impl AlertmanagerBuilder {
 
 /// A `prometheus-alertmanager` child process on `127.0.0.1`, killed on `Drop`.
 ///
-/// Clustering is disabled and storage lives in a temporary directory removed on `Drop`.
+/// Clustering is disabled unless started by [`AlertmanagerBuilder::start_cluster`]; storage
+/// lives in a temporary directory removed on `Drop`.
 pub struct Alertmanager {
     /// Held only to kill the process on drop; declared first so it dies before `dir` goes.
     _child: Child,
     port: u16,
+    /// The gossip port of a clustered peer.
+    cluster_port: Option<u16>,
     dir: TempDir,
     http: reqwest::Client,
 }
@@ -189,6 +259,7 @@ async fn launch(
     port: u16,
     receiver: &str,
     http: &reqwest::Client,
+    cluster_args: &[String],
 ) -> Option<Child> {
     let log_path = log_path(dir);
     let log = match std::fs::File::create(&log_path) {
@@ -200,8 +271,7 @@ async fn launch(
         .arg(format!("--config.file={}", config_path.display()))
         .arg(format!("--storage.path={}", dir.path().join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        // An empty address disables the gossip cluster (and its second port).
-        .arg("--cluster.listen-address=")
+        .args(cluster_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
