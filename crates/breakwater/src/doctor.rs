@@ -177,7 +177,7 @@ fn targets(
                 report.add(
                     Status::Fail,
                     name,
-                    format!("{name}.redis.url {why}: use redis://user:password@host:port, or a password_file"),
+                    format!("{name}.redis.{why}: use redis://user[:password]@host:port, and password_file if the password is not in the URL"),
                 );
                 continue;
             }

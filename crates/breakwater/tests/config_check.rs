@@ -270,3 +270,25 @@ async fn a_redis_password_comes_from_its_file() {
     let reachable = all.lines().find(|l| l.contains("dedup reachable")).unwrap_or_else(|| panic!("{all}"));
     assert!(reachable.starts_with("FAIL"), "{all}");
 }
+
+/// A password file that is not there stops the service at start, naming the file.
+#[tokio::test]
+async fn a_missing_password_file_stops_the_service_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("redis-password");
+    let output = breakwater(
+        &["dedup", "--listen", "127.0.0.1:0"],
+        &[
+            ("BREAKWATER_DEDUP__STORE", "redis"),
+            ("BREAKWATER_DEDUP__REDIS__URL", "redis://bw-dedup@127.0.0.1:1"),
+            ("BREAKWATER_DEDUP__REDIS__PASSWORD_FILE", missing.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("redis.password_file {:?} cannot be read", missing.display().to_string())),
+        "{stderr}"
+    );
+}

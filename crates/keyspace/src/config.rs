@@ -76,7 +76,7 @@ impl RedisConfig {
                 redact_credentials(&self.url)
             ));
         }
-        let info = self.url_info().map_err(|why| format!("{section}.redis.url {why}"))?;
+        let info = self.url_info().map_err(|why| format!("{section}.redis.{why}"))?;
         if let Some(file) = &self.password_file {
             if info.redis_settings().password().is_some() {
                 return Err(format!(
@@ -119,8 +119,9 @@ impl RedisConfig {
     /// How to connect: `url`, with the password read from `password_file` when set.
     ///
     /// # Errors
-    /// A sentence for the operator, never showing the password: the URL does not
-    /// parse, or the password file cannot be read.
+    /// A sentence for the operator that starts with the key at fault (`url …`,
+    /// `password_file …`) and never shows the password: the URL does not parse, or
+    /// the password file cannot be read or is empty.
     pub fn connection_info(&self) -> Result<redis::ConnectionInfo, String> {
         let info = self.url_info()?;
         let Some(file) = &self.password_file else { return Ok(info) };
@@ -137,7 +138,7 @@ impl RedisConfig {
 
     fn url_info(&self) -> Result<redis::ConnectionInfo, String> {
         redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
-            .map_err(|e| format!("{:?} does not parse: {e}", redact_credentials(&self.url)))
+            .map_err(|e| format!("url {:?} does not parse: {e}", redact_credentials(&self.url)))
     }
 }
 

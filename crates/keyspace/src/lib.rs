@@ -94,7 +94,7 @@ impl Keyspace {
     /// [`KeyspaceError::Config`] when the URL does not parse or the password
     /// file cannot be read.
     pub fn from_config(config: &RedisConfig, component: &str) -> Result<Self> {
-        let info = config.connection_info().map_err(|why| KeyspaceError::Config(format!("redis.url: {why}")))?;
+        let info = config.connection_info().map_err(|why| KeyspaceError::Config(format!("redis.{why}")))?;
         // Small requests and replies: Nagle's algorithm would only add latency.
         let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let manager = RedisConnectionManager::new(info)
