@@ -148,7 +148,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     };
     let telemetry = breakwater_telemetry::init(format, "info", &config.telemetry, components, &env)?;
     for variable in crate::config::likely_env_typos(&env) {
-        tracing::warn!(%variable, "ignored: not a configuration variable; overrides are BREAKWATER_<SECTION>__<KEY>, with two underscores");
+        tracing::warn!(%variable, "variable {}", crate::config::ENV_TYPO_HINT);
     }
     if let Command::Up { sink_dir: Some(dir), .. } | Command::CrdWriter { sink_dir: Some(dir), .. } = &cli.command {
         config.crd_writer.sink = breakwater_crd_writer::SinkKind::Directory;
@@ -223,7 +223,7 @@ fn check_config(file: Option<&std::path::Path>, up: bool, env: &HashMap<String, 
     let defaults = if up { Config::up_defaults() } else { Config::default() };
     let config = Config::load_over(defaults, file, env)?;
     for variable in crate::config::likely_env_typos(env) {
-        eprintln!("warning: {variable} is ignored: overrides are BREAKWATER_<SECTION>__<KEY>, with two underscores");
+        eprintln!("warning: {variable} {}", crate::config::ENV_TYPO_HINT);
     }
     let source = file.map_or_else(|| "no file".to_owned(), |f| f.display().to_string());
     println!(

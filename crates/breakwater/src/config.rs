@@ -11,7 +11,8 @@
 //! ones that look like a misspelt override, for a warning.
 //!
 //! No message of this module shows a password: URLs in them are passed through
-//! [`redact_credentials`], and TOML syntax errors give a position, not the line.
+//! [`redact_credentials`](breakwater_keyspace::redact_credentials), and TOML
+//! syntax errors give a position, not the line.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use breakwater_crd_writer::CrdWriterConfig;
 use breakwater_dedup::DedupConfig;
 use breakwater_edge::EdgeConfig;
-pub use breakwater_keyspace::redact_credentials;
+use breakwater_keyspace::redact_credentials;
 use breakwater_ratelimit::RateLimitConfig;
 use breakwater_storm::StormConfig;
 use breakwater_telemetry::TelemetryConfig;
@@ -194,6 +195,9 @@ fn override_path(name: &str) -> Option<Vec<String>> {
     let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
     (path.len() >= 2 && path.iter().all(|part| !part.is_empty())).then_some(path)
 }
+
+/// What to tell the operator about a variable [`likely_env_typos`] lists.
+pub const ENV_TYPO_HINT: &str = "is ignored: overrides are BREAKWATER_<SECTION>__<KEY>, with two underscores";
 
 /// Ignored `BREAKWATER_*` variables that look like a misspelt override: a
 /// section name followed by one underscore (`BREAKWATER_DEDUP_WINDOW_SECS`).

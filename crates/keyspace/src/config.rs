@@ -73,7 +73,7 @@ impl RedisConfig {
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://") || self.url.starts_with("unix://")) {
             return Err(format!(
                 "{section}.redis.url = {:?} is not a Redis URL: use redis://host:port, rediss://host:port or unix:///path",
-                redact_credentials(&self.url)
+                redact_url(&self.url)
             ));
         }
         let info = self.url_info().map_err(|why| format!("{section}.redis.{why}"))?;
@@ -137,18 +137,26 @@ impl RedisConfig {
     }
 
     fn url_info(&self) -> Result<redis::ConnectionInfo, String> {
-        redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
-            .map_err(|e| format!("url {:?} does not parse: {e}", redact_credentials(&self.url)))
+        redis::IntoConnectionInfo::into_connection_info(self.url.as_str()).map_err(|e| {
+            format!("url {:?} does not parse: {}", redact_url(&self.url), redact_credentials(&e.to_string()))
+        })
+    }
+}
+
+/// `url` with its password replaced by `***` (`redis://user:***@host`), whatever
+/// characters the password holds: everything between `://` and the last `@`
+/// is userinfo, so `http://host:80/a@b` shows as `http://host:***@b`.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", redact_userinfo(rest)),
+        None => url.to_owned(),
     }
 }
 
 /// `text` with the password of every `scheme://user:password@host` in it replaced
-/// by `***`, so a URL can be shown in a message or a printed config. The
-/// userinfo ends at the last `@` before whitespace or a quote, so a password
-/// holding `/`, `?` or `#` (a URL that does not parse) is hidden too; the price
-/// is that `http://host:80/a@b` shows as `http://host:***@b`.
+/// by `***`, so a message or a printed config can show URLs. A URL in `text`
+/// ends at whitespace or a quote; a lone URL is better given to [`redact_url`].
 pub fn redact_credentials(text: &str) -> String {
-    const HIDDEN: &str = "***";
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("://") {
@@ -156,24 +164,22 @@ pub fn redact_credentials(text: &str) -> String {
         out.push_str(before);
         let end = after.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`')).unwrap_or(after.len());
         let (url, tail) = after.split_at(end);
-        match url.rfind('@') {
-            Some(at) => {
-                let userinfo = &url[..at];
-                match userinfo.find(':') {
-                    Some(colon) => {
-                        out.push_str(&userinfo[..=colon]);
-                        out.push_str(HIDDEN);
-                    }
-                    None => out.push_str(userinfo),
-                }
-                out.push_str(&url[at..]);
-            }
-            None => out.push_str(url),
-        }
+        out.push_str(&redact_userinfo(url));
         rest = tail;
     }
     out.push_str(rest);
     out
+}
+
+/// `after_scheme` (`user:password@host/…`) with the password, from the first `:`
+/// to the last `@`, as `***`.
+fn redact_userinfo(after_scheme: &str) -> String {
+    let Some(at) = after_scheme.rfind('@') else { return after_scheme.to_owned() };
+    let userinfo = &after_scheme[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!("{}***{}", &userinfo[..=colon], &after_scheme[at..]),
+        None => after_scheme.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +199,8 @@ mod tests {
             "a \"rediss://u:***@h\" and http://x:***@z/p?q=1"
         );
         assert_eq!(redact_credentials("redis://u:a/b?c#d@h/0"), "redis://u:***@h/0");
+        assert_eq!(redact_url("redis://u:a\"b c@h:6379"), "redis://u:***@h:6379");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_credentials("no url here"), "no url here");
     }
 
@@ -202,6 +210,7 @@ mod tests {
             format!("http://bw:{MARKER}@redis:6379"),
             format!("redis://bw:{MARKER}@redis:notaport"),
             format!("redis://bw:{MARKER}@redis:6379/db-not-a-number"),
+            format!("redis://bw:a\"{MARKER} x@redis:port"),
         ] {
             let config = RedisConfig { url, ..Default::default() };
             let err = config.validate("dedup").unwrap_err();

@@ -26,7 +26,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 pub use budget::{MemoryReport, budget_problem, is_volatile_policy, nearly_full};
-pub use config::{RedisConfig, StoreKind, redact_credentials};
+pub use config::{RedisConfig, StoreKind, redact_credentials, redact_url};
 pub use error::{KeyspaceError, Result};
 
 /// A Lua script, registered by name; runs as EVALSHA with a reload on NOSCRIPT.
@@ -98,7 +98,7 @@ impl Keyspace {
         // Small requests and replies: Nagle's algorithm would only add latency.
         let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let manager = RedisConnectionManager::new(info)
-            .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", redact_credentials(&config.url))))?;
+            .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", redact_url(&config.url))))?;
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
             .min_idle(Some(0))
