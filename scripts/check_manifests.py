@@ -10,6 +10,9 @@ For every container that runs the breakwater image:
   that `config check` accepts, or a name the binary holds as a string (OTEL_*, RUST_LOG);
 - its subcommand exists, the Redis password file of its section is mounted, and its state
   directory (embedded.dir) is a writable volume, since the root filesystem is read-only.
+For the NetworkPolicies: everything is denied by default, only the edge (or up) admits traffic
+from outside the namespace (Prometheus from namespace monitoring on the metrics port aside), only
+the edge reaches the components, and a component reaches only the Redis labelled for it.
 For every Redis server: maxmemory is the budget of the services it serves (their sum when shared),
 the policy is volatile-*, persistence is off, and each bw-<service> user's password in its ACL
 Secret is the one the service's password Secret holds.
@@ -183,6 +186,61 @@ def check_redis(overlay, pod, container, secrets, configs):
                         problem(where, f"user bw-{service}'s password in its ACL is not the one {service} mounts")
 
 
+def selects(selector, labels):
+    """Whether a label selector (matchLabels and In expressions) matches `labels`."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        if expr["operator"] != "In" or labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def check_network(overlay, policies):
+    where = f"{overlay} NetworkPolicy"
+    deny = [p for p in policies.values() if p["spec"]["podSelector"] == {} and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+            and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    if not deny:
+        problem(where, "no default-deny policy (podSelector {}, Ingress and Egress, no rules)")
+    for pod in pods_of(overlay):
+        labels = pod["_labels"]
+        component = labels.get("app.kubernetes.io/component")
+        public = component in ("edge", "up")
+        own = [p for p in policies.values() if selects(p["spec"]["podSelector"], labels)]
+        for policy in own:
+            name = f"{where} {policy['metadata']['name']} for {pod['_name']}"
+            for rule in policy["spec"].get("ingress") or []:
+                peers = rule.get("from")
+                ports = {port.get("port") for port in rule.get("ports") or []}
+                if peers is None:
+                    if not public:
+                        problem(name, "admits traffic from anywhere")
+                    continue
+                for peer in peers:
+                    if "namespaceSelector" in peer or "ipBlock" in peer:
+                        monitoring = peer.get("namespaceSelector", {}).get("matchLabels", {}) == {"kubernetes.io/metadata.name": "monitoring"}
+                        if not public and not (monitoring and ports == {9090}):
+                            problem(name, f"admits {peer} from outside the namespace")
+                        continue
+                    sources = [p for p in pods_of(overlay) if selects(peer["podSelector"], p["_labels"])]
+                    for source in sources:
+                        source_component = source["_labels"].get("app.kubernetes.io/component")
+                        if component in ("ratelimit", "dedup", "storm", "crd-writer") and source_component != "edge":
+                            problem(name, f"admits {source['_name']}; only the edge calls components")
+                        if labels.get("app.kubernetes.io/name") == "redis" and labels.get(f"breakwater.kubernaut.io/redis-for-{source_component}") != "true":
+                            problem(name, f"admits {source['_name']}, which this Redis does not serve")
+            for rule in policy["spec"].get("egress") or []:
+                for peer in rule.get("to") or []:
+                    if "podSelector" not in peer or "namespaceSelector" in peer:
+                        continue
+                    for target in pods_of(overlay):
+                        if not selects(peer["podSelector"], target["_labels"]):
+                            continue
+                        if target["_labels"].get("app.kubernetes.io/name") == "redis" and \
+                                target["_labels"].get(f"breakwater.kubernaut.io/redis-for-{component}") != "true":
+                            problem(name, f"reaches {target['_name']}, a Redis that is not {component}'s")
+
+
 PODS = {}
 
 
@@ -216,7 +274,9 @@ def main():
             for container in pod["containers"]:
                 if container["image"].startswith("redis:"):
                     check_redis(overlay, pod, container, secrets, configs)
-        print(f"{overlay}: {checked} breakwater containers, {len(deployments) - checked} others checked")
+        policies = by_kind(objects, overlay, "NetworkPolicy")
+        check_network(overlay, policies)
+        print(f"{overlay}: {checked} breakwater containers, {len(deployments) - checked} others, {len(policies)} NetworkPolicies checked")
     for line in problems:
         print(f"FAIL {line}")
     return 1 if problems else 0
