@@ -88,6 +88,9 @@ pub enum Command {
     },
     /// Print the RemediationRequest CustomResourceDefinition as YAML.
     Crd,
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print the Redis memory each keyspace needs for a load, against the
     /// configured budgets; fails when a budget is short.
     Plan(crate::plan::Load),
@@ -95,6 +98,19 @@ pub enum Command {
     /// maxmemory and eviction policy against the budgets, keys without a TTL,
     /// memory used; fails when a check does.
     Doctor(crate::doctor::DoctorArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the configuration (`--config` file, then `BREAKWATER_<SECTION>__<KEY>`
+    /// variables) as a component would, and print the effective configuration,
+    /// passwords in URLs redacted; exit non-zero with the problem if it is invalid.
+    /// Password files are not read: they are mounted only where the component runs.
+    Check {
+        /// Check it as `breakwater up` reads it (dedup and storm default to the embedded store).
+        #[arg(long)]
+        up: bool,
+    },
 }
 
 /// Runs the parsed command line.
@@ -106,12 +122,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         print!("{}", breakwater_crd_writer::crd_yaml()?);
         return Ok(());
     }
+    let env: HashMap<String, String> = std::env::vars().collect();
+    if let Command::Config(ConfigCommand::Check { up }) = cli.command {
+        return check_config(cli.config.as_deref(), up, &env);
+    }
     let format = match (cli.log_format, &cli.command) {
         (Some(LogFormatArg::Json), _) => LogFormat::Json,
         (Some(LogFormatArg::Pretty), _) | (None, Command::Up { .. }) => LogFormat::Pretty,
         (None, _) => LogFormat::Json,
     };
-    let env: HashMap<String, String> = std::env::vars().collect();
     let defaults = match cli.command {
         Command::Up { .. } => Config::up_defaults(),
         _ => Config::default(),
@@ -125,9 +144,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Storm { .. } => &["storm"],
         Command::CrdWriter { .. } => &["crd-writer"],
         // Tools: logs only, no spans exported.
-        Command::Crd | Command::Plan(_) | Command::Doctor(_) => &[],
+        Command::Crd | Command::Config(_) | Command::Plan(_) | Command::Doctor(_) => &[],
     };
     let telemetry = breakwater_telemetry::init(format, "info", &config.telemetry, components, &env)?;
+    for variable in crate::config::likely_env_typos(&env) {
+        tracing::warn!(%variable, "variable {}", crate::config::ENV_TYPO_HINT);
+    }
     if let Command::Up { sink_dir: Some(dir), .. } | Command::CrdWriter { sink_dir: Some(dir), .. } = &cli.command {
         config.crd_writer.sink = breakwater_crd_writer::SinkKind::Directory;
         config.crd_writer.directory.clone_from(dir);
@@ -158,7 +180,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Storm { listen } => (Component::Storm, listen.unwrap_or(config.listen.storm)),
         Command::CrdWriter { listen, .. } => (Component::CrdWriter, listen.unwrap_or(config.listen.crd_writer)),
         // Handled above.
-        Command::Crd | Command::Plan(_) | Command::Doctor(_) => return Ok(()),
+        Command::Crd | Command::Config(_) | Command::Plan(_) | Command::Doctor(_) => return Ok(()),
     };
     let listener = bind(listen, component.name()).await?;
     if let Some(addr) = cli.metrics_listen {
@@ -193,6 +215,23 @@ async fn up(config: Config, listen: Option<SocketAddr>, shutdown: Shutdown) -> a
         }
     }
     gateway.shutdown(Duration::from_secs(30)).await
+}
+
+/// `breakwater config check`: the effective configuration on stdout, likely
+/// misspelt variables on stderr.
+fn check_config(file: Option<&std::path::Path>, up: bool, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    let defaults = if up { Config::up_defaults() } else { Config::default() };
+    let config = Config::load_over(defaults, file, env)?;
+    for variable in crate::config::likely_env_typos(env) {
+        eprintln!("warning: {variable} {}", crate::config::ENV_TYPO_HINT);
+    }
+    let source = file.map_or_else(|| "no file".to_owned(), |f| f.display().to_string());
+    println!(
+        "# breakwater config check: valid ({source}, {} mode); passwords shown as ***",
+        if up { "up" } else { "split" }
+    );
+    print!("{}", config.to_redacted_toml()?);
+    Ok(())
 }
 
 /// Prints the plan for `load`; a short budget is an error naming the fix.

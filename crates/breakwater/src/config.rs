@@ -4,7 +4,15 @@
 //! Environment variables are `BREAKWATER_<SECTION>__<KEY>[__<SUBKEY>…]`, e.g.
 //! `BREAKWATER_DEDUP__REDIS__URL=redis://dedup@redis:6379` or
 //! `BREAKWATER_STORM__RATE_THRESHOLD=20`; a value is read with the type of the
-//! key it overrides.
+//! key it overrides. Any other `BREAKWATER_*` variable is not configuration and
+//! is ignored: Kubernetes sets `BREAKWATER_EDGE_PORT=tcp://…` and the like in
+//! every pod of a namespace with a `breakwater-edge` Service, and
+//! `BREAKWATER_CONFIG` names the file. [`likely_env_typos`] lists the ignored
+//! ones that look like a misspelt override, for a warning.
+//!
+//! No message of this module shows a password: URLs in them are passed through
+//! [`redact_credentials`](breakwater_keyspace::redact_credentials), and TOML
+//! syntax errors give a position, not the line.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +21,7 @@ use std::path::{Path, PathBuf};
 use breakwater_crd_writer::CrdWriterConfig;
 use breakwater_dedup::DedupConfig;
 use breakwater_edge::EdgeConfig;
+use breakwater_keyspace::redact_credentials;
 use breakwater_ratelimit::RateLimitConfig;
 use breakwater_storm::StormConfig;
 use breakwater_telemetry::TelemetryConfig;
@@ -74,10 +83,11 @@ impl Default for ListenConfig {
 /// Why the configuration cannot be used; the message is for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax { path: String, message: String },
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    /// The position and the parser's complaint, never the line itself: it may hold a password.
+    #[error("config file {path} is not valid TOML at line {line}, column {column}: {message}")]
+    Syntax { path: String, line: usize, column: usize, message: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -119,23 +129,39 @@ impl Config {
         let mut table = toml::Table::try_from(defaults).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-            let from_file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: path.display().to_string(),
-                message: e.to_string(),
+                .map_err(|cause| ConfigError::Read { path: path.display().to_string(), cause })?;
+            let from_file: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                let (line, column) = line_and_column(&text, e.span().map_or(0, |span| span.start));
+                ConfigError::Syntax {
+                    path: path.display().to_string(),
+                    line,
+                    column,
+                    message: redact_credentials(e.message().trim_end()),
+                }
             })?;
             merge(&mut table, from_file);
         }
-        let mut overrides: Vec<(&String, &String)> = env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let mut overrides: Vec<(&String, Vec<String>, &String)> =
+            env.iter().filter_map(|(name, raw)| Some((name, override_path(name)?, raw))).collect();
         overrides.sort();
-        for (name, raw) in overrides {
-            let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(str::to_lowercase).collect();
-            set_path(&mut table, &path, raw).map_err(|why| ConfigError::Invalid(format!("{name}: {why}")))?;
+        for (name, path, raw) in overrides {
+            set_path(&mut table, &path, raw)
+                .map_err(|why| ConfigError::Invalid(redact_credentials(&format!("{name}: {why}"))))?;
         }
         let config: Self = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Invalid(format!("{}: {}", e.path(), e.inner())))?;
-        config.validate().map_err(ConfigError::Invalid)?;
+            .map_err(|e| ConfigError::Invalid(redact_credentials(&format!("{}: {}", e.path(), e.inner()))))?;
+        config.validate().map_err(|why| ConfigError::Invalid(redact_credentials(&why)))?;
         Ok(config)
+    }
+
+    /// The configuration as TOML, every key with its value and passwords in
+    /// URLs replaced by `***`: what `breakwater config check` prints.
+    ///
+    /// # Errors
+    /// When the configuration cannot be written as TOML (a bug, not input).
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        let text = toml::to_string(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(redact_credentials(&text))
     }
 
     /// # Errors
@@ -160,6 +186,55 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The key path of a configuration variable, `BREAKWATER_DEDUP__REDIS__URL` →
+/// `["dedup", "redis", "url"]`; `None` for every other variable, however it starts.
+fn override_path(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+    (path.len() >= 2 && path.iter().all(|part| !part.is_empty())).then_some(path)
+}
+
+/// What to tell the operator about a variable [`likely_env_typos`] lists.
+pub const ENV_TYPO_HINT: &str = "is ignored: overrides are BREAKWATER_<SECTION>__<KEY>, with two underscores";
+
+/// Ignored `BREAKWATER_*` variables that look like a misspelt override: a
+/// section name followed by one underscore (`BREAKWATER_DEDUP_WINDOW_SECS`).
+/// Kubernetes service links (`…_SERVICE_HOST`, `…_PORT`, `…_PORT_8080_TCP_ADDR`)
+/// are not listed: every pod gets them, and they are never meant for us.
+pub fn likely_env_typos(env: &HashMap<String, String>) -> Vec<String> {
+    let sections: Vec<String> = toml::Table::try_from(Config::default())
+        .map(|table| table.keys().map(|key| format!("{}_", key.to_uppercase())).collect())
+        .unwrap_or_default();
+    let mut typos: Vec<String> = env
+        .keys()
+        .filter(|name| override_path(name).is_none())
+        .filter_map(|name| Some((name, name.strip_prefix(ENV_PREFIX)?)))
+        .filter(|(_, rest)| sections.iter().any(|section| rest.starts_with(section.as_str())))
+        .filter(|(_, rest)| !is_service_link(rest))
+        .map(|(name, _)| name.clone())
+        .collect();
+    typos.sort();
+    typos
+}
+
+/// Whether `rest` (after `BREAKWATER_`) has the shape of a variable Kubernetes
+/// sets for a Service: `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<PORT>]`,
+/// `<NAME>_PORT` or `<NAME>_PORT_<n>_<PROTO>[_…]`.
+fn is_service_link(rest: &str) -> bool {
+    rest.contains("_SERVICE_HOST")
+        || rest.contains("_SERVICE_PORT")
+        || rest.ends_with("_PORT")
+        || rest.split("_PORT_").nth(1).is_some_and(|after| after.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 /// Merges `from` into `into`, tables recursively, other values replaced.

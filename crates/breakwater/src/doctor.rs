@@ -125,7 +125,8 @@ pub async fn run(config: &Config, args: &DoctorArgs) -> anyhow::Result<()> {
 struct Service {
     name: &'static str,
     prefix: String,
-    url: String,
+    /// The service's URL with its password (from `password_file` when set).
+    connection: redis::ConnectionInfo,
     /// The ACL user of the URL; `None` is the `default` user.
     user: Option<String>,
     budget: u64,
@@ -170,13 +171,13 @@ fn targets(
             );
             continue;
         }
-        let info = match redis.url.as_str().into_connection_info() {
+        let info = match redis.connection_info() {
             Ok(info) => info,
-            Err(e) => {
+            Err(why) => {
                 report.add(
                     Status::Fail,
                     name,
-                    format!("{name}.redis.url does not parse ({e}): use redis://user:password@host:port"),
+                    format!("{name}.redis.{why}: use redis://user[:password]@host:port, and password_file if the password is not in the URL"),
                 );
                 continue;
             }
@@ -184,8 +185,8 @@ fn targets(
         instances.entry(info.addr().to_string()).or_default().services.push(Service {
             name,
             prefix: format!("{}:{component}:", redis.key_root),
-            url: redis.url.clone(),
             user: info.redis_settings().username().map(str::to_owned),
+            connection: info.clone(),
             budget: redis.memory_budget_bytes,
             connect_timeout: Duration::from_millis(redis.connect_timeout_ms),
         });
@@ -206,8 +207,11 @@ fn targets(
     (instances, admins)
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<MultiplexedConnection, RedisError> {
-    let client = redis::Client::open(url)?;
+async fn connect(
+    target: impl redis::IntoConnectionInfo,
+    timeout: Duration,
+) -> Result<MultiplexedConnection, RedisError> {
+    let client = redis::Client::open(target)?;
     let config =
         AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(RESPONSE_TIMEOUT));
     client.get_multiplexed_async_connection_with_config(&config).await
@@ -304,7 +308,7 @@ async fn check_instance(
 async fn check_reachable(addr: &str, service: &Service, report: &mut Report) -> Option<MultiplexedConnection> {
     let subject = format!("{addr} {} reachable", service.name);
     let user = service.user_name();
-    let answer = match connect(&service.url, service.connect_timeout).await {
+    let answer = match connect(service.connection.clone(), service.connect_timeout).await {
         Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.map(|pong| (conn, pong)),
         Err(e) => Err(e),
     };

@@ -1,5 +1,7 @@
 //! Redis connection settings of one service.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 /// Which store a stateful service keeps its state in (`store = "memory"`,
@@ -23,9 +25,14 @@ pub enum StoreKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`. Each service should connect as
-    /// its own ACL user (see `deploy/redis/`).
+    /// `redis://[user[:password]@]host:port[/db]`. Each service should connect as
+    /// its own ACL user (see `deploy/redis/`). Give the password here or in
+    /// `password_file`, not both.
     pub url: String,
+    /// A file holding the password of `url`'s user (a mounted Kubernetes
+    /// Secret), read at start: restart to pick up a rotated Secret. One
+    /// trailing newline is ignored. Default: unset, the password is in `url`.
+    pub password_file: Option<PathBuf>,
     /// First part of every key; tests give each run its own root.
     pub key_root: String,
     /// Maximum pooled connections.
@@ -45,6 +52,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            password_file: None,
             key_root: "bw".into(),
             pool_size: 16,
             connect_timeout_ms: 1_000,
@@ -61,11 +69,25 @@ impl RedisConfig {
     /// # Errors
     /// A sentence for the operator.
     pub fn validate(&self, section: &str) -> Result<(), String> {
+        // The URL may hold a password: messages show it redacted.
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://") || self.url.starts_with("unix://")) {
             return Err(format!(
                 "{section}.redis.url = {:?} is not a Redis URL: use redis://host:port, rediss://host:port or unix:///path",
-                self.url
+                redact_url(&self.url)
             ));
+        }
+        let info = self.url_info().map_err(|why| format!("{section}.redis.{why}"))?;
+        if let Some(file) = &self.password_file {
+            if info.redis_settings().password().is_some() {
+                return Err(format!(
+                    "{section}.redis.password_file = {:?} is not allowed with a password in {section}.redis.url: \
+                     remove the password from the URL",
+                    file.display().to_string()
+                ));
+            }
+            if file.as_os_str().is_empty() {
+                return Err(format!("{section}.redis.password_file = \"\" is not allowed: use a file path"));
+            }
         }
         if self.key_root.is_empty() || self.key_root.contains([':', ' ', '*', '?', '[']) {
             return Err(format!(
@@ -92,5 +114,131 @@ impl RedisConfig {
             ));
         }
         Ok(())
+    }
+
+    /// How to connect: `url`, with the password read from `password_file` when set.
+    ///
+    /// # Errors
+    /// A sentence for the operator that starts with the key at fault (`url …`,
+    /// `password_file …`) and never shows the password: the URL does not parse, or
+    /// the password file cannot be read or is empty.
+    pub fn connection_info(&self) -> Result<redis::ConnectionInfo, String> {
+        let info = self.url_info()?;
+        let Some(file) = &self.password_file else { return Ok(info) };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("password_file {:?} cannot be read: {e}", file.display().to_string()))?;
+        // Secrets written with `echo` or an editor end in a newline that is not part of the password.
+        let password = text.strip_suffix('\n').map_or(text.as_str(), |p| p.strip_suffix('\r').unwrap_or(p));
+        if password.is_empty() {
+            return Err(format!("password_file {:?} is empty", file.display().to_string()));
+        }
+        let settings = info.redis_settings().clone().set_password(password);
+        Ok(info.set_redis_settings(settings))
+    }
+
+    fn url_info(&self) -> Result<redis::ConnectionInfo, String> {
+        redis::IntoConnectionInfo::into_connection_info(self.url.as_str()).map_err(|e| {
+            format!("url {:?} does not parse: {}", redact_url(&self.url), redact_credentials(&e.to_string()))
+        })
+    }
+}
+
+/// `url` with its password replaced by `***` (`redis://user:***@host`), whatever
+/// characters the password holds: everything between `://` and the last `@`
+/// is userinfo, so `http://host:80/a@b` shows as `http://host:***@b`.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", redact_userinfo(rest)),
+        None => url.to_owned(),
+    }
+}
+
+/// `text` with the password of every `scheme://user:password@host` in it replaced
+/// by `***`, so a message or a printed config can show URLs. A URL in `text`
+/// ends at whitespace or a quote; a lone URL is better given to [`redact_url`].
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (before, after) = rest.split_at(start + 3);
+        out.push_str(before);
+        let end = after.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`')).unwrap_or(after.len());
+        let (url, tail) = after.split_at(end);
+        out.push_str(&redact_userinfo(url));
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `after_scheme` (`user:password@host/…`) with the password, from the first `:`
+/// to the last `@`, as `***`.
+fn redact_userinfo(after_scheme: &str) -> String {
+    let Some(at) = after_scheme.rfind('@') else { return after_scheme.to_owned() };
+    let userinfo = &after_scheme[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!("{}***{}", &userinfo[..=colon], &after_scheme[at..]),
+        None => after_scheme.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARKER: &str = "Marker-Pw-7f3a";
+
+    #[test]
+    fn passwords_in_urls_are_redacted_wherever_they_appear() {
+        assert_eq!(redact_credentials("redis://u:p@h:6379/0"), "redis://u:***@h:6379/0");
+        assert_eq!(redact_credentials("redis://:p@h"), "redis://:***@h");
+        assert_eq!(redact_credentials("redis://user@h"), "redis://user@h");
+        assert_eq!(redact_credentials("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact_credentials("a \"rediss://u:p@q@h\" and http://x:y@z/p?q=1"),
+            "a \"rediss://u:***@h\" and http://x:***@z/p?q=1"
+        );
+        assert_eq!(redact_credentials("redis://u:a/b?c#d@h/0"), "redis://u:***@h/0");
+        assert_eq!(redact_url("redis://u:a\"b c@h:6379"), "redis://u:***@h:6379");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_credentials("no url here"), "no url here");
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_its_password() {
+        for url in [
+            format!("http://bw:{MARKER}@redis:6379"),
+            format!("redis://bw:{MARKER}@redis:notaport"),
+            format!("redis://bw:{MARKER}@redis:6379/db-not-a-number"),
+            format!("redis://bw:a\"{MARKER} x@redis:port"),
+        ] {
+            let config = RedisConfig { url, ..Default::default() };
+            let err = config.validate("dedup").unwrap_err();
+            assert!(err.starts_with("dedup.redis.url"), "{err}");
+            assert!(!err.contains(MARKER), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_password_comes_from_its_file_without_the_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, format!("{MARKER}\n")).unwrap();
+        let config = RedisConfig {
+            url: "redis://bw-dedup@redis:6379".into(),
+            password_file: Some(file.clone()),
+            ..Default::default()
+        };
+        assert_eq!(config.validate("dedup"), Ok(()));
+        let info = config.connection_info().unwrap();
+        assert_eq!(info.redis_settings().username(), Some("bw-dedup"));
+        assert_eq!(info.redis_settings().password(), Some(MARKER));
+
+        let both = RedisConfig { url: format!("redis://bw:{MARKER}@redis"), ..config.clone() };
+        let err = both.validate("dedup").unwrap_err();
+        assert!(err.contains("remove the password from the URL") && !err.contains(MARKER), "{err}");
+
+        let missing = RedisConfig { password_file: Some(dir.path().join("absent")), ..config };
+        assert!(missing.connection_info().unwrap_err().contains("cannot be read"));
     }
 }

@@ -26,7 +26,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 pub use budget::{MemoryReport, budget_problem, is_volatile_policy, nearly_full};
-pub use config::{RedisConfig, StoreKind};
+pub use config::{RedisConfig, StoreKind, redact_credentials, redact_url};
 pub use error::{KeyspaceError, Result};
 
 /// A Lua script, registered by name; runs as EVALSHA with a reload on NOSCRIPT.
@@ -91,14 +91,14 @@ impl Keyspace {
     /// service starts (degraded) while its Redis is down.
     ///
     /// # Errors
-    /// [`KeyspaceError::Config`] when the URL does not parse.
+    /// [`KeyspaceError::Config`] when the URL does not parse or the password
+    /// file cannot be read.
     pub fn from_config(config: &RedisConfig, component: &str) -> Result<Self> {
-        let info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
-            .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", config.url)))?;
+        let info = config.connection_info().map_err(|why| KeyspaceError::Config(format!("redis.{why}")))?;
         // Small requests and replies: Nagle's algorithm would only add latency.
         let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let manager = RedisConnectionManager::new(info)
-            .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", config.url)))?;
+            .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", redact_url(&config.url))))?;
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size)
             .min_idle(Some(0))

@@ -279,19 +279,23 @@ fn relocate_keeps_the_origin() {
     assert_eq!(label(&rr, LABEL_CLUSTER_SCOPED), Some("true"));
 }
 
+/// Both committed copies: `deploy/crd.yaml`, and the kustomize base's (kustomize loads files
+/// only at or below a kustomization's directory, so the base cannot point at the other).
 #[test]
 fn committed_crd_matches_the_type() -> Result<(), Box<dyn std::error::Error>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crd.yaml");
     let generated = crd_yaml()?;
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    if committed != generated {
-        let line = committed.lines().zip(generated.lines()).position(|(a, b)| a != b);
-        return Err(format!(
-            "deploy/crd.yaml differs from RemediationRequest::crd() (first difference at line {}); \
-             run `breakwater crd > deploy/crd.yaml` (or `cargo run -p breakwater-crd-writer --example crdgen > deploy/crd.yaml`)",
-            line.map_or_else(|| committed.lines().count().min(generated.lines().count()) + 1, |l| l + 1),
-        )
-        .into());
+    for file in ["deploy/crd.yaml", "deploy/kustomize/base/crd.yaml"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(file);
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        if committed != generated {
+            let line = committed.lines().zip(generated.lines()).position(|(a, b)| a != b);
+            return Err(format!(
+                "{file} differs from RemediationRequest::crd() (first difference at line {}); \
+                 run `breakwater crd > {file}` (or `cargo run -p breakwater-crd-writer --example crdgen > {file}`)",
+                line.map_or_else(|| committed.lines().count().min(generated.lines().count()) + 1, |l| l + 1),
+            )
+            .into());
+        }
     }
     Ok(())
 }
