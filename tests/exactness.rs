@@ -107,6 +107,7 @@ async fn copies_of_a_notification_count_once(backend: Backend) {
     assert_eq!(status, 201, "{first}");
     assert_eq!(outcomes(&first), ["created", "created"]);
     let mut accepted = counted(&first);
+    let api_requests = gw.fake_api.as_ref().map(|api| api.request_log().len());
     for _ in 0..2 {
         let (status, copy) = gw.post_prometheus(&body).await;
         assert_eq!(status, 202, "{copy}");
@@ -117,6 +118,9 @@ async fn copies_of_a_notification_count_once(backend: Backend) {
         }
         accepted += counted(&copy);
     }
+    // This edge answered the first delivery 2xx, so its copies have nothing to complete: no
+    // Kubernetes call at all.
+    assert_eq!(gw.fake_api.as_ref().map(|api| api.request_log().len()), api_requests, "copies cost no write");
     // The next notification of the group: api-1 again (with a new startsAt: it fired again) counts.
     let mut next = notification("{}:{alertname=\"HighMemory\"}", &alerts[..1]);
     next["alerts"][0]["startsAt"] = json!("2026-12-01T06:05:00Z");

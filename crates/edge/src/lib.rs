@@ -19,6 +19,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod adapters;
+pub mod completed;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -22,7 +22,7 @@ use breakwater_proto::v1::dedup_service_client::DedupServiceClient;
 use breakwater_proto::v1::rate_limit_service_client::RateLimitServiceClient;
 use breakwater_proto::v1::storm_service_client::StormServiceClient;
 use breakwater_ratelimit::{MemoryRateLimitStore, RateLimitStore, TokenBucket};
-use breakwater_signal::{Clock, incident_cr_name, parse_storm_cr_name, resource_id};
+use breakwater_signal::{Clock, incident_cr_name, parse_delivery_key, parse_storm_cr_name, resource_id};
 use serde::Serialize;
 use tower::filter::{AsyncFilterLayer, AsyncPredicate};
 use tower::util::BoxCloneSyncService;
@@ -30,6 +30,7 @@ use tower::{BoxError, Service, ServiceBuilder};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
+use crate::completed::CompletedDeliveries;
 use crate::config::ComponentUrls;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -114,12 +115,24 @@ pub struct Batch {
     pub storm: Vec<Option<pb::StormVerdict>>,
     /// Whether storm could not be asked (known down): its verdicts are missing.
     pub storm_degraded: bool,
+    /// Per signal: a copy of a delivery this edge already answered 2xx, with nothing left
+    /// to complete (filled by the dedup stage; see [`CompletedDeliveries`]).
+    pub settled: Vec<bool>,
 }
 
 impl Batch {
     /// Signal `i`'s delivery key as the components take it (empty: none).
     fn delivery_key(&self, i: usize) -> String {
         self.deliveries.get(i).cloned().flatten().unwrap_or_default()
+    }
+
+    /// Signal `i`'s delivery key as a number, if it has one.
+    fn delivery(&self, i: usize) -> Option<u128> {
+        self.deliveries.get(i)?.as_deref().and_then(parse_delivery_key)
+    }
+
+    fn is_settled(&self, i: usize) -> bool {
+        self.settled.get(i).copied().unwrap_or(false)
     }
 }
 
@@ -199,12 +212,14 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
         clock: parts.clock.clone(),
         health: health.clone(),
     };
+    let completed = Arc::new(CompletedDeliveries::default());
     let dedup = DedupStage {
         client: components.dedup.clone(),
         clock: parts.clock,
         window_ms,
         health: health.clone(),
         uncertain_until: Arc::new(AtomicI64::new(0)),
+        completed: completed.clone(),
     };
     let storm =
         StormStage { client: components.storm.clone(), dedup: components.dedup.clone(), health: health.clone() };
@@ -214,7 +229,12 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
         // Must run before storm: duplicates never count towards a storm (reference §4.1).
         .layer(AsyncFilterLayer::new(dedup))
         .layer(AsyncFilterLayer::new(storm))
-        .service(CrdWrite { client: components.crd_writer.clone(), dedup: components.dedup.clone(), health });
+        .service(CrdWrite {
+            client: components.crd_writer.clone(),
+            dedup: components.dedup.clone(),
+            health,
+            completed,
+        });
     BoxCloneSyncService::new(service)
 }
 
@@ -286,6 +306,7 @@ struct DedupStage {
     /// one fallback window after the edge last degraded around dedup. Meanwhile a new
     /// incident may have an open CR already, which crd-writer looks for.
     uncertain_until: Arc<AtomicI64>,
+    completed: Arc<CompletedDeliveries>,
 }
 
 impl AsyncPredicate<Batch> for DedupStage {
@@ -295,7 +316,7 @@ impl AsyncPredicate<Batch> for DedupStage {
     fn check(&mut self, mut batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
         let (clock, window_ms, health) = (self.clock.clone(), self.window_ms, self.health.clone());
-        let uncertain_until = self.uncertain_until.clone();
+        let (uncertain_until, completed) = (self.uncertain_until.clone(), self.completed.clone());
         let span = stage_span("dedup", batch.signals.len());
         Box::pin(
             async move {
@@ -312,6 +333,12 @@ impl AsyncPredicate<Batch> for DedupStage {
                     Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
                         health.set("dedup", None);
                         batch.dedup = answer.into_inner().verdicts;
+                        batch.settled = (0..batch.signals.len())
+                            .map(|i| {
+                                batch.dedup[i].outcome() == pb::DedupOutcome::Copy
+                                    && batch.delivery(i).is_some_and(|key| completed.contains(key))
+                            })
+                            .collect();
                         if clock.now() < uncertain_until.load(Ordering::Relaxed) {
                             for verdict in &mut batch.dedup {
                                 verdict.state_uncertain |=
@@ -483,6 +510,7 @@ async fn count_storm_repeats(
 ) -> Result<(), tonic::Status> {
     let repeats: Vec<(usize, pb::RemediationRef)> = (0..batch.signals.len())
         .filter(|&i| matches!(batch.dedup[i].outcome(), pb::DedupOutcome::Duplicate | pb::DedupOutcome::Copy))
+        .filter(|&i| !batch.is_settled(i))
         .filter_map(|i| {
             let r = batch.dedup[i].remediation.clone()?;
             parse_storm_cr_name(&r.name).is_some().then_some((i, r))
@@ -614,6 +642,7 @@ struct CrdWrite {
     /// To point dedup at the CR the dedup of last resort found (see [`rebind_found`]).
     dedup: DedupServiceClient<TracedTransport>,
     health: Arc<ComponentHealth>,
+    completed: Arc<CompletedDeliveries>,
 }
 
 impl Service<Batch> for CrdWrite {
@@ -627,7 +656,7 @@ impl Service<Batch> for CrdWrite {
 
     fn call(&mut self, batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
-        let (dedup, health) = (self.dedup.clone(), self.health.clone());
+        let (dedup, health, completed) = (self.dedup.clone(), self.health.clone(), self.completed.clone());
         let span = stage_span("crd_write", batch.signals.len());
         Box::pin(
             async move {
@@ -712,7 +741,10 @@ impl Service<Batch> for CrdWrite {
                         tracing::Span::current().record("otel.status_code", "error");
                         Err(cannot_persist(retry_after, cause))
                     }
-                    None => Ok(out),
+                    None => {
+                        completed.insert_all((0..batch.signals.len()).filter_map(|i| batch.delivery(i)));
+                        Ok(out)
+                    }
                 }
             }
             .instrument(span),
@@ -821,6 +853,11 @@ fn plan_copy(batch: &Batch, i: usize, base: pb::RemediationWrite) -> Planned {
         // was resolved meanwhile; there is nothing left to complete.
         return reported(&pb::RemediationRef::default(), None, None, None);
     };
+    if batch.is_settled(i) {
+        // This edge answered the first delivery 2xx: its writes were all made.
+        let occurrences = parse_storm_cr_name(&target.name).is_none().then_some(dedup.occurrence_count);
+        return reported(target, None, occurrences, None);
+    }
     if parse_storm_cr_name(&target.name).is_some() {
         return match batch.storm[i].as_ref() {
             Some(storm) => {
