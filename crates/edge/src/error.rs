@@ -22,8 +22,18 @@ pub enum EdgeError {
     BadRequest(String),
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    #[error("the charset must be utf-8")]
+    UnsupportedCharset,
+    #[error("Content-Encoding must be gzip or identity")]
+    UnsupportedEncoding,
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("decoded request body exceeds {limit} bytes")]
+    DecodedTooLarge { limit: usize },
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("request headers exceed {limit} bytes or {count} fields")]
+    HeadersTooLarge { limit: usize, count: usize },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("no such endpoint")]
@@ -47,10 +57,16 @@ impl EdgeError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "validation-error", "Bad Request"),
-            Self::UnsupportedMediaType => {
+            Self::UnsupportedMediaType | Self::UnsupportedCharset | Self::UnsupportedEncoding => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported Media Type")
             }
-            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload Too Large"),
+            Self::PayloadTooLarge { .. } | Self::DecodedTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload Too Large")
+            }
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request Timeout"),
+            Self::HeadersTooLarge { .. } => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers-too-large", "Request Header Fields Too Large")
+            }
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method Not Allowed"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not Found"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too Many Requests"),
@@ -114,8 +130,15 @@ impl IntoResponse for EdgeError {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
-        if matches!(self, Self::UnsupportedMediaType) {
+        if matches!(self, Self::UnsupportedMediaType | Self::UnsupportedCharset) {
             response.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        }
+        if matches!(self, Self::UnsupportedEncoding) {
+            response.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, identity"));
+        }
+        // The rest of the body was never read: the connection cannot carry another request.
+        if matches!(self, Self::BodyTimeout | Self::PayloadTooLarge { .. }) {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(cause) = self.cause() {
             response.extensions_mut().insert(Cause(cause.to_owned()));
