@@ -480,3 +480,40 @@ async fn split_mode_processes_stop_under_load_within_their_deadline() {
     let counted = accounted_alerts(&remediations(dir.path()));
     assert_eq!(counted, answered, "alerts answered 2xx against alerts counted on CRs");
 }
+
+#[tokio::test]
+async fn a_corrupt_cr_file_is_moved_aside_and_its_counts_still_land() {
+    let dir = tempfile::tempdir().expect("sink");
+    let gateway = up(dir.path(), &[("BREAKWATER_CRD_WRITER__FLUSH_INTERVAL_MS", "100")]).await;
+    let addr = gateway.addr.clone();
+    let (status, first) = post_webhook(&addr, &[alert("Corrupted", "db-0")]).await;
+    assert_eq!(status, 201, "{first}");
+    let name = first["results"][0]["remediationRequestName"].as_str().expect("CR name").to_owned();
+    let file = dir.path().join("prod").join(format!("{name}.yaml"));
+    std::fs::write(&file, "spec: [this is not a remediation request").expect("corrupt the CR file");
+
+    let (status, second) = post_webhook(&addr, &[alert("Corrupted", "db-0")]).await;
+    assert_eq!((status, &second["results"][0]["occurrenceCount"]), (202, &json!(2)), "{second}");
+    let rebuilt = async {
+        loop {
+            let cr: Option<Value> = std::fs::read_to_string(&file).ok().and_then(|t| serde_saphyr::from_str(&t).ok());
+            if cr.as_ref().is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == 2) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), rebuilt).await.unwrap_or_else(|_| {
+        panic!("CR {name} not rebuilt with both occurrences: {:#?}", gateway.stderr());
+    });
+    let aside: Vec<String> = std::fs::read_dir(dir.path().join("prod"))
+        .expect("namespace dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("{name}.yaml.corrupt-")))
+        .collect();
+    assert_eq!(aside.len(), 1, "the bad file is kept aside once: {aside:?}");
+    let reported = gateway.stderr().iter().filter(|l| l.contains("moved aside")).count();
+    assert_eq!(reported, 1, "reported once: {:#?}", gateway.stderr());
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(text.contains("breakwater_crd_sink_quarantined_total{reason=\"corrupt\"} 1"), "{text}");
+}

@@ -166,6 +166,13 @@ pub const METRICS: &[Metric] = &[
         "RemediationRequest writes asked of crd-writer, by kind and outcome.",
     ),
     counter(
+        "breakwater_crd_sink_quarantined_total",
+        &["reason"],
+        "CR files of the directory sink moved aside to <name>.yaml.corrupt-<unix ms> because they \
+         could not be read back, by reason (corrupt, not_a_file); the CR is then written again \
+         from its pending counts.",
+    ),
+    counter(
         "breakwater_crd_flush_writes_total",
         &["outcome"],
         "Coalesced count updates written to RemediationRequests, by outcome.",
