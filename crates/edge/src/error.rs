@@ -36,6 +36,8 @@ pub enum EdgeError {
     HeadersTooLarge { limit: usize, count: usize },
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("request target too long")]
+    UriTooLong,
     #[error("no such endpoint")]
     NotFound,
     #[error("sender rate limit exceeded")]
@@ -69,6 +71,7 @@ impl EdgeError {
             }
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method Not Allowed"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not Found"),
+            Self::UriTooLong => (StatusCode::URI_TOO_LONG, "uri-too-long", "URI Too Long"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too Many Requests"),
             Self::Overloaded | Self::CannotPersist { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Service Unavailable")
@@ -172,4 +175,39 @@ pub async fn render_problems(request: Request, next: Next) -> Response {
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// The whole answer, RFC 7807 body included, that replaces one hyper wrote
+/// itself for a request it could not parse (`head` is that answer's head):
+/// 400, 414 or 431. `None` for any other status, which is left as it is.
+pub(crate) fn below_router_answer(head: &[u8]) -> Option<Vec<u8>> {
+    let code = head.get(9..12).and_then(|c| std::str::from_utf8(c).ok())?;
+    let error = match code {
+        "400" => EdgeError::BadRequest("the request line or a header is malformed".into()),
+        "414" => EdgeError::UriTooLong,
+        "431" => EdgeError::HeadersTooLarge {
+            limit: crate::layers::HEADER_BYTES_LIMIT,
+            count: crate::layers::HEADER_FIELDS_LIMIT,
+        },
+        _ => return None,
+    };
+    let (status, suffix, title) = error.parts();
+    let problem = Problem {
+        kind: format!("{TYPE_PREFIX}{suffix}"),
+        title,
+        status: status.as_u16(),
+        detail: error.to_string(),
+        instance: String::new(),
+        request_id: None,
+    };
+    let body = serde_json::to_vec(&problem).ok()?;
+    let mut answer = format!(
+        "HTTP/1.1 {} {title}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        status.as_u16(),
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    Some(answer)
 }

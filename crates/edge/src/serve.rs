@@ -29,6 +29,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWrite as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
@@ -235,14 +236,15 @@ impl Connection {
             tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
         }
         let Self { peer, router, busy, probe_only, header_read_timeout, episodes } = self;
-        let tcp = CountedReads { inner: tcp, total: Arc::new(AtomicU64::new(0)) };
-        let total_read = tcp.total.clone();
+        let tcp = EdgeSocket::new(tcp);
+        let (total_read, calls) = (tcp.read_total.clone(), tcp.calls.clone());
         // Bytes read when the last request ended: more at a header timeout means
         // a request was half-sent (slowloris), not an idle keep-alive.
-        let (read, read_at_rest) = (tcp.total.clone(), Arc::new(AtomicU64::new(0)));
+        let (read, read_at_rest) = (tcp.read_total.clone(), Arc::new(AtomicU64::new(0)));
         let at_rest = read_at_rest.clone();
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             let busy = Busy::enter(&busy);
+            calls.fetch_add(1, Ordering::SeqCst);
             let (read, at_rest) = (read.clone(), at_rest.clone());
             request.extensions_mut().insert(ConnectInfo(peer));
             if probe_only {
@@ -285,13 +287,49 @@ impl Connection {
     }
 }
 
-/// A socket that counts the bytes read from it.
-struct CountedReads {
+/// The client's socket as hyper sees it. It counts the bytes read (to tell a
+/// half-sent request from an idle connection), and gives hyper's own error
+/// answers (400 for a bad request line or header, 414, 431 past hyper's
+/// limits), which have no body, an RFC 7807 body: hyper offers no hook for
+/// them, and they are the only answers written when every request the
+/// service was called for has been answered.
+struct EdgeSocket {
     inner: TcpStream,
-    total: Arc<AtomicU64>,
+    read_total: Arc<AtomicU64>,
+    /// Requests the service was called for.
+    calls: Arc<AtomicU64>,
+    /// Final answers whose head was written.
+    answered: u64,
+    /// The replacement answer, still to be written.
+    pending: Vec<u8>,
 }
 
-impl tokio::io::AsyncRead for CountedReads {
+impl EdgeSocket {
+    fn new(inner: TcpStream) -> Self {
+        Self {
+            inner,
+            read_total: Arc::new(AtomicU64::new(0)),
+            calls: Arc::new(AtomicU64::new(0)),
+            answered: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Self { inner, pending, .. } = self;
+        while !pending.is_empty() {
+            match Pin::new(&mut *inner).poll_write(cx, pending) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => drop(pending.drain(..n)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncRead for EdgeSocket {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -300,33 +338,53 @@ impl tokio::io::AsyncRead for CountedReads {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len().saturating_sub(before);
-        self.total.fetch_add(read as u64, Ordering::Relaxed);
+        self.read_total.fetch_add(read as u64, Ordering::Relaxed);
         polled
     }
 }
 
-impl tokio::io::AsyncWrite for CountedReads {
+impl tokio::io::AsyncWrite for EdgeSocket {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Err(e)) = self.poll_pending(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if !self.pending.is_empty() {
+            return Poll::Pending;
+        }
+        // hyper writes each head at the start of a write (see `is_write_vectored`).
+        if buf.starts_with(b"HTTP/1.1 ") && !buf.starts_with(b"HTTP/1.1 1") {
+            if self.answered == self.calls.load(Ordering::SeqCst)
+                && let Some(answer) = crate::error::below_router_answer(buf)
+            {
+                // hyper's own error answer (head only, connection closing): ours instead.
+                self.pending = answer;
+                if let Poll::Ready(Err(e)) = self.poll_pending(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(buf.len()));
+            }
+            self.answered += 1;
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
+    /// Not vectored: hyper then writes each answer from one buffer, its head
+    /// first, which is what `poll_write` recognises.
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match self.poll_pending(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_flush(cx),
+            other => other,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match self.poll_pending(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_shutdown(cx),
+            other => other,
+        }
     }
 }
