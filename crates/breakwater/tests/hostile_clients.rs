@@ -208,6 +208,33 @@ async fn slow_bodies_hold_no_webhook_permit() {
     assert!(limit_hits(&addr, "body_timeout").await >= 40);
 }
 
+#[tokio::test]
+async fn busy_connections_past_the_cap_leave_a_reserve_for_probes() {
+    let dir = tempfile::tempdir().expect("sink");
+    let env = [("BREAKWATER_EDGE__MAX_CONNECTIONS", "20"), ("BREAKWATER_EDGE__PROBE_CONNECTIONS", "4")];
+    let gateway = up(dir.path(), &env).await;
+    let addr = gateway.addr.clone();
+    // 20 connections, each with a request in progress (a body that never completes): none
+    // can be closed to make room.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = TcpStream::connect(&addr).await.expect("connect");
+        let head = "POST /api/v1/signals/prometheus HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n\
+                    Content-Length: 1000\r\n\r\n{";
+        tcp.write_all(head.as_bytes()).await.expect("write");
+        slow.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    probes_answer(&addr, 10, "20 busy connections, max_connections 20").await;
+    // A webhook on a reserve connection is refused with an RFC 7807 503, not served.
+    let request = "POST /api/v1/signals/prometheus HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n\
+                   Content-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let answer = raw(&addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("application/problem+json"), "{answer}");
+    assert!(limit_hits(&addr, "probe_only").await >= 11, "reserve connections are counted");
+    drop(slow);
+}
+
 /// Sends `request` on a fresh connection and reads what comes back within 3 s.
 async fn raw(addr: &str, request: &[u8]) -> String {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
