@@ -142,14 +142,16 @@ async fn peer_closed(tcp: &mut TcpStream) -> bool {
     }
 }
 
-#[tokio::test]
-async fn idle_sockets_past_the_file_limit_leave_room_for_probes() {
+/// 400 idle sockets against a process limited to 256 file descriptors, with `max_connections`
+/// set; probes and a webhook still get through. Returns the hits of `limit`.
+async fn idle_flood(max_connections: &str, limit: &str) -> u64 {
     let dir = tempfile::tempdir().expect("sink");
     let sink = dir.path().to_str().expect("utf-8 path");
     let binary = env!("CARGO_BIN_EXE_breakwater");
-    let env =
-        env_of(&[("BREAKWATER_EDGE__MAX_CONNECTIONS", "100"), ("BREAKWATER_EDGE__HEADER_READ_TIMEOUT_MS", "60000")]);
-    // The process gets 256 file descriptors; the test opens 400 idle sockets.
+    let env = env_of(&[
+        ("BREAKWATER_EDGE__MAX_CONNECTIONS", max_connections),
+        ("BREAKWATER_EDGE__HEADER_READ_TIMEOUT_MS", "60000"),
+    ]);
     let script = "ulimit -n 256 && exec \"$0\" \"$@\"";
     let args = ["-c", script, binary, "up", "--listen", "127.0.0.1:0", "--sink-dir", sink];
     let gateway = Process::start("sh", &args, &env).await;
@@ -162,16 +164,29 @@ async fn idle_sockets_past_the_file_limit_leave_room_for_probes() {
     // Let the edge accept them all (and close the oldest to make room).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    probes_answer(&addr, 10, "400 idle sockets, 256 file descriptors").await;
+    let what = format!("400 idle sockets, 256 file descriptors, max_connections {max_connections}");
+    probes_answer(&addr, 10, &what).await;
     let (status, answer) = post_webhook(&addr, &[alert("IdleFlood", "web-1")]).await;
     assert_eq!(status, 201, "a normal webhook during the idle flood: {answer}");
-    let hits = limit_hits(&addr, "connections").await;
-    assert!(hits >= 300, "idle connections closed to make room are counted: {hits}");
-    eprintln!("idle sockets: {hits} idle connections closed to make room");
-    let warned =
-        gateway.stderr().iter().filter(|l| l.contains("edge limit reached") && l.contains("connections")).count();
+    let hits = limit_hits(&addr, limit).await;
+    eprintln!("{what}: {hits} hits of limit {limit}");
+    let warned = gateway.stderr().iter().filter(|l| l.contains("edge limit reached") && l.contains(limit)).count();
     assert_eq!(warned, 1, "one warning for the episode: {:#?}", gateway.stderr());
     drop(idle);
+    hits
+}
+
+#[tokio::test]
+async fn idle_sockets_past_the_connection_cap_leave_room_for_probes() {
+    let closed = idle_flood("100", "connections").await;
+    assert!(closed >= 300, "idle connections closed to make room are counted: {closed}");
+}
+
+#[tokio::test]
+async fn idle_sockets_past_the_file_limit_leave_room_for_probes() {
+    // The cap is above the file limit: running out of descriptors closes idle connections too.
+    let hits = idle_flood("4096", "accept").await;
+    assert!(hits >= 1, "running out of file descriptors is counted: {hits}");
 }
 
 #[tokio::test]

@@ -161,7 +161,13 @@ pub async fn serve(
                     Ok(accepted) => accepted,
                     Err(e) => {
                         episodes.accept.hit(&e.to_string());
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        // Out of file descriptors (max_connections above `ulimit -n`): free one
+                        // and accept again once its task is dropped, so the queue keeps moving.
+                        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && close_oldest_idle(&mut open) {
+                            tokio::task::yield_now().await;
+                        } else {
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        }
                         continue;
                     }
                 };
