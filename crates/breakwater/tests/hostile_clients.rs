@@ -544,13 +544,25 @@ async fn split_mode_processes_stop_under_load_within_their_deadline() {
         answered += sender.await.expect("sender");
     }
     assert!(answered > 0, "the load was answered");
-    for (process, what) in
-        [(&mut ratelimit, "ratelimit"), (&mut dedup, "dedup"), (&mut storm, "storm"), (&mut crd_writer, "crd-writer")]
-    {
-        sigterm(process);
-        let took = exits_cleanly(process, Duration::from_secs(15), what).await;
-        eprintln!("split mode: {what} exited 0 {took:?} after SIGTERM");
+    // Each component also has a client that opened an HTTP/2 connection and sent nothing
+    // more: the graceful drain would wait for it for good; the drain deadline is 5 s.
+    let mut idle_clients = Vec::new();
+    for process in [&ratelimit, &dedup, &storm, &crd_writer] {
+        let mut tcp = TcpStream::connect(&process.addr).await.expect("connect");
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.expect("write");
+        idle_clients.push(tcp);
     }
+    let stops =
+        [(&mut ratelimit, "ratelimit"), (&mut dedup, "dedup"), (&mut storm, "storm"), (&mut crd_writer, "crd-writer")];
+    for (process, _) in &stops {
+        sigterm(process);
+    }
+    for (process, what) in stops {
+        let took = exits_cleanly(process, Duration::from_secs(15), what).await;
+        eprintln!("split mode: {what} exited 0 {took:?} after SIGTERM, with an idle HTTP/2 client");
+        assert!(took < Duration::from_millis(5000 + 2000), "{what} took {took:?}; its drain deadline is 5 s");
+    }
+    drop(idle_clients);
     let counted = accounted_alerts(&remediations(dir.path()));
     eprintln!("split mode under load: {answered} alerts answered 2xx, {counted} counted on CRs");
     assert_eq!(counted, answered, "alerts answered 2xx against alerts counted on CRs");
