@@ -203,6 +203,10 @@ async fn up(config: Config, listen: Option<SocketAddr>, shutdown: Shutdown) -> a
         (StoreKind::Embedded, _) | (_, StoreKind::Embedded) => config.state_dir().display().to_string(),
         _ => "none on disk".to_owned(),
     };
+    // Each step has its own deadline (the edge's drain, crd-writer's last flush);
+    // the margin only guards against a step that ignores it.
+    let grace = Duration::from_millis(config.edge.shutdown_timeout_ms.max(config.crd_writer.final_flush_timeout_ms))
+        + STOP_MARGIN;
     let gateway = Gateway::start(config, None, listener).await?;
     tracing::info!(edge = %gateway.edge_addr, remediations = %sink, state = %state, "breakwater up");
     let stop = shutdown.wait();
@@ -214,7 +218,11 @@ async fn up(config: Config, listen: Option<SocketAddr>, shutdown: Shutdown) -> a
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
-    gateway.shutdown(Duration::from_secs(30)).await
+    let stopped = gateway.shutdown(grace).await;
+    if stopped.is_ok() {
+        tracing::info!("stopped");
+    }
+    stopped
 }
 
 /// `breakwater config check`: the effective configuration on stdout, likely
@@ -233,6 +241,9 @@ fn check_config(file: Option<&std::path::Path>, up: bool, env: &HashMap<String, 
     print!("{}", config.to_redacted_toml()?);
     Ok(())
 }
+
+/// Over the deadlines of `up`'s shutdown steps, before giving up on one.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
 
 /// Prints the plan for `load`; a short budget is an error naming the fix.
 fn plan(load: crate::plan::Load, config: &Config) -> anyhow::Result<()> {

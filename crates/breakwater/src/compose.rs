@@ -316,25 +316,33 @@ impl Gateway {
         Ok(Self { edge_addr, stop_edge, stop_components, edge, components })
     }
 
-    /// Stops the edge (in-flight requests finish), then the components (the
-    /// crd-writer flushes pending counts), within `grace`.
+    /// Stops the edge (in-flight requests finish within
+    /// `edge.shutdown_timeout_ms`), then always the components, so the
+    /// crd-writer flushes pending counts even when the edge did not stop
+    /// cleanly; each step is bounded by `grace`.
     ///
     /// # Errors
-    /// The first component failure, or the grace period running out.
+    /// The first edge or component failure, or a step running out of time.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
         self.stop_edge.trigger();
-        let stopped = async {
-            self.edge.await.context("edge task")??;
-            self.stop_components.trigger();
-            for task in self.components {
-                task.await.context("component task")??;
-            }
-            anyhow::Ok(())
+        let edge = match tokio::time::timeout(grace, self.edge).await {
+            Ok(joined) => joined.context("edge task").and_then(|served| served),
+            Err(_) => Err(anyhow::anyhow!("the edge did not stop within {grace:?}")),
         };
-        match tokio::time::timeout(grace, stopped).await {
-            Ok(result) => result,
-            Err(_) => anyhow::bail!("graceful shutdown did not complete within {grace:?}"),
-        }
+        self.stop_components.trigger();
+        let components = tokio::time::timeout(grace, async {
+            let mut first_failure = Ok(());
+            for task in self.components {
+                let stopped = task.await.context("component task").and_then(|stopped| stopped);
+                if first_failure.is_ok() {
+                    first_failure = stopped;
+                }
+            }
+            first_failure
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("components did not stop within {grace:?}")));
+        edge.and(components)
     }
 
     /// Whether a component task ended early (it failed); for `up` to exit on.

@@ -332,10 +332,19 @@ impl SinkError {
         }
     }
 
-    /// Whether retrying the same request can never succeed (a malformed or invalid object, an
-    /// object too large for the API server or etcd, a bad name); 403 and 404 are not permanent, as an operator can fix RBAC or namespaces.
+    /// Whether retrying the same request can never succeed: a bad name, or a 4xx from the API
+    /// server (a malformed, invalid or too large object, a method or media type it refuses), so
+    /// the flusher reports it once and drops it instead of retrying it every flush for good.
+    /// Not permanent: 403 and 404 (an operator can fix RBAC or create the namespace), and what
+    /// asks for a retry (408, 409, 425, 429); code 0 is a client-side failure.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::InvalidName(_) | Self::Rejected { code: 400 | 413 | 422, .. })
+        match self {
+            Self::InvalidName(_) => true,
+            Self::Rejected { code, .. } => {
+                (400..500).contains(code) && !matches!(code, 403 | 404 | 408 | 409 | 425 | 429)
+            }
+            _ => false,
+        }
     }
 
     /// Bounded label for metrics.

@@ -260,3 +260,51 @@ async fn a_fallback_count_on_the_open_cr_committed_then_lost_counts_once() -> Te
     }
     Ok(())
 }
+
+/// A patch the API server keeps refusing with a 4xx is reported once and dropped by the
+/// flusher, not retried every flush for good; a 403 (RBAC an operator can fix) is kept.
+#[tokio::test]
+async fn a_count_patch_refused_with_a_4xx_is_dropped_once_not_retried_for_ever() -> TestResult {
+    use breakwater_crd_writer::Coalescer;
+    use breakwater_signal::SystemClock;
+    for (code, permanent) in [(415, true), (405, true), (400, true), (403, false)] {
+        let api = FakeApiServer::start().await;
+        let sink: Arc<dyn RemediationSink> = Arc::new(sink(&api));
+        sink.create(&incident("rr-1", &"c".repeat(64))).await?;
+        let coalescer = Coalescer::new(sink, Arc::new(SystemClock), "kubernaut-system", 100);
+        let mut repeat = Write { kind: WriteKind::Occurrence, occurrence_count: 5, ..occurrence_of("rr-1") };
+        repeat.last_seen = T0 + 1000;
+        coalescer.offer(repeat);
+        api.inject_for(Verb::Patch, Fault::Status { code, retry_after_secs: None }, 100);
+        let first = coalescer.flush().await;
+        let second = coalescer.flush().await;
+        if permanent {
+            assert_eq!((first.dropped, first.requeued), (1, 0), "{code}: {first:?}");
+            assert_eq!(coalescer.pending_len(), 0, "{code}: nothing left to retry");
+            assert_eq!(codes(&api, Verb::Patch).len(), 1, "{code}: one refused patch, not one per flush");
+        } else {
+            assert_eq!((second.dropped, second.requeued), (0, 1), "{code}: kept for the next flush: {second:?}");
+        }
+    }
+    Ok(())
+}
+
+/// A duplicate of the incident `rr-1` (as dedup reports it to crd-writer).
+fn occurrence_of(name: &str) -> Write {
+    let rr = incident(name, &"c".repeat(64));
+    Write {
+        kind: WriteKind::Occurrence,
+        target: at(name),
+        signal: pb::Signal {
+            fingerprint: rr.spec.signal_fingerprint.clone(),
+            alert_name: "KubePodCrashLooping".to_owned(),
+            namespace: "shop".to_owned(),
+            received_time_unix_ms: T0,
+            ..pb::Signal::default()
+        },
+        first_seen: T0,
+        last_seen: T0,
+        occurrence_count: 1,
+        storm: None,
+    }
+}

@@ -11,8 +11,31 @@ pub struct EdgeConfig {
     pub body_limit_bytes: usize,
     /// Whole-request deadline; past it the sender gets 504. Default 10 000.
     pub request_timeout_ms: u64,
-    /// Requests processed at once; more are shed with 503. Default 512.
+    /// Webhooks processed at once (after their body is read); more are shed
+    /// with 503. Probes and `/metrics` are never counted. Default 512.
     pub max_concurrent_requests: usize,
+    /// Time allowed for a request's headers, counted from when the edge starts
+    /// waiting for it (the connection opened, or the previous answer was sent),
+    /// so it is also the keep-alive idle timeout. Default 10 000.
+    pub header_read_timeout_ms: u64,
+    /// Time allowed to read a whole request body; past it the sender gets 408
+    /// and the connection is closed. At the default body limit that asks for
+    /// at least 52 KB/s. Default 10 000.
+    pub body_read_timeout_ms: u64,
+    /// Open connections; past it the oldest connection with no request in
+    /// progress is closed to make room. Keep it under the process's file
+    /// limit (`ulimit -n`). Default 1 024.
+    pub max_connections: usize,
+    /// Connections accepted over `max_connections` when none can be closed;
+    /// they serve only `/healthz`, `/readyz` and `/metrics`, so probes get
+    /// through a flood. Default 32.
+    pub probe_connections: usize,
+    /// Largest body after `Content-Encoding: gzip` is decoded; larger gets
+    /// 413. Default 512 KiB.
+    pub decoded_body_limit_bytes: usize,
+    /// On SIGTERM, time for in-flight requests to finish before their
+    /// connections are closed. Default 10 000.
+    pub shutdown_timeout_ms: u64,
     /// Deadline of each gRPC call to a component. Default 2 000.
     pub component_timeout_ms: u64,
     /// How incidents are identified; default: alertname, namespace, resource kind and name.
@@ -57,6 +80,12 @@ impl Default for EdgeConfig {
             body_limit_bytes: 512 * 1024,
             request_timeout_ms: 10_000,
             max_concurrent_requests: 512,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 1024,
+            probe_connections: 32,
+            decoded_body_limit_bytes: 512 * 1024,
+            shutdown_timeout_ms: 10_000,
             component_timeout_ms: 2_000,
             fingerprint: FingerprintRule::Resource,
             fallback_namespace: "kubernaut-system".into(),
@@ -85,6 +114,27 @@ impl EdgeConfig {
         }
         if self.max_concurrent_requests == 0 {
             return Err("edge.max_concurrent_requests = 0 is not allowed: use 1 or more".into());
+        }
+        for (key, value) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+        ] {
+            if !(100..=300_000).contains(&value) {
+                return Err(format!("edge.{key} = {value} is not allowed: use 100..=300000"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err("edge.max_connections = 0 is not allowed: use 1 or more".into());
+        }
+        if self.probe_connections == 0 {
+            return Err("edge.probe_connections = 0 is not allowed: use 1 or more, so probes get through".into());
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.decoded_body_limit_bytes) {
+            return Err(format!(
+                "edge.decoded_body_limit_bytes = {} is not allowed: use 1024..=67108864",
+                self.decoded_body_limit_bytes
+            ));
         }
         if !(10..=60_000).contains(&self.component_timeout_ms) {
             return Err(format!(

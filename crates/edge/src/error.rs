@@ -22,10 +22,22 @@ pub enum EdgeError {
     BadRequest(String),
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    #[error("the charset must be utf-8")]
+    UnsupportedCharset,
+    #[error("Content-Encoding must be gzip or identity")]
+    UnsupportedEncoding,
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("decoded request body exceeds {limit} bytes")]
+    DecodedTooLarge { limit: usize },
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("request headers exceed {limit} bytes or {count} fields")]
+    HeadersTooLarge { limit: usize, count: usize },
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("request target too long")]
+    UriTooLong,
     #[error("no such endpoint")]
     NotFound,
     #[error("sender rate limit exceeded")]
@@ -47,12 +59,19 @@ impl EdgeError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "validation-error", "Bad Request"),
-            Self::UnsupportedMediaType => {
+            Self::UnsupportedMediaType | Self::UnsupportedCharset | Self::UnsupportedEncoding => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported Media Type")
             }
-            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload Too Large"),
+            Self::PayloadTooLarge { .. } | Self::DecodedTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload Too Large")
+            }
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request Timeout"),
+            Self::HeadersTooLarge { .. } => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers-too-large", "Request Header Fields Too Large")
+            }
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method Not Allowed"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not Found"),
+            Self::UriTooLong => (StatusCode::URI_TOO_LONG, "uri-too-long", "URI Too Long"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too Many Requests"),
             Self::Overloaded | Self::CannotPersist { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Service Unavailable")
@@ -114,8 +133,15 @@ impl IntoResponse for EdgeError {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
-        if matches!(self, Self::UnsupportedMediaType) {
+        if matches!(self, Self::UnsupportedMediaType | Self::UnsupportedCharset) {
             response.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        }
+        if matches!(self, Self::UnsupportedEncoding) {
+            response.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, identity"));
+        }
+        // The rest of the body was never read: the connection cannot carry another request.
+        if matches!(self, Self::BodyTimeout | Self::PayloadTooLarge { .. }) {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(cause) = self.cause() {
             response.extensions_mut().insert(Cause(cause.to_owned()));
@@ -149,4 +175,39 @@ pub async fn render_problems(request: Request, next: Next) -> Response {
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// The whole answer, RFC 7807 body included, that replaces one hyper wrote
+/// itself for a request it could not parse (`head` is that answer's head):
+/// 400, 414 or 431. `None` for any other status, which is left as it is.
+pub(crate) fn below_router_answer(head: &[u8]) -> Option<Vec<u8>> {
+    let code = head.get(9..12).and_then(|c| std::str::from_utf8(c).ok())?;
+    let error = match code {
+        "400" => EdgeError::BadRequest("the request line or a header is malformed".into()),
+        "414" => EdgeError::UriTooLong,
+        "431" => EdgeError::HeadersTooLarge {
+            limit: crate::layers::HEADER_BYTES_LIMIT,
+            count: crate::layers::HEADER_FIELDS_LIMIT,
+        },
+        _ => return None,
+    };
+    let (status, suffix, title) = error.parts();
+    let problem = Problem {
+        kind: format!("{TYPE_PREFIX}{suffix}"),
+        title,
+        status: status.as_u16(),
+        detail: error.to_string(),
+        instance: String::new(),
+        request_id: None,
+    };
+    let body = serde_json::to_vec(&problem).ok()?;
+    let mut answer = format!(
+        "HTTP/1.1 {} {title}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        status.as_u16(),
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    Some(answer)
 }

@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -17,6 +16,7 @@ use tracing::field::Empty;
 
 use crate::config::EdgeConfig;
 use crate::error::{EdgeError, render_problems};
+use crate::serve::ProbeOnly;
 
 /// The configured body limit, for the 413 detail.
 #[derive(Debug, Clone, Copy)]
@@ -45,12 +45,14 @@ pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &EdgeC
         // Renders every EdgeError as RFC 7807 with the request id; must be inside request-id.
         .layer(middleware::from_fn(render_problems))
         .layer(middleware::from_fn(record_http_metrics))
-        // Turns timeout and load-shed errors into EdgeErrors; must wrap them.
+        // Inside render_problems, so these refusals get RFC 7807 bodies too.
+        .layer(middleware::from_fn(probes_only_when_over_capacity))
+        .layer(middleware::from_fn(limit_headers))
+        // Turns a timeout into an EdgeError; must wrap it. The webhook concurrency
+        // limit is not a layer: it is taken in the handler once the body is read,
+        // so probes, /metrics and slow bodies never hold a permit.
         .layer(HandleErrorLayer::new(handle_overload))
         .timeout(Duration::from_millis(config.request_timeout_ms))
-        // Sheds instead of queueing when the concurrency limit is reached.
-        .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(config.max_concurrent_requests))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(axum::Extension(BodyLimit(config.body_limit_bytes)));
     router.layer(stack)
@@ -90,13 +92,7 @@ async fn pass_on_request_id(request: Request, next: Next) -> Response {
 }
 
 async fn handle_overload(err: BoxError) -> EdgeError {
-    if err.is::<tower::timeout::error::Elapsed>() {
-        EdgeError::Timeout
-    } else if err.is::<tower::load_shed::error::Overloaded>() {
-        EdgeError::Overloaded
-    } else {
-        EdgeError::Internal(err.to_string())
-    }
+    if err.is::<tower::timeout::error::Elapsed>() { EdgeError::Timeout } else { EdgeError::Internal(err.to_string()) }
 }
 
 /// Rejects bodies that are not JSON; a missing Content-Type is accepted, as
@@ -109,14 +105,23 @@ pub async fn require_json(request: Request, next: Next) -> Response {
         if mime.essence_str() != "application/json" {
             return EdgeError::UnsupportedMediaType.into_response();
         }
+        // JSON is UTF-8 (RFC 8259): another charset would be misread, not converted.
+        if mime
+            .get_param(mime::CHARSET)
+            .is_some_and(|c| !matches!(c.as_str().to_ascii_lowercase().as_str(), "utf-8" | "utf8"))
+        {
+            return EdgeError::UnsupportedCharset.into_response();
+        }
     }
     next.run(request).await
 }
 
-/// Request rate, errors and duration per route.
+/// Request rate, errors and duration per route. Labels are bounded: an
+/// unknown path is `unmatched` and a non-standard method `other`, so odd
+/// requests cannot grow the series count.
 async fn record_http_metrics(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let start = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
@@ -125,4 +130,44 @@ async fn record_http_metrics(request: Request, next: Next) -> Response {
     metrics::histogram!("breakwater_http_request_duration_seconds", "route" => route)
         .record(start.elapsed().as_secs_f64());
     response
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Header fields a request may carry, and their total size (names and values).
+/// hyper's own limits are set higher (see [`crate::serve`]), so a request
+/// between the two gets a 431 with an RFC 7807 body.
+pub const HEADER_FIELDS_LIMIT: usize = 100;
+pub const HEADER_BYTES_LIMIT: usize = 16 * 1024;
+
+async fn limit_headers(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if headers.len() > HEADER_FIELDS_LIMIT || bytes > HEADER_BYTES_LIMIT {
+        return EdgeError::HeadersTooLarge { limit: HEADER_BYTES_LIMIT, count: HEADER_FIELDS_LIMIT }.into_response();
+    }
+    next.run(request).await
+}
+
+/// A connection accepted past `edge.max_connections` serves probes only.
+async fn probes_only_when_over_capacity(request: Request, next: Next) -> Response {
+    if request.extensions().get::<ProbeOnly>().is_some()
+        && !matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics")
+    {
+        return EdgeError::Overloaded.into_response();
+    }
+    next.run(request).await
 }

@@ -9,6 +9,7 @@
 //! - [`adapters`] — payload → signals (Prometheus webhook v4, Kubernetes events).
 //! - [`pipeline`] — the tower stages calling the components (tonic clients over
 //!   a channel in split mode, or directly in `breakwater up`).
+//! - [`serve`] — the accept loop: connection cap, header timeout, bounded drain.
 //! - [`health`] — `/readyz`.
 //! - [`config`] — [`EdgeConfig`].
 //!
@@ -26,9 +27,9 @@ pub mod health;
 pub mod layers;
 pub mod pipeline;
 pub mod router;
+pub mod serve;
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
@@ -37,29 +38,24 @@ pub use error::EdgeError;
 pub use pipeline::{AlertOutcome, AlertResult, Components};
 pub use router::{EdgeState, router};
 
-/// Serves the edge on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish.
+/// Serves the edge on `listener` until `shutdown` resolves: then `/readyz`
+/// fails, no connection is accepted, idle ones close, and in-flight requests
+/// get `edge.shutdown_timeout_ms` to finish before their connections close.
 ///
 /// # Errors
-/// When the listener fails.
+/// None today; kept for callers that propagate serving failures.
 pub async fn run(
     state: EdgeState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let on_shutdown = state.clone();
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Small responses: without TCP_NODELAY, Nagle and the client's delayed ACK
-    // add up to 40 ms to a response written in more than one piece.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            on_shutdown.mark_shutting_down();
-        })
-        .await
+    let limits = serve::ConnectionLimits::of(&state.config);
+    let app = router(state);
+    serve::serve(app, listener, limits, async move {
+        shutdown.await;
+        on_shutdown.mark_shutting_down();
+    })
+    .await;
+    Ok(())
 }

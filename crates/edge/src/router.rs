@@ -17,12 +17,14 @@ use breakwater_signal::{Clock, is_dns1123_label};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::adapters::{Incoming, kubernetes_event, prometheus};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult, Batch, Components, Pipeline, PipelineError, PipelineParts};
+use crate::serve::LimitEpisode;
 use breakwater_grpc::ComponentHealth;
 use breakwater_ratelimit::TokenBucket;
 
@@ -37,6 +39,11 @@ pub struct EdgeState {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) shutting_down: Arc<AtomicBool>,
+    /// Permits for webhooks being processed (`edge.max_concurrent_requests`);
+    /// taken after the body is read, so slow bodies cannot hold them.
+    pub(crate) webhooks: Arc<Semaphore>,
+    pub(crate) shed: Arc<LimitEpisode>,
+    pub(crate) body_timeouts: Arc<LimitEpisode>,
 }
 
 impl EdgeState {
@@ -56,6 +63,9 @@ impl EdgeState {
             health: health.clone(),
         };
         Self {
+            webhooks: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            shed: Arc::new(LimitEpisode::new("concurrency")),
+            body_timeouts: Arc::new(LimitEpisode::new("body_timeout")),
             pipeline: crate::pipeline::pipeline(&components, parts),
             health,
             components,
@@ -87,25 +97,65 @@ pub fn router(state: EdgeState) -> Router {
     crate::layers::apply(router, &state.config).with_state(state)
 }
 
-/// The request body, read up to the configured limit (`DefaultBodyLimit`).
+/// The request body, read up to the configured limit (`DefaultBodyLimit`)
+/// within `edge.body_read_timeout_ms`, and decoded when it is gzip.
 pub struct SignalBody(Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for SignalBody {
+impl FromRequest<EdgeState> for SignalBody {
     type Rejection = EdgeError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<crate::layers::BodyLimit>().map_or(0, |l| l.0);
-        match Bytes::from_request(req, state).await {
-            Ok(bytes) => Ok(Self(bytes)),
+    async fn from_request(req: Request, state: &EdgeState) -> Result<Self, Self::Rejection> {
+        let limit = state.config.body_limit_bytes;
+        // Refused before the body is polled, so hyper never sends `100 Continue` for it.
+        let announced = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|len| len > limit as u64) {
+            return Err(EdgeError::PayloadTooLarge { limit });
+        }
+        let gzip = match req.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().map(str::trim)) {
+            None => false,
+            Some(Ok(e)) if e.eq_ignore_ascii_case("identity") || e.is_empty() => false,
+            Some(Ok(e)) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => true,
+            Some(_) => return Err(EdgeError::UnsupportedEncoding),
+        };
+        let deadline = Duration::from_millis(state.config.body_read_timeout_ms);
+        let read = match tokio::time::timeout(deadline, Bytes::from_request(req, state)).await {
+            Ok(read) => read,
+            Err(_) => {
+                state.body_timeouts.hit("a request body did not arrive in time");
+                return Err(EdgeError::BodyTimeout);
+            }
+        };
+        let bytes = match read {
+            Ok(bytes) => bytes,
             Err(BytesRejection::FailedToBufferBody(e))
                 if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) =>
             {
-                Err(EdgeError::PayloadTooLarge { limit })
+                return Err(EdgeError::PayloadTooLarge { limit });
             }
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(EdgeError::PayloadTooLarge { limit }),
-            Err(e) => Err(EdgeError::BadRequest(format!("failed to read request body: {}", e.body_text()))),
-        }
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(EdgeError::PayloadTooLarge { limit }),
+            Err(e) => return Err(EdgeError::BadRequest(format!("failed to read request body: {}", e.body_text()))),
+        };
+        if gzip { gunzip(&bytes, state.config.decoded_body_limit_bytes).map(Self) } else { Ok(Self(bytes)) }
     }
+}
+
+/// Decodes a gzip body, refusing one that decodes to more than `limit` bytes
+/// (it stops reading there, so a small bomb costs at most `limit`).
+fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, EdgeError> {
+    use std::io::Read as _;
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|_| EdgeError::BadRequest("the gzip body cannot be decoded".into()))?;
+    if decoded.len() > limit {
+        return Err(EdgeError::DecodedTooLarge { limit });
+    }
+    Ok(Bytes::from(decoded))
 }
 
 /// Who sent the request: the peer address, or the first `X-Forwarded-For` hop
@@ -170,6 +220,11 @@ async fn process(
                 .increment(1);
             return e.into_response();
         }
+    };
+    // Taken once the body is read: a slow body holds a connection, never a permit.
+    let Ok(_permit) = state.webhooks.clone().try_acquire_owned() else {
+        state.shed.hit("edge.max_concurrent_requests webhooks in progress; shedding with 503");
+        return EdgeError::Overloaded.into_response();
     };
     metrics::counter!("breakwater_signals_received_total", "source" => source).increment(incoming.len() as u64);
     let total = incoming.len();

@@ -157,13 +157,34 @@ where
                 .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .build_v1()?;
-            Server::builder()
+            let (stopping, stopped) = oneshot::channel::<()>();
+            let signal = async move {
+                shutdown.await;
+                let _ = stopping.send(());
+            };
+            let serve = Server::builder()
                 .layer(RpcTelemetryLayer::server(component))
                 .add_routes(routes.add_service(reflection))
                 // Without TCP_NODELAY, a response's header, data and trailer frames can
                 // wait for the client's delayed ACK (40 ms).
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-                .await?;
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+            // The graceful drain waits for every client to close its connection: one that
+            // keeps it open, or half-sent a call, would hold the process for good.
+            let deadline = async move {
+                if stopped.await.is_ok() {
+                    tokio::time::sleep(DRAIN_DEADLINE).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                served = serve => served?,
+                () = deadline => tracing::warn!(
+                    component,
+                    deadline_secs = DRAIN_DEADLINE.as_secs(),
+                    "connections still open at the drain deadline after shutdown; closing them"
+                ),
+            }
         }
         Incoming::InProcess(handoff) => {
             // A dropped receiver means no one will call; the component still runs until
@@ -174,6 +195,11 @@ where
     }
     Ok(())
 }
+
+/// After shutdown, how long a split-mode component waits for its calls in
+/// progress and its clients' connections before it stops anyway. The edge's
+/// calls have their own deadline (`edge.component_timeout_ms`, 2 s by default).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The routes of one component, whatever carries the calls: `service`, health
 /// (SERVING for it) and `breakwater.v1.StatusService` on `status`.

@@ -39,7 +39,16 @@ pub const METRICS: &[Metric] = &[
     counter(
         "breakwater_http_requests_total",
         &["route", "method", "status"],
-        "HTTP requests served by the edge, by route, method and status code.",
+        "HTTP requests served by the edge, by route, method and status code; an unknown route is \
+         `unmatched` and a method other than the standard ones is `other`.",
+    ),
+    counter(
+        "breakwater_edge_limit_hits_total",
+        &["limit"],
+        "Times the edge hit one of its connection limits, by limit: connections (the oldest idle \
+         connection was closed to make room), probe_only (a connection past max_connections), \
+         refused (no room even for probes), accept (the process ran out of file descriptors), \
+         header_timeout, body_timeout, concurrency (a webhook shed with 503).",
     ),
     histogram(
         "breakwater_http_request_duration_seconds",
@@ -157,6 +166,13 @@ pub const METRICS: &[Metric] = &[
         "breakwater_crd_writes_total",
         &["kind", "outcome"],
         "RemediationRequest writes asked of crd-writer, by kind and outcome.",
+    ),
+    counter(
+        "breakwater_crd_sink_quarantined_total",
+        &["reason"],
+        "CR files of the directory sink moved aside to <name>.yaml.corrupt-<unix ms> because they \
+         could not be read back, by reason (corrupt, not_a_file); the CR is then written again \
+         from its pending counts.",
     ),
     counter(
         "breakwater_crd_flush_writes_total",

@@ -5,19 +5,32 @@
 //! one async mutex, so a read-modify-write cannot interleave with another; this sink assumes it
 //! is the directory's only writer.
 //!
+//! CRs carry labels and annotations, so the directories it creates are 0700 and its files 0600.
+//! It follows no symlink below the root: a namespace directory that is a link is refused, a CR
+//! file is opened with `O_NOFOLLOW`, and a temporary file has an unpredictable name and is
+//! created with `O_EXCL`, so a link planted in its place is never written through.
+//!
+//! A CR file that cannot be read back (not YAML of a RemediationRequest, or a link) is moved
+//! aside to `<name>.yaml.corrupt-<unix ms>`, reported once and counted in
+//! `breakwater_crd_sink_quarantined_total`; the caller then sees the CR as missing and creates
+//! it again from what it knows (the incident's first signal and its pending counts), so a bad
+//! file never blocks its counts for good.
+//!
 //! The dedup of last resort ([`RemediationSink::find_open`]) asks for the open CR of a
 //! fingerprint, per alert while dedup is unavailable. An index of the CR names of each
 //! fingerprint answers it by reading only those files: the namespace is scanned once, the
 //! first time it is asked about, and `create` keeps the index current from then on.
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use breakwater_signal::UnixMillis;
+use breakwater_signal::{Clock, SystemClock, UnixMillis};
 
 use super::{
     CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, latest_open,
@@ -32,8 +45,6 @@ pub struct DirSink {
     root: PathBuf,
     cap: usize,
     write_lock: Mutex<()>,
-    /// Makes temporary file names unique within the process.
-    tmp_seq: AtomicU64,
     /// Per namespace scanned so far, the CR names of each fingerprint (`spec.signalFingerprint`).
     /// Changed only under `write_lock`.
     index: std::sync::Mutex<HashMap<String, HashMap<String, Vec<String>>>>,
@@ -48,7 +59,6 @@ impl DirSink {
             root: root.into(),
             cap: DEFAULT_CAP,
             write_lock: Mutex::new(()),
-            tmp_seq: AtomicU64::new(0),
             index: std::sync::Mutex::new(HashMap::new()),
             files_read: AtomicU64::new(0),
         }
@@ -109,14 +119,33 @@ impl DirSink {
 
     async fn read(&self, path: &Path) -> Result<Option<RemediationRequest>, SinkError> {
         self.files_read.fetch_add(1, Ordering::Relaxed);
-        let text = match tokio::fs::read_to_string(path).await {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let owned = path.to_owned();
+        let text = match tokio::task::spawn_blocking(move || read_no_follow(&owned)).await {
+            Ok(Ok(Some(text))) => text,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_a_file(path)),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(std::io::Error::other(e).into()),
         };
         serde_saphyr::from_str(&text)
             .map(Some)
             .map_err(|source| SinkError::Corrupt { path: path.display().to_string(), source: Box::new(source) })
+    }
+
+    /// Moves an unreadable CR file aside (see the module doc), so its CR can be created again.
+    async fn quarantine(&self, path: &Path, cause: &SinkError) -> Result<(), SinkError> {
+        let reason = if is_not_a_file(cause) { "not_a_file" } else { "corrupt" };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let aside = path.with_file_name(format!("{name}.corrupt-{}", SystemClock.now()));
+        tokio::fs::rename(path, &aside).await?;
+        metrics::counter!("breakwater_crd_sink_quarantined_total", "reason" => reason).increment(1);
+        tracing::error!(
+            path = %path.display(),
+            moved_to = %aside.display(),
+            cause = %cause,
+            "remediation file cannot be read; moved aside, the CR is written again from its pending counts"
+        );
+        Ok(())
     }
 
     /// Every CR of `namespace`, named after its file (what [`Self::path_of`] finds again). A
@@ -148,7 +177,7 @@ impl DirSink {
                 }
                 // Renamed or removed since the listing.
                 Ok(None) => {}
-                Err(err @ SinkError::Corrupt { .. }) => tracing::warn!(cause = %err, "skipping remediation file"),
+                Err(err) if is_unreadable(&err) => tracing::warn!(cause = %err, "skipping remediation file"),
                 Err(err) => return Err(err),
             }
         }
@@ -163,8 +192,14 @@ impl DirSink {
     ) -> Result<UpdateOutcome, SinkError> {
         let path = self.path_of(target)?;
         let _guard = self.write_lock.lock().await;
-        let Some(mut rr) = self.read(&path).await? else {
-            return Ok(UpdateOutcome::NotFound);
+        let mut rr = match self.read(&path).await {
+            Ok(Some(rr)) => rr,
+            Ok(None) => return Ok(UpdateOutcome::NotFound),
+            Err(err) if is_unreadable(&err) => {
+                self.quarantine(&path, &err).await?;
+                return Ok(UpdateOutcome::NotFound);
+            }
+            Err(err) => return Err(err),
         };
         if !change(&mut rr.spec) {
             return Ok(UpdateOutcome::Unchanged);
@@ -176,17 +211,69 @@ impl DirSink {
 
     async fn write(&self, path: &Path, rr: &RemediationRequest) -> Result<(), SinkError> {
         let yaml = serde_saphyr::to_string(rr)?;
-        let dir = path.parent().unwrap_or(&self.root);
-        tokio::fs::create_dir_all(dir).await?;
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".tmp-{}-{seq}", std::process::id()));
-        tokio::fs::write(&tmp, yaml).await?;
-        if let Err(e) = tokio::fs::rename(&tmp, path).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e.into());
-        }
-        Ok(())
+        let (root, path) = (self.root.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || write_blocking(&root, &path, yaml.as_bytes()))
+            .await
+            .map_err(std::io::Error::other)?
     }
+}
+
+/// A link (or another non-file) where the sink expects its own file or directory.
+#[derive(Debug, thiserror::Error)]
+#[error("{path} is a link or not a regular file; the directory sink does not follow it")]
+struct NotAFile {
+    path: String,
+}
+
+/// Carried as an I/O error: the sink's error type is shared with the gRPC face.
+fn not_a_file(path: &Path) -> SinkError {
+    SinkError::Io(std::io::Error::other(NotAFile { path: path.display().to_string() }))
+}
+
+fn is_not_a_file(err: &SinkError) -> bool {
+    matches!(err, SinkError::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<NotAFile>()))
+}
+
+/// A CR file that cannot be read back as a CR: moved aside, never retried as is.
+fn is_unreadable(err: &SinkError) -> bool {
+    matches!(err, SinkError::Corrupt { .. }) || is_not_a_file(err)
+}
+
+/// Only the gateway's user may list or read CRs: they carry labels and annotations.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Writes `path` (under `root`) through a fresh temporary file and a rename.
+fn write_blocking(root: &Path, path: &Path, yaml: &[u8]) -> Result<(), SinkError> {
+    let dir = path.parent().unwrap_or(root);
+    // Creates the root too, 0700, when it does not exist yet.
+    std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
+    if dir != root && !std::fs::symlink_metadata(dir)?.is_dir() {
+        // A link planted as a namespace directory would lead writes out of the root.
+        return Err(not_a_file(dir));
+    }
+    // Unpredictable, and O_EXCL: a link planted under this name makes the open fail
+    // instead of being written through.
+    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&tmp)?;
+    // rename replaces a link at `path` itself, never the file it points to.
+    if let Err(e) = file.write_all(yaml).and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// The file's text, or `None` when it does not exist; a link fails with `ELOOP`.
+fn read_no_follow(path: &Path) -> std::io::Result<Option<String>> {
+    let mut file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text)?;
+    Ok(Some(text))
 }
 
 fn target_of(rr: &RemediationRequest) -> CrRef {
@@ -208,8 +295,14 @@ impl RemediationSink for DirSink {
         let target = target_of(rr);
         let path = self.path_of(&target)?;
         let _guard = self.write_lock.lock().await;
-        if tokio::fs::try_exists(&path).await? {
-            return Ok(Created { outcome: CreateOutcome::AlreadyExisted, namespace: target.namespace });
+        match tokio::fs::symlink_metadata(&path).await {
+            Ok(meta) if meta.is_file() => {
+                return Ok(Created { outcome: CreateOutcome::AlreadyExisted, namespace: target.namespace });
+            }
+            // A link or anything else in the CR's place is not a CR this sink wrote.
+            Ok(_) => self.quarantine(&path, &not_a_file(&path)).await?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
         let mut rr = rr.clone();
         rr.metadata.resource_version = None;

@@ -247,3 +247,119 @@ async fn increments_add_up_under_concurrency() -> TestResult {
     assert_eq!(sink.add_occurrences(&target("payments", "rr-x"), 1, 0).await?, UpdateOutcome::NotFound);
     Ok(())
 }
+
+/// The files under `dir` whose name starts with `prefix`.
+fn named(dir: &std::path::Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_moved_aside_and_its_cr_written_again() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sink = DirSink::new(dir.path());
+    let rr = build(&write("payments", "rr-1", false), 1_700_000_000_500, "kubernaut-system");
+    sink.create(&rr).await?;
+    std::fs::write(dir.path().join("payments/rr-1.yaml"), "kind: [unterminated")?;
+
+    // The update finds no CR it can use (so the flusher creates it again), instead of failing
+    // every flush for good.
+    let update = CountUpdate { occurrence_count: 5, ..CountUpdate::default() };
+    assert_eq!(sink.update_counts(&target("payments", "rr-1"), &update).await?, UpdateOutcome::NotFound);
+    let aside = named(&dir.path().join("payments"), "rr-1.yaml.corrupt-");
+    assert_eq!(aside.len(), 1, "moved aside: {aside:?}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("payments").join(&aside[0]))?, "kind: [unterminated");
+    let created = sink.create(&rr).await?;
+    assert_eq!(created.outcome, CreateOutcome::Created);
+    assert_eq!(sink.update_counts(&target("payments", "rr-1"), &update).await?, UpdateOutcome::Updated);
+    let rebuilt = sink.get(&target("payments", "rr-1")).await?.ok_or("missing")?;
+    assert_eq!(rebuilt.spec.deduplication.occurrence_count, 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_root_is_0700_and_files_0600() -> TestResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("remediations");
+    let sink = DirSink::new(&root);
+    sink.create(&build(&write("payments", "rr-1", false), 1_700_000_000_500, "kubernaut-system")).await?;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode(&root)?, 0o700, "root");
+    assert_eq!(mode(&root.join("payments"))?, 0o700, "namespace directory");
+    assert_eq!(mode(&root.join("payments/rr-1.yaml"))?, 0o600, "CR file");
+    sink.add_occurrences(&target("payments", "rr-1"), 1, 1_700_000_001_000).await?;
+    assert_eq!(mode(&root.join("payments/rr-1.yaml"))?, 0o600, "CR file rewritten");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_directory_that_is_a_link_is_not_followed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+    std::fs::create_dir_all(&root)?;
+    std::fs::create_dir_all(&outside)?;
+    std::os::unix::fs::symlink(&outside, root.join("payments"))?;
+    let sink = DirSink::new(&root);
+    let rr = build(&write("payments", "rr-1", false), 1_700_000_000_500, "kubernaut-system");
+    assert!(sink.create(&rr).await.is_err(), "a create through the link is refused");
+    assert_eq!(std::fs::read_dir(&outside)?.count(), 0, "nothing written outside the root");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cr_file_that_is_a_link_is_moved_aside_not_read_or_written_through() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("root");
+    let sink = DirSink::new(&root);
+    let rr = build(&write("payments", "rr-1", false), 1_700_000_000_500, "kubernaut-system");
+    sink.create(&rr).await?;
+    // Another file, valid CR YAML, that a link in the CR's place points to.
+    let victim = dir.path().join("victim.yaml");
+    std::fs::copy(root.join("payments/rr-1.yaml"), &victim)?;
+    let before = std::fs::read_to_string(&victim)?;
+    std::fs::remove_file(root.join("payments/rr-1.yaml"))?;
+    std::os::unix::fs::symlink(&victim, root.join("payments/rr-1.yaml"))?;
+
+    assert!(sink.get(&target("payments", "rr-1")).await.is_err(), "not read through the link");
+    let update = CountUpdate { occurrence_count: 9, ..CountUpdate::default() };
+    assert_eq!(sink.update_counts(&target("payments", "rr-1"), &update).await?, UpdateOutcome::NotFound);
+    assert_eq!(named(&root.join("payments"), "rr-1.yaml.corrupt-").len(), 1, "the link is moved aside");
+    assert_eq!(sink.create(&rr).await?.outcome, CreateOutcome::Created);
+    assert!(std::fs::symlink_metadata(root.join("payments/rr-1.yaml"))?.is_file(), "a file of its own again");
+    assert_eq!(std::fs::read_to_string(&victim)?, before, "the other file is untouched");
+
+    // A link planted where create expects nothing is moved aside too, not written through.
+    std::os::unix::fs::symlink(&victim, root.join("payments/rr-2.yaml"))?;
+    let rr2 = build(&write("payments", "rr-2", false), 1_700_000_000_500, "kubernaut-system");
+    assert_eq!(sink.create(&rr2).await?.outcome, CreateOutcome::Created);
+    assert!(std::fs::symlink_metadata(root.join("payments/rr-2.yaml"))?.is_file());
+    assert_eq!(std::fs::read_to_string(&victim)?, before, "the other file is untouched");
+    Ok(())
+}
+
+/// Temporary names were `.tmp-<pid>-<seq>`: a link planted under one made the sink write a CR
+/// into any file the gateway's user could write.
+#[tokio::test]
+async fn links_planted_under_temporary_names_are_never_written_through() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("payments"))?;
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious")?;
+    for seq in 0..20 {
+        std::os::unix::fs::symlink(&victim, root.join(format!("payments/.tmp-{}-{seq}", std::process::id())))?;
+    }
+    let sink = DirSink::new(&root);
+    for i in 0..5 {
+        let rr = build(&write("payments", &format!("rr-{i}"), false), 1_700_000_000_500, "kubernaut-system");
+        sink.create(&rr).await?;
+        sink.add_occurrences(&target("payments", &format!("rr-{i}")), 1, 1_700_000_001_000).await?;
+    }
+    assert_eq!(std::fs::read_to_string(&victim)?, "precious");
+    assert_eq!(named(&root.join("payments"), "rr-").len(), 5);
+    Ok(())
+}
