@@ -1,9 +1,10 @@
 //! The embedded sink: one YAML file per CR at `<dir>/<namespace>/<name>.yaml`.
 //!
 //! Each file holds the whole object (apiVersion, kind, metadata, spec), so `kubectl apply -f`
-//! accepts it. Files are replaced atomically (temporary file, then rename). Writes go through
-//! one async mutex, so a read-modify-write cannot interleave with another; this sink assumes it
-//! is the directory's only writer.
+//! accepts it. Files are replaced atomically (temporary file, then rename). Writes to one file
+//! go through one of [`LOCK_STRIPES`] async mutexes (picked by the file's path), so a
+//! read-modify-write cannot interleave with another of the same CR, while different CRs are
+//! written in parallel; this sink assumes it is the directory's only writer.
 //!
 //! CRs carry labels and annotations, so the directories it creates are 0700 and its files 0600.
 //! It follows no symlink below the root: a namespace directory that is a link is refused, a CR
@@ -40,13 +41,18 @@ use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, is_dns1123_l
 /// Default `affectedResources` cap, as `crd_writer.affected_resources_cap`.
 const DEFAULT_CAP: usize = 100;
 
+/// Write locks; a file's path picks its lock. One lock for all serialised every create of a
+/// burst of new incidents behind each other's file I/O.
+const LOCK_STRIPES: usize = 64;
+
 #[derive(Debug)]
 pub struct DirSink {
     root: PathBuf,
     cap: usize,
-    write_lock: Mutex<()>,
+    write_locks: Vec<Mutex<()>>,
     /// Per namespace scanned so far, the CR names of each fingerprint (`spec.signalFingerprint`).
-    /// Changed only under `write_lock`.
+    /// A namespace is added while holding every write lock, so no create slips between its
+    /// scan and its entry; a create adds its name while holding its file's lock.
     index: std::sync::Mutex<HashMap<String, HashMap<String, Vec<String>>>>,
     /// CR files read, for tests of the index.
     files_read: AtomicU64,
@@ -58,7 +64,7 @@ impl DirSink {
         Self {
             root: root.into(),
             cap: DEFAULT_CAP,
-            write_lock: Mutex::new(()),
+            write_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             index: std::sync::Mutex::new(HashMap::new()),
             files_read: AtomicU64::new(0),
         }
@@ -95,14 +101,26 @@ impl DirSink {
         self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The write lock of the file at `path`.
+    async fn lock_file(&self, path: &Path) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(path);
+        let stripe = usize::try_from(hash % LOCK_STRIPES as u64).unwrap_or(0);
+        self.write_locks[stripe].lock().await
+    }
+
     /// The names of the CRs of `fingerprint` in `namespace`, scanning the namespace into the
     /// index the first time it is asked about.
     async fn names_of(&self, namespace: &str, fingerprint: &str) -> Result<Vec<String>, SinkError> {
         if let Some(by_fingerprint) = self.lock_index().get(namespace) {
             return Ok(by_fingerprint.get(fingerprint).cloned().unwrap_or_default());
         }
-        // Under the write lock, so no create slips between the scan and the index.
-        let _guard = self.write_lock.lock().await;
+        // Under every write lock (taken in order, while a create takes one), so no create
+        // slips between the scan and the index.
+        let mut guards = Vec::with_capacity(LOCK_STRIPES);
+        for lock in &self.write_locks {
+            guards.push(lock.lock().await);
+        }
         if let Some(by_fingerprint) = self.lock_index().get(namespace) {
             return Ok(by_fingerprint.get(fingerprint).cloned().unwrap_or_default());
         }
@@ -191,7 +209,7 @@ impl DirSink {
         change: impl FnOnce(&mut RemediationRequestSpec) -> bool + Send,
     ) -> Result<UpdateOutcome, SinkError> {
         let path = self.path_of(target)?;
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.lock_file(&path).await;
         let mut rr = match self.read(&path).await {
             Ok(Some(rr)) => rr,
             Ok(None) => return Ok(UpdateOutcome::NotFound),
@@ -294,7 +312,7 @@ impl RemediationSink for DirSink {
     async fn create(&self, rr: &RemediationRequest) -> Result<Created, SinkError> {
         let target = target_of(rr);
         let path = self.path_of(&target)?;
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.lock_file(&path).await;
         match tokio::fs::symlink_metadata(&path).await {
             Ok(meta) if meta.is_file() => {
                 return Ok(Created { outcome: CreateOutcome::AlreadyExisted, namespace: target.namespace });
