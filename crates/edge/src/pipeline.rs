@@ -573,9 +573,47 @@ async fn place_new_incidents(
     if bindings.is_empty() {
         return Ok(());
     }
-    // On failure, repeats wait out the placement timeout, then count on the incident's own CR.
-    dedup.bind_remediations(pb::BindRemediationsRequest { bindings }).await?;
+    if let Err(status) = dedup.bind_remediations(pb::BindRemediationsRequest { bindings: bindings.clone() }).await {
+        retry_bindings_later(dedup, bindings);
+        return Err(status);
+    }
     Ok(())
+}
+
+/// How long a placement dedup could not take is retried in the background.
+const PLACEMENT_RETRY_FOR: Duration = Duration::from_secs(30);
+/// Background placement retries at once, at most; more are given up at once.
+const PLACEMENT_RETRIES_AT_MOST: usize = 64;
+static PLACEMENT_RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Dedup failed between counting a new incident and taking its placement (it died mid-webhook,
+/// its state kept in Redis). Until it takes the placement, the incident's repeats wait for it
+/// and then fall back to the incident's own CR with dedup's count, which would count the first
+/// alert a second time when a storm counted it. So the placement is retried until dedup is back
+/// (each try is idempotent), bounded in time and in number.
+fn retry_bindings_later(mut dedup: DedupServiceClient<TracedTransport>, bindings: Vec<pb::DedupBinding>) {
+    if PLACEMENT_RETRIES.fetch_add(1, Ordering::Relaxed) >= PLACEMENT_RETRIES_AT_MOST {
+        PLACEMENT_RETRIES.fetch_sub(1, Ordering::Relaxed);
+        metrics::counter!("breakwater_edge_placement_retries_total", "result" => "given_up").increment(1);
+        return;
+    }
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + PLACEMENT_RETRY_FOR;
+        let mut result = "given_up";
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let request = pb::BindRemediationsRequest { bindings: bindings.clone() };
+            if dedup.bind_remediations(request).await.is_ok() {
+                result = "bound";
+                break;
+            }
+        }
+        if result == "given_up" {
+            tracing::warn!(incidents = bindings.len(), "dedup did not take new incidents' placements within 30 s");
+        }
+        metrics::counter!("breakwater_edge_placement_retries_total", "result" => result).increment(1);
+        PLACEMENT_RETRIES.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// How long a repeat waits for its incident's first alert to be placed.

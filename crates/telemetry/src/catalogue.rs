@@ -82,6 +82,12 @@ pub const METRICS: &[Metric] = &[
         "Repeats that waited the full 3 s for a new incident's placement and fell back to its own CR name.",
     ),
     counter(
+        "breakwater_edge_placement_retries_total",
+        &["result"],
+        "New incidents whose placement dedup could not take during the webhook (it failed mid-way), \
+         retried in the background: bound, or given_up after 30 s or when too many wait.",
+    ),
+    counter(
         "breakwater_crd_journal_errors_total",
         &[],
         "Batches of pending count updates crd-writer could not write to its journal (a crash then would lose them).",
