@@ -174,12 +174,16 @@ async fn a_retry_after_a_503_completes_the_delivery_and_counts_once() {
 /// went over gRPC's 4 MiB default and the webhook got 503.
 async fn twenty_thousand_alerts_in_one_webhook(backend: Backend) {
     // Two such webhooks at once are more than one sender's default burst. A batch this size
-    // takes a debug build on a loaded machine more than the default 2 s per component call
-    // and 10 s per request; this test is about size limits, not deadlines.
+    // takes a debug build on a loaded machine more than the default 2 s per component call,
+    // 10 s per request and 1 s to get a Redis connection (storm then degrades and the 15,000
+    // pods become 15,000 CRs); this test is about size limits, not deadlines.
     let mut gw = TestGateway::start_with(backend, |c| {
         c.ratelimit.burst = 100_000;
         c.edge.component_timeout_ms = 20_000;
         c.edge.request_timeout_ms = 60_000;
+        for redis in [&mut c.dedup.redis, &mut c.storm.redis, &mut c.ratelimit.redis] {
+            redis.connect_timeout_ms = 10_000;
+        }
     })
     .await;
     let mut body = webhook(&[]);
