@@ -169,6 +169,12 @@ async fn probe_keyspace(keyspace: &Keyspace, component: &str) -> anyhow::Result<
              it looks like another service's user; give {component} its own user (see deploy/redis/)",
             keyspace.prefix()
         ))),
+        // Credentials Redis refuses will not start working by themselves: say so now rather
+        // than degrade with a pool timeout.
+        Err(e @ KeyspaceError::Authentication(_)) => Err(anyhow::Error::new(e).context(format!(
+            "{component} cannot log in to its Redis: check the user of {component}.redis.url and its password \
+             (in the URL or {component}.redis.password_file)"
+        ))),
         _ => Ok(()),
     }
 }

@@ -5,7 +5,7 @@
 //! takes calls for them from an [`Incoming`]: a TCP listener in split mode,
 //! where reflection is served too, or, in `breakwater up`, a [`Transport`]
 //! handed to the edge that calls the routes in this process (no socket, no
-//! HTTP/2). [`Transport::connect_lazy`] is the split-mode transport, and
+//! HTTP/2). [`Transport::replicas`] is the split-mode transport, and
 //! [`client`] wraps either in the layers every call to a component gets.
 //! Keeping both here gives the components one shape, and makes the transport
 //! the only thing `up` and split mode compose differently.
@@ -20,7 +20,7 @@ mod transport;
 
 pub use health::{ComponentHealth, is_store_unavailable, nothing_applied, store_unavailable};
 pub use rpc_telemetry::{RpcTelemetry, RpcTelemetryLayer};
-pub use transport::{Deadline, TracedTransport, Transport, client};
+pub use transport::{Deadline, Idempotent, TracedTransport, Transport, client};
 
 use std::future::Future;
 use std::net::SocketAddr;

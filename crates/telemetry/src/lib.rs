@@ -34,7 +34,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, fmt};
 
 pub use catalogue::{METRICS, Metric, MetricKind};
-pub use redact::redact;
+pub use redact::{redact, redact_endpoint};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,7 @@ impl TelemetryConfig {
         if let Some(endpoint) = &self.otlp_endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
+            let endpoint = redact::redact_endpoint(endpoint);
             return Err(format!("telemetry.otlp_endpoint {endpoint:?} must be an http:// or https:// URL"));
         }
         if let Some(ratio) = self.sample_ratio
@@ -159,7 +160,8 @@ pub fn init(
     let installed =
         tracing_subscriber::registry().with(lines).with(spans).with(logfmt::LogContext(dispatch)).try_init().is_ok();
     if let Some(plan) = plan.filter(|_| installed) {
-        tracing::info!(endpoint = %plan.endpoint, "exporting traces with OTLP/gRPC");
+        let endpoint = redact::redact_endpoint(&plan.endpoint);
+        tracing::info!(%endpoint, "exporting traces with OTLP/gRPC");
     }
     Ok(Telemetry { provider: provider.filter(|_| installed) })
 }

@@ -74,12 +74,17 @@ pub(crate) fn provider(plan: &ExportPlan) -> Result<SdkTracerProvider, Telemetry
             .with_tonic()
             .with_endpoint(plan.endpoint.clone())
             .build()
-            .map_err(|e| TelemetryError::Exporter { endpoint: plan.endpoint.clone(), message: e.to_string() })?;
+            .map_err(|e| TelemetryError::Exporter {
+                endpoint: crate::redact::redact_endpoint(&plan.endpoint),
+                message: crate::redact::redact_endpoint(&e.to_string()),
+            })?;
         // builder() also reads OTEL_RESOURCE_ATTRIBUTES; the service name is ours.
         exporter.set_resource(&Resource::builder().with_service_name(service.clone()).build());
         exporters.push((*component, exporter));
     }
-    let router = PerComponentExporter { exporters, endpoint: plan.endpoint.clone(), failing: AtomicBool::new(false) };
+    // Only for logs: credentials in the URL stay out of them.
+    let endpoint = crate::redact::redact_endpoint(&plan.endpoint);
+    let router = PerComponentExporter { exporters, endpoint, failing: AtomicBool::new(false) };
     // The batch processor exports from a thread of its own; OTEL_BSP_* tune it.
     let mut builder = SdkTracerProvider::builder().with_span_processor(BatchSpanProcessor::builder(router).build());
     if let Some(ratio) = plan.sample_ratio {
