@@ -98,7 +98,11 @@ pub async fn run_component(
         }
         Component::RateLimit | Component::CrdWriter => None,
     };
-    run_component_with(component, config, clock, sink, embedded.as_ref(), listener.into(), shutdown).await
+    let incoming = match config.tls.tonic()? {
+        Some(tls) => Incoming::Tls(listener, Box::new(tls)),
+        None => Incoming::Tcp(listener),
+    };
+    run_component_with(component, config, clock, sink, embedded.as_ref(), incoming, shutdown).await
 }
 
 /// [`run_component`] with the state directory already open (`up` shares
@@ -318,7 +322,8 @@ impl Gateway {
         let state = edge_state_over(&config, clock, components_of_edge);
         let edge_addr = edge_listener.local_addr()?;
         let stop = stop_edge.wait();
-        let edge = tokio::spawn(async move { Ok(breakwater_edge::run(state, edge_listener, stop).await?) });
+        let tls = config.tls.rustls()?;
+        let edge = tokio::spawn(async move { Ok(breakwater_edge::run(state, edge_listener, tls, stop).await?) });
         Ok(Self { edge_addr, stop_edge, stop_components, edge, components })
     }
 

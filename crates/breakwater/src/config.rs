@@ -42,6 +42,8 @@ pub struct Config {
     pub crd_writer: CrdWriterConfig,
     pub telemetry: TelemetryConfig,
     pub embedded: EmbeddedConfig,
+    /// TLS of the edge's listener and the split-mode gRPC servers.
+    pub tls: breakwater_grpc::tls::ServerTls,
 }
 
 /// Where services with `store = "embedded"` keep their state (`[embedded]`):
@@ -177,6 +179,7 @@ impl Config {
         self.storm.validate()?;
         self.crd_writer.validate()?;
         self.telemetry.validate()?;
+        self.tls.validate("tls")?;
         if self.embedded.dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
             return Err("embedded.dir = \"\" is not allowed: use a directory path".to_owned());
         }

@@ -68,6 +68,24 @@ pub struct ComponentUrls {
     /// How often host names are looked up again, so replicas that come and
     /// go are followed. Default 5 000.
     pub resolve_interval_ms: u64,
+    /// PEM CA bundle that signed the components' certificates; `https://`
+    /// URLs need it. Unset: plain HTTP/2.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key the edge presents, for components that
+    /// require mutual TLS (`tls.client_ca_file`). Unset: none.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl ComponentUrls {
+    /// The TLS the edge's clients use.
+    pub fn tls(&self) -> breakwater_grpc::tls::ClientTls {
+        breakwater_grpc::tls::ClientTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
 }
 
 impl Default for ComponentUrls {
@@ -78,6 +96,9 @@ impl Default for ComponentUrls {
             storm: "http://127.0.0.1:9103".into(),
             crd_writer: "http://127.0.0.1:9104".into(),
             resolve_interval_ms: 5_000,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -180,6 +201,11 @@ impl EdgeConfig {
                 ));
             }
         }
+        let urls =
+            [&self.components.ratelimit, &self.components.dedup, &self.components.storm, &self.components.crd_writer];
+        let any_https = urls.iter().flat_map(|u| u.split(',')).any(|u| u.trim().starts_with("https://"));
+        let any_http = urls.iter().flat_map(|u| u.split(',')).any(|u| u.trim().starts_with("http://"));
+        self.components.tls().validate("edge.components", any_https, any_http)?;
         if !(100..=3_600_000).contains(&self.components.resolve_interval_ms) {
             return Err(format!(
                 "edge.components.resolve_interval_ms = {} is not allowed: use 100..=3600000",

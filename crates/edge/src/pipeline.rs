@@ -59,10 +59,11 @@ impl Components {
     /// try another.
     ///
     /// # Errors
-    /// When a URL is not a valid endpoint.
+    /// When a URL is not a valid endpoint, or a TLS file cannot be read.
     pub fn connect_lazy(urls: &ComponentUrls, timeout: Duration) -> Result<Self, breakwater_grpc::GrpcError> {
         let every = Duration::from_millis(urls.resolve_interval_ms);
-        let replicas = |component, list: &str| Transport::replicas(component, list, timeout / 2, every);
+        let tls = urls.tls().tonic()?;
+        let replicas = |component, list: &str| Transport::replicas(component, list, timeout / 2, every, tls.clone());
         Ok(Self::new(
             replicas("ratelimit", &urls.ratelimit)?,
             replicas("dedup", &urls.dedup)?,

@@ -37,17 +37,18 @@ impl Transport {
     /// restarting the caller. Calls go round-robin over the replicas, and on
     /// to the next one when a replica certainly did not take the call (or
     /// failed one marked [`Idempotent`]). Calls are bounded by [`client`]'s
-    /// deadline, not here.
+    /// deadline, not here. `https://` URLs use `tls`.
     ///
     /// # Errors
-    /// When a URL is not a valid endpoint.
+    /// When a URL is not a valid endpoint, or is `https://` without `tls`.
     pub fn replicas(
         component: &'static str,
         urls: &str,
         connect_timeout: Duration,
         resolve_every: Duration,
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Self, GrpcError> {
-        let replicas = Replicas::new(component, urls, connect_timeout, resolve_every)?;
+        let replicas = Replicas::new(component, urls, connect_timeout, resolve_every, tls)?;
         let service = tower::service_fn(move |request: http::Request<Body>| replicas.clone().call(request));
         Ok(Self(BoxCloneSyncService::new(service)))
     }

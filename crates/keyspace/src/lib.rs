@@ -99,6 +99,20 @@ impl Keyspace {
         let info = config.connection_info().map_err(|why| KeyspaceError::Config(format!("redis.{why}")))?;
         // Small requests and replies: Nagle's algorithm would only add latency.
         let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let info = match &config.ca_file {
+            // rediss:// with its own CA; without one, rustls trusts the system's CAs.
+            Some(ca) if config.url.starts_with("rediss://") => {
+                let root_cert = std::fs::read(ca).map_err(|e| {
+                    KeyspaceError::Config(format!("redis.ca_file {}: cannot read it: {e}", ca.display()))
+                })?;
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+                redis::Client::build_with_tls(info, certs)
+                    .map_err(|e| KeyspaceError::Config(format!("redis.ca_file {}: {e}", ca.display())))?
+                    .get_connection_info()
+                    .clone()
+            }
+            _ => info,
+        };
         let manager = RedisConnectionManager::new(info)
             .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", redact_url(&config.url))))?;
         let last_connect_error = error::LastConnectError::default();

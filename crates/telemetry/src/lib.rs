@@ -54,6 +54,9 @@ pub struct TelemetryConfig {
     /// OTLP/gRPC endpoint spans are exported to, e.g. `http://jaeger-collector:4317`.
     /// Unset (and no `OTEL_EXPORTER_OTLP_*ENDPOINT`): no span export.
     pub otlp_endpoint: Option<String>,
+    /// PEM CA bundle that signed an `https://` collector's certificate. Unset:
+    /// the system's trusted CAs.
+    pub otlp_ca_file: Option<std::path::PathBuf>,
     /// Each component reports as `<prefix>-<component>`. Default `breakwater`.
     pub service_name_prefix: String,
     /// Fraction of new traces sampled (parent-based: a caller's decision is
@@ -63,7 +66,12 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { otlp_endpoint: None, service_name_prefix: "breakwater".to_owned(), sample_ratio: None }
+        Self {
+            otlp_endpoint: None,
+            otlp_ca_file: None,
+            service_name_prefix: "breakwater".to_owned(),
+            sample_ratio: None,
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 use tonic::body::Body;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tower::{BoxError, ServiceExt as _};
 
 use crate::GrpcError;
@@ -91,6 +91,8 @@ struct Inner {
     targets: Vec<Target>,
     connect_timeout: Duration,
     resolve_every: Duration,
+    /// For `https://` targets; each replica's certificate must name the target's host.
+    tls: Option<ClientTlsConfig>,
     state: Mutex<State>,
     next: AtomicUsize,
 }
@@ -103,6 +105,7 @@ impl Replicas {
         urls: &str,
         connect_timeout: Duration,
         resolve_every: Duration,
+        tls: Option<ClientTlsConfig>,
     ) -> Result<Self, GrpcError> {
         let targets = urls
             .split(',')
@@ -113,12 +116,17 @@ impl Replicas {
         if targets.is_empty() {
             return Err(GrpcError::Endpoint(urls.to_owned()));
         }
+        // Checked by the configuration too; never a surprise at the first call.
+        if tls.is_none() && targets.iter().any(|t| t.scheme == "https") {
+            return Err(GrpcError::Endpoint(format!("{urls} (https:// needs a CA to trust)")));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 component,
                 targets,
                 connect_timeout,
                 resolve_every,
+                tls,
                 state: Mutex::new(State::default()),
                 next: AtomicUsize::new(0),
             }),
@@ -252,8 +260,13 @@ impl Inner {
     }
 
     fn channel(&self, target: usize, addr: SocketAddr) -> Result<Channel, GrpcError> {
-        let scheme = self.targets.get(target).map_or("http", |t| t.scheme.as_str());
-        Ok(crate::endpoint(&format!("{scheme}://{addr}"), self.connect_timeout)?.connect_lazy())
+        let Some(target) = self.targets.get(target) else { return Err(GrpcError::Endpoint(addr.to_string())) };
+        let mut endpoint = crate::endpoint(&format!("{}://{addr}", target.scheme), self.connect_timeout)?;
+        if let Some(tls) = self.tls.as_ref().filter(|_| target.scheme == "https") {
+            // Dialled by address, verified by the name in the URL (or the IP it gives).
+            endpoint = endpoint.tls_config(tls.clone().domain_name(target.host.clone()))?;
+        }
+        Ok(endpoint.connect_lazy())
     }
 
     /// This call's replicas in the order to try them: round-robin, those that
