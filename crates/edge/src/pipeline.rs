@@ -361,7 +361,12 @@ impl AsyncPredicate<Batch> for DedupStage {
                     // batch (it died mid-call), and degrading would count it again. Answered
                     // 503; the retry's copies are recognised. Once dedup is known to be down
                     // (or says its store failed: nothing applied), we degrade.
-                    Err(status) if dedup_was_up && !breakwater_grpc::nothing_applied(&status) => {
+                    // With replicas, dedup still answers while one that died had calls: each
+                    // of those may have been applied, however many failed before.
+                    Err(status)
+                        if (dedup_was_up || breakwater_grpc::failed_mid_call(&status))
+                            && !breakwater_grpc::nothing_applied(&status) =>
+                    {
                         uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
                         degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
                         return Err(cannot_persist(Duration::from_secs(1), format!("dedup failed mid-call: {status}")));
@@ -434,7 +439,7 @@ impl AsyncPredicate<Batch> for StormStage {
                 let storm_was_up = !health.has("storm");
                 let storm_up = detect_storms(client.clone(), &mut batch).await;
                 if let Err(status) = &storm_up
-                    && storm_was_up
+                    && (storm_was_up || breakwater_grpc::failed_mid_call(status))
                     && !breakwater_grpc::nothing_applied(status)
                 {
                     degraded(&health, "storm", status, STORM_MEANWHILE);
@@ -445,7 +450,7 @@ impl AsyncPredicate<Batch> for StormStage {
                 let resolved = resolve_pending_repeats(dedup, &mut batch).await;
                 let counted = count_storm_repeats(client, &mut batch).await;
                 if let Err(status) = &counted
-                    && storm_was_up
+                    && (storm_was_up || breakwater_grpc::failed_mid_call(status))
                     && !breakwater_grpc::nothing_applied(status)
                 {
                     degraded(&health, "storm", status, STORM_MEANWHILE);

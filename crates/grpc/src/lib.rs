@@ -19,7 +19,7 @@ mod rpc_telemetry;
 pub mod tls;
 mod transport;
 
-pub use health::{ComponentHealth, is_store_unavailable, nothing_applied, store_unavailable};
+pub use health::{ComponentHealth, failed_mid_call, is_store_unavailable, nothing_applied, store_unavailable};
 pub use rpc_telemetry::{RpcTelemetry, RpcTelemetryLayer};
 pub use transport::{Deadline, Idempotent, TracedTransport, Transport, client};
 

@@ -16,6 +16,8 @@ use crate::{GrpcError, RpcTelemetry, RpcTelemetryLayer};
 
 mod replicas;
 
+pub(crate) use replicas::never_sent;
+
 pub use replicas::Idempotent;
 use replicas::Replicas;
 

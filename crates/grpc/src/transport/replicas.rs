@@ -310,7 +310,7 @@ fn rebuild(parts: &http::request::Parts, body: &Bytes) -> http::Request<Body> {
 /// made, the call never left hyper's queue, or HTTP/2 refused the stream
 /// (REFUSED_STREAM, or a graceful GOAWAY that did not include it), which
 /// guarantees it was not processed.
-fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
         if error.is::<tonic::ConnectError>() {
