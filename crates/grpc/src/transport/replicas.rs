@@ -29,6 +29,9 @@ use crate::GrpcError;
 #[derive(Clone, Copy, Debug)]
 pub struct Idempotent;
 
+/// How often names are looked up again while none resolved to an address.
+const EMPTY_RESOLVE_EVERY: Duration = Duration::from_millis(500);
+
 /// How long a replica that refused a connection is tried only after the others.
 const SKIP_FOR: Duration = Duration::from_secs(2);
 
@@ -146,7 +149,8 @@ impl Replicas {
             return Err(format!("no replica of {} resolved", self.inner.component).into());
         }
         let mut last_error: Option<BoxError> = None;
-        for (addr, channel) in order {
+        let mut order = order.into_iter().peekable();
+        while let Some((addr, channel)) = order.next() {
             let request = rebuild(&parts, &body);
             let answer = match channel.ready_oneshot().await {
                 Ok(channel) => channel.oneshot(request).await,
@@ -167,9 +171,11 @@ impl Replicas {
             } else {
                 return Err(error);
             };
-            metrics::counter!("breakwater_edge_component_retries_total", "component" => self.inner.component, "reason" => reason)
-                .increment(1);
-            tracing::debug!(component = self.inner.component, %addr, reason, cause = %error, "trying the next replica");
+            if order.peek().is_some() {
+                metrics::counter!("breakwater_edge_component_retries_total", "component" => self.inner.component, "reason" => reason)
+                    .increment(1);
+                tracing::debug!(component = self.inner.component, %addr, reason, cause = %error, "trying the next replica");
+            }
             last_error = Some(error);
         }
         Err(last_error.unwrap_or_else(|| "no replica answered".into()))
@@ -178,13 +184,20 @@ impl Replicas {
 
 impl Inner {
     /// Looks the targets up on the first call (waiting for it) and when the
-    /// last lookup is older than `resolve_every` (in the background).
+    /// last lookup is older than `resolve_every` (in the background); with no
+    /// address known (a headless Service with no ready pod yet), every 500 ms
+    /// at most, so the first pod to become ready is called soon.
     async fn refresh(self: &Arc<Self>) {
         let first = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let stale_after = if state.replicas.is_empty() {
+                self.resolve_every.min(EMPTY_RESOLVE_EVERY)
+            } else {
+                self.resolve_every
+            };
             match state.resolved_at {
                 None => true,
-                Some(at) if !state.resolving && at.elapsed() >= self.resolve_every => {
+                Some(at) if !state.resolving && at.elapsed() >= stale_after => {
                     state.resolving = true;
                     let inner = self.clone();
                     tokio::spawn(async move { inner.resolve().await });
