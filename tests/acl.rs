@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use breakwater_keyspace::RedisConfig;
+use breakwater_keyspace::{Keyspace, KeyspaceError, RedisConfig};
 use breakwater_testkit::{RedisServer, RespConnection, RespValue, assert_eventually, deploy_acl_for_test};
 use breakwater_tests::{Alert, TestGateway, accounted_alerts, webhook};
 
@@ -115,4 +115,23 @@ async fn reference_topology_one_redis_per_service() {
         let keys: Vec<&str> = keys.lines().skip(1).collect();
         assert!(!keys.is_empty() && keys.iter().all(|k| k.starts_with(prefix)), "{prefix}: {keys:?}");
     }
+}
+
+/// A wrong password is an authentication failure, said as such (and without the password),
+/// not a pool that timed out.
+#[tokio::test]
+async fn a_wrong_password_is_reported_as_an_authentication_failure() {
+    let acl = deploy_acl_for_test("dev.acl");
+    let server = RedisServer::builder().acl_file(acl.path()).start().await;
+    let wrong = RedisConfig { url: server.url_as("bw-dedup", "not-the-password"), ..redis_as(&server, "bw-dedup") };
+    let keyspace = Keyspace::from_config(&wrong, "dedup").expect("config");
+    let err = keyspace.probe_write().await.expect_err("a wrong password cannot write");
+    assert!(matches!(err, KeyspaceError::Authentication(_)), "{err:?}");
+    assert_eq!(err.metric_label(), "auth");
+    let said = format!("{err} / {err:?}");
+    assert!(said.contains("authentication failed"), "{said}");
+    assert!(!said.contains("not-the-password"), "the password is not shown: {said}");
+    // The same user with its password writes: it was the password.
+    let right = Keyspace::from_config(&redis_as(&server, "bw-dedup"), "dedup").expect("config");
+    right.probe_write().await.expect("the right password writes");
 }

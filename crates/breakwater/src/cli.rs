@@ -173,7 +173,8 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Edge { listen } => {
             let listener = bind(listen.unwrap_or(config.listen.edge), "edge").await?;
             let state = edge_state(&config, Arc::new(SystemClock))?;
-            return Ok(breakwater_edge::run(state, listener, shutdown.wait()).await?);
+            let tls = config.tls.rustls()?;
+            return Ok(breakwater_edge::run(state, listener, tls, shutdown.wait()).await?);
         }
         Command::Ratelimit { listen } => (Component::RateLimit, listen.unwrap_or(config.listen.ratelimit)),
         Command::Dedup { listen } => (Component::Dedup, listen.unwrap_or(config.listen.dedup)),

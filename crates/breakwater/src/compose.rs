@@ -98,7 +98,11 @@ pub async fn run_component(
         }
         Component::RateLimit | Component::CrdWriter => None,
     };
-    run_component_with(component, config, clock, sink, embedded.as_ref(), listener.into(), shutdown).await
+    let incoming = match config.tls.tonic()? {
+        Some(tls) => Incoming::Tls(listener, Box::new(tls)),
+        None => Incoming::Tcp(listener),
+    };
+    run_component_with(component, config, clock, sink, embedded.as_ref(), incoming, shutdown).await
 }
 
 /// [`run_component`] with the state directory already open (`up` shares
@@ -168,6 +172,12 @@ async fn probe_keyspace(keyspace: &Keyspace, component: &str) -> anyhow::Result<
             "{component} may not write its own keys {}* with the Redis user of {component}.redis.url: \
              it looks like another service's user; give {component} its own user (see deploy/redis/)",
             keyspace.prefix()
+        ))),
+        // Credentials Redis refuses will not start working by themselves: say so now rather
+        // than degrade with a pool timeout.
+        Err(e @ KeyspaceError::Authentication(_)) => Err(anyhow::Error::new(e).context(format!(
+            "{component} cannot log in to its Redis: check the user of {component}.redis.url and its password \
+             (in the URL or {component}.redis.password_file)"
         ))),
         _ => Ok(()),
     }
@@ -312,7 +322,8 @@ impl Gateway {
         let state = edge_state_over(&config, clock, components_of_edge);
         let edge_addr = edge_listener.local_addr()?;
         let stop = stop_edge.wait();
-        let edge = tokio::spawn(async move { Ok(breakwater_edge::run(state, edge_listener, stop).await?) });
+        let tls = config.tls.rustls()?;
+        let edge = tokio::spawn(async move { Ok(breakwater_edge::run(state, edge_listener, tls, stop).await?) });
         Ok(Self { edge_addr, stop_edge, stop_components, edge, components })
     }
 

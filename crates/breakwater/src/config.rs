@@ -25,6 +25,7 @@ use breakwater_keyspace::redact_credentials;
 use breakwater_ratelimit::RateLimitConfig;
 use breakwater_storm::StormConfig;
 use breakwater_telemetry::TelemetryConfig;
+use breakwater_telemetry::redact_endpoint;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment override.
@@ -41,6 +42,8 @@ pub struct Config {
     pub crd_writer: CrdWriterConfig,
     pub telemetry: TelemetryConfig,
     pub embedded: EmbeddedConfig,
+    /// TLS of the edge's listener and the split-mode gRPC servers.
+    pub tls: breakwater_grpc::tls::ServerTls,
 }
 
 /// Where services with `store = "embedded"` keep their state (`[embedded]`):
@@ -160,7 +163,10 @@ impl Config {
     /// # Errors
     /// When the configuration cannot be written as TOML (a bug, not input).
     pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
-        let text = toml::to_string(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut shown = self.clone();
+        // An OTLP endpoint may carry a token as its user or in its query.
+        shown.telemetry.otlp_endpoint = shown.telemetry.otlp_endpoint.as_deref().map(redact_endpoint);
+        let text = toml::to_string(&shown).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(redact_credentials(&text))
     }
 
@@ -173,6 +179,7 @@ impl Config {
         self.storm.validate()?;
         self.crd_writer.validate()?;
         self.telemetry.validate()?;
+        self.tls.validate("tls")?;
         if self.embedded.dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
             return Err("embedded.dir = \"\" is not allowed: use a directory path".to_owned());
         }

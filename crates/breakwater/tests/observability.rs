@@ -410,3 +410,22 @@ async fn every_components_metrics_move_with_the_scenario() {
         }
     }
 }
+
+/// Credentials in an OTLP endpoint (a user and password, a token as the user, a key in the
+/// query) never reach the logs: the start-up line shows the endpoint with them as `***`.
+#[tokio::test]
+async fn credentials_in_the_otlp_endpoint_are_not_logged_at_start() {
+    let receiver = OtlpReceiver::start().await;
+    let endpoint = receiver.endpoint().replacen("://", "://bw:s3cret-pw@", 1) + "?api-key=s3cret-key";
+    let process = breakwater(&["ratelimit", "--listen", "127.0.0.1:0"], &otlp_env(endpoint)).await;
+    let mut logged = String::new();
+    for _ in 0..100 {
+        logged = process.stderr().join("\n");
+        if logged.contains("OTLP") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(logged.contains("***@127.0.0.1"), "the endpoint is logged, redacted: {logged}");
+    assert!(!logged.contains("s3cret"), "no credential is logged: {logged}");
+}

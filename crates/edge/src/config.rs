@@ -48,12 +48,16 @@ pub struct EdgeConfig {
     /// When dedup is unreachable, new CRs are named per window of this length
     /// (seconds) so Kubernetes' AlreadyExists still dedups. Default 300.
     pub dedup_fallback_window_secs: u64,
-    /// Where the components listen (`http://host:port`). `breakwater up` fills
-    /// these with its in-process servers.
+    /// Where the components listen (`http://host:port`, or several
+    /// comma-separated; a host name stands for every address it resolves to).
+    /// `breakwater up` fills these with its in-process servers.
     pub components: ComponentUrls,
 }
 
-/// gRPC endpoints of the components the edge calls.
+/// gRPC endpoints of the components the edge calls. Each is a URL, or a
+/// comma-separated list of the component's replicas; a host name stands for
+/// every address it resolves to (a headless Service: one per ready pod). Calls
+/// go round-robin over all of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ComponentUrls {
@@ -61,6 +65,27 @@ pub struct ComponentUrls {
     pub dedup: String,
     pub storm: String,
     pub crd_writer: String,
+    /// How often host names are looked up again, so replicas that come and
+    /// go are followed. Default 5 000.
+    pub resolve_interval_ms: u64,
+    /// PEM CA bundle that signed the components' certificates; `https://`
+    /// URLs need it. Unset: plain HTTP/2.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key the edge presents, for components that
+    /// require mutual TLS (`tls.client_ca_file`). Unset: none.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl ComponentUrls {
+    /// The TLS the edge's clients use.
+    pub fn tls(&self) -> breakwater_grpc::tls::ClientTls {
+        breakwater_grpc::tls::ClientTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
 }
 
 impl Default for ComponentUrls {
@@ -70,6 +95,10 @@ impl Default for ComponentUrls {
             dedup: "http://127.0.0.1:9102".into(),
             storm: "http://127.0.0.1:9103".into(),
             crd_writer: "http://127.0.0.1:9104".into(),
+            resolve_interval_ms: 5_000,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -165,10 +194,32 @@ impl EdgeConfig {
             ("storm", &self.components.storm),
             ("crd_writer", &self.components.crd_writer),
         ] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("edge.components.{key} = {url:?} is not allowed: use http://host:port"));
+            let replicas: Vec<&str> = url.split(',').map(str::trim).collect();
+            if replicas.iter().any(|u| !valid_component_url(u)) {
+                return Err(format!(
+                    "edge.components.{key} = {url:?} is not allowed: use http://host:port, or several separated by commas"
+                ));
             }
+        }
+        let urls =
+            [&self.components.ratelimit, &self.components.dedup, &self.components.storm, &self.components.crd_writer];
+        let any_https = urls.iter().flat_map(|u| u.split(',')).any(|u| u.trim().starts_with("https://"));
+        let any_http = urls.iter().flat_map(|u| u.split(',')).any(|u| u.trim().starts_with("http://"));
+        self.components.tls().validate("edge.components", any_https, any_http)?;
+        if !(100..=3_600_000).contains(&self.components.resolve_interval_ms) {
+            return Err(format!(
+                "edge.components.resolve_interval_ms = {} is not allowed: use 100..=3600000",
+                self.components.resolve_interval_ms
+            ));
         }
         Ok(())
     }
+}
+
+/// `http://host:port` (or `https://`), with a host and nothing after the port.
+fn valid_component_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri.path_and_query().is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
 }

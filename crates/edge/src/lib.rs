@@ -44,15 +44,17 @@ pub use router::{EdgeState, router};
 ///
 /// # Errors
 /// None today; kept for callers that propagate serving failures.
+/// With `tls` (`[tls]`), it serves HTTPS only.
 pub async fn run(
     state: EdgeState,
     listener: TcpListener,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let on_shutdown = state.clone();
     let limits = serve::ConnectionLimits::of(&state.config);
     let app = router(state);
-    serve::serve(app, listener, limits, async move {
+    serve::serve(app, listener, limits, tls, async move {
         shutdown.await;
         on_shutdown.mark_shutting_down();
     })

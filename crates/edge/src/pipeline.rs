@@ -53,16 +53,22 @@ pub struct Components {
 }
 
 impl Components {
-    /// Split mode: channels to `urls` that connect on first use and reconnect.
+    /// Split mode: each component's replicas at `urls`, over channels that
+    /// connect on first use and reconnect. A replica's connection may take
+    /// half the call deadline, so a refused or unreachable one leaves time to
+    /// try another.
     ///
     /// # Errors
-    /// When a URL is not a valid endpoint.
+    /// When a URL is not a valid endpoint, or a TLS file cannot be read.
     pub fn connect_lazy(urls: &ComponentUrls, timeout: Duration) -> Result<Self, breakwater_grpc::GrpcError> {
+        let every = Duration::from_millis(urls.resolve_interval_ms);
+        let tls = urls.tls().tonic()?;
+        let replicas = |component, list: &str| Transport::replicas(component, list, timeout / 2, every, tls.clone());
         Ok(Self::new(
-            Transport::connect_lazy(&urls.ratelimit, timeout)?,
-            Transport::connect_lazy(&urls.dedup, timeout)?,
-            Transport::connect_lazy(&urls.storm, timeout)?,
-            Transport::connect_lazy(&urls.crd_writer, timeout)?,
+            replicas("ratelimit", &urls.ratelimit)?,
+            replicas("dedup", &urls.dedup)?,
+            replicas("storm", &urls.storm)?,
+            replicas("crd-writer", &urls.crd_writer)?,
             timeout,
         ))
     }
@@ -355,7 +361,12 @@ impl AsyncPredicate<Batch> for DedupStage {
                     // batch (it died mid-call), and degrading would count it again. Answered
                     // 503; the retry's copies are recognised. Once dedup is known to be down
                     // (or says its store failed: nothing applied), we degrade.
-                    Err(status) if dedup_was_up && !breakwater_grpc::nothing_applied(&status) => {
+                    // With replicas, dedup still answers while one that died had calls: each
+                    // of those may have been applied, however many failed before.
+                    Err(status)
+                        if (dedup_was_up || breakwater_grpc::failed_mid_call(&status))
+                            && !breakwater_grpc::nothing_applied(&status) =>
+                    {
                         uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
                         degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
                         return Err(cannot_persist(Duration::from_secs(1), format!("dedup failed mid-call: {status}")));
@@ -428,7 +439,7 @@ impl AsyncPredicate<Batch> for StormStage {
                 let storm_was_up = !health.has("storm");
                 let storm_up = detect_storms(client.clone(), &mut batch).await;
                 if let Err(status) = &storm_up
-                    && storm_was_up
+                    && (storm_was_up || breakwater_grpc::failed_mid_call(status))
                     && !breakwater_grpc::nothing_applied(status)
                 {
                     degraded(&health, "storm", status, STORM_MEANWHILE);
@@ -439,7 +450,7 @@ impl AsyncPredicate<Batch> for StormStage {
                 let resolved = resolve_pending_repeats(dedup, &mut batch).await;
                 let counted = count_storm_repeats(client, &mut batch).await;
                 if let Err(status) = &counted
-                    && storm_was_up
+                    && (storm_was_up || breakwater_grpc::failed_mid_call(status))
                     && !breakwater_grpc::nothing_applied(status)
                 {
                     degraded(&health, "storm", status, STORM_MEANWHILE);
@@ -573,7 +584,9 @@ async fn place_new_incidents(
     if bindings.is_empty() {
         return Ok(());
     }
-    if let Err(status) = dedup.bind_remediations(pb::BindRemediationsRequest { bindings: bindings.clone() }).await {
+    if let Err(status) =
+        dedup.bind_remediations(idempotent(pb::BindRemediationsRequest { bindings: bindings.clone() })).await
+    {
         retry_bindings_later(dedup, bindings);
         return Err(status);
     }
@@ -603,7 +616,7 @@ fn retry_bindings_later(mut dedup: DedupServiceClient<TracedTransport>, bindings
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let request = pb::BindRemediationsRequest { bindings: bindings.clone() };
-            if dedup.bind_remediations(request).await.is_ok() {
+            if dedup.bind_remediations(idempotent(request)).await.is_ok() {
                 result = "bound";
                 break;
             }
@@ -636,7 +649,7 @@ async fn resolve_pending_repeats(
                 namespace: batch.targets[i].clone(),
             })
             .collect();
-        let placements = match dedup.get_placements(pb::GetPlacementsRequest { windows }).await {
+        let placements = match dedup.get_placements(idempotent(pb::GetPlacementsRequest { windows })).await {
             Ok(answer) if answer.get_ref().placements.len() == pending.len() => answer.into_inner().placements,
             Ok(_) => {
                 outcome = Err(tonic::Status::internal("dedup answered the wrong number of placements"));
@@ -707,8 +720,11 @@ impl Service<Batch> for CrdWrite {
                     Vec::new()
                 } else {
                     let n = writes.len();
+                    let repeatable = writes.iter().all(write_is_repeatable);
+                    let request = pb::WriteRemediationsRequest { writes };
+                    let request = if repeatable { idempotent(request) } else { tonic::Request::new(request) };
                     let answer = client
-                        .write_remediations(pb::WriteRemediationsRequest { writes })
+                        .write_remediations(request)
                         .await
                         .map_err(|status| cannot_persist(Duration::from_secs(5), format!("crd-writer: {status}")))?
                         .into_inner();
@@ -800,8 +816,25 @@ async fn rebind_found(
     if bindings.is_empty() {
         return Ok(());
     }
-    dedup.bind_remediations(pb::BindRemediationsRequest { bindings }).await?;
+    dedup.bind_remediations(idempotent(pb::BindRemediationsRequest { bindings })).await?;
     Ok(())
+}
+
+/// `message` as a call that may be sent again to another replica when the one
+/// that took it failed before answering: applying it twice changes nothing.
+fn idempotent<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.extensions_mut().insert(breakwater_grpc::Idempotent);
+    request
+}
+
+/// Whether crd-writer applies `write` once however often it arrives: creates
+/// are create-if-missing and counts are absolute, merged by maximum. Not so an
+/// alert counted while storm was down, or one the dedup of last resort adds to
+/// a CR it finds: each adds one.
+fn write_is_repeatable(write: &pb::RemediationWrite) -> bool {
+    let adds_one = write.storm_unavailable || (write.dedup_unavailable && !write.dedup_window_exact);
+    !adds_one
 }
 
 fn cannot_persist(retry_after: Duration, cause: String) -> BoxError {

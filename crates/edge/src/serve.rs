@@ -29,7 +29,6 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWrite as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
@@ -134,8 +133,10 @@ pub async fn serve(
     router: Router,
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let episodes = Arc::new(Episodes {
         connections: LimitEpisode::new("connections"),
         probe_only: LimitEpisode::new("probe_only"),
@@ -191,6 +192,7 @@ pub async fn serve(
                     probe_only,
                     header_read_timeout: limits.header_read_timeout,
                     episodes: episodes.clone(),
+                    tls: tls.clone(),
                 };
                 let abort = tasks.spawn(connection.run(tcp, draining.clone()));
                 seq += 1;
@@ -232,17 +234,35 @@ struct Connection {
     probe_only: bool,
     header_read_timeout: Duration,
     episodes: Arc<Episodes>,
+    /// `[tls]`: the connection is TLS first.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Connection {
-    async fn run(self, tcp: TcpStream, mut draining: watch::Receiver<bool>) {
+    async fn run(self, tcp: TcpStream, draining: watch::Receiver<bool>) {
         // Small responses: without TCP_NODELAY, Nagle and the client's delayed ACK
         // add up to 40 ms to a response written in more than one piece.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(cause = %e, "cannot set TCP_NODELAY");
         }
-        let Self { peer, router, busy, probe_only, header_read_timeout, episodes } = self;
-        let tcp = EdgeSocket::new(tcp);
+        match self.tls.clone() {
+            None => self.serve(tcp, draining).await,
+            // The handshake counts against the header timeout: a client that never
+            // finishes it holds its connection no longer than a slow header would.
+            Some(acceptor) => match tokio::time::timeout(self.header_read_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => self.serve(tls, draining).await,
+                Ok(Err(e)) => tracing::debug!(cause = %e, peer = %self.peer, "TLS handshake failed"),
+                Err(_) => self.episodes.header_timeout.hit("a TLS handshake did not finish in time"),
+            },
+        }
+    }
+
+    async fn serve<S>(self, io: S, mut draining: watch::Receiver<bool>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self { peer, router, busy, probe_only, header_read_timeout, episodes, tls: _ } = self;
+        let tcp = EdgeSocket::new(io);
         let (total_read, calls) = (tcp.read_total.clone(), tcp.calls.clone());
         // Bytes read when the last request ended: more at a header timeout means
         // a request was half-sent (slowloris), not an idle keep-alive.
@@ -299,8 +319,8 @@ impl Connection {
 /// limits), which have no body, an RFC 7807 body: hyper offers no hook for
 /// them, and they are the only answers written when every request the
 /// service was called for has been answered.
-struct EdgeSocket {
-    inner: TcpStream,
+struct EdgeSocket<S> {
+    inner: S,
     read_total: Arc<AtomicU64>,
     /// Requests the service was called for.
     calls: Arc<AtomicU64>,
@@ -310,8 +330,8 @@ struct EdgeSocket {
     pending: Vec<u8>,
 }
 
-impl EdgeSocket {
-    fn new(inner: TcpStream) -> Self {
+impl<S: tokio::io::AsyncWrite + Unpin> EdgeSocket<S> {
+    fn new(inner: S) -> Self {
         Self {
             inner,
             read_total: Arc::new(AtomicU64::new(0)),
@@ -335,7 +355,7 @@ impl EdgeSocket {
     }
 }
 
-impl tokio::io::AsyncRead for EdgeSocket {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead for EdgeSocket<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -349,7 +369,7 @@ impl tokio::io::AsyncRead for EdgeSocket {
     }
 }
 
-impl tokio::io::AsyncWrite for EdgeSocket {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EdgeSocket<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         if let Poll::Ready(Err(e)) = self.poll_pending(cx) {
             return Poll::Ready(Err(e));

@@ -84,10 +84,14 @@ pub fn is_store_unavailable(status: &Status) -> bool {
 }
 
 /// Whether the call failed without reaching the service: the service answered that its store
-/// failed, or no connection could be made (refused), so nothing was applied. After any other
-/// failure (a reset, a timeout) the call may have been applied.
+/// failed, no connection could be made (refused), or HTTP/2 refused the call unprocessed, so
+/// nothing was applied. After any other failure (a reset, a timeout) the call may have been
+/// applied.
 pub fn nothing_applied(status: &Status) -> bool {
     if is_store_unavailable(status) {
+        return true;
+    }
+    if std::error::Error::source(status).is_some_and(crate::transport::never_sent) {
         return true;
     }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
@@ -95,6 +99,24 @@ pub fn nothing_applied(status: &Status) -> bool {
         if let Some(io) = error.downcast_ref::<std::io::Error>()
             && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable)
         {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Whether the connection failed while the service had the call (it was reset, or the
+/// process died): it may have been applied, even though the service looks reachable (another
+/// replica answers). Not a missed deadline: a hung service is unreachable, not half-way.
+pub fn failed_mid_call(status: &Status) -> bool {
+    let Some(source) = std::error::Error::source(status) else { return false };
+    if crate::transport::never_sent(source) {
+        return false;
+    }
+    let mut cause = Some(source);
+    while let Some(error) = cause {
+        if error.is::<h2::Error>() || error.is::<hyper::Error>() || error.is::<std::io::Error>() {
             return true;
         }
         cause = error.source();

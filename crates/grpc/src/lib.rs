@@ -5,7 +5,7 @@
 //! takes calls for them from an [`Incoming`]: a TCP listener in split mode,
 //! where reflection is served too, or, in `breakwater up`, a [`Transport`]
 //! handed to the edge that calls the routes in this process (no socket, no
-//! HTTP/2). [`Transport::connect_lazy`] is the split-mode transport, and
+//! HTTP/2). [`Transport::replicas`] is the split-mode transport, and
 //! [`client`] wraps either in the layers every call to a component gets.
 //! Keeping both here gives the components one shape, and makes the transport
 //! the only thing `up` and split mode compose differently.
@@ -16,11 +16,12 @@
 
 mod health;
 mod rpc_telemetry;
+pub mod tls;
 mod transport;
 
-pub use health::{ComponentHealth, is_store_unavailable, nothing_applied, store_unavailable};
+pub use health::{ComponentHealth, failed_mid_call, is_store_unavailable, nothing_applied, store_unavailable};
 pub use rpc_telemetry::{RpcTelemetry, RpcTelemetryLayer};
-pub use transport::{Deadline, TracedTransport, Transport, client};
+pub use transport::{Deadline, Idempotent, TracedTransport, Transport, client};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ pub enum GrpcError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("invalid endpoint {0:?}")]
     Endpoint(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A generated tonic server (`XServiceServer<T>`), as [`serve`] needs it.
@@ -86,6 +89,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub enum Incoming {
     /// Split mode: gRPC over HTTP/2 on this listener.
     Tcp(TcpListener),
+    /// Split mode with TLS (`[tls]`): gRPC over HTTP/2 over TLS on this listener.
+    Tls(TcpListener, Box<tonic::transport::ServerTlsConfig>),
     /// `breakwater up`: the component's [`Transport`] goes to this channel once
     /// its routes are built; the caller calls them directly.
     InProcess(oneshot::Sender<Transport>),
@@ -102,7 +107,7 @@ impl Incoming {
     /// The listener's address; `None` in process.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
-            Self::Tcp(listener) => listener.local_addr().ok(),
+            Self::Tcp(listener) | Self::Tls(listener, _) => listener.local_addr().ok(),
             Self::InProcess(_) => None,
         }
     }
@@ -151,47 +156,52 @@ where
 {
     let component = status.component();
     let routes = routes(service, status).await;
-    match incoming.into() {
-        Incoming::Tcp(listener) => {
-            let reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()?;
-            let (stopping, stopped) = oneshot::channel::<()>();
-            let signal = async move {
-                shutdown.await;
-                let _ = stopping.send(());
-            };
-            let serve = Server::builder()
-                .layer(RpcTelemetryLayer::server(component))
-                .add_routes(routes.add_service(reflection))
-                // Without TCP_NODELAY, a response's header, data and trailer frames can
-                // wait for the client's delayed ACK (40 ms).
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
-            // The graceful drain waits for every client to close its connection: one that
-            // keeps it open, or half-sent a call, would hold the process for good.
-            let deadline = async move {
-                if stopped.await.is_ok() {
-                    tokio::time::sleep(DRAIN_DEADLINE).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                served = serve => served?,
-                () = deadline => tracing::warn!(
-                    component,
-                    deadline_secs = DRAIN_DEADLINE.as_secs(),
-                    "connections still open at the drain deadline after shutdown; closing them"
-                ),
-            }
-        }
+    let (listener, tls) = match incoming.into() {
+        Incoming::Tcp(listener) => (listener, None),
+        Incoming::Tls(listener, tls) => (listener, Some(*tls)),
         Incoming::InProcess(handoff) => {
             // A dropped receiver means no one will call; the component still runs until
             // shutdown, like a server nobody connects to.
             let _ = handoff.send(Transport::in_process(routes, component));
             shutdown.await;
+            return Ok(());
         }
+    };
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (stopping, stopped) = oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let serve = server
+        .layer(RpcTelemetryLayer::server(component))
+        .add_routes(routes.add_service(reflection))
+        // Without TCP_NODELAY, a response's header, data and trailer frames can
+        // wait for the client's delayed ACK (40 ms).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+    // The graceful drain waits for every client to close its connection: one that
+    // keeps it open, or half-sent a call, would hold the process for good.
+    let deadline = async move {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = deadline => tracing::warn!(
+            component,
+            deadline_secs = DRAIN_DEADLINE.as_secs(),
+            "connections still open at the drain deadline after shutdown; closing them"
+        ),
     }
     Ok(())
 }

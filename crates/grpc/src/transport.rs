@@ -10,9 +10,16 @@ use std::time::Duration;
 use tonic::body::Body;
 use tonic::service::Routes;
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, ServiceBuilder, ServiceExt as _};
+use tower::{BoxError, ServiceBuilder};
 
 use crate::{GrpcError, RpcTelemetry, RpcTelemetryLayer};
+
+mod replicas;
+
+pub(crate) use replicas::never_sent;
+
+pub use replicas::Idempotent;
+use replicas::Replicas;
 
 /// One component as a `tower::Service` of gRPC requests: a lazy tonic channel
 /// (split mode), or the component's routes called in this process
@@ -24,16 +31,28 @@ pub struct Transport(Boxed);
 type Boxed = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
 
 impl Transport {
-    /// A channel to `uri` (`http://host:port`) that connects on first use,
-    /// within `connect_timeout`, and reconnects by itself, so a component that
-    /// starts later or restarts is picked up without restarting the caller.
-    /// Calls are bounded by [`client`]'s deadline, not here.
+    /// The replicas of `component` at `urls` (comma-separated
+    /// `http://host:port`; a host name stands for every address it resolves
+    /// to, looked up again every `resolve_every`), each a channel that
+    /// connects on first use, within `connect_timeout`, and reconnects by
+    /// itself, so a replica that starts later or restarts is picked up without
+    /// restarting the caller. Calls go round-robin over the replicas, and on
+    /// to the next one when a replica certainly did not take the call (or
+    /// failed one marked [`Idempotent`]). Calls are bounded by [`client`]'s
+    /// deadline, not here. `https://` URLs use `tls`.
     ///
     /// # Errors
-    /// When `uri` is not a valid endpoint.
-    pub fn connect_lazy(uri: &str, connect_timeout: Duration) -> Result<Self, GrpcError> {
-        let channel = crate::endpoint(uri, connect_timeout)?.connect_lazy();
-        Ok(Self(BoxCloneSyncService::new(channel.map_err(BoxError::from))))
+    /// When a URL is not a valid endpoint, or is `https://` without `tls`.
+    pub fn replicas(
+        component: &'static str,
+        urls: &str,
+        connect_timeout: Duration,
+        resolve_every: Duration,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, GrpcError> {
+        let replicas = Replicas::new(component, urls, connect_timeout, resolve_every, tls)?;
+        let service = tower::service_fn(move |request: http::Request<Body>| replicas.clone().call(request));
+        Ok(Self(BoxCloneSyncService::new(service)))
     }
 
     /// `routes` called directly, with the server side of the RPC telemetry of

@@ -33,6 +33,9 @@ pub struct RedisConfig {
     /// Secret), read at start: restart to pick up a rotated Secret. One
     /// trailing newline is ignored. Default: unset, the password is in `url`.
     pub password_file: Option<PathBuf>,
+    /// PEM CA bundle that signed the server's certificate, for `rediss://`.
+    /// Unset: the system's trusted CAs.
+    pub ca_file: Option<PathBuf>,
     /// First part of every key; tests give each run its own root.
     pub key_root: String,
     /// Maximum pooled connections.
@@ -53,6 +56,7 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             password_file: None,
+            ca_file: None,
             key_root: "bw".into(),
             pool_size: 16,
             connect_timeout_ms: 1_000,

@@ -75,6 +75,8 @@ impl Ttl {
 #[derive(Clone)]
 pub struct Keyspace {
     pool: bb8::Pool<RedisConnectionManager>,
+    /// Why new connections fail, when Redis refuses the credentials.
+    last_connect_error: error::LastConnectError,
     prefix: String,
     /// The owning component (`dedup` of `breakwater:dedup:`), for spans and metrics.
     component: String,
@@ -97,9 +99,25 @@ impl Keyspace {
         let info = config.connection_info().map_err(|why| KeyspaceError::Config(format!("redis.{why}")))?;
         // Small requests and replies: Nagle's algorithm would only add latency.
         let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let info = match &config.ca_file {
+            // rediss:// with its own CA; without one, rustls trusts the system's CAs.
+            Some(ca) if config.url.starts_with("rediss://") => {
+                let root_cert = std::fs::read(ca).map_err(|e| {
+                    KeyspaceError::Config(format!("redis.ca_file {}: cannot read it: {e}", ca.display()))
+                })?;
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+                redis::Client::build_with_tls(info, certs)
+                    .map_err(|e| KeyspaceError::Config(format!("redis.ca_file {}: {e}", ca.display())))?
+                    .get_connection_info()
+                    .clone()
+            }
+            _ => info,
+        };
         let manager = RedisConnectionManager::new(info)
             .map_err(|e| KeyspaceError::Config(format!("redis.url {:?}: {e}", redact_url(&config.url))))?;
+        let last_connect_error = error::LastConnectError::default();
         let pool = bb8::Pool::builder()
+            .error_sink(Box::new(last_connect_error.clone()))
             .max_size(config.pool_size)
             .min_idle(Some(0))
             .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
@@ -108,12 +126,14 @@ impl Keyspace {
             // checkout is what replaces connections after Redis restarts.
             .test_on_check_out(true)
             .build_unchecked(manager);
-        Ok(Self::new(pool, format!("{}:{component}:", config.key_root)))
+        let mut keyspace = Self::new(pool, format!("{}:{component}:", config.key_root));
+        keyspace.last_connect_error = last_connect_error;
+        Ok(keyspace)
     }
 
     pub fn new(pool: bb8::Pool<RedisConnectionManager>, prefix: String) -> Self {
         let component = prefix.trim_end_matches(':').rsplit(':').next().unwrap_or_default().to_owned();
-        Self { pool, prefix, component }
+        Self { pool, prefix, component, last_connect_error: error::LastConnectError::default() }
     }
 
     /// The prefix of every key of this keyspace, e.g. `bw:dedup:`.
@@ -154,7 +174,7 @@ impl Keyspace {
         );
         let start = std::time::Instant::now();
         let result = async {
-            let mut conn = self.pool.get().await.map_err(KeyspaceError::from_pool)?;
+            let mut conn = self.pool.get().await.map_err(|e| KeyspaceError::from_pool(e, &self.last_connect_error))?;
             let mut invocation = script.script.prepare_invoke();
             for key in keys {
                 invocation.key(key);
@@ -198,7 +218,7 @@ impl Keyspace {
     /// # Errors
     /// A classified [`KeyspaceError`].
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        let mut conn = self.pool.get().await.map_err(KeyspaceError::from_pool)?;
+        let mut conn = self.pool.get().await.map_err(|e| KeyspaceError::from_pool(e, &self.last_connect_error))?;
         cmd.query_async(&mut *conn).await.map_err(|e| KeyspaceError::from_redis("query", e))
     }
 }

@@ -87,6 +87,18 @@ pub const METRICS: &[Metric] = &[
         "New incidents whose placement dedup could not take during the webhook (it failed mid-way), \
          retried in the background: bound, or given_up after 30 s or when too many wait.",
     ),
+    gauge(
+        "breakwater_edge_component_replicas",
+        &["component"],
+        "Addresses of a component's replicas the edge calls round-robin (split mode): its URLs, \
+         host names looked up every edge.components.resolve_interval_ms.",
+    ),
+    counter(
+        "breakwater_edge_component_retries_total",
+        &["component", "reason"],
+        "Calls sent on to another replica: not_sent (the replica refused the connection or the stream), \
+         or idempotent (it failed after taking a call that is safe to repeat).",
+    ),
     counter(
         "breakwater_crd_journal_errors_total",
         &[],

@@ -34,7 +34,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, fmt};
 
 pub use catalogue::{METRICS, Metric, MetricKind};
-pub use redact::redact;
+pub use redact::{redact, redact_endpoint};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,9 @@ pub struct TelemetryConfig {
     /// OTLP/gRPC endpoint spans are exported to, e.g. `http://jaeger-collector:4317`.
     /// Unset (and no `OTEL_EXPORTER_OTLP_*ENDPOINT`): no span export.
     pub otlp_endpoint: Option<String>,
+    /// PEM CA bundle that signed an `https://` collector's certificate. Unset:
+    /// the system's trusted CAs.
+    pub otlp_ca_file: Option<std::path::PathBuf>,
     /// Each component reports as `<prefix>-<component>`. Default `breakwater`.
     pub service_name_prefix: String,
     /// Fraction of new traces sampled (parent-based: a caller's decision is
@@ -63,7 +66,12 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { otlp_endpoint: None, service_name_prefix: "breakwater".to_owned(), sample_ratio: None }
+        Self {
+            otlp_endpoint: None,
+            otlp_ca_file: None,
+            service_name_prefix: "breakwater".to_owned(),
+            sample_ratio: None,
+        }
     }
 }
 
@@ -74,6 +82,7 @@ impl TelemetryConfig {
         if let Some(endpoint) = &self.otlp_endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
+            let endpoint = redact::redact_endpoint(endpoint);
             return Err(format!("telemetry.otlp_endpoint {endpoint:?} must be an http:// or https:// URL"));
         }
         if let Some(ratio) = self.sample_ratio
@@ -159,7 +168,8 @@ pub fn init(
     let installed =
         tracing_subscriber::registry().with(lines).with(spans).with(logfmt::LogContext(dispatch)).try_init().is_ok();
     if let Some(plan) = plan.filter(|_| installed) {
-        tracing::info!(endpoint = %plan.endpoint, "exporting traces with OTLP/gRPC");
+        let endpoint = redact::redact_endpoint(&plan.endpoint);
+        tracing::info!(%endpoint, "exporting traces with OTLP/gRPC");
     }
     Ok(Telemetry { provider: provider.filter(|_| installed) })
 }

@@ -25,6 +25,8 @@ pub const COMPONENT_ATTRIBUTE: &str = "breakwater.component";
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportPlan {
     pub endpoint: String,
+    /// `telemetry.otlp_ca_file`, for an `https://` endpoint.
+    pub ca_file: Option<std::path::PathBuf>,
     /// `(component, service.name)`, the process's default component first.
     pub services: Vec<(&'static str, String)>,
     /// A ratio from the config file; `None` leaves the sampler to `OTEL_TRACES_SAMPLER`
@@ -62,24 +64,43 @@ pub fn plan(
         }
     };
     let sample_ratio = if var("OTEL_TRACES_SAMPLER").is_some() { None } else { config.sample_ratio };
-    Some(ExportPlan { endpoint, services, sample_ratio })
+    Some(ExportPlan { endpoint, ca_file: config.otlp_ca_file.clone(), services, sample_ratio })
 }
 
 /// Builds the tracer provider for `plan`. Must be called inside a Tokio
 /// runtime: the gRPC channels live on it.
 pub(crate) fn provider(plan: &ExportPlan) -> Result<SdkTracerProvider, TelemetryError> {
+    use opentelemetry_otlp::WithTonicConfig as _;
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
     let mut exporters = Vec::with_capacity(plan.services.len());
+    // https://: the collector's CA, or the system's (rustls, ring).
+    let tls = match &plan.ca_file {
+        _ if !plan.endpoint.starts_with("https://") => None,
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| TelemetryError::Exporter {
+                endpoint: crate::redact::redact_endpoint(&plan.endpoint),
+                message: format!("telemetry.otlp_ca_file {}: {e}", ca.display()),
+            })?;
+            Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+        }
+        None => Some(ClientTlsConfig::new().with_native_roots()),
+    };
     for (component, service) in &plan.services {
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(plan.endpoint.clone())
-            .build()
-            .map_err(|e| TelemetryError::Exporter { endpoint: plan.endpoint.clone(), message: e.to_string() })?;
+        let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(plan.endpoint.clone());
+        if let Some(tls) = &tls {
+            builder = builder.with_tls_config(tls.clone());
+        }
+        let mut exporter = builder.build().map_err(|e| TelemetryError::Exporter {
+            endpoint: crate::redact::redact_endpoint(&plan.endpoint),
+            message: crate::redact::redact_endpoint(&e.to_string()),
+        })?;
         // builder() also reads OTEL_RESOURCE_ATTRIBUTES; the service name is ours.
         exporter.set_resource(&Resource::builder().with_service_name(service.clone()).build());
         exporters.push((*component, exporter));
     }
-    let router = PerComponentExporter { exporters, endpoint: plan.endpoint.clone(), failing: AtomicBool::new(false) };
+    // Only for logs: credentials in the URL stay out of them.
+    let endpoint = crate::redact::redact_endpoint(&plan.endpoint);
+    let router = PerComponentExporter { exporters, endpoint, failing: AtomicBool::new(false) };
     // The batch processor exports from a thread of its own; OTEL_BSP_* tune it.
     let mut builder = SdkTracerProvider::builder().with_span_processor(BatchSpanProcessor::builder(router).build());
     if let Some(ratio) = plan.sample_ratio {

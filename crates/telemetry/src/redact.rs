@@ -9,6 +9,24 @@ const SENSITIVE_KEYS: &[&str] =
 
 const REDACTED: &str = "\"[REDACTED]\"";
 
+/// `endpoint` (an OTLP URL) as it may be logged: any user information
+/// (`user:password@`, or a token given as the user) becomes `***`, and so
+/// does a query string, which collectors also take keys in.
+pub fn redact_endpoint(endpoint: &str) -> String {
+    let Some((scheme, rest)) = endpoint.split_once("://") else { return endpoint.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, _)) => format!("{path}?***"),
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{host}{tail}")
+}
+
 /// Replaces the value of every sensitive JSON key in `text` (a string, an
 /// object, an array or a scalar) with `"[REDACTED]"`, and the string a serde
 /// error quotes (`invalid type: string "…"`), whose field it does not name.
@@ -126,7 +144,18 @@ fn value_end(bytes: &[u8], start: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, redact_endpoint};
+
+    #[test]
+    fn endpoint_credentials_and_query_are_hidden() {
+        assert_eq!(redact_endpoint("https://user:s3cret@otel.example:4317"), "https://***@otel.example:4317");
+        assert_eq!(
+            redact_endpoint("https://t0ken@otel.example:4317/v1?api-key=k3y"),
+            "https://***@otel.example:4317/v1?***"
+        );
+        assert_eq!(redact_endpoint("http://jaeger-collector:4317"), "http://jaeger-collector:4317");
+        assert_eq!(redact_endpoint("not a url"), "not a url");
+    }
 
     #[test]
     fn redacts_secret_values_of_every_shape() {

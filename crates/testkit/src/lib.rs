@@ -38,6 +38,7 @@ pub mod process;
 pub mod prometheus;
 pub mod recorder;
 pub mod redis;
+pub mod tls;
 
 mod binary;
 mod port;
@@ -49,6 +50,7 @@ pub use crate::otlp::{OtlpReceiver, ReceivedSpan};
 pub use crate::process::BreakwaterProcess;
 pub use crate::prometheus::{ParseError, Sample, Scrape};
 pub use crate::recorder::{Exchange, WebhookRecorder};
+pub use crate::tls::{Leaf, TestCa};
 
 pub use crate::logging::init_test_logging;
 

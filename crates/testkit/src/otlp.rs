@@ -148,6 +148,8 @@ impl TraceService for Collector {
 /// response. Requests must be uncompressed.
 pub struct OtlpReceiver {
     addr: SocketAddr,
+    /// Serves TLS: the endpoint is `https://localhost:PORT`.
+    tls: bool,
     received: Arc<Mutex<Received>>,
     task: JoinHandle<()>,
 }
@@ -159,14 +161,33 @@ impl OtlpReceiver {
     ///
     /// Panics when it cannot bind a loopback port.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts a receiver serving TLS with `leaf` (which must name `localhost`).
+    ///
+    /// # Panics
+    ///
+    /// Panics when it cannot bind a loopback port or read the leaf's files.
+    pub async fn start_tls(leaf: &crate::tls::Leaf) -> Self {
+        let read = |path: &std::path::Path| std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let identity = tonic::transport::Identity::from_pem(read(&leaf.cert_file), read(&leaf.key_file));
+        Self::start_with(Some(tonic::transport::ServerTlsConfig::new().identity(identity))).await
+    }
+
+    async fn start_with(tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
         let (listener, addr) = crate::port::bind_loopback("OTLP receiver").await;
+        let mut server = tonic::transport::Server::builder();
+        if let Some(config) = tls.clone() {
+            server = server.tls_config(config).unwrap_or_else(|e| panic!("OTLP receiver TLS: {e}"));
+        }
         let received = Arc::new(Mutex::new(Received::default()));
         let service = TraceServiceServer::new(Collector { received: Arc::clone(&received) });
         let task = tokio::spawn(async move {
             // A shutdown signal that never fires still puts tonic in graceful mode: when `Drop`
             // aborts this task, tonic's dropped shutdown watch tells every open connection
             // (each runs in its own spawned task) to close, instead of living on.
-            let served = tonic::transport::Server::builder()
+            let served = server
                 .add_service(service)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), std::future::pending::<()>())
                 .await;
@@ -174,12 +195,13 @@ impl OtlpReceiver {
                 tracing::error!(cause = %err, "OTLP receiver stopped");
             }
         });
-        Self { addr, received, task }
+        Self { addr, tls: tls.is_some(), received, task }
     }
 
-    /// `http://127.0.0.1:PORT`, the OTLP/gRPC endpoint to export to.
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` with TLS), the OTLP/gRPC endpoint to
+    /// export to.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls { format!("https://localhost:{}", self.addr.port()) } else { format!("http://{}", self.addr) }
     }
 
     /// Every span received so far, in arrival order.

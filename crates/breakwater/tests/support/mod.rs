@@ -61,6 +61,32 @@ impl Component {
         panic!("{} could not start again on {listen}: {last_error}", self.name);
     }
 
+    /// Its `/metrics` (with `--metrics-listen` among its arguments), while it runs.
+    #[allow(dead_code, reason = "only replicas.rs reads a component's metrics; every test binary compiles this module")]
+    pub(crate) fn metrics_url(&self) -> Option<String> {
+        self.process.as_ref().map(Process::metrics_url)
+    }
+
+    /// Its stderr (the logs) so far, while it runs.
+    #[allow(dead_code, reason = "only replicas.rs reads a component's logs; every test binary compiles this module")]
+    pub(crate) fn stderr(&self) -> Vec<String> {
+        self.process.as_ref().map(Process::stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod, and waits for it to exit 0: it drains its calls first.
+    #[allow(dead_code, reason = "only replicas.rs stops a process gracefully; every test binary compiles this module")]
+    pub(crate) async fn terminate(&mut self) {
+        let mut process = self.process.take().unwrap_or_else(|| panic!("{} is not running", self.name));
+        let pid = process.child.id().map(|id| id.to_string()).unwrap_or_else(|| panic!("{} has no pid", self.name));
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent to {} ({pid})", self.name);
+        let status = tokio::time::timeout(Duration::from_secs(15), process.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within 15 s of SIGTERM: {:#?}", self.name, process.stderr()))
+            .expect("wait for the stopped process");
+        assert!(status.success(), "{} exits 0 on SIGTERM: {status}; {:#?}", self.name, process.stderr());
+    }
+
     /// SIGKILL, and waits until it is gone: nothing is flushed on the way out.
     pub(crate) async fn kill_9(&mut self) {
         let mut process = self.process.take().unwrap_or_else(|| panic!("{} is not running", self.name));
