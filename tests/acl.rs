@@ -1,6 +1,6 @@
 //! Promise 6 and seed 001: each service runs as its own Redis ACL user from
-//! `deploy/redis/`, limited to its prefix, unable to change server config,
-//! flush, list keys or touch another service's keys.
+//! `deploy/redis/`, limited to its prefix, unable to read or change server
+//! config, flush, list keys or touch another service's keys.
 
 use std::time::Duration;
 
@@ -32,6 +32,17 @@ async fn storm_and_repeats(gw: &TestGateway) {
     let (status, answer) = gw.post_prometheus(&webhook(&[pods[0].clone(), pods[7].clone()])).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(gw.degraded_calls().await, 0, "every component worked under its ACL user");
+    // The drift guard read maxmemory with INFO alone (no CONFIG GET): each component's gauge
+    // is set (whether the budgets fit is another test's matter).
+    let metrics = reqwest::get(format!("{}/metrics", gw.url)).await.expect("metrics").text().await.expect("text");
+    let gauge = |name: &str, component: &str| {
+        let prefix = format!("{name}{{component=\"{component}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    for component in ["dedup", "storm", "ratelimit"] {
+        let maxmemory = gauge("breakwater_redis_maxmemory_bytes", component);
+        assert!(maxmemory.is_some_and(|m| m > 0.0), "{component} read maxmemory: {maxmemory:?}");
+    }
     assert_eventually!(
         Duration::from_secs(5),
         async { accounted_alerts(&gw.remediations()) == 10 },
@@ -68,6 +79,8 @@ async fn dev_topology_users_run_the_gateway_and_nothing_else() {
         assert!(matches!(&answer, RespValue::Error(e) if e.starts_with("NOPERM")), "{user} CONFIG SET: {answer:?}");
         for forbidden in [
             &["CONFIG", "SET", "maxmemory-policy", "noeviction"][..],
+            // It returns masterauth and the data directory.
+            &["CONFIG", "GET", "masterauth"],
             &["FLUSHDB"],
             &["FLUSHALL"],
             &["KEYS", "*"],

@@ -322,8 +322,8 @@ async fn check_instance(
             Status::Fail,
             format!("{addr} memory"),
             format!(
-                "cannot read INFO memory ({e}); expected the services' users to be allowed INFO and CONFIG GET, \
-                 which their drift guard needs: add +info +config|get to their ACL"
+                "cannot read INFO memory ({e}); expected the services' users to be allowed INFO, \
+                 which their drift guard needs: add +info to their ACL"
             ),
         ),
     }
@@ -435,6 +435,8 @@ async fn check_acl(
     if let Some((c, how)) = dryrun.as_mut() {
         let mut forbidden: Vec<(String, Vec<String>)> = [
             ("CONFIG SET", &["CONFIG", "SET", "maxmemory", "1mb"][..]),
+            // It returns masterauth and the data directory; the drift guard reads INFO instead.
+            ("CONFIG GET", &["CONFIG", "GET", "maxmemory"]),
             ("FLUSHDB", &["FLUSHDB"]),
             ("FLUSHALL", &["FLUSHALL"]),
             ("KEYS", &["KEYS", "*"]),
@@ -472,8 +474,10 @@ async fn check_acl(
                 Err(e) => denied.push(format!("{name} under {} ({e})", service.prefix)),
             }
         }
-        let checked =
-            format!("CONFIG SET, FLUSHDB, FLUSHALL, KEYS, DEBUG, SHUTDOWN and writes outside {}", service.prefix);
+        let checked = format!(
+            "CONFIG SET, CONFIG GET, FLUSHDB, FLUSHALL, KEYS, DEBUG, SHUTDOWN and writes outside {}",
+            service.prefix
+        );
         let (status, message) = acl_verdict(service, user, &granted, &denied, &checked, how);
         report.add(status, subject, message);
         return;
@@ -502,6 +506,14 @@ async fn check_acl(
         }
         None => not_probed.insert(0, "CONFIG SET"),
     }
+    // CONFIG GET changes nothing, so it can be probed; what it returns is not kept.
+    let config_get = redis::cmd("CONFIG").arg("GET").arg("maxmemory").query_async::<Vec<String>>(&mut c).await;
+    if !matches!(&config_get, Err(e) if refused(e)) {
+        granted.push(format!(
+            "CONFIG GET (was {}; it returns masterauth and the data directory)",
+            if config_get.is_ok() { "accepted" } else { "not refused" }
+        ));
+    }
     let keys = redis::cmd("KEYS").arg(&own).query_async::<Vec<String>>(&mut c).await;
     if !matches!(&keys, Err(e) if refused(e)) {
         granted.push(format!("KEYS (was {})", answer(&keys)));
@@ -517,7 +529,8 @@ async fn check_acl(
     if let Err(e) = del(&own).query_async::<i64>(&mut c).await {
         denied.push(format!("a write under {} through EVAL ({e})", service.prefix));
     }
-    let mut checked = if policy.is_some() { vec!["CONFIG SET", "KEYS"] } else { vec!["KEYS"] };
+    let mut checked =
+        if policy.is_some() { vec!["CONFIG SET", "CONFIG GET", "KEYS"] } else { vec!["CONFIG GET", "KEYS"] };
     let outside_writes = format!("writes outside {} through EVAL", service.prefix);
     checked.push(&outside_writes);
     let (status, message) = acl_verdict(service, user, &granted, &denied, &listing(&checked), "probed as the user");
@@ -561,7 +574,7 @@ fn acl_verdict(
         found.push(format!("{user} may not run {}", listing(denied)));
     }
     let message = format!(
-        "{} ({how}); expected it limited to {prefix} and refused CONFIG SET, FLUSHDB, FLUSHALL, KEYS, DEBUG \
+        "{} ({how}); expected it limited to {prefix} and refused CONFIG SET, CONFIG GET, FLUSHDB, FLUSHALL, KEYS, DEBUG \
          and SHUTDOWN: define it as deploy/redis/ does (resetkeys ~{prefix}* -@all plus the commands {} needs) \
          and reload the ACL",
         found.join("; "),

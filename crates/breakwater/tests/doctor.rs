@@ -100,7 +100,10 @@ async fn without_an_admin_the_services_users_are_probed_and_the_rest_is_skipped(
     assert!(output.status.success(), "{stdout}");
     for service in ["dedup", "storm", "ratelimit"] {
         let acl = line(&stdout, "ok", &format!("{service} acl"));
-        assert!(acl.contains("refused CONFIG SET, KEYS and writes outside") && acl.contains("probed"), "{acl}");
+        assert!(
+            acl.contains("refused CONFIG SET, CONFIG GET, KEYS and writes outside") && acl.contains("probed"),
+            "{acl}"
+        );
         assert!(line(&stdout, "skip", &format!("{service} acl")).contains("FLUSHDB"), "{stdout}");
         // Their users may not SCAN, by design.
         assert!(line(&stdout, "skip", &format!("{service} keys")).contains("BREAKWATER_DOCTOR_ADMIN_URL"), "{stdout}");
@@ -171,7 +174,10 @@ async fn a_user_allowed_too_much_fails_with_and_without_an_admin() {
     let (output, stdout) = doctor(&server, &[], &[("BREAKWATER_DOCTOR_ADMIN_URL", &admin_url(&server))]).await;
     assert!(!output.status.success(), "{stdout}");
     let finding = line(&stdout, "FAIL", "ratelimit acl");
-    assert!(finding.contains("bw-ratelimit may run CONFIG SET, FLUSHDB, FLUSHALL, KEYS, DEBUG, SHUTDOWN"), "{finding}");
+    assert!(
+        finding.contains("bw-ratelimit may run CONFIG SET, CONFIG GET, FLUSHDB, FLUSHALL, KEYS, DEBUG, SHUTDOWN"),
+        "{finding}"
+    );
     line(&stdout, "ok", "dedup acl");
 
     let (output, stdout) = doctor(&server, &[], &[]).await;
@@ -182,6 +188,7 @@ async fn a_user_allowed_too_much_fails_with_and_without_an_admin() {
         "{finding}"
     );
     assert!(finding.contains("a write to bw:dedup:doctor-probe-"), "{finding}");
+    assert!(finding.contains("CONFIG GET (was accepted; it returns masterauth"), "{finding}");
     // What was allowed changed nothing.
     assert_eq!(server.admin_command(&["CONFIG", "GET", "maxmemory-policy"]).await, "maxmemory-policy\nvolatile-lru");
     assert_eq!(server.admin_command(&["DBSIZE"]).await, "0");
