@@ -423,3 +423,6 @@ async fn healthz(State(state): State<EdgeState>) -> Json<Health> {
 async fn metrics(State(state): State<EdgeState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
+
+#[cfg(test)]
+mod tests;
