@@ -1,6 +1,6 @@
 //! Promise 6 and seed 001: each service runs as its own Redis ACL user from
-//! `deploy/redis/`, limited to its prefix, unable to change server config,
-//! flush, list keys or touch another service's keys.
+//! `deploy/redis/`, limited to its prefix, unable to read or change server
+//! config, flush, list keys or touch another service's keys.
 
 use std::time::Duration;
 
@@ -13,7 +13,14 @@ fn password(user: &str) -> String {
 }
 
 fn redis_as(server: &RedisServer, user: &str) -> RedisConfig {
-    RedisConfig { url: server.url_as(user, &password(user)), key_root: "bw".into(), ..RedisConfig::default() }
+    // Budget checks every second: one that ran before the test's metrics recorder was in
+    // place is not seen, the next one is.
+    RedisConfig {
+        url: server.url_as(user, &password(user)),
+        key_root: "bw".into(),
+        budget_check_secs: 1,
+        ..RedisConfig::default()
+    }
 }
 
 async fn run_as(server: &RedisServer, user: &str, args: &[&str]) -> RespValue {
@@ -21,6 +28,13 @@ async fn run_as(server: &RedisServer, user: &str, args: &[&str]) -> RespValue {
     let auth = conn.command(&["AUTH", user, &password(user)]).await.expect("AUTH");
     assert!(!matches!(auth, RespValue::Error(_)), "AUTH {user}: {auth:?}");
     conn.command(args).await.expect("command")
+}
+
+/// `breakwater_redis_maxmemory_bytes{component}` from the gateway's `/metrics`.
+async fn maxmemory_gauge(gw: &TestGateway, component: &str) -> Option<f64> {
+    let metrics = reqwest::get(format!("{}/metrics", gw.url)).await.ok()?.text().await.ok()?;
+    let prefix = format!("breakwater_redis_maxmemory_bytes{{component=\"{component}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse::<f64>().ok())
 }
 
 async fn storm_and_repeats(gw: &TestGateway) {
@@ -32,6 +46,16 @@ async fn storm_and_repeats(gw: &TestGateway) {
     let (status, answer) = gw.post_prometheus(&webhook(&[pods[0].clone(), pods[7].clone()])).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(gw.degraded_calls().await, 0, "every component worked under its ACL user");
+    // The drift guard read maxmemory with INFO alone (no CONFIG GET): each component's gauge
+    // is set once its first check ran (whether the budgets fit is another test's matter).
+    for component in ["dedup", "storm", "ratelimit"] {
+        assert_eventually!(
+            Duration::from_secs(5),
+            async { maxmemory_gauge(gw, component).await.is_some_and(|m| m > 0.0) },
+            "{component} read maxmemory: {:?}",
+            maxmemory_gauge(gw, component).await
+        );
+    }
     assert_eventually!(
         Duration::from_secs(5),
         async { accounted_alerts(&gw.remediations()) == 10 },
@@ -68,6 +92,8 @@ async fn dev_topology_users_run_the_gateway_and_nothing_else() {
         assert!(matches!(&answer, RespValue::Error(e) if e.starts_with("NOPERM")), "{user} CONFIG SET: {answer:?}");
         for forbidden in [
             &["CONFIG", "SET", "maxmemory-policy", "noeviction"][..],
+            // It returns masterauth and the data directory.
+            &["CONFIG", "GET", "masterauth"],
             &["FLUSHDB"],
             &["FLUSHALL"],
             &["KEYS", "*"],

@@ -129,14 +129,33 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn load_over(defaults: Self, file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let text = match file {
+            Some(path) => Some((
+                path.display().to_string(),
+                std::fs::read_to_string(path)
+                    .map_err(|cause| ConfigError::Read { path: path.display().to_string(), cause })?,
+            )),
+            None => None,
+        };
+        Self::parse_over(defaults, text.as_ref().map(|(path, text)| (path.as_str(), text.as_str())), env)
+    }
+
+    /// [`Config::load_over`] of a file's text, `(name, text)`, instead of a path: the one
+    /// parser that files, the fuzz target `config` and its corpus test go through.
+    ///
+    /// # Errors
+    /// As [`Config::load`], but never [`ConfigError::Read`].
+    pub fn parse_over(
+        defaults: Self,
+        file: Option<(&str, &str)>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let mut table = toml::Table::try_from(defaults).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|cause| ConfigError::Read { path: path.display().to_string(), cause })?;
+        if let Some((path, text)) = file {
             let from_file: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                let (line, column) = line_and_column(&text, e.span().map_or(0, |span| span.start));
+                let (line, column) = line_and_column(text, e.span().map_or(0, |span| span.start));
                 ConfigError::Syntax {
-                    path: path.display().to_string(),
+                    path: path.to_owned(),
                     line,
                     column,
                     message: redact_credentials(e.message().trim_end()),

@@ -9,7 +9,7 @@
 //!
 //! Nothing here changes data or configuration, even where a permission is
 //! (wrongly) granted: ACL questions go to `ACL DRYRUN` when an operator
-//! connection (`--admin-url`) or the user itself may run it; otherwise the
+//! connection (an admin URL, see [`DoctorArgs`]) or the user itself may run it; otherwise the
 //! service's user is probed only with commands that change nothing if they
 //! succeed (`CONFIG SET` of the value already set, `DEL` of a key that does not
 //! exist, `KEYS` of a pattern that matches nothing), and destructive commands
@@ -34,15 +34,38 @@ const SCAN_COUNT: u64 = 1_000;
 /// Keys without a TTL named in a finding; the rest are counted.
 const NAMED_KEYS: usize = 5;
 
+/// The variable holding operator connection URLs (see [`DoctorArgs`]).
+pub const ADMIN_URL_VAR: &str = "BREAKWATER_DOCTOR_ADMIN_URL";
+
 /// `breakwater doctor` flags.
+///
+/// Operator connections to the instances, e.g. `redis://admin:<password>@redis:6379`, are for
+/// what the services' users may not do: ACL DRYRUN of FLUSHDB and the like, SCAN for keys
+/// without a TTL. They carry a password, so they never come from the command line (where
+/// `ps` and shell history show them): they come from `BREAKWATER_DOCTOR_ADMIN_URL`
+/// (whitespace-separated) or `--admin-url-file` (one per line; `#` starts a comment), one per
+/// instance, matched by host:port.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DoctorArgs {
-    /// An operator connection to one of the instances, e.g.
-    /// `redis://admin:<password>@redis:6379`, for what the services' users may
-    /// not do: ACL DRYRUN of FLUSHDB and the like, SCAN for keys without a TTL.
-    /// Repeat for each instance; it is matched by host:port.
-    #[arg(long = "admin-url", value_name = "URL")]
-    pub admin_urls: Vec<String>,
+    /// A file of operator connection URLs, one per line, e.g.
+    /// `redis://admin:<password>@redis:6379`; `BREAKWATER_DOCTOR_ADMIN_URL` may hold them instead.
+    #[arg(long = "admin-url-file", value_name = "FILE")]
+    pub admin_url_file: Option<std::path::PathBuf>,
+}
+
+/// The operator URLs of `args` and `env`.
+///
+/// # Errors
+/// When `--admin-url-file` cannot be read (the message names the file, not its content).
+pub fn admin_urls(args: &DoctorArgs, env: &std::collections::HashMap<String, String>) -> anyhow::Result<Vec<String>> {
+    let mut urls: Vec<String> =
+        env.get(ADMIN_URL_VAR).map(|v| v.split_whitespace().map(str::to_owned).collect()).unwrap_or_default();
+    if let Some(file) = &args.admin_url_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("--admin-url-file {} cannot be read: {e}", file.display()))?;
+        urls.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned));
+    }
+    Ok(urls)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +118,10 @@ impl Report {
 /// # Errors
 /// When any check failed (after all were printed).
 pub async fn run(config: &Config, args: &DoctorArgs) -> anyhow::Result<()> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let admin_urls = admin_urls(args, &env)?;
     let mut report = Report::default();
-    let (instances, admins) = targets(config, args, &mut report);
+    let (instances, admins) = targets(config, &admin_urls, &mut report);
     let all_prefixes: Vec<String> =
         instances.values().flat_map(|i| i.services.iter().map(|s| s.prefix.clone())).collect();
     for (addr, instance) in &instances {
@@ -107,7 +132,7 @@ pub async fn run(config: &Config, args: &DoctorArgs) -> anyhow::Result<()> {
             Status::Skip,
             format!("{addr} admin"),
             format!(
-                "--admin-url points at {addr}, which no service uses ({}); it was not used: give the host:port of a configured instance",
+                "an admin URL points at {addr}, which no service uses ({}); it was not used: give the host:port of a configured instance",
                 instances.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         );
@@ -149,7 +174,7 @@ struct Instance {
 /// reported here.
 fn targets(
     config: &Config,
-    args: &DoctorArgs,
+    admin_urls: &[String],
     report: &mut Report,
 ) -> (BTreeMap<String, Instance>, BTreeMap<String, String>) {
     let services = [
@@ -192,7 +217,7 @@ fn targets(
         });
     }
     let mut admins = BTreeMap::new();
-    for url in &args.admin_urls {
+    for url in admin_urls {
         match url.as_str().into_connection_info() {
             Ok(info) => {
                 admins.insert(info.addr().to_string(), url.clone());
@@ -200,7 +225,11 @@ fn targets(
             Err(e) => report.add(
                 Status::Fail,
                 "admin",
-                format!("--admin-url does not parse ({e}): use redis://user:password@host:port"),
+                format!(
+                    "an admin URL ({}) does not parse ({}): use redis://user:password@host:port",
+                    breakwater_keyspace::redact_url(url),
+                    breakwater_keyspace::redact_credentials(&e.to_string())
+                ),
             ),
         }
     }
@@ -264,8 +293,9 @@ async fn check_instance(
                     Status::Fail,
                     format!("{addr} admin"),
                     format!(
-                        "cannot connect with --admin-url ({e}); checks that need it fall back to the services' users: \
-                         fix the URL's user and password"
+                        "cannot connect with the admin URL ({}); checks that need it fall back to the services' users: \
+                         fix the URL's user and password",
+                        breakwater_keyspace::redact_credentials(&e.to_string())
                     ),
                 );
                 None
@@ -292,8 +322,8 @@ async fn check_instance(
             Status::Fail,
             format!("{addr} memory"),
             format!(
-                "cannot read INFO memory ({e}); expected the services' users to be allowed INFO and CONFIG GET, \
-                 which their drift guard needs: add +info +config|get to their ACL"
+                "cannot read INFO memory ({e}); expected the services' users to be allowed INFO, \
+                 which their drift guard needs: add +info to their ACL"
             ),
         ),
     }
@@ -405,6 +435,8 @@ async fn check_acl(
     if let Some((c, how)) = dryrun.as_mut() {
         let mut forbidden: Vec<(String, Vec<String>)> = [
             ("CONFIG SET", &["CONFIG", "SET", "maxmemory", "1mb"][..]),
+            // It returns masterauth and the data directory; the drift guard reads INFO instead.
+            ("CONFIG GET", &["CONFIG", "GET", "maxmemory"]),
             ("FLUSHDB", &["FLUSHDB"]),
             ("FLUSHALL", &["FLUSHALL"]),
             ("KEYS", &["KEYS", "*"]),
@@ -442,15 +474,21 @@ async fn check_acl(
                 Err(e) => denied.push(format!("{name} under {} ({e})", service.prefix)),
             }
         }
-        let checked =
-            format!("CONFIG SET, FLUSHDB, FLUSHALL, KEYS, DEBUG, SHUTDOWN and writes outside {}", service.prefix);
+        let checked = format!(
+            "CONFIG SET, CONFIG GET, FLUSHDB, FLUSHALL, KEYS, DEBUG, SHUTDOWN and writes outside {}",
+            service.prefix
+        );
         let (status, message) = acl_verdict(service, user, &granted, &denied, &checked, how);
         report.add(status, subject, message);
         return;
     }
 
     let Some(mut c) = conn else {
-        report.add(Status::Skip, subject, format!("not checked: no connection as {user} and no --admin-url"));
+        report.add(
+            Status::Skip,
+            subject,
+            format!("not checked: no connection as {user} and no admin URL ({ADMIN_URL_VAR} or --admin-url-file)"),
+        );
         return;
     };
     let mut granted = Vec::new();
@@ -468,6 +506,14 @@ async fn check_acl(
         }
         None => not_probed.insert(0, "CONFIG SET"),
     }
+    // CONFIG GET changes nothing, so it can be probed; what it returns is not kept.
+    let config_get = redis::cmd("CONFIG").arg("GET").arg("maxmemory").query_async::<Vec<String>>(&mut c).await;
+    if !matches!(&config_get, Err(e) if refused(e)) {
+        granted.push(format!(
+            "CONFIG GET (was {}; it returns masterauth and the data directory)",
+            if config_get.is_ok() { "accepted" } else { "not refused" }
+        ));
+    }
     let keys = redis::cmd("KEYS").arg(&own).query_async::<Vec<String>>(&mut c).await;
     if !matches!(&keys, Err(e) if refused(e)) {
         granted.push(format!("KEYS (was {})", answer(&keys)));
@@ -483,7 +529,8 @@ async fn check_acl(
     if let Err(e) = del(&own).query_async::<i64>(&mut c).await {
         denied.push(format!("a write under {} through EVAL ({e})", service.prefix));
     }
-    let mut checked = if policy.is_some() { vec!["CONFIG SET", "KEYS"] } else { vec!["KEYS"] };
+    let mut checked =
+        if policy.is_some() { vec!["CONFIG SET", "CONFIG GET", "KEYS"] } else { vec!["CONFIG GET", "KEYS"] };
     let outside_writes = format!("writes outside {} through EVAL", service.prefix);
     checked.push(&outside_writes);
     let (status, message) = acl_verdict(service, user, &granted, &denied, &listing(&checked), "probed as the user");
@@ -492,7 +539,7 @@ async fn check_acl(
         Status::Skip,
         subject,
         format!(
-            "{} not probed as {user}: they could act if allowed; pass --admin-url to check them with ACL DRYRUN",
+            "{} not probed as {user}: they could act if allowed; give an admin URL ({ADMIN_URL_VAR} or --admin-url-file) to check them with ACL DRYRUN",
             listing(&not_probed)
         ),
     );
@@ -527,7 +574,7 @@ fn acl_verdict(
         found.push(format!("{user} may not run {}", listing(denied)));
     }
     let message = format!(
-        "{} ({how}); expected it limited to {prefix} and refused CONFIG SET, FLUSHDB, FLUSHALL, KEYS, DEBUG \
+        "{} ({how}); expected it limited to {prefix} and refused CONFIG SET, CONFIG GET, FLUSHDB, FLUSHALL, KEYS, DEBUG \
          and SHUTDOWN: define it as deploy/redis/ does (resetkeys ~{prefix}* -@all plus the commands {} needs) \
          and reload the ACL",
         found.join("; "),
@@ -676,7 +723,7 @@ async fn check_ttls(
             subject,
             format!(
                 "not looked for keys without a TTL under {prefix}, as {as_whom} may not SCAN ({e}), as intended: \
-                 pass --admin-url redis://<admin>:<password>@{addr} to check"
+                 set {ADMIN_URL_VAR}=redis://<admin>:<password>@{addr} to check"
             ),
         ),
         Err(e) => report.add(

@@ -182,7 +182,7 @@ async fn config_check_fails_with_the_problem_and_never_the_password() {
     let output = breakwater(&["config", "check", "--config", f.path().to_str().unwrap()], &[]).await;
     assert!(output.status.success());
     let all = printed(&output);
-    assert!(!all.contains(MARKER) && all.contains("redis://bw-dedup:***@redis:6379"), "{all}");
+    assert!(!all.contains(MARKER) && all.contains("redis://***@redis:6379"), "{all}");
     // The same URL as a variable, and a missing file.
     let url = format!("redis://bw-dedup:{MARKER}@redis:port");
     let output = breakwater(

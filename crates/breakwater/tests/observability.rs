@@ -25,7 +25,12 @@ async fn breakwater(args: &[&str], env: &[(String, String)]) -> Process {
 
 /// Exports every 50 ms, so spans arrive while the test waits.
 fn otlp_env(endpoint: String) -> Vec<(String, String)> {
-    vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "50")])
+    // crd-writer's per-CR line, whose ids are checked, is at DEBUG.
+    vars(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ("RUST_LOG", "info,breakwater_crd_writer=debug"),
+    ])
 }
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

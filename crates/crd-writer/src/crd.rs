@@ -41,6 +41,14 @@ pub const LABEL_ORIGIN_NAMESPACE: &str = "kubernaut.io/origin-namespace";
 /// On a CR moved to the fallback namespace, as the reference gateway marks it.
 pub const LABEL_CLUSTER_SCOPED: &str = "kubernaut.io/cluster-scoped";
 pub const ANNOTATION_CREATED_AT: &str = "kubernaut.io/created-at";
+/// Lists what was cut to keep a CR and its values within their caps: the edge's cuts
+/// (`labels.<key>`, `annotations.<key>`, carried in the signal's annotation of this name)
+/// and this builder's (`providerData`, `originalPayload`, `signalAnnotations`,
+/// `signalLabels`), comma-separated.
+pub const ANNOTATION_TRUNCATED: &str = "kubernaut.io/truncated";
+/// Largest CR, in bytes of its JSON form: well under the API server's 1.5 MiB object limit,
+/// with room for the status and counts that later updates add.
+pub const CR_MAX_BYTES: usize = 256 * 1024;
 pub const MANAGED_BY: &str = "breakwater";
 
 /// Spec of a RemediationRequest: one incident (or one storm) for the remediation controller.
@@ -480,7 +488,97 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
     if write.target.namespace.is_empty() {
         relocate(&mut rr, fallback_namespace);
     }
+    fit(&mut rr, signal.annotations.get(ANNOTATION_TRUNCATED).map(String::as_str));
     rr
+}
+
+/// What [`fit`] keeps of a long `originalPayload` before it cuts annotations.
+const PAYLOAD_KEPT_BYTES: usize = 16 * 1024;
+
+/// What [`fit`] aims for: [`CR_MAX_BYTES`] less room for the truncation marker it adds last.
+const FIT_BYTES: usize = CR_MAX_BYTES - 2 * 1024;
+
+fn json_len(rr: &RemediationRequest) -> usize {
+    serde_json::to_vec(rr).map_or(usize::MAX, |json| json.len())
+}
+
+/// Cuts `rr` to [`CR_MAX_BYTES`], least useful first, and lists what was cut (with the
+/// edge's cuts, `edge_cut`) in [`ANNOTATION_TRUNCATED`]:
+/// 1. `providerData`'s labels to the 63 characters `signalLabels` keeps (it repeats them);
+/// 2. `originalPayload` to what fits, keeping at least its first 16 KiB;
+/// 3. the longest `signalAnnotations` values, to one common length that fits;
+/// 4. whole annotations, then labels, longest first (only huge keys get here).
+fn fit(rr: &mut RemediationRequest, edge_cut: Option<&str>) {
+    let mut cut: Vec<&str> = Vec::new();
+    let mut size = json_len(rr);
+    if size > FIT_BYTES {
+        let labels = &rr.spec.signal_labels;
+        let provider =
+            rr.spec.provider_data.as_ref().and_then(|p| serde_json::from_slice::<serde_json::Value>(&p.0).ok());
+        if let Some(mut provider) = provider {
+            provider["labels"] = serde_json::json!(labels);
+            let shorter = provider.to_string().into_bytes();
+            if rr.spec.provider_data.as_ref().is_some_and(|p| shorter.len() < p.0.len()) {
+                rr.spec.provider_data = Some(ByteString(shorter));
+                cut.push("providerData");
+                size = json_len(rr);
+            }
+        }
+    }
+    if size > FIT_BYTES
+        && let Some(payload) = rr.spec.original_payload.as_mut()
+        && payload.0.len() > PAYLOAD_KEPT_BYTES
+    {
+        // base64 takes 4 bytes per 3.
+        let excess = (size - FIT_BYTES).div_ceil(4) * 3 + 3;
+        let keep = payload.0.len().saturating_sub(excess).max(PAYLOAD_KEPT_BYTES);
+        payload.0.truncate(keep);
+        cut.push("originalPayload");
+        size = json_len(rr);
+    }
+    if size > FIT_BYTES && !rr.spec.signal_annotations.is_empty() {
+        cut.push("signalAnnotations");
+        let longest = rr.spec.signal_annotations.values().map(String::len).max().unwrap_or(0);
+        // The largest common value length that fits: binary search over 0..=longest.
+        let full = rr.spec.signal_annotations.clone();
+        let (mut lo, mut hi) = (0usize, longest);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            cap_annotations(rr, &full, mid);
+            if json_len(rr) <= FIT_BYTES { lo = mid } else { hi = mid - 1 }
+        }
+        cap_annotations(rr, &full, lo);
+        size = json_len(rr);
+    }
+    while size > FIT_BYTES {
+        let spec = &mut rr.spec;
+        let longest =
+            |m: &BTreeMap<String, String>| m.iter().max_by_key(|(k, v)| k.len() + v.len()).map(|(k, _)| k.clone());
+        if let Some(key) = longest(&spec.signal_annotations) {
+            spec.signal_annotations.remove(&key);
+            cut.push("signalAnnotations");
+        } else if let Some(key) = longest(&spec.signal_labels) {
+            spec.signal_labels.remove(&key);
+            cut.push("signalLabels");
+        } else {
+            break;
+        }
+        size = json_len(rr);
+    }
+    cut.dedup();
+    let mut list: Vec<&str> = edge_cut.into_iter().filter(|c| !c.is_empty()).collect();
+    list.extend(cut);
+    if !list.is_empty() {
+        rr.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(ANNOTATION_TRUNCATED.to_owned(), list.join(","));
+    }
+}
+
+/// `full`'s annotations with each value cut to `max` bytes, into `rr`.
+fn cap_annotations(rr: &mut RemediationRequest, full: &BTreeMap<String, String>, max: usize) {
+    rr.spec.signal_annotations = full.iter().map(|(k, v)| (k.clone(), truncate_bytes(v, max).to_owned())).collect();
 }
 
 /// Moves `rr` to `fallback_namespace`, labelled with the namespace it was meant for, as the

@@ -226,7 +226,8 @@ impl CrdWriterGrpc {
         match created.outcome {
             CreateOutcome::Created => {
                 record(kind, "created");
-                tracing::info!(
+                // Per CR, so DEBUG: the edge logs one INFO line per webhook.
+                tracing::debug!(
                     namespace = %created.namespace,
                     name = %write.target.name,
                     kind,

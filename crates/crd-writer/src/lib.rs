@@ -112,11 +112,11 @@ pub async fn sink_from_config(config: &CrdWriterConfig) -> Result<Arc<dyn Remedi
     Ok(match config.sink {
         SinkKind::Directory => Arc::new(DirSink::new(&config.directory).with_resource_cap(cap)),
         SinkKind::Kubernetes => {
-            let mut kube_config = kube::Config::infer().await.map_err(Error::KubeConfig)?;
+            let mut kube_config = kube::Config::infer().await.map_err(|e| Error::KubeConfig(error::kube_cause(&e)))?;
             // KubeSink retries itself (configurable, honouring retryAfterSeconds, counted in
             // metrics); kube's own 429/503/504 retry would multiply the attempts.
             kube_config.default_retry = false;
-            let client = kube::Client::try_from(kube_config).map_err(Error::KubeClient)?;
+            let client = kube::Client::try_from(kube_config).map_err(|e| Error::KubeClient(error::kube_cause(&e)))?;
             Arc::new(
                 KubeSink::new(client, config.retry.clone(), config.fallback_namespace.clone()).with_resource_cap(cap),
             )

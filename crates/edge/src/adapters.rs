@@ -40,3 +40,72 @@ pub struct Incoming {
 
 /// Labels and annotations must be plain strings; JSON `null` values are dropped.
 type StringMap = HashMap<String, String>;
+
+/// Signal annotation (and CR annotation) listing the values cut to a cap, as
+/// `labels.<key>` and `annotations.<key>`, comma-separated.
+pub const TRUNCATED_ANNOTATION: &str = "kubernaut.io/truncated";
+
+/// What the marker lists at most, so a payload of many long keys cannot make it large.
+const TRUNCATED_LIST_MAX_BYTES: usize = 1024;
+
+/// Per-signal bytes beyond its maps and payload (fingerprint, names, times), charged in
+/// [`Caps::expanded_bytes`] so a webhook of many empty alerts is not counted as free.
+const SIGNAL_OVERHEAD_BYTES: usize = 256;
+
+/// Size caps applied while a payload becomes signals (`edge.max_*` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// A label value longer than this is cut to it (at a character boundary).
+    pub label_value_bytes: usize,
+    /// An annotation value longer than this is cut to it.
+    pub annotation_value_bytes: usize,
+    /// A webhook whose signals would take more than this, once every alert has its
+    /// copy of the common labels and annotations, is refused with 413.
+    pub expanded_bytes: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self { label_value_bytes: 4096, annotation_value_bytes: 32 * 1024, expanded_bytes: 8 * 1024 * 1024 }
+    }
+}
+
+/// Cuts every value of `map` over `max` bytes, naming each cut one in `cut` as `kind.key`.
+fn cap_values(map: &mut StringMap, max: usize, kind: &str, cut: &mut Vec<String>) {
+    for (key, value) in map.iter_mut() {
+        if value.len() > max {
+            let mut end = max;
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            value.truncate(end);
+            cut.push(format!("{kind}.{key}"));
+        }
+    }
+}
+
+/// Bytes of a map's keys and values.
+fn map_bytes(map: &StringMap) -> usize {
+    map.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// Records the cuts of one signal in its [`TRUNCATED_ANNOTATION`], bounded in size.
+fn mark_truncated(annotations: &mut StringMap, mut cut: Vec<String>) {
+    if cut.is_empty() {
+        return;
+    }
+    cut.sort();
+    cut.dedup();
+    let mut list = String::new();
+    for item in cut {
+        if list.len() + item.len() + 1 > TRUNCATED_LIST_MAX_BYTES {
+            list.push_str(",…");
+            break;
+        }
+        if !list.is_empty() {
+            list.push(',');
+        }
+        list.push_str(&item);
+    }
+    annotations.insert(TRUNCATED_ANNOTATION.to_owned(), list);
+}

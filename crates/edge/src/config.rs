@@ -33,6 +33,18 @@ pub struct EdgeConfig {
     /// Largest body after `Content-Encoding: gzip` is decoded; larger gets
     /// 413. Default 512 KiB.
     pub decoded_body_limit_bytes: usize,
+    /// A label value longer than this many bytes is cut to it; the signal's CR lists it in
+    /// its `kubernaut.io/truncated` annotation. Default 4 096.
+    pub max_label_value_bytes: usize,
+    /// The same for an annotation value. Default 32 768.
+    pub max_annotation_value_bytes: usize,
+    /// A webhook whose signals would take more than this many bytes, once every alert has
+    /// its copy of the common labels and annotations, gets 413. Default 8 MiB.
+    pub max_webhook_expanded_bytes: usize,
+    /// Bytes of webhooks in progress (body, signals and their copies on the way through
+    /// the components); a webhook that would go over gets 503 with `Retry-After`.
+    /// Default 64 MiB.
+    pub max_in_flight_bytes: usize,
     /// On SIGTERM, time for in-flight requests to finish before their
     /// connections are closed. Default 10 000.
     pub shutdown_timeout_ms: u64,
@@ -114,6 +126,10 @@ impl Default for EdgeConfig {
             max_connections: 1024,
             probe_connections: 32,
             decoded_body_limit_bytes: 512 * 1024,
+            max_label_value_bytes: 4096,
+            max_annotation_value_bytes: 32 * 1024,
+            max_webhook_expanded_bytes: 8 * 1024 * 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             shutdown_timeout_ms: 10_000,
             component_timeout_ms: 2_000,
             fingerprint: FingerprintRule::Resource,
@@ -126,6 +142,15 @@ impl Default for EdgeConfig {
 }
 
 impl EdgeConfig {
+    /// The adapters' caps from these settings.
+    pub fn caps(&self) -> crate::adapters::Caps {
+        crate::adapters::Caps {
+            label_value_bytes: self.max_label_value_bytes,
+            annotation_value_bytes: self.max_annotation_value_bytes,
+            expanded_bytes: self.max_webhook_expanded_bytes,
+        }
+    }
+
     /// # Errors
     /// A sentence naming the key, the bad value and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
@@ -164,6 +189,16 @@ impl EdgeConfig {
                 "edge.decoded_body_limit_bytes = {} is not allowed: use 1024..=67108864",
                 self.decoded_body_limit_bytes
             ));
+        }
+        for (key, value, range) in [
+            ("max_label_value_bytes", self.max_label_value_bytes, 63..=1024 * 1024),
+            ("max_annotation_value_bytes", self.max_annotation_value_bytes, 256..=262_000),
+            ("max_webhook_expanded_bytes", self.max_webhook_expanded_bytes, 64 * 1024..=1024 * 1024 * 1024),
+            ("max_in_flight_bytes", self.max_in_flight_bytes, 1024 * 1024..=16 * 1024 * 1024 * 1024),
+        ] {
+            if !range.contains(&value) {
+                return Err(format!("edge.{key} = {value} is not allowed: use {}..={}", range.start(), range.end()));
+            }
         }
         if !(10..=60_000).contains(&self.component_timeout_ms) {
             return Err(format!(

@@ -30,6 +30,10 @@ pub enum EdgeError {
     PayloadTooLarge { limit: usize },
     #[error("decoded request body exceeds {limit} bytes")]
     DecodedTooLarge { limit: usize },
+    #[error(
+        "the alerts would take more than {limit} bytes once each has its copy of the common labels and annotations; send fewer alerts per webhook (Alertmanager max_alerts)"
+    )]
+    ExpansionTooLarge { limit: usize },
     #[error("request body not received in time")]
     BodyTimeout,
     #[error("request headers exceed {limit} bytes or {count} fields")]
@@ -44,6 +48,8 @@ pub enum EdgeError {
     RateLimited { retry_after: Duration },
     #[error("too many requests in flight")]
     Overloaded,
+    #[error("too many bytes of signals in flight")]
+    OverBudget,
     #[error("request timed out")]
     Timeout,
     /// A RemediationRequest could not be written: the one fault that is the
@@ -62,7 +68,7 @@ impl EdgeError {
             Self::UnsupportedMediaType | Self::UnsupportedCharset | Self::UnsupportedEncoding => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported Media Type")
             }
-            Self::PayloadTooLarge { .. } | Self::DecodedTooLarge { .. } => {
+            Self::PayloadTooLarge { .. } | Self::DecodedTooLarge { .. } | Self::ExpansionTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload Too Large")
             }
             Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request Timeout"),
@@ -73,7 +79,7 @@ impl EdgeError {
             Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not Found"),
             Self::UriTooLong => (StatusCode::URI_TOO_LONG, "uri-too-long", "URI Too Long"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too Many Requests"),
-            Self::Overloaded | Self::CannotPersist { .. } => {
+            Self::Overloaded | Self::OverBudget | Self::CannotPersist { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Service Unavailable")
             }
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", "Gateway Timeout"),
@@ -84,7 +90,7 @@ impl EdgeError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after } | Self::CannotPersist { retry_after, .. } => Some(*retry_after),
-            Self::Overloaded => Some(Duration::from_secs(1)),
+            Self::Overloaded | Self::OverBudget => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

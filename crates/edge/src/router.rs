@@ -43,6 +43,8 @@ pub struct EdgeState {
     /// taken after the body is read, so slow bodies cannot hold them.
     pub(crate) webhooks: Arc<Semaphore>,
     pub(crate) shed: Arc<LimitEpisode>,
+    /// Bytes of webhooks in progress (`edge.max_in_flight_bytes`).
+    pub(crate) budget: Arc<Budget>,
     pub(crate) body_timeouts: Arc<LimitEpisode>,
 }
 
@@ -65,6 +67,7 @@ impl EdgeState {
         Self {
             webhooks: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             shed: Arc::new(LimitEpisode::new("concurrency")),
+            budget: Arc::new(Budget::new(config.max_in_flight_bytes)),
             body_timeouts: Arc::new(LimitEpisode::new("body_timeout")),
             pipeline: crate::pipeline::pipeline(&components, parts),
             health,
@@ -193,9 +196,50 @@ pub struct SignalsResponse {
     pub results: Vec<AlertResult>,
 }
 
+/// How many times a webhook's expanded signals are charged to the in-flight budget: the
+/// signals, and each component call's encoded request and its decoded copy, which overlap.
+const SIGNAL_COPIES: usize = 4;
+
+/// The byte budget of webhooks in progress, in KiB permits; see `edge.max_in_flight_bytes`.
+pub(crate) struct Budget {
+    permits: Arc<Semaphore>,
+    total_kib: usize,
+    episode: LimitEpisode,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Self {
+        let total_kib = bytes.div_ceil(1024).clamp(1, u32::MAX as usize);
+        Self { permits: Arc::new(Semaphore::new(total_kib)), total_kib, episode: LimitEpisode::new("memory") }
+    }
+
+    /// Reserves the bytes a webhook of `body` bytes whose signals take `expanded` bytes holds
+    /// while it is processed, or answers why not. A webhook larger than the whole budget is
+    /// charged the whole budget, so it runs alone rather than never.
+    fn reserve(&self, body: usize, expanded: usize) -> Result<tokio::sync::OwnedSemaphorePermit, EdgeError> {
+        let bytes = body.saturating_add(expanded.saturating_mul(SIGNAL_COPIES));
+        let kib = bytes.div_ceil(1024).clamp(1, self.total_kib);
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+        self.permits.clone().try_acquire_many_owned(kib).map_err(|_| {
+            self.episode.hit("edge.max_in_flight_bytes of webhooks in progress; shedding with 503");
+            EdgeError::OverBudget
+        })
+    }
+}
+
 async fn prometheus_webhook(State(state): State<EdgeState>, sender: Sender, SignalBody(body): SignalBody) -> Response {
-    let signals = prometheus::parse(&body, state.clock.now(), &state.config.fingerprint);
-    process(&state, sender, prometheus::SOURCE_TYPE, signals).await
+    let source = prometheus::SOURCE_TYPE;
+    // Read and measured before the alerts are expanded, so what they will take is reserved first.
+    let parsed = match prometheus::read(&body, &state.config.caps()) {
+        Ok(parsed) => parsed,
+        Err(e) => return process(&state, sender, source, Err(e)).await,
+    };
+    let _bytes = match state.budget.reserve(body.len(), parsed.expanded_bytes()) {
+        Ok(permit) => permit,
+        Err(e) => return e.into_response(),
+    };
+    let signals = parsed.signals(state.clock.now(), &state.config.fingerprint);
+    process(&state, sender, source, signals).await
 }
 
 async fn kubernetes_event_webhook(
@@ -203,7 +247,12 @@ async fn kubernetes_event_webhook(
     sender: Sender,
     SignalBody(body): SignalBody,
 ) -> Response {
-    let signals = kubernetes_event::parse(&body, state.clock.now(), &state.config.fingerprint);
+    let _bytes = match state.budget.reserve(body.len(), kubernetes_event::expanded_bytes(&body)) {
+        Ok(permit) => permit,
+        Err(e) => return e.into_response(),
+    };
+    let caps = state.config.caps();
+    let signals = kubernetes_event::parse_capped(&body, state.clock.now(), &state.config.fingerprint, &caps);
     process(&state, sender, kubernetes_event::SOURCE_TYPE, signals).await
 }
 
@@ -274,7 +323,23 @@ async fn process(
     for r in &all {
         metrics::counter!("breakwater_signals_total", "source" => source, "outcome" => r.outcome.label()).increment(1);
     }
+    log_webhook(source, &all);
     respond(all)
+}
+
+/// The webhook's one log line: INFO when it created a CR or rejected an alert (what an
+/// operator acts on), DEBUG when it only counted on open CRs; per-CR detail is DEBUG in
+/// crd-writer. Under a storm of repeats the log stays quiet.
+fn log_webhook(source: &'static str, results: &[AlertResult]) {
+    let count = |o: AlertOutcome| results.iter().filter(|r| r.outcome == o).count();
+    let created = count(AlertOutcome::Created) + count(AlertOutcome::StormCreated);
+    let rejected = count(AlertOutcome::Rejected);
+    let alerts = results.len();
+    if created + rejected > 0 {
+        tracing::info!(source, alerts, created, rejected, "webhook");
+    } else {
+        tracing::debug!(source, alerts, created, rejected, "webhook");
+    }
 }
 
 fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64) -> Response {
@@ -358,3 +423,6 @@ async fn healthz(State(state): State<EdgeState>) -> Json<Health> {
 async fn metrics(State(state): State<EdgeState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,19 +17,18 @@ pub struct MemoryReport {
 }
 
 impl Keyspace {
-    /// Reads `maxmemory`, `maxmemory-policy`, used memory and evictions
-    /// (`CONFIG GET` and `INFO`, both allowed to the service's ACL user).
+    /// Reads `maxmemory`, `maxmemory-policy`, used memory and evictions from `INFO`
+    /// (allowed to the service's ACL user; `CONFIG GET` is not, as it returns
+    /// `masterauth` and the data directory).
     ///
     /// # Errors
     /// A classified [`crate::KeyspaceError`].
     pub async fn memory_report(&self) -> Result<MemoryReport> {
-        let maxmemory: Vec<String> = self.query(redis::cmd("CONFIG").arg("GET").arg("maxmemory")).await?;
-        let policy: Vec<String> = self.query(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy")).await?;
         let memory: String = self.query(redis::cmd("INFO").arg("memory")).await?;
         let stats: String = self.query(redis::cmd("INFO").arg("stats")).await?;
         Ok(MemoryReport {
-            maxmemory: maxmemory.get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
-            policy: policy.get(1).cloned().unwrap_or_default(),
+            maxmemory: info_field(&memory, "maxmemory").unwrap_or(0),
+            policy: info_text(&memory, "maxmemory_policy").unwrap_or_default(),
             used_memory: info_field(&memory, "used_memory").unwrap_or(0),
             evicted_keys: info_field(&stats, "evicted_keys").unwrap_or(0),
         })
@@ -64,7 +63,7 @@ impl Keyspace {
                     problem
                 }
                 Err(e) => Some(format!(
-                    "cannot read {component}'s Redis memory settings ({e}): check that it is reachable and that its user may run CONFIG GET and INFO"
+                    "cannot read {component}'s Redis memory settings ({e}): check that it is reachable and that its user may run INFO"
                 )),
             };
             report(problem);
@@ -121,7 +120,11 @@ pub fn budget_problem(component: &str, r: &MemoryReport, budget: u64) -> Option<
 }
 
 fn info_field(info: &str, field: &str) -> Option<u64> {
-    info.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().parse().ok())
+    info_text(info, field)?.parse().ok()
+}
+
+fn info_text(info: &str, field: &str) -> Option<String> {
+    info.lines().find_map(|l| Some(l.strip_prefix(field)?.strip_prefix(':')?.trim().to_owned()))
 }
 
 #[cfg(test)]

@@ -147,9 +147,10 @@ impl RedisConfig {
     }
 }
 
-/// `url` with its password replaced by `***` (`redis://user:***@host`), whatever
-/// characters the password holds: everything between `://` and the last `@`
-/// is userinfo, so `http://host:80/a@b` shows as `http://host:***@b`.
+/// `url` with its user and password replaced by `***` (`redis://***@host`), whatever
+/// characters they hold: everything between `://` and the last `@` is userinfo, so
+/// `http://host:80/a@b` shows as `http://***@b`. A user alone can be a token
+/// (`https://TOKEN@host`), so it goes too.
 pub fn redact_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => format!("{scheme}://{}", redact_userinfo(rest)),
@@ -157,8 +158,8 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// `text` with the password of every `scheme://user:password@host` in it replaced
-/// by `***`, so a message or a printed config can show URLs. A URL in `text`
+/// `text` with the user and password of every `scheme://user:password@host` in it
+/// replaced by `***`, so a message or a printed config can show URLs. A URL in `text`
 /// ends at whitespace or a quote; a lone URL is better given to [`redact_url`].
 pub fn redact_credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -175,13 +176,10 @@ pub fn redact_credentials(text: &str) -> String {
     out
 }
 
-/// `after_scheme` (`user:password@host/…`) with the password, from the first `:`
-/// to the last `@`, as `***`.
+/// `after_scheme` (`user:password@host/…`) with the userinfo, up to the last `@`, as `***`.
 fn redact_userinfo(after_scheme: &str) -> String {
-    let Some(at) = after_scheme.rfind('@') else { return after_scheme.to_owned() };
-    let userinfo = &after_scheme[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!("{}***{}", &userinfo[..=colon], &after_scheme[at..]),
+    match after_scheme.rfind('@') {
+        Some(at) => format!("***{}", &after_scheme[at..]),
         None => after_scheme.to_owned(),
     }
 }
@@ -194,16 +192,17 @@ mod tests {
 
     #[test]
     fn passwords_in_urls_are_redacted_wherever_they_appear() {
-        assert_eq!(redact_credentials("redis://u:p@h:6379/0"), "redis://u:***@h:6379/0");
-        assert_eq!(redact_credentials("redis://:p@h"), "redis://:***@h");
-        assert_eq!(redact_credentials("redis://user@h"), "redis://user@h");
+        assert_eq!(redact_credentials("redis://u:p@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redact_credentials("redis://:p@h"), "redis://***@h");
+        assert_eq!(redact_credentials("https://token@h"), "https://***@h");
         assert_eq!(redact_credentials("redis://h:6379"), "redis://h:6379");
         assert_eq!(
             redact_credentials("a \"rediss://u:p@q@h\" and http://x:y@z/p?q=1"),
-            "a \"rediss://u:***@h\" and http://x:***@z/p?q=1"
+            "a \"rediss://***@h\" and http://***@z/p?q=1"
         );
-        assert_eq!(redact_credentials("redis://u:a/b?c#d@h/0"), "redis://u:***@h/0");
-        assert_eq!(redact_url("redis://u:a\"b c@h:6379"), "redis://u:***@h:6379");
+        // Base64 passwords hold '/', '+' and '='.
+        assert_eq!(redact_credentials("redis://u:a/b+c=d#e@h/0"), "redis://***@h/0");
+        assert_eq!(redact_url("redis://u:a\"b c@h:6379"), "redis://***@h:6379");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_credentials("no url here"), "no url here");
     }

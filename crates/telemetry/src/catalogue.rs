@@ -48,7 +48,8 @@ pub const METRICS: &[Metric] = &[
         "Times the edge hit one of its connection limits, by limit: connections (the oldest idle \
          connection was closed to make room), probe_only (a connection past max_connections), \
          refused (no room even for probes), accept (the process ran out of file descriptors), \
-         header_timeout, body_timeout, concurrency (a webhook shed with 503).",
+         header_timeout, body_timeout, concurrency (a webhook shed with 503), memory (a webhook \
+         shed with 503 because edge.max_in_flight_bytes were in progress).",
     ),
     histogram(
         "breakwater_http_request_duration_seconds",

@@ -208,9 +208,12 @@ fn long_values_are_cut() {
     let rr = build(&create(s), NOW, "kubernaut-system");
     let spec = &rr.spec;
     assert_eq!(spec.signal_labels["description"].chars().count(), 63);
+    // Cut to 262000 bytes (the reference's per-value cut), then further to fit the CR cap,
+    // each time at a character boundary.
     let runbook = &spec.signal_annotations["runbook"];
-    assert_eq!(runbook.len(), 261_999);
+    assert!((200_000..261_999).contains(&runbook.len()), "runbook is {} bytes", runbook.len());
     assert!(runbook.ends_with('é'));
+    assert!(json_size(&rr) <= CR_MAX_BYTES);
     assert_eq!(spec.signal_name.len(), 253);
     assert_eq!(spec.signal_source.len(), 63);
     assert_eq!(spec.environment, "staging/eu west");
@@ -315,4 +318,46 @@ fn crd_yaml_parses_back_as_a_crd() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(spec["originalPayload"]["format"], "byte");
     assert_eq!(spec["affectedResourcesOmitted"]["type"], "integer");
     Ok(())
+}
+
+fn json_size(rr: &RemediationRequest) -> usize {
+    serde_json::to_vec(rr).unwrap().len()
+}
+
+#[test]
+fn a_cr_from_a_huge_label_stays_under_the_cap_and_says_what_was_cut() {
+    // As the edge passes it on: a 500 KB label, in the labels and in the raw alert.
+    let huge = "x".repeat(500_000);
+    let mut s = signal();
+    s.labels.insert("blob".to_owned(), huge.clone());
+    s.original_payload = format!(r#"{{"labels":{{"blob":"{huge}"}}}}"#).into_bytes();
+    let rr = build(&create(s), NOW, "kubernaut-system");
+    let size = json_size(&rr);
+    assert!(size <= CR_MAX_BYTES, "CR is {size} bytes, over {CR_MAX_BYTES}");
+    let marker = rr.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_TRUNCATED)).cloned();
+    assert_eq!(marker.as_deref(), Some("providerData,originalPayload"));
+    assert_eq!(rr.spec.signal_labels.get("blob").map(String::len), Some(LABEL_VALUE_MAX));
+    assert_eq!(rr.spec.signal_annotations.get("summary").map(String::as_str), Some("memory above 90%"));
+}
+
+#[test]
+fn huge_annotations_are_cut_to_one_length_that_fits() {
+    let mut s = signal();
+    for i in 0..12 {
+        s.annotations.insert(format!("a{i}"), "y".repeat(200_000));
+    }
+    s.annotations.insert(ANNOTATION_TRUNCATED.to_owned(), "annotations.a0".to_owned());
+    let rr = build(&create(s), NOW, "kubernaut-system");
+    assert!(json_size(&rr) <= CR_MAX_BYTES);
+    let a0 = rr.spec.signal_annotations.get("a0").map_or(0, String::len);
+    assert!(a0 > 10_000, "the cut keeps as much as fits, got {a0} bytes");
+    assert_eq!(rr.spec.signal_annotations.get("summary").map(String::as_str), Some("memory above 90%"));
+    let marker = rr.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_TRUNCATED)).cloned();
+    assert_eq!(marker.as_deref(), Some("annotations.a0,signalAnnotations"));
+}
+
+#[test]
+fn a_cr_within_the_cap_is_not_marked() {
+    let rr = build(&create(signal()), NOW, "kubernaut-system");
+    assert!(rr.metadata.annotations.as_ref().is_some_and(|a| !a.contains_key(ANNOTATION_TRUNCATED)));
 }

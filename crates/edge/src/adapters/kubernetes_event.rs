@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::{Incoming, unix_ms};
+use super::{Caps, Incoming, cap_values, mark_truncated, unix_ms};
 use crate::error::EdgeError;
 use breakwater_proto::v1 as pb;
 use breakwater_signal::{FingerprintRule, UnixMillis, delivery_key};
@@ -70,6 +70,25 @@ struct EventSource {
 /// A delivery is identified by the Event's `metadata.uid` and `count`: the same Event
 /// object posted twice counts once, while the next count of a recurring event counts again.
 pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Result<Vec<Incoming>, EdgeError> {
+    parse_capped(body, received, rule, &Caps::default())
+}
+
+/// Bytes the signal of `body` takes at most: one event is one signal, holding its fields
+/// and the body itself.
+pub fn expanded_bytes(body: &[u8]) -> usize {
+    2 * body.len() + super::SIGNAL_OVERHEAD_BYTES
+}
+
+/// [`parse`] with label and annotation values cut to `caps`.
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_capped(
+    body: &[u8],
+    received: UnixMillis,
+    rule: &FingerprintRule,
+    caps: &Caps,
+) -> Result<Vec<Incoming>, EdgeError> {
     let event: Event = serde_json::from_slice(body).map_err(|e| EdgeError::BadRequest(format!("invalid JSON: {e}")))?;
     let reason = event.reason.filter(|r| !r.is_empty()).ok_or_else(|| bad("missing reason field"))?;
     let object = event.involved_object.unwrap_or_default();
@@ -106,6 +125,10 @@ pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Resul
     annotate("source-host", source.host);
     annotate("first-timestamp", event.first_timestamp.clone());
     annotate("last-timestamp", event.last_timestamp);
+    let mut cut = Vec::new();
+    cap_values(&mut labels, caps.label_value_bytes, "labels", &mut cut);
+    cap_values(&mut annotations, caps.annotation_value_bytes, "annotations", &mut cut);
+    mark_truncated(&mut annotations, cut);
     let fingerprint = rule.apply(&reason, &namespace, &kind, &name, &labels);
     let delivery = event
         .metadata

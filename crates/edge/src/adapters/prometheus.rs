@@ -9,7 +9,9 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Incoming, StringMap, severity, unix_ms};
+use super::{
+    Caps, Incoming, SIGNAL_OVERHEAD_BYTES, StringMap, cap_values, map_bytes, mark_truncated, severity, unix_ms,
+};
 use crate::error::EdgeError;
 use breakwater_proto::v1 as pb;
 use breakwater_signal::{FingerprintRule, UnixMillis, delivery_key};
@@ -58,51 +60,128 @@ const RESOURCE_LABELS: [(&str, &str); 6] = [
 ];
 
 /// # Errors
-/// [`EdgeError::BadRequest`] naming the first problem, e.g. `alerts[2]: labels.alertname is required`.
+/// [`EdgeError::BadRequest`] naming the first problem, e.g. `alerts[2]: labels.alertname is required`;
+/// [`EdgeError::ExpansionTooLarge`] past the default [`Caps`].
 pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Result<Vec<Incoming>, EdgeError> {
-    let webhook: Webhook<'_> =
+    read(body, &Caps::default())?.signals(received, rule)
+}
+
+/// A webhook read and checked, before its alerts are expanded into signals: what
+/// [`Parsed::expanded_bytes`] says they will take can be reserved first.
+pub struct Parsed<'a> {
+    alerts: Vec<(&'a RawValue, Alert)>,
+    common_labels: StringMap,
+    common_annotations: StringMap,
+    /// Common values cut to their caps (every signal lists them).
+    common_cut: Vec<String>,
+    receiver: String,
+    group_key: Option<String>,
+    caps: Caps,
+    expanded: usize,
+}
+
+/// Reads the webhook and every alert, cuts common values to `caps`, and refuses a webhook
+/// whose signals would exceed `caps.expanded_bytes` before any of them is built.
+///
+/// # Errors
+/// [`EdgeError::BadRequest`] for a malformed payload or alert; [`EdgeError::ExpansionTooLarge`].
+pub fn read<'a>(body: &'a [u8], caps: &Caps) -> Result<Parsed<'a>, EdgeError> {
+    let webhook: Webhook<'a> =
         serde_json::from_slice(body).map_err(|e| EdgeError::BadRequest(format!("malformed JSON payload: {e}")))?;
-    let alerts = webhook.alerts.ok_or_else(|| EdgeError::BadRequest("missing alerts array".into()))?;
-    if alerts.is_empty() {
+    let raw_alerts = webhook.alerts.ok_or_else(|| EdgeError::BadRequest("missing alerts array".into()))?;
+    if raw_alerts.is_empty() {
         return Err(EdgeError::BadRequest("no alerts in webhook payload".into()));
     }
-    let common_labels = webhook.common_labels.unwrap_or_default();
-    let common_annotations = webhook.common_annotations.unwrap_or_default();
-    let receiver = webhook.receiver.unwrap_or_default();
-    let group_key = webhook.group_key.filter(|k| !k.is_empty());
-    alerts
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            let alert: Alert = serde_json::from_str(raw.get())
-                .map_err(|e| EdgeError::BadRequest(format!("alerts[{i}] is not a valid alert: {e}")))?;
-            let starts_at = alert.starts_at.clone().unwrap_or_default();
-            let am_fingerprint = alert.fingerprint.clone();
-            let signal = signal(i, alert, raw.get().as_bytes(), &common_labels, &common_annotations, received, rule)?;
-            let delivery = group_key.as_deref().map(|group_key| {
-                let alert_id = am_fingerprint.as_deref().unwrap_or(&signal.fingerprint);
-                let status = if signal.status() == pb::SignalStatus::Resolved { "resolved" } else { "firing" };
-                delivery_key(&["alertmanager", &receiver, group_key, alert_id, status, &starts_at])
-            });
-            Ok(Incoming { signal, delivery })
-        })
-        .collect()
+    let mut common_cut = Vec::new();
+    let mut common_labels = webhook.common_labels.unwrap_or_default();
+    cap_values(&mut common_labels, caps.label_value_bytes, "labels", &mut common_cut);
+    let mut common_annotations = webhook.common_annotations.unwrap_or_default();
+    cap_values(&mut common_annotations, caps.annotation_value_bytes, "annotations", &mut common_cut);
+    let common = map_bytes(&common_labels) + map_bytes(&common_annotations);
+    let mut expanded = 0usize;
+    let mut alerts = Vec::with_capacity(raw_alerts.len());
+    for (i, raw) in raw_alerts.into_iter().enumerate() {
+        let alert: Alert = serde_json::from_str(raw.get())
+            .map_err(|e| EdgeError::BadRequest(format!("alerts[{i}] is not a valid alert: {e}")))?;
+        // An upper bound: an alert's own keys that repeat common ones are counted twice.
+        let own = alert.labels.as_ref().map_or(0, map_bytes) + alert.annotations.as_ref().map_or(0, map_bytes);
+        expanded =
+            expanded.saturating_add(common + own.min(caps.expanded_bytes) + raw.get().len() + SIGNAL_OVERHEAD_BYTES);
+        if expanded > caps.expanded_bytes {
+            return Err(EdgeError::ExpansionTooLarge { limit: caps.expanded_bytes });
+        }
+        alerts.push((raw, alert));
+    }
+    Ok(Parsed {
+        alerts,
+        common_labels,
+        common_annotations,
+        common_cut,
+        receiver: webhook.receiver.unwrap_or_default(),
+        group_key: webhook.group_key.filter(|k| !k.is_empty()),
+        caps: *caps,
+        expanded,
+    })
+}
+
+impl Parsed<'_> {
+    /// Bytes the signals will take, at most (see [`read`]).
+    pub fn expanded_bytes(&self) -> usize {
+        self.expanded
+    }
+
+    /// One signal per alert, in order.
+    ///
+    /// # Errors
+    /// [`EdgeError::BadRequest`] naming the first alert that cannot be a signal.
+    pub fn signals(self, received: UnixMillis, rule: &FingerprintRule) -> Result<Vec<Incoming>, EdgeError> {
+        let Self { alerts, common_labels, common_annotations, common_cut, receiver, group_key, caps, .. } = self;
+        let common = Common { labels: &common_labels, annotations: &common_annotations, cut: &common_cut, caps };
+        alerts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (raw, alert))| {
+                let starts_at = alert.starts_at.clone().unwrap_or_default();
+                let am_fingerprint = alert.fingerprint.clone();
+                let signal = signal(i, alert, raw.get().as_bytes(), &common, received, rule)?;
+                let delivery = group_key.as_deref().map(|group_key| {
+                    let alert_id = am_fingerprint.as_deref().unwrap_or(&signal.fingerprint);
+                    let status = if signal.status() == pb::SignalStatus::Resolved { "resolved" } else { "firing" };
+                    delivery_key(&["alertmanager", &receiver, group_key, alert_id, status, &starts_at])
+                });
+                Ok(Incoming { signal, delivery })
+            })
+            .collect()
+    }
+}
+
+/// What every alert of a webhook shares.
+struct Common<'c> {
+    labels: &'c StringMap,
+    annotations: &'c StringMap,
+    cut: &'c [String],
+    caps: Caps,
 }
 
 fn signal(
     i: usize,
     alert: Alert,
     raw: &[u8],
-    common_labels: &StringMap,
-    common_annotations: &StringMap,
+    common: &Common<'_>,
     received: UnixMillis,
     rule: &FingerprintRule,
 ) -> Result<pb::Signal, EdgeError> {
     // The alert's own labels are more specific than the group's common ones.
-    let mut labels = common_labels.clone();
-    labels.extend(alert.labels.unwrap_or_default());
-    let mut annotations = common_annotations.clone();
-    annotations.extend(alert.annotations.unwrap_or_default());
+    let mut cut = common.cut.to_vec();
+    let mut own_labels = alert.labels.unwrap_or_default();
+    cap_values(&mut own_labels, common.caps.label_value_bytes, "labels", &mut cut);
+    let mut own_annotations = alert.annotations.unwrap_or_default();
+    cap_values(&mut own_annotations, common.caps.annotation_value_bytes, "annotations", &mut cut);
+    let mut labels = common.labels.clone();
+    labels.extend(own_labels);
+    let mut annotations = common.annotations.clone();
+    annotations.extend(own_annotations);
+    mark_truncated(&mut annotations, cut);
     let alert_name = labels.get("alertname").cloned().unwrap_or_default();
     if alert_name.is_empty() {
         return Err(EdgeError::BadRequest(format!("alerts[{i}]: labels.alertname is required")));

@@ -77,3 +77,14 @@ fn an_event_objects_uid_and_count_identify_its_delivery() {
     event["count"] = json!(4);
     assert_ne!(key, delivery(&event), "the event recurred: a new delivery");
 }
+
+#[test]
+fn a_long_message_is_cut_and_listed() {
+    let caps = crate::adapters::Caps { annotation_value_bytes: 300, ..Default::default() };
+    let e = json!({"type": "Warning", "reason": "BackOff", "message": "m".repeat(5000),
+        "involvedObject": {"kind": "Pod", "name": "p", "namespace": "prod"}});
+    let signals = parse_capped(e.to_string().as_bytes(), 5, &FingerprintRule::Resource, &caps).unwrap();
+    let a = &signals[0].signal.annotations;
+    assert_eq!(a["kubernaut.io/event-message"].len(), 300);
+    assert_eq!(a[crate::adapters::TRUNCATED_ANNOTATION], "annotations.kubernaut.io/event-message");
+}

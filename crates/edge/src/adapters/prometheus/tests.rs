@@ -120,3 +120,52 @@ fn a_notification_identifies_each_alerts_delivery() {
     assert_eq!(deliveries(json!({"alerts": [alert("firing", t0)]})), [None]);
     assert_eq!(deliveries(json!({"groupKey": "", "alerts": [alert("firing", t0)]})), [None]);
 }
+
+#[test]
+fn long_values_are_cut_to_their_caps_and_listed() {
+    let caps = Caps { label_value_bytes: 100, annotation_value_bytes: 200, expanded_bytes: 1 << 20 };
+    let body = json!({
+        "commonAnnotations": {"runbook": "r".repeat(1000)},
+        "alerts": [{"labels": {"alertname": "A", "blob": "é".repeat(100)}, "annotations": {"short": "ok"}}]
+    })
+    .to_string();
+    let signals = read(body.as_bytes(), &caps).unwrap().signals(1, &FingerprintRule::Resource).unwrap();
+    let s = &signals[0].signal;
+    // 100 bytes fall inside a 2-byte character: the cut moves back to its start.
+    assert_eq!(s.labels["blob"].len(), 100);
+    assert_eq!(s.annotations["runbook"].len(), 200);
+    assert_eq!(s.annotations["short"], "ok");
+    assert_eq!(s.annotations[crate::adapters::TRUNCATED_ANNOTATION], "annotations.runbook,labels.blob");
+    let untouched = parse_json(json!({"alerts": [{"labels": {"alertname": "A"}}]})).unwrap();
+    assert!(!untouched[0].annotations.contains_key(crate::adapters::TRUNCATED_ANNOTATION));
+}
+
+#[test]
+fn a_webhook_that_would_expand_past_its_cap_is_refused_before_expanding() {
+    // The issue's case: 1,000 empty alerts sharing one 400 KB annotation.
+    let alerts = vec![json!({"labels": {}}); 1000];
+    let body = json!({"commonLabels": {"alertname": "A"}, "commonAnnotations": {"big": "b".repeat(400_000)}, "alerts": alerts})
+        .to_string();
+    match read(body.as_bytes(), &Caps::default()) {
+        Err(EdgeError::ExpansionTooLarge { limit }) => assert_eq!(limit, 8 * 1024 * 1024),
+        Err(e) => panic!("expected 413, got {e:?}"),
+        Ok(p) => panic!("expected 413, got {} bytes", p.expanded_bytes()),
+    }
+    // 1,000 alerts sharing 4 KB fit, and the estimate covers what they take.
+    let alerts = vec![json!({"labels": {}}); 1000];
+    let body =
+        json!({"commonLabels": {"alertname": "A"}, "commonAnnotations": {"big": "b".repeat(4000)}, "alerts": alerts})
+            .to_string();
+    let parsed = read(body.as_bytes(), &Caps::default()).unwrap();
+    let estimate = parsed.expanded_bytes();
+    let signals = parsed.signals(1, &FingerprintRule::Resource).unwrap();
+    let actual: usize = signals
+        .iter()
+        .map(|i| {
+            let s = &i.signal;
+            s.labels.iter().chain(&s.annotations).map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                + s.original_payload.len()
+        })
+        .sum();
+    assert!(actual <= estimate && estimate < actual + 1000 * 300, "estimate {estimate}, actual {actual}");
+}
