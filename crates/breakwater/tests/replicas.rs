@@ -329,8 +329,9 @@ async fn edges_spread_calls_over_replicas_and_survive_one_of_each_going_away_und
 }
 
 /// A replica killed with SIGKILL takes the calls it had with it. Those that are safe to repeat
-/// go to the other replica; a webhook whose call to dedup or storm died with the replica is
-/// answered 503 (it may have been applied), and its retry counts once. crd-writer's killed
+/// go to the other replica (dedup's CheckSignals too: every signal here has a delivery identity);
+/// a webhook whose storm DetectStorms call died with the replica is answered 503 (it may have
+/// been applied), and its retry counts once. crd-writer's killed
 /// replica comes back on its journal, with the counts it had answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_mid_load_costs_at_most_the_webhooks_it_had_in_flight() {

@@ -326,7 +326,7 @@ impl AsyncPredicate<Batch> for DedupStage {
         let span = stage_span("dedup", batch.signals.len());
         Box::pin(
             async move {
-                let queries = (0..batch.signals.len())
+                let queries: Vec<pb::DedupQuery> = (0..batch.signals.len())
                     .map(|i| pb::DedupQuery {
                         fingerprint: batch.signals[i].fingerprint.clone(),
                         status: batch.signals[i].status,
@@ -334,8 +334,14 @@ impl AsyncPredicate<Batch> for DedupStage {
                         delivery_key: batch.delivery_key(i),
                     })
                     .collect();
+                // When every signal has a delivery identity, a second try of the call is a copy
+                // of the first (dedup counts each delivery once), so a replica that died with it
+                // costs the sender nothing; without one, a second try could count it twice.
+                let every_delivery_known = queries.iter().all(|q| !q.delivery_key.is_empty());
+                let request = pb::CheckSignalsRequest { queries };
+                let request = if every_delivery_known { idempotent(request) } else { tonic::Request::new(request) };
                 let dedup_was_up = !health.has("dedup");
-                match client.check_signals(pb::CheckSignalsRequest { queries }).await {
+                match client.check_signals(request).await {
                     Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
                         health.set("dedup", None);
                         batch.dedup = answer.into_inner().verdicts;
@@ -530,7 +536,7 @@ async fn count_storm_repeats(
     if repeats.is_empty() {
         return Ok(());
     }
-    let counts = repeats
+    let counts: Vec<pb::StormCount> = repeats
         .iter()
         .map(|&(i, ref r)| pb::StormCount {
             remediation: Some(r.clone()),
@@ -538,8 +544,11 @@ async fn count_storm_repeats(
             delivery_key: batch.delivery_key(i),
         })
         .collect();
-    let totals =
-        client.count_storm_alerts(pb::CountStormAlertsRequest { counts }).await?.into_inner().storm_alert_counts;
+    // As for dedup's CheckSignals: storm remembers the deliveries it counted.
+    let every_delivery_known = counts.iter().all(|c| !c.delivery_key.is_empty());
+    let request = pb::CountStormAlertsRequest { counts };
+    let request = if every_delivery_known { idempotent(request) } else { tonic::Request::new(request) };
+    let totals = client.count_storm_alerts(request).await?.into_inner().storm_alert_counts;
     if totals.len() != repeats.len() {
         return Err(tonic::Status::internal("storm answered the wrong number of counts"));
     }
