@@ -85,19 +85,6 @@ fn alert(name: &str, pod: &str) -> Value {
     json!({"status": "firing", "labels": {"alertname": name, "namespace": "prod", "pod": pod}})
 }
 
-/// A kubeconfig pointing the real kube client of a crd-writer process at `api`.
-fn kubeconfig(dir: &std::path::Path, api: &FakeApiServer) -> String {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-         users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: fake\n    user: test\n\
-         current-context: test\n",
-        api.url()
-    );
-    std::fs::write(&path, text).expect("write kubeconfig");
-    path.to_str().expect("utf-8 path").to_owned()
-}
-
 fn by_id(spans: &[ReceivedSpan]) -> HashMap<&str, &ReceivedSpan> {
     spans.iter().map(|s| (s.span_id.as_str(), s)).collect()
 }
@@ -131,8 +118,10 @@ async fn one_trace_across_five_services_continuing_the_callers() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let key_root = unique_key_root("otlp");
     let mut common = otlp_env(receiver.endpoint());
-    common
-        .extend(vars(&[("KUBECONFIG", &kubeconfig(dir.path(), &api)), ("BREAKWATER_CRD_WRITER__SINK", "kubernetes")]));
+    common.extend(vars(&[
+        ("KUBECONFIG", &api.write_kubeconfig(dir.path())),
+        ("BREAKWATER_CRD_WRITER__SINK", "kubernetes"),
+    ]));
     let split = Split::start(&common, |component| {
         let section = component.to_uppercase();
         if matches!(component, "ratelimit" | "dedup" | "storm") {

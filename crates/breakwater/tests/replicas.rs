@@ -99,19 +99,6 @@ async fn deliver(client: &reqwest::Client, url: &str, body: &Value) -> Vec<Resul
     }
 }
 
-/// A kubeconfig pointing the real kube client of a crd-writer process at `api`.
-fn kubeconfig(dir: &std::path::Path, api: &FakeApiServer) -> String {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-         users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: fake\n    user: test\n\
-         current-context: test\n",
-        api.url()
-    );
-    std::fs::write(&path, text).expect("write kubeconfig");
-    path.to_str().expect("utf-8 path").to_owned()
-}
-
 /// The value of `metric` summed over every series whose labels contain `with`.
 async fn metric_sum(client: &reqwest::Client, url: &str, metric: &str, with: &str) -> f64 {
     let text = client.get(url).send().await.expect("metrics").text().await.expect("metrics text");
@@ -139,7 +126,7 @@ impl Cluster {
         let root = unique_key_root(test);
         let mut env: Vec<(String, String)> = vec![
             ("RUST_LOG".into(), "warn".into()),
-            ("KUBECONFIG".into(), kubeconfig(dir.path(), &api)),
+            ("KUBECONFIG".into(), api.write_kubeconfig(dir.path())),
             ("BREAKWATER_CRD_WRITER__SINK".into(), "kubernetes".into()),
             ("BREAKWATER_CRD_WRITER__FLUSH_INTERVAL_MS".into(), "100".into()),
             // Far above this load: ratelimit never refuses, in the service or in the edge's fallback.

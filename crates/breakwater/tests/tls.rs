@@ -217,20 +217,15 @@ async fn a_scheme_that_cannot_be_served_is_a_config_error_at_start() {
 }
 
 /// Spans reach an `https://` collector whose certificate the test CA signed, given that CA.
-#[tokio::test]
-async fn spans_reach_an_https_collector_with_the_ca_given() {
-    let ca = TestCa::new();
-    let receiver = OtlpReceiver::start_tls(&ca.issue("collector", &["localhost"])).await;
+/// `breakwater up` with `env`, after it answered one webhook 201 (its span then goes out).
+async fn up_answering_one_webhook(
+    env: &[(String, String)],
+) -> (breakwater_testkit::BreakwaterProcess, tempfile::TempDir) {
     let sink = tempfile::tempdir().expect("sink directory");
-    let env = vars(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
-        ("BREAKWATER_TELEMETRY__OTLP_CA_FILE", utf8(&ca.ca_file())),
-    ]);
     let up = breakwater_testkit::BreakwaterProcess::start(
         env!("CARGO_BIN_EXE_breakwater"),
         &["up", "--listen", "127.0.0.1:0", "--sink-dir", &utf8(sink.path())],
-        &env,
+        env,
     )
     .await;
     let answer = reqwest::Client::new()
@@ -241,6 +236,19 @@ async fn spans_reach_an_https_collector_with_the_ca_given() {
         .await
         .expect("webhook");
     assert_eq!(answer.status().as_u16(), 201);
+    (up, sink)
+}
+
+#[tokio::test]
+async fn spans_reach_an_https_collector_with_the_ca_given() {
+    let ca = TestCa::new();
+    let receiver = OtlpReceiver::start_tls(&ca.issue("collector", &["localhost"])).await;
+    let env = vars(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+        ("BREAKWATER_TELEMETRY__OTLP_CA_FILE", utf8(&ca.ca_file())),
+    ]);
+    let (up, _sink) = up_answering_one_webhook(&env).await;
     let start = std::time::Instant::now();
     while receiver.spans().is_empty() && start.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -250,23 +258,9 @@ async fn spans_reach_an_https_collector_with_the_ca_given() {
 
     // Without the CA, the system's CAs do not trust the collector: nothing arrives.
     let untrusted = OtlpReceiver::start_tls(&ca.issue("collector-2", &["localhost"])).await;
-    let sink = tempfile::tempdir().expect("sink directory");
     let env =
         vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", untrusted.endpoint()), ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned())]);
-    let up = breakwater_testkit::BreakwaterProcess::start(
-        env!("CARGO_BIN_EXE_breakwater"),
-        &["up", "--listen", "127.0.0.1:0", "--sink-dir", &utf8(sink.path())],
-        &env,
-    )
-    .await;
-    let answer = reqwest::Client::new()
-        .post(format!("{}/api/v1/signals/prometheus", up.url()))
-        .header("content-type", "application/json")
-        .body(webhook())
-        .send()
-        .await
-        .expect("webhook");
-    assert_eq!(answer.status().as_u16(), 201);
+    let (up, _sink) = up_answering_one_webhook(&env).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(untrusted.spans().is_empty(), "no span reaches a collector no trusted CA vouches for");
 }

@@ -182,6 +182,24 @@ impl FakeApiServer {
         format!("http://{}", self.addr)
     }
 
+    /// Writes a kubeconfig pointing a process's real kube client at this server into `dir`,
+    /// and returns its path (for `KUBECONFIG`).
+    ///
+    /// # Panics
+    ///
+    /// Panics when the file cannot be written or `dir` is not UTF-8.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path) -> String {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: fake\n    user: test\n\
+             current-context: test\n",
+            self.url()
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path.to_str().expect("utf-8 path").to_owned()
+    }
+
     /// A real `kube::Client` for this server, configured like production (`Config::new`):
     /// default namespace `default` and kube's default retry of 429/503/504 responses, which
     /// honours `Retry-After`. Must be called inside a tokio runtime.
