@@ -260,7 +260,7 @@ async fn spans_reach_an_https_collector_with_the_ca_given() {
     let untrusted = OtlpReceiver::start_tls(&ca.issue("collector-2", &["localhost"])).await;
     let env =
         vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", untrusted.endpoint()), ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned())]);
-    let (up, _sink) = up_answering_one_webhook(&env).await;
+    let (_up, _sink) = up_answering_one_webhook(&env).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(untrusted.spans().is_empty(), "no span reaches a collector no trusted CA vouches for");
 }
