@@ -196,3 +196,62 @@ async fn cluster_scoped_event_goes_to_the_fallback_namespace() {
     assert_eq!(status, 201, "{answer}");
     assert_eq!(answer["results"][0]["remediationRequestNamespace"], "kubernaut-system");
 }
+
+/// POSTs `body` to the Prometheus route: status, `Retry-After` and the body.
+async fn post_with_headers(gw: &TestGateway, body: &serde_json::Value) -> (u16, Option<String>, serde_json::Value) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}/api/v1/signals/prometheus", gw.url))
+        .json(body)
+        .send()
+        .await
+        .expect("webhook");
+    let status = answer.status().as_u16();
+    let retry_after = answer.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (status, retry_after, answer.json().await.unwrap_or_default())
+}
+
+/// Over its rate, a sender gets what Alertmanager retries (503, not 429, which it drops), with
+/// `Retry-After` and a problem that says why, and nothing is recorded; 429 stays available per
+/// route for senders that want it.
+#[tokio::test]
+async fn a_sender_over_its_rate_gets_a_503_it_retries_and_nothing_is_recorded() {
+    for (configured, expected) in [(None, 503), (Some(429), 429)] {
+        let gw = TestGateway::start_with(Backend::Embedded, |c| {
+            c.ratelimit.signals_per_second = 0.001;
+            c.ratelimit.burst = 2;
+            if let Some(status) = configured {
+                c.edge.rate_limited_status.prometheus = status;
+            }
+        })
+        .await;
+        let two = webhook(&[Alert::firing("A").in_ns("prod").pod("a"), Alert::firing("B").in_ns("prod").pod("b")]);
+        assert_eq!(post_with_headers(&gw, &two).await.0, 201);
+        let over = webhook(&[Alert::firing("C").in_ns("prod").pod("c")]);
+        let (status, retry_after, problem) = post_with_headers(&gw, &over).await;
+        assert_eq!(status, expected, "{problem}");
+        let seconds: u64 = retry_after.as_deref().and_then(|v| v.parse().ok()).expect("a Retry-After in seconds");
+        assert!(seconds >= 1, "{seconds}");
+        assert_eq!(problem["type"], "https://kubernaut.io/errors/rate-limited", "{problem}");
+        assert!(problem["detail"].as_str().is_some_and(|d| d.contains("over its rate limit")), "{problem}");
+        assert_eq!(gw.remediations().len(), 2, "the refused alert left nothing behind");
+    }
+}
+
+/// The reference gateway's probe paths answer as ours do, so its probes keep working.
+#[tokio::test]
+async fn the_reference_probe_paths_answer_like_healthz_and_readyz() {
+    let gw = TestGateway::start(Backend::Embedded).await;
+    for (alias, ours) in [("/health", "/healthz"), ("/ready", "/readyz")] {
+        let a = reqwest::get(format!("{}{alias}", gw.url)).await.expect("alias");
+        let b = reqwest::get(format!("{}{ours}", gw.url)).await.expect("probe");
+        assert_eq!(a.status(), b.status(), "{alias}");
+        assert_eq!(a.status().as_u16(), 200, "{alias}");
+        let (mut a, mut b): (serde_json::Value, serde_json::Value) =
+            (a.json().await.expect("json"), b.json().await.expect("json"));
+        // The same answer but for when it was given.
+        for answer in [&mut a, &mut b] {
+            answer.as_object_mut().map(|o| o.remove("timestamp"));
+        }
+        assert_eq!(a, b, "{alias} answers what {ours} does");
+    }
+}

@@ -302,6 +302,8 @@ async fn every_components_metrics_move_with_the_scenario() {
         // Ten signals pass, then the sender is limited (no refill to speak of).
         ("BREAKWATER_RATELIMIT__BURST", "10"),
         ("BREAKWATER_RATELIMIT__SIGNALS_PER_SECOND", "0.001"),
+        // 429 instead of the default 503, so the status label shows the per-route setting.
+        ("BREAKWATER_EDGE__RATE_LIMITED_STATUS__PROMETHEUS", "429"),
     ]);
     let mut split = Split::start(&common, |_| Vec::new()).await;
     let edge = split.edge.url();

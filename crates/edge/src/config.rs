@@ -60,10 +60,48 @@ pub struct EdgeConfig {
     /// When dedup is unreachable, new CRs are named per window of this length
     /// (seconds) so Kubernetes' AlreadyExists still dedups. Default 300.
     pub dedup_fallback_window_secs: u64,
+    /// Status of a webhook over its sender's rate, per route: 503 (default:
+    /// Alertmanager retries it, so nothing is lost) or 429 (Alertmanager drops
+    /// the notification). Both carry `Retry-After`.
+    pub rate_limited_status: RateLimitedStatus,
     /// Where the components listen (`http://host:port`, or several
     /// comma-separated; a host name stands for every address it resolves to).
     /// `breakwater up` fills these with its in-process servers.
     pub components: ComponentUrls,
+}
+
+/// The status of an over-rate webhook, per route (`[edge.rate_limited_status]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitedStatus {
+    /// `/api/v1/signals/prometheus`. Default 503.
+    pub prometheus: u16,
+    /// `/api/v1/signals/kubernetes-event`. Default 503.
+    pub kubernetes_event: u16,
+}
+
+impl Default for RateLimitedStatus {
+    fn default() -> Self {
+        Self { prometheus: 503, kubernetes_event: 503 }
+    }
+}
+
+impl RateLimitedStatus {
+    /// The status for webhooks of `source` (an adapter's `SOURCE_TYPE`).
+    pub fn for_source(&self, source: &str) -> u16 {
+        if source == crate::adapters::kubernetes_event::SOURCE_TYPE { self.kubernetes_event } else { self.prometheus }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, status) in [("prometheus", self.prometheus), ("kubernetes_event", self.kubernetes_event)] {
+            if status != 429 && status != 503 {
+                return Err(format!(
+                    "edge.rate_limited_status.{key} = {status} is not allowed: use 503 (the sender retries) or 429"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// gRPC endpoints of the components the edge calls. Each is a URL, or a
@@ -136,6 +174,7 @@ impl Default for EdgeConfig {
             fallback_namespace: "kubernaut-system".into(),
             trust_forwarded_for: false,
             dedup_fallback_window_secs: 300,
+            rate_limited_status: RateLimitedStatus::default(),
             components: ComponentUrls::default(),
         }
     }
@@ -154,6 +193,7 @@ impl EdgeConfig {
     /// # Errors
     /// A sentence naming the key, the bad value and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
+        self.rate_limited_status.validate()?;
         if !(1024..=16 * 1024 * 1024).contains(&self.body_limit_bytes) {
             return Err(format!(
                 "edge.body_limit_bytes = {} is not allowed: use 1024..=16777216",

@@ -44,8 +44,9 @@ pub enum EdgeError {
     UriTooLong,
     #[error("no such endpoint")]
     NotFound,
-    #[error("sender rate limit exceeded")]
-    RateLimited { retry_after: Duration },
+    /// `status` is 503 (what Alertmanager retries) or 429, per route (`edge.rate_limited_status`).
+    #[error("the sender is over its rate limit: nothing was recorded, retry after the Retry-After header's seconds")]
+    RateLimited { retry_after: Duration, status: u16 },
     #[error("too many requests in flight")]
     Overloaded,
     #[error("too many bytes of signals in flight")]
@@ -78,7 +79,10 @@ impl EdgeError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method Not Allowed"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not Found"),
             Self::UriTooLong => (StatusCode::URI_TOO_LONG, "uri-too-long", "URI Too Long"),
-            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too Many Requests"),
+            Self::RateLimited { status: 429, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too Many Requests")
+            }
+            Self::RateLimited { .. } => (StatusCode::SERVICE_UNAVAILABLE, "rate-limited", "Service Unavailable"),
             Self::Overloaded | Self::OverBudget | Self::CannotPersist { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Service Unavailable")
             }
@@ -89,7 +93,7 @@ impl EdgeError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after } | Self::CannotPersist { retry_after, .. } => Some(*retry_after),
+            Self::RateLimited { retry_after, .. } | Self::CannotPersist { retry_after, .. } => Some(*retry_after),
             Self::Overloaded | Self::OverBudget => Some(Duration::from_secs(1)),
             _ => None,
         }

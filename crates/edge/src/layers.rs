@@ -58,13 +58,18 @@ pub fn apply<S: Clone + Send + Sync + 'static>(router: Router<S>, config: &EdgeC
     router.layer(stack)
 }
 
+/// Probes and scrapes: never behind a webhook limit, never traced at INFO.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/health" | "/ready" | "/metrics")
+}
+
 /// The request's span: the root of the alert's trace, or a child of the
 /// caller's when it sent a W3C `traceparent`. Probes and scrapes get a debug
 /// span, which is neither exported nor logged by default.
 fn request_span(request: &Request) -> Span {
     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
     let (method, path) = (request.method(), request.uri().path());
-    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    if is_probe(path) {
         return tracing::debug_span!("http", %method, path, request_id = id);
     }
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
@@ -164,9 +169,7 @@ async fn limit_headers(request: Request, next: Next) -> Response {
 
 /// A connection accepted past `edge.max_connections` serves probes only.
 async fn probes_only_when_over_capacity(request: Request, next: Next) -> Response {
-    if request.extensions().get::<ProbeOnly>().is_some()
-        && !matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics")
-    {
+    if request.extensions().get::<ProbeOnly>().is_some() && !is_probe(request.uri().path()) {
         return EdgeError::Overloaded.into_response();
     }
     next.run(request).await

@@ -94,6 +94,9 @@ pub fn router(state: EdgeState) -> Router {
         .merge(signals)
         .route("/healthz", get(healthz))
         .route("/readyz", get(crate::health::readyz))
+        // The probe paths of the gateway Breakwater replaces, so its probes keep working.
+        .route("/health", get(healthz))
+        .route("/ready", get(crate::health::readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { EdgeError::NotFound })
         .method_not_allowed_fallback(|| async { EdgeError::MethodNotAllowed });
@@ -307,7 +310,7 @@ async fn process(
     } else {
         match state.pipeline.clone().oneshot(batch).await {
             Ok(results) => results,
-            Err(e) => return pipeline_failure(e, source, count),
+            Err(e) => return pipeline_failure(e, source, count, state.config.rate_limited_status.for_source(source)),
         }
     };
     let mut all: Vec<AlertResult> = Vec::with_capacity(total);
@@ -342,7 +345,7 @@ fn log_webhook(source: &'static str, results: &[AlertResult]) {
     }
 }
 
-fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64) -> Response {
+fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64, rate_limited_status: u16) -> Response {
     match e.downcast::<PipelineError>() {
         Ok(e) => {
             let reason = match *e {
@@ -352,7 +355,9 @@ fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64) -> Res
             metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason)
                 .increment(count);
             match *e {
-                PipelineError::RateLimited { retry_after } => EdgeError::RateLimited { retry_after },
+                PipelineError::RateLimited { retry_after } => {
+                    EdgeError::RateLimited { retry_after, status: rate_limited_status }
+                }
                 PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
             }
             .into_response()
