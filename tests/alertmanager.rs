@@ -75,3 +75,44 @@ async fn alertmanager_delivery_creates_then_counts_embedded() {
 async fn alertmanager_delivery_creates_then_counts_redis_and_kube() {
     alertmanager_delivery_creates_then_counts(Backend::RedisAndKube).await;
 }
+
+/// Alertmanager over its sender's rate for a while, then under it: every over-rate
+/// notification is answered 503, which Alertmanager retries, so every alert it was sent ends
+/// up counted once, on its own CR. With 429 it would have dropped them until `repeat_interval`.
+#[tokio::test]
+async fn alertmanager_over_its_rate_retries_until_every_alert_is_counted() {
+    const ALERTS: u64 = 8;
+    // Three signals at once, then one every 2 s: most notifications are refused at first.
+    let gw = TestGateway::start_with(Backend::Embedded, |c| {
+        c.ratelimit.burst = 3;
+        c.ratelimit.signals_per_second = 0.5;
+    })
+    .await;
+    let recorder = WebhookRecorder::start(&gw.url).await;
+    // Each alert its own group: one notification per alert, all at once.
+    let alertmanager = Alertmanager::builder(&format!("{}/api/v1/signals/prometheus", recorder.url()))
+        .group_interval("30s")
+        .start()
+        .await;
+    let alerts: Vec<serde_json::Value> = (0..ALERTS)
+        .map(|i| json!({"labels": {"alertname": "Flood", "namespace": "prod", "pod": format!("api-{i}")}}))
+        .collect();
+    alertmanager.post_alerts(&serde_json::Value::Array(alerts)).await;
+
+    assert_eventually!(
+        Duration::from_secs(60),
+        async { accounted_alerts(&gw.remediations()) == ALERTS },
+        "every alert counted: {} of {ALERTS}; answers {:?}; Alertmanager log:\n{}",
+        accounted_alerts(&gw.remediations()),
+        recorder.exchanges().iter().map(|e| e.status).collect::<Vec<_>>(),
+        alertmanager.log()
+    );
+    let statuses: Vec<u16> = recorder.exchanges().iter().map(|e| e.status).collect();
+    assert!(statuses.contains(&503), "the sender was over its rate for a while: {statuses:?}");
+    assert!(statuses.iter().all(|&s| (200..300).contains(&s) || s == 503), "{statuses:?}");
+    let refused = recorder.exchanges().into_iter().find(|e| e.status == 503).expect("a refusal");
+    assert_eq!(refused.response_body["type"], "https://kubernaut.io/errors/rate-limited");
+    // Counted once each: the storm CR or one CR per pod, but never an alert twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(accounted_alerts(&gw.remediations()), ALERTS);
+}
