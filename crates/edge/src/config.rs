@@ -54,9 +54,11 @@ pub struct EdgeConfig {
     pub fingerprint: FingerprintRule,
     /// Namespace for the CRs of cluster-scoped signals. Default `kubernaut-system`.
     pub fallback_namespace: String,
-    /// Take the sender from the first `X-Forwarded-For` hop instead of the peer
-    /// address. Enable only behind a proxy that sets it. Default false.
-    pub trust_forwarded_for: bool,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed: a request from one
+    /// is from the right-most hop that is not one of them. Hops further left
+    /// are whatever the client wrote, so they never name the sender. Default
+    /// none: the sender is the peer address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// When dedup is unreachable, new CRs are named per window of this length
     /// (seconds) so Kubernetes' AlreadyExists still dedups. Default 300.
     pub dedup_fallback_window_secs: u64,
@@ -172,7 +174,7 @@ impl Default for EdgeConfig {
             component_timeout_ms: 2_000,
             fingerprint: FingerprintRule::Resource,
             fallback_namespace: "kubernaut-system".into(),
-            trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
             dedup_fallback_window_secs: 300,
             rate_limited_status: RateLimitedStatus::default(),
             components: ComponentUrls::default(),

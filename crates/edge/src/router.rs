@@ -1,6 +1,6 @@
 //! Routes and handlers: `fn router(state) -> Router`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -164,28 +164,42 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, EdgeError> {
     Ok(Bytes::from(decoded))
 }
 
-/// Who sent the request: the peer address, or the first `X-Forwarded-For` hop
-/// when `edge.trust_forwarded_for` is set.
+/// Who sent the request (the rate-limit key): see [`sender`].
 pub struct Sender(String);
 
 impl FromRequestParts<EdgeState> for Sender {
     type Rejection = EdgeError;
 
     async fn from_request_parts(parts: &mut Parts, state: &EdgeState) -> Result<Self, Self::Rejection> {
-        if state.config.trust_forwarded_for
-            && let Some(first) = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-        {
-            return Ok(Self(first.to_owned()));
-        }
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
-        Ok(Self(peer.unwrap_or_else(|| "unknown".to_owned())))
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+        let forwarded: Vec<&str> =
+            parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        Ok(Self(sender(peer, &forwarded, &state.config.trusted_proxies)))
     }
+}
+
+/// The peer address, unless the peer is one of `trusted` proxies: then the right-most
+/// `X-Forwarded-For` hop that is not one. Each trusted proxy appended the address it saw, so
+/// hops are read from the right; everything left of the first untrusted hop was written by
+/// the client and could be forged to get a fresh rate-limit bucket. A hop that is not an
+/// address ends the walk at the last trusted one.
+fn sender(peer: Option<IpAddr>, forwarded: &[&str], trusted: &[ipnet::IpNet]) -> String {
+    let Some(mut sender) = peer else {
+        return "unknown".to_owned();
+    };
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let hops = forwarded.iter().flat_map(|header| header.split(',')).map(str::trim).filter(|h| !h.is_empty());
+    let hops: Vec<&str> = hops.collect();
+    for hop in hops.into_iter().rev() {
+        if !is_trusted(&sender) {
+            break;
+        }
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => sender = ip,
+            Err(_) => break,
+        }
+    }
+    sender.to_string()
 }
 
 /// The success body: an overall status and one result per alert, in order.

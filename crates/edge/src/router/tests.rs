@@ -23,3 +23,33 @@ fn a_webhook_larger_than_the_budget_runs_alone_rather_than_never() {
     drop(alone);
     assert!(budget.reserve(1, 1).is_ok());
 }
+
+fn nets(cidrs: &[&str]) -> Vec<ipnet::IpNet> {
+    cidrs.iter().map(|c| c.parse().unwrap()).collect()
+}
+
+#[test]
+fn the_sender_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+    let client: Option<IpAddr> = Some("203.0.113.7".parse().unwrap());
+    // No proxy trusted: a client's own X-Forwarded-For changes nothing.
+    assert_eq!(sender(client, &["198.51.100.1"], &[]), "203.0.113.7");
+    // A peer outside the trusted ranges is the sender, whatever it forwards.
+    assert_eq!(sender(client, &["198.51.100.1"], &nets(&["10.0.0.0/8"])), "203.0.113.7");
+    assert_eq!(sender(None, &["198.51.100.1"], &[]), "unknown");
+}
+
+#[test]
+fn behind_trusted_proxies_the_sender_is_the_right_most_untrusted_hop() {
+    let proxy: Option<IpAddr> = Some("10.0.0.5".parse().unwrap());
+    let trusted = nets(&["10.0.0.0/8", "fd00::/8"]);
+    // The client forged a first hop; the proxy appended the address it saw.
+    assert_eq!(sender(proxy, &["1.2.3.4, 203.0.113.7"], &trusted), "203.0.113.7");
+    // Two proxies, across two headers: the hops they appended are skipped.
+    assert_eq!(sender(proxy, &["1.2.3.4, 203.0.113.7", "10.1.2.3"], &trusted), "203.0.113.7");
+    assert_eq!(sender(proxy, &["203.0.113.7, fd00::1"], &trusted), "203.0.113.7");
+    // Every hop a trusted proxy: the left-most.
+    assert_eq!(sender(proxy, &["10.9.9.9, 10.1.1.1"], &trusted), "10.9.9.9");
+    // Nothing forwarded, or a hop that is not an address: the last trusted one.
+    assert_eq!(sender(proxy, &[], &trusted), "10.0.0.5");
+    assert_eq!(sender(proxy, &["1.2.3.4, garbage"], &trusted), "10.0.0.5");
+}
