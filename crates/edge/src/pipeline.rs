@@ -338,8 +338,7 @@ impl AsyncPredicate<Batch> for DedupStage {
                 // of the first (dedup counts each delivery once), so a replica that died with it
                 // costs the sender nothing; without one, a second try could count it twice.
                 let every_delivery_known = queries.iter().all(|q| !q.delivery_key.is_empty());
-                let request = pb::CheckSignalsRequest { queries };
-                let request = if every_delivery_known { idempotent(request) } else { tonic::Request::new(request) };
+                let request = idempotent_if(every_delivery_known, pb::CheckSignalsRequest { queries });
                 let dedup_was_up = !health.has("dedup");
                 match client.check_signals(request).await {
                     Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
@@ -546,8 +545,7 @@ async fn count_storm_repeats(
         .collect();
     // As for dedup's CheckSignals: storm remembers the deliveries it counted.
     let every_delivery_known = counts.iter().all(|c| !c.delivery_key.is_empty());
-    let request = pb::CountStormAlertsRequest { counts };
-    let request = if every_delivery_known { idempotent(request) } else { tonic::Request::new(request) };
+    let request = idempotent_if(every_delivery_known, pb::CountStormAlertsRequest { counts });
     let totals = client.count_storm_alerts(request).await?.into_inner().storm_alert_counts;
     if totals.len() != repeats.len() {
         return Err(tonic::Status::internal("storm answered the wrong number of counts"));
@@ -730,8 +728,7 @@ impl Service<Batch> for CrdWrite {
                 } else {
                     let n = writes.len();
                     let repeatable = writes.iter().all(write_is_repeatable);
-                    let request = pb::WriteRemediationsRequest { writes };
-                    let request = if repeatable { idempotent(request) } else { tonic::Request::new(request) };
+                    let request = idempotent_if(repeatable, pb::WriteRemediationsRequest { writes });
                     let answer = client
                         .write_remediations(request)
                         .await
@@ -832,8 +829,15 @@ async fn rebind_found(
 /// `message` as a call that may be sent again to another replica when the one
 /// that took it failed before answering: applying it twice changes nothing.
 fn idempotent<T>(message: T) -> tonic::Request<T> {
+    idempotent_if(true, message)
+}
+
+/// `message` as a call, [`idempotent`] when `repeatable`.
+fn idempotent_if<T>(repeatable: bool, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.extensions_mut().insert(breakwater_grpc::Idempotent);
+    if repeatable {
+        request.extensions_mut().insert(breakwater_grpc::Idempotent);
+    }
     request
 }
 

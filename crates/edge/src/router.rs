@@ -188,9 +188,9 @@ fn sender(peer: Option<IpAddr>, forwarded: &[&str], trusted: &[ipnet::IpNet]) ->
         return "unknown".to_owned();
     };
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    let hops = forwarded.iter().flat_map(|header| header.split(',')).map(str::trim).filter(|h| !h.is_empty());
-    let hops: Vec<&str> = hops.collect();
-    for hop in hops.into_iter().rev() {
+    // Right to left: the last header first, each from its end.
+    let hops = forwarded.iter().rev().flat_map(|header| header.rsplit(',')).map(str::trim).filter(|h| !h.is_empty());
+    for hop in hops {
         if !is_trusted(&sender) {
             break;
         }
@@ -348,9 +348,14 @@ async fn process(
 /// operator acts on), DEBUG when it only counted on open CRs; per-CR detail is DEBUG in
 /// crd-writer. Under a storm of repeats the log stays quiet.
 fn log_webhook(source: &'static str, results: &[AlertResult]) {
-    let count = |o: AlertOutcome| results.iter().filter(|r| r.outcome == o).count();
-    let created = count(AlertOutcome::Created) + count(AlertOutcome::StormCreated);
-    let rejected = count(AlertOutcome::Rejected);
+    let (mut created, mut rejected) = (0, 0);
+    for r in results {
+        match r.outcome {
+            AlertOutcome::Created | AlertOutcome::StormCreated => created += 1,
+            AlertOutcome::Rejected => rejected += 1,
+            _ => {}
+        }
+    }
     let alerts = results.len();
     if created + rejected > 0 {
         tracing::info!(source, alerts, created, rejected, "webhook");

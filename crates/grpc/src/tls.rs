@@ -93,8 +93,8 @@ impl ServerTls {
     /// # Errors
     /// When a file cannot be read, holds no PEM, or rustls refuses it.
     pub fn rustls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+        use rustls_pki_types::PrivateKeyDer;
         use rustls_pki_types::pem::PemObject as _;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
         let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else { return Ok(None) };
         let chain = pem_certs("tls.cert_file", cert)?;
         let key_pem = read("tls.key_file", key)?;
@@ -119,7 +119,6 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let chain: Vec<CertificateDer<'static>> = chain;
         let mut config = builder.with_single_cert(chain, key_der)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Some(Arc::new(config)))
