@@ -103,7 +103,7 @@ async fn bad_input_gets_rfc7807_and_leaves_nothing_behind() {
         ("", Some("application/json"), 400),
         ("null", Some("application/json"), 400),
         (r#"{"alerts":[]}"#, Some("application/json"), 400),
-        (r#"{"alerts":[{"labels":{"alertname":"A"}},{"labels":{}}]}"#, Some("application/json"), 400),
+        (r#"{"alerts":"A"}"#, Some("application/json"), 400),
         (r#"{"alerts":[{"labels":{"alertname":"A"}}]}"#, Some("text/plain"), 415),
         (r#"{"alerts":[{"labels":{"alertname":"A"}}]}"#, Some("not a mime"), 400),
     ];
@@ -130,9 +130,100 @@ async fn bad_input_gets_rfc7807_and_leaves_nothing_behind() {
     let response = http.post(format!("{}/api/v1/nowhere", gw.url)).send().await.expect("request");
     assert_eq!(response.status().as_u16(), 404);
     assert!(gw.remediations().is_empty(), "rejected input created CRs: {:?}", gw.remediations());
-    // The valid first alert of the half-bad batch was not recorded either: it is new now.
-    let (status, _) = gw.post_prometheus(&webhook(&[Alert::firing("A")])).await;
-    assert_eq!(status, 201);
+}
+
+/// A batch with some invalid alerts: the valid ones count, each invalid one is answered in
+/// its result with its reason, and the webhook is 2xx, so Alertmanager neither drops the
+/// valid alerts (it drops 4xx) nor retries the batch for ever (it retries 5xx).
+async fn a_batch_with_invalid_alerts_counts_the_valid_ones(backend: Backend) {
+    let mut gw = TestGateway::start(backend).await;
+    let body = json!({"alerts": [
+        Alert::firing("HighMemory").in_ns("prod").pod("api-1").json(),
+        {"labels": {"namespace": "prod"}},
+        {"labels": {"alertname": "Pending"}, "status": "pending"},
+        {"labels": "api_key=hunter2"},
+        Alert::firing("DiskFull").in_ns("prod").pod("db-0").json(),
+    ]});
+    let (status, answer) = gw.post_prometheus(&body).await;
+    assert_eq!(status, 201, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    let outcomes: Vec<&str> = results.iter().map(|r| r["outcome"].as_str().unwrap_or_default()).collect();
+    assert_eq!(outcomes, ["created", "rejected", "rejected", "rejected", "created"], "{answer}");
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i, "{answer}");
+    }
+    let reason = |i: usize| results[i]["reason"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(reason(1), "alerts[1]: labels.alertname is required");
+    assert!(reason(2).contains("\"pending\""), "{answer}");
+    assert_eq!(results[2]["alertName"], "Pending");
+    // A reason says where and what, never the value sent.
+    assert!(reason(3).starts_with("alerts[3] is not a valid alert") && !reason(3).contains("hunter2"), "{answer}");
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("3 rejected")), "{answer}");
+    assert_eq!(gw.remediations().len(), 2, "only the valid alerts are recorded");
+    // The sender's retry of the same batch counts the valid alerts on their CRs, nothing new.
+    let (status, again) = gw.post_prometheus(&body).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["results"][0]["outcome"], "duplicate");
+    assert_eq!(again["results"][1]["outcome"], "rejected");
+    assert_eq!(gw.remediations().len(), 2);
+    let metrics = reqwest::get(format!("{}/metrics", gw.url)).await.expect("metrics").text().await.expect("text");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("breakwater_signals_rejected_total")
+            && l.contains("reason=\"invalid\"")
+            && l.ends_with(" 6")),
+        "each invalid alert is counted: {metrics}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_with_invalid_alerts_counts_the_valid_ones_embedded() {
+    a_batch_with_invalid_alerts_counts_the_valid_ones(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_batch_with_invalid_alerts_counts_the_valid_ones_redis_and_kube() {
+    a_batch_with_invalid_alerts_counts_the_valid_ones(Backend::RedisAndKube).await;
+}
+
+/// An alert without a namespace lands in the fallback namespace, labelled as such (it went
+/// to `default` in the gateway Breakwater replaces), and kube-state-metrics alerts can be
+/// placed by `exported_namespace`.
+async fn namespaces_follow_the_configured_labels_and_the_fallback(backend: Backend) {
+    let gw = TestGateway::start_with(backend, |config| {
+        config.edge.namespace_labels = vec!["exported_namespace".into(), "namespace".into()];
+    })
+    .await;
+    let body = webhook(&[
+        Alert::firing("NodeDown").label("node", "n1"),
+        Alert::firing("KubePodCrashLooping").in_ns("monitoring").label("exported_namespace", "shop").pod("api-1"),
+    ]);
+    let (status, answer) = gw.post_prometheus(&body).await;
+    assert_eq!(status, 201, "{answer}");
+    let placed = |i: usize| {
+        let r = &answer["results"][i];
+        (
+            r["remediationRequestNamespace"].as_str().unwrap_or_default(),
+            r["remediationRequestName"].as_str().unwrap_or_default(),
+        )
+    };
+    assert_eq!(placed(0).0, "kubernaut-system", "{answer}");
+    assert_eq!(placed(1).0, "shop", "{answer}");
+    let cr = gw.remediation(placed(0).0, placed(0).1).expect("the fallback CR");
+    assert_eq!(cr["metadata"]["labels"]["kubernaut.io/cluster-scoped"], "true", "{cr}");
+    assert_eq!(cr["metadata"]["labels"]["kubernaut.io/origin-namespace"], "", "{cr}");
+    let cr = gw.remediation(placed(1).0, placed(1).1).expect("the subject's CR");
+    assert!(cr["metadata"]["labels"].get("kubernaut.io/cluster-scoped").is_none(), "{cr}");
+}
+
+#[tokio::test]
+async fn namespaces_follow_the_configured_labels_and_the_fallback_embedded() {
+    namespaces_follow_the_configured_labels_and_the_fallback(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn namespaces_follow_the_configured_labels_and_the_fallback_redis_and_kube() {
+    namespaces_follow_the_configured_labels_and_the_fallback(Backend::RedisAndKube).await;
 }
 
 /// Reference §1.4: error details never repeat secrets or annotation bodies,
@@ -142,8 +233,8 @@ async fn problem_details_never_repeat_what_was_sent() {
     let gw = TestGateway::start(Backend::Embedded).await;
     let url = format!("{}/api/v1/signals/prometheus", gw.url);
     let bodies = [
-        r#"{"alerts":[{"labels":{"alertname":"A"},"annotations":"password=hunter2"}]}"#,
-        r#"{"alerts":[{"labels":"api_key=hunter2"}]}"#,
+        r#"{"alerts":[{"labels":{"alertname":"A"}}],"commonAnnotations":"password=hunter2"}"#,
+        r#"{"alerts":[{"labels":{"alertname":"A"}}],"commonLabels":{"api_key":["hunter2"]}}"#,
     ];
     for body in bodies {
         let response = reqwest::Client::new()
@@ -158,7 +249,7 @@ async fn problem_details_never_repeat_what_was_sent() {
         assert_eq!(status, 400, "{body}: {problem}");
         let detail = problem["detail"].as_str().expect("detail");
         assert!(!detail.contains("hunter2"), "{detail}");
-        assert!(detail.contains("alerts[0]"), "still says where: {detail}");
+        assert!(detail.contains("line 1 column"), "still says where: {detail}");
     }
 }
 

@@ -10,9 +10,11 @@ fuzz_target!(|body: &[u8]| {
     let Ok(parsed) = prometheus::read(body, &caps) else { return };
     let expanded = parsed.expanded_bytes();
     assert!(expanded <= caps.expanded_bytes);
-    if let Ok(signals) = parsed.signals(0, &FingerprintRule::Resource) {
-        for s in signals.iter().map(|i| &i.signal) {
-            assert!(s.labels.values().all(|v| v.len() <= caps.label_value_bytes));
+    let namespace_labels = prometheus::DEFAULT_NAMESPACE_LABELS.map(str::to_owned);
+    for read in parsed.signals(0, &FingerprintRule::Resource, &namespace_labels) {
+        match read {
+            Ok(incoming) => assert!(incoming.signal.labels.values().all(|v| v.len() <= caps.label_value_bytes)),
+            Err(invalid) => assert!(!invalid.reason.is_empty()),
         }
     }
 });

@@ -487,6 +487,9 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
     };
     if write.target.namespace.is_empty() {
         relocate(&mut rr, fallback_namespace);
+    } else if signal.namespace.is_empty() {
+        // The edge already placed a signal without a namespace in its fallback namespace.
+        mark_origin(&mut rr, "");
     }
     fit(&mut rr, signal.annotations.get(ANNOTATION_TRUNCATED).map(String::as_str));
     rr
@@ -585,10 +588,16 @@ fn cap_annotations(rr: &mut RemediationRequest, full: &BTreeMap<String, String>,
 /// reference gateway does when the target namespace is missing (spec §7.2).
 pub fn relocate(rr: &mut RemediationRequest, fallback_namespace: &str) {
     let origin = rr.metadata.namespace.take().unwrap_or_default();
-    let labels = rr.metadata.labels.get_or_insert_with(BTreeMap::new);
-    labels.insert(LABEL_ORIGIN_NAMESPACE.to_owned(), label_value(&origin));
-    labels.insert(LABEL_CLUSTER_SCOPED.to_owned(), "true".to_owned());
+    mark_origin(rr, &origin);
     rr.metadata.namespace = Some(fallback_namespace.to_owned());
+}
+
+/// Labels `rr` as not in the namespace its signal named: `origin` (empty for a
+/// cluster-scoped signal).
+fn mark_origin(rr: &mut RemediationRequest, origin: &str) {
+    let labels = rr.metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert(LABEL_ORIGIN_NAMESPACE.to_owned(), label_value(origin));
+    labels.insert(LABEL_CLUSTER_SCOPED.to_owned(), "true".to_owned());
 }
 
 /// The signal's `environment` label, any non-empty value as-is (cut to 63 characters), else

@@ -1,7 +1,8 @@
 //! Payload adapters: a webhook body in, normalized signals out.
 //!
-//! An adapter validates the whole payload before anything happens, so a bad
-//! webhook is rejected whole and leaves nothing behind.
+//! An adapter validates the whole payload before anything happens: a body that is not a
+//! webhook is rejected whole and leaves nothing behind, and an alert that cannot be a
+//! signal is set aside with its reason while the others go on.
 
 pub mod kubernetes_event;
 pub mod prometheus;
@@ -36,6 +37,16 @@ pub struct Incoming {
     /// notification), so dedup counts it once; `None` when the payload carries no such
     /// identity. See [`breakwater_signal::delivery_key`].
     pub delivery: Option<String>,
+}
+
+/// An alert of a webhook that cannot become a signal, answered in its own result while the
+/// rest of the batch counts: a 4xx for the whole webhook would lose the valid alerts
+/// (Alertmanager drops 4xx), a 5xx would repeat the problem for ever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidAlert {
+    /// Its `alertname`, when it has one.
+    pub alert_name: String,
+    pub reason: String,
 }
 
 /// Labels and annotations must be plain strings; JSON `null` values are dropped.

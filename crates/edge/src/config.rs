@@ -52,8 +52,16 @@ pub struct EdgeConfig {
     pub component_timeout_ms: u64,
     /// How incidents are identified; default: alertname, namespace, resource kind and name.
     pub fingerprint: FingerprintRule,
-    /// Namespace for the CRs of cluster-scoped signals. Default `kubernaut-system`.
+    /// Namespace for the CRs of signals without one (cluster-scoped objects, alerts
+    /// without any of `namespace_labels`); their CRs carry the labels
+    /// `kubernaut.io/origin-namespace` and `kubernaut.io/cluster-scoped`. Default
+    /// `kubernaut-system`.
     pub fallback_namespace: String,
+    /// The alert labels that name its namespace, first present wins. Default
+    /// `["namespace", "exported_namespace"]`; alerts from kube-state-metrics name the
+    /// subject's namespace in `exported_namespace` (and their exporter's in `namespace`),
+    /// so put it first for them.
+    pub namespace_labels: Vec<String>,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed: a request from one
     /// is from the right-most hop that is not one of them. Hops further left
     /// are whatever the client wrote, so they never name the sender. Default
@@ -174,6 +182,7 @@ impl Default for EdgeConfig {
             component_timeout_ms: 2_000,
             fingerprint: FingerprintRule::Resource,
             fallback_namespace: "kubernaut-system".into(),
+            namespace_labels: crate::adapters::prometheus::DEFAULT_NAMESPACE_LABELS.map(str::to_owned).to_vec(),
             trusted_proxies: Vec::new(),
             dedup_fallback_window_secs: 300,
             rate_limited_status: RateLimitedStatus::default(),
@@ -252,6 +261,12 @@ impl EdgeConfig {
             return Err(format!(
                 "edge.fallback_namespace = {:?} is not allowed: use a Kubernetes namespace name (lower-case letters, digits, '-', at most 63)",
                 self.fallback_namespace
+            ));
+        }
+        if self.namespace_labels.is_empty() || self.namespace_labels.iter().any(|l| l.is_empty()) {
+            return Err(format!(
+                "edge.namespace_labels = {:?} is not allowed: list at least one label name, none empty",
+                self.namespace_labels
             ));
         }
         if let FingerprintRule::Labels(labels) = &self.fingerprint

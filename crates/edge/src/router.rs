@@ -12,7 +12,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use breakwater_proto::v1 as pb;
 use breakwater_signal::{Clock, is_dns1123_label};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -20,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::adapters::{Incoming, kubernetes_event, prometheus};
+use crate::adapters::{Incoming, InvalidAlert, kubernetes_event, prometheus};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult, Batch, Components, Pipeline, PipelineError, PipelineParts};
@@ -255,8 +254,8 @@ async fn prometheus_webhook(State(state): State<EdgeState>, sender: Sender, Sign
         Ok(permit) => permit,
         Err(e) => return e.into_response(),
     };
-    let signals = parsed.signals(state.clock.now(), &state.config.fingerprint);
-    process(&state, sender, source, signals).await
+    let signals = parsed.signals(state.clock.now(), &state.config.fingerprint, &state.config.namespace_labels);
+    process(&state, sender, source, Ok(signals)).await
 }
 
 async fn kubernetes_event_webhook(
@@ -269,7 +268,9 @@ async fn kubernetes_event_webhook(
         Err(e) => return e.into_response(),
     };
     let caps = state.config.caps();
-    let signals = kubernetes_event::parse_capped(&body, state.clock.now(), &state.config.fingerprint, &caps);
+    // One event is the whole body: an event that cannot be a signal is a 400.
+    let signals = kubernetes_event::parse_capped(&body, state.clock.now(), &state.config.fingerprint, &caps)
+        .map(|signals| signals.into_iter().map(Ok).collect());
     process(&state, sender, kubernetes_event::SOURCE_TYPE, signals).await
 }
 
@@ -277,7 +278,7 @@ async fn process(
     state: &EdgeState,
     Sender(sender): Sender,
     source: &'static str,
-    incoming: Result<Vec<Incoming>, EdgeError>,
+    incoming: Result<Vec<Result<Incoming, InvalidAlert>>, EdgeError>,
 ) -> Response {
     let incoming = match incoming {
         Ok(incoming) => incoming,
@@ -300,7 +301,16 @@ async fn process(
     let mut rejected: Vec<(usize, AlertResult)> = Vec::new();
     let mut accepted: Vec<usize> = Vec::with_capacity(total);
     let mut batch = Batch { sender, ..Default::default() };
-    for (index, Incoming { signal, delivery }) in incoming.into_iter().enumerate() {
+    for (index, read) in incoming.into_iter().enumerate() {
+        let Incoming { signal, delivery } = match read {
+            Ok(incoming) => incoming,
+            Err(InvalidAlert { alert_name, reason }) => {
+                metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid")
+                    .increment(1);
+                rejected.push((index, rejected_result(index, String::new(), alert_name, reason)));
+                continue;
+            }
+        };
         let target = if signal.namespace.is_empty() { &state.config.fallback_namespace } else { &signal.namespace };
         if !is_dns1123_label(target) {
             metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid_namespace")
@@ -310,7 +320,7 @@ async fn process(
                  (lower-case letters, digits and '-', at most 63 characters)",
                 truncated(target, 80)
             );
-            rejected.push((index, rejected_result(index, &signal, reason)));
+            rejected.push((index, rejected_result(index, signal.fingerprint, signal.alert_name, reason)));
             continue;
         }
         batch.targets.push(target.clone());
@@ -385,12 +395,12 @@ fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64, rate_l
     }
 }
 
-fn rejected_result(index: usize, signal: &pb::Signal, reason: String) -> AlertResult {
+fn rejected_result(index: usize, fingerprint: String, alert_name: String, reason: String) -> AlertResult {
     AlertResult {
         index,
         outcome: AlertOutcome::Rejected,
-        fingerprint: signal.fingerprint.clone(),
-        alert_name: signal.alert_name.clone(),
+        fingerprint,
+        alert_name,
         remediation_request_namespace: None,
         remediation_request_name: None,
         occurrence_count: None,

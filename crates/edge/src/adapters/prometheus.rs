@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Caps, Incoming, SIGNAL_OVERHEAD_BYTES, StringMap, cap_values, map_bytes, mark_truncated, severity, unix_ms,
+    Caps, Incoming, InvalidAlert, SIGNAL_OVERHEAD_BYTES, StringMap, cap_values, map_bytes, mark_truncated, severity,
+    unix_ms,
 };
 use crate::error::EdgeError;
 use breakwater_proto::v1 as pb;
@@ -59,17 +60,30 @@ const RESOURCE_LABELS: [(&str, &str); 6] = [
     ("service", "Service"),
 ];
 
+/// The labels that name an alert's namespace, first present wins, unless configured
+/// (`edge.namespace_labels`): the reference gateway's order.
+pub const DEFAULT_NAMESPACE_LABELS: [&str; 2] = ["namespace", "exported_namespace"];
+
+/// One signal per alert, or why that alert cannot be one, with the default [`Caps`] and
+/// namespace labels.
+///
 /// # Errors
-/// [`EdgeError::BadRequest`] naming the first problem, e.g. `alerts[2]: labels.alertname is required`;
+/// [`EdgeError::BadRequest`] for a payload that is not a webhook at all;
 /// [`EdgeError::ExpansionTooLarge`] past the default [`Caps`].
-pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Result<Vec<Incoming>, EdgeError> {
-    read(body, &Caps::default())?.signals(received, rule)
+pub fn parse(
+    body: &[u8],
+    received: UnixMillis,
+    rule: &FingerprintRule,
+) -> Result<Vec<Result<Incoming, InvalidAlert>>, EdgeError> {
+    let namespace_labels = DEFAULT_NAMESPACE_LABELS.map(str::to_owned);
+    Ok(read(body, &Caps::default())?.signals(received, rule, &namespace_labels))
 }
 
 /// A webhook read and checked, before its alerts are expanded into signals: what
 /// [`Parsed::expanded_bytes`] says they will take can be reserved first.
 pub struct Parsed<'a> {
-    alerts: Vec<(&'a RawValue, Alert)>,
+    /// Each alert as read, or why it is not a valid alert.
+    alerts: Vec<(&'a RawValue, Result<Alert, String>)>,
     common_labels: StringMap,
     common_annotations: StringMap,
     /// Common values cut to their caps (every signal lists them).
@@ -81,10 +95,12 @@ pub struct Parsed<'a> {
 }
 
 /// Reads the webhook and every alert, cuts common values to `caps`, and refuses a webhook
-/// whose signals would exceed `caps.expanded_bytes` before any of them is built.
+/// whose signals would exceed `caps.expanded_bytes` before any of them is built. An alert
+/// that is not valid is kept as its reason, so the rest of the batch still counts.
 ///
 /// # Errors
-/// [`EdgeError::BadRequest`] for a malformed payload or alert; [`EdgeError::ExpansionTooLarge`].
+/// [`EdgeError::BadRequest`] for a payload that is not a webhook (malformed JSON, no
+/// alerts); [`EdgeError::ExpansionTooLarge`].
 pub fn read<'a>(body: &'a [u8], caps: &Caps) -> Result<Parsed<'a>, EdgeError> {
     let webhook: Webhook<'a> =
         serde_json::from_slice(body).map_err(|e| EdgeError::BadRequest(format!("malformed JSON payload: {e}")))?;
@@ -101,10 +117,13 @@ pub fn read<'a>(body: &'a [u8], caps: &Caps) -> Result<Parsed<'a>, EdgeError> {
     let mut expanded = 0usize;
     let mut alerts = Vec::with_capacity(raw_alerts.len());
     for (i, raw) in raw_alerts.into_iter().enumerate() {
-        let alert: Alert = serde_json::from_str(raw.get())
-            .map_err(|e| EdgeError::BadRequest(format!("alerts[{i}] is not a valid alert: {e}")))?;
+        // serde quotes the offending value, which may be a secret: it never goes back out.
+        let alert: Result<Alert, String> = serde_json::from_str(raw.get())
+            .map_err(|e| breakwater_telemetry::redact(&format!("alerts[{i}] is not a valid alert: {e}")).into_owned());
         // An upper bound: an alert's own keys that repeat common ones are counted twice.
-        let own = alert.labels.as_ref().map_or(0, map_bytes) + alert.annotations.as_ref().map_or(0, map_bytes);
+        let own = alert
+            .as_ref()
+            .map_or(0, |a| a.labels.as_ref().map_or(0, map_bytes) + a.annotations.as_ref().map_or(0, map_bytes));
         expanded =
             expanded.saturating_add(common + own.min(caps.expanded_bytes) + raw.get().len() + SIGNAL_OVERHEAD_BYTES);
         if expanded > caps.expanded_bytes {
@@ -130,17 +149,28 @@ impl Parsed<'_> {
         self.expanded
     }
 
-    /// One signal per alert, in order.
-    ///
-    /// # Errors
-    /// [`EdgeError::BadRequest`] naming the first alert that cannot be a signal.
-    pub fn signals(self, received: UnixMillis, rule: &FingerprintRule) -> Result<Vec<Incoming>, EdgeError> {
+    /// One signal per alert, in order, or why that alert cannot be one. An alert's
+    /// namespace is the value of the first of `namespace_labels` it has, else empty (the
+    /// edge then places its CR in its fallback namespace).
+    pub fn signals(
+        self,
+        received: UnixMillis,
+        rule: &FingerprintRule,
+        namespace_labels: &[String],
+    ) -> Vec<Result<Incoming, InvalidAlert>> {
         let Self { alerts, common_labels, common_annotations, common_cut, receiver, group_key, caps, .. } = self;
-        let common = Common { labels: &common_labels, annotations: &common_annotations, cut: &common_cut, caps };
+        let common = Common {
+            labels: &common_labels,
+            annotations: &common_annotations,
+            cut: &common_cut,
+            caps,
+            namespace_labels,
+        };
         alerts
             .into_iter()
             .enumerate()
             .map(|(i, (raw, alert))| {
+                let alert = alert.map_err(|reason| InvalidAlert { alert_name: alert_name_of(raw), reason })?;
                 let starts_at = alert.starts_at.clone().unwrap_or_default();
                 let am_fingerprint = alert.fingerprint.clone();
                 let signal = signal(i, alert, raw.get().as_bytes(), &common, received, rule)?;
@@ -155,12 +185,27 @@ impl Parsed<'_> {
     }
 }
 
+/// The `alertname` label of an alert that is not valid, when it can be found, so its
+/// result names it.
+fn alert_name_of(raw: &RawValue) -> String {
+    #[derive(Deserialize)]
+    struct WithLabels {
+        labels: AlertName,
+    }
+    #[derive(Deserialize)]
+    struct AlertName {
+        alertname: String,
+    }
+    serde_json::from_str::<WithLabels>(raw.get()).map(|a| a.labels.alertname).unwrap_or_default()
+}
+
 /// What every alert of a webhook shares.
 struct Common<'c> {
     labels: &'c StringMap,
     annotations: &'c StringMap,
     cut: &'c [String],
     caps: Caps,
+    namespace_labels: &'c [String],
 }
 
 fn signal(
@@ -170,7 +215,7 @@ fn signal(
     common: &Common<'_>,
     received: UnixMillis,
     rule: &FingerprintRule,
-) -> Result<pb::Signal, EdgeError> {
+) -> Result<pb::Signal, InvalidAlert> {
     // The alert's own labels are more specific than the group's common ones.
     let mut cut = common.cut.to_vec();
     let mut own_labels = alert.labels.unwrap_or_default();
@@ -184,23 +229,24 @@ fn signal(
     mark_truncated(&mut annotations, cut);
     let alert_name = labels.get("alertname").cloned().unwrap_or_default();
     if alert_name.is_empty() {
-        return Err(EdgeError::BadRequest(format!("alerts[{i}]: labels.alertname is required")));
+        let reason = format!("alerts[{i}]: labels.alertname is required");
+        return Err(InvalidAlert { alert_name, reason });
     }
     let status = match alert.status.as_deref() {
         Some("firing") | None => pb::SignalStatus::Firing,
         Some("resolved") => pb::SignalStatus::Resolved,
         Some(other) => {
-            return Err(EdgeError::BadRequest(format!(
-                "alerts[{i}]: status {other:?} is not allowed: use \"firing\" or \"resolved\""
-            )));
+            let shown: String = other.chars().take(32).collect();
+            let reason = format!("alerts[{i}]: status {shown:?} is not allowed: use \"firing\" or \"resolved\"");
+            return Err(InvalidAlert { alert_name, reason });
         }
     };
-    let namespace = labels
-        .get("namespace")
-        .or_else(|| labels.get("exported_namespace"))
-        .filter(|ns| !ns.is_empty())
+    let namespace = common
+        .namespace_labels
+        .iter()
+        .find_map(|key| labels.get(key).filter(|ns| !ns.is_empty()))
         .cloned()
-        .unwrap_or_else(|| "default".to_owned());
+        .unwrap_or_default();
     let (kind, name) = RESOURCE_LABELS
         .iter()
         .find_map(|(label, kind)| labels.get(*label).map(|name| ((*kind).to_owned(), name.clone())))

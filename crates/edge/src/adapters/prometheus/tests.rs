@@ -4,7 +4,20 @@ use serde_json::json;
 
 fn parse_json(v: serde_json::Value) -> Result<Vec<pb::Signal>, EdgeError> {
     parse(v.to_string().as_bytes(), 1_000, &FingerprintRule::Resource)
-        .map(|incoming| incoming.into_iter().map(|i| i.signal).collect())
+        .map(|read| read.into_iter().map(|r| r.expect("every alert is valid").signal).collect())
+}
+
+/// Each alert's reason for not being a signal, `None` for those that are.
+fn invalid(v: serde_json::Value) -> Vec<Option<InvalidAlert>> {
+    parse(v.to_string().as_bytes(), 1_000, &FingerprintRule::Resource)
+        .expect("a webhook")
+        .into_iter()
+        .map(Result::err)
+        .collect()
+}
+
+fn namespace_labels() -> Vec<String> {
+    DEFAULT_NAMESPACE_LABELS.map(str::to_owned).to_vec()
 }
 
 fn bad_request(v: serde_json::Value) -> String {
@@ -39,7 +52,7 @@ fn every_alert_of_the_batch_becomes_a_signal() {
     assert_eq!(b.firing_time_unix_ms, 1_000, "missing startsAt falls back to the received time");
     let c = &signals[2];
     assert_eq!(c.status(), pb::SignalStatus::Resolved);
-    assert_eq!(c.namespace, "default");
+    assert_eq!(c.namespace, "", "no namespace label: the edge places it in its fallback namespace");
     assert_eq!(c.resource.as_ref().map(|r| (r.kind.as_str(), r.name.as_str())), Some(("Node", "n1")));
 }
 
@@ -76,28 +89,61 @@ fn invalid_payloads_are_rejected_with_a_reason() {
     assert!(parse(b"{\"alerts\":[]}\0", 0, &FingerprintRule::Resource).is_err());
     assert_eq!(bad_request(json!({"status": "firing"})), "missing alerts array");
     assert_eq!(bad_request(json!({"alerts": []})), "no alerts in webhook payload");
-    assert_eq!(
-        bad_request(json!({"alerts": [{"labels": {"severity": "x"}}]})),
-        "alerts[0]: labels.alertname is required"
-    );
-    assert!(bad_request(json!({"alerts": [42]})).starts_with("alerts[0] is not a valid alert"));
-    assert!(bad_request(json!({"alerts": [{"labels": "nope"}]})).starts_with("alerts[0] is not a valid alert"));
-    assert!(
-        bad_request(json!({"alerts": [{"labels": {"alertname": "A"}, "status": "pending"}]})).contains("\"pending\"")
-    );
+    assert!(bad_request(json!({"alerts": "nope"})).starts_with("malformed JSON payload"));
+    assert!(bad_request(json!({"commonLabels": [1], "alerts": [{}]})).starts_with("malformed JSON payload"));
 }
 
 #[test]
-fn a_bad_alert_anywhere_rejects_the_whole_batch() {
-    let r = parse_json(json!({"alerts": [{"labels": {"alertname": "A"}}, {"labels": {}}]}));
-    assert!(matches!(r, Err(EdgeError::BadRequest(d)) if d.starts_with("alerts[1]")));
+fn a_bad_alert_is_set_aside_with_its_reason_and_the_rest_of_the_batch_goes_on() {
+    let read = invalid(json!({"alerts": [
+        {"labels": {"alertname": "A"}},
+        {"labels": {"severity": "x"}},
+        42,
+        {"labels": "nope"},
+        {"labels": {"alertname": "P", "x": 1}},
+        {"labels": {"alertname": "S"}, "status": "pending"},
+        {"labels": {"alertname": "B"}, "status": "resolved"}
+    ]}));
+    assert_eq!(read.len(), 7);
+    assert!(read[0].is_none() && read[6].is_none(), "the valid alerts are signals");
+    let reason = |i: usize| read[i].as_ref().map(|r| (r.alert_name.as_str(), r.reason.as_str()));
+    assert_eq!(reason(1), Some(("", "alerts[1]: labels.alertname is required")));
+    assert!(reason(2).is_some_and(|(name, r)| name.is_empty() && r.starts_with("alerts[2] is not a valid alert")));
+    assert!(reason(3).is_some_and(|(_, r)| r.starts_with("alerts[3] is not a valid alert")));
+    // An alert that is not valid is still named in its result when its alertname can be read.
+    assert!(reason(4).is_some_and(|(name, r)| name == "P" && r.starts_with("alerts[4] is not a valid alert")));
+    assert!(reason(5).is_some_and(|(name, r)| name == "S" && r.contains("\"pending\"")));
+}
+
+#[test]
+fn the_namespace_comes_from_the_first_configured_label_present() {
+    let body = json!({"alerts": [
+        {"labels": {"alertname": "KubePodCrashLooping", "namespace": "monitoring", "exported_namespace": "shop", "pod": "p"}},
+        {"labels": {"alertname": "A", "namespace": "", "exported_namespace": "shop"}},
+        {"labels": {"alertname": "A", "namespace": "monitoring"}}
+    ]})
+    .to_string();
+    let namespaces = |labels: &[&str]| -> Vec<String> {
+        let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+        read(body.as_bytes(), &Caps::default())
+            .unwrap()
+            .signals(1, &FingerprintRule::Resource, &labels)
+            .into_iter()
+            .map(|r| r.unwrap().signal.namespace)
+            .collect()
+    };
+    // The default, the reference gateway's: the exporter's namespace first.
+    assert_eq!(namespaces(&["namespace", "exported_namespace"]), ["monitoring", "shop", "monitoring"]);
+    // kube-state-metrics alerts: the subject's namespace first.
+    assert_eq!(namespaces(&["exported_namespace", "namespace"]), ["shop", "shop", "monitoring"]);
+    assert_eq!(namespaces(&["exported_namespace"]), ["shop", "shop", ""]);
 }
 
 fn deliveries(v: serde_json::Value) -> Vec<Option<String>> {
     parse(v.to_string().as_bytes(), 1_000, &FingerprintRule::Resource)
         .unwrap()
         .into_iter()
-        .map(|i| i.delivery)
+        .map(|i| i.unwrap().delivery)
         .collect()
 }
 
@@ -129,8 +175,8 @@ fn long_values_are_cut_to_their_caps_and_listed() {
         "alerts": [{"labels": {"alertname": "A", "blob": "é".repeat(100)}, "annotations": {"short": "ok"}}]
     })
     .to_string();
-    let signals = read(body.as_bytes(), &caps).unwrap().signals(1, &FingerprintRule::Resource).unwrap();
-    let s = &signals[0].signal;
+    let signals = read(body.as_bytes(), &caps).unwrap().signals(1, &FingerprintRule::Resource, &namespace_labels());
+    let s = &signals[0].as_ref().unwrap().signal;
     // 100 bytes fall inside a 2-byte character: the cut moves back to its start.
     assert_eq!(s.labels["blob"].len(), 100);
     assert_eq!(s.annotations["runbook"].len(), 200);
@@ -158,11 +204,11 @@ fn a_webhook_that_would_expand_past_its_cap_is_refused_before_expanding() {
             .to_string();
     let parsed = read(body.as_bytes(), &Caps::default()).unwrap();
     let estimate = parsed.expanded_bytes();
-    let signals = parsed.signals(1, &FingerprintRule::Resource).unwrap();
+    let signals = parsed.signals(1, &FingerprintRule::Resource, &namespace_labels());
     let actual: usize = signals
         .iter()
         .map(|i| {
-            let s = &i.signal;
+            let s = &i.as_ref().unwrap().signal;
             s.labels.iter().chain(&s.annotations).map(|(k, v)| k.len() + v.len()).sum::<usize>()
                 + s.original_payload.len()
         })
