@@ -28,6 +28,8 @@ pub enum Backend {
 /// A running gateway and the parts behind it.
 pub struct TestGateway {
     pub url: String,
+    /// The edge's gRPC ingest API (`http://127.0.0.1:port`).
+    pub ingest_url: String,
     pub backend: Backend,
     pub fake_api: Option<FakeApiServer>,
     pub redis: Option<RedisServer>,
@@ -83,9 +85,11 @@ impl TestGateway {
         }
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port for the edge");
-        let gateway = Gateway::start(config, sink, listener).await.expect("gateway starts");
+        let ingest = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port for the ingest API");
+        let gateway = Gateway::start(config, sink, listener, Some(ingest)).await.expect("gateway starts");
         let url = format!("http://{}", gateway.edge_addr);
-        Self { url, backend, fake_api, redis, gateway: Some(gateway), dir, http: reqwest::Client::new() }
+        let ingest_url = gateway.ingest_addr.map(|a| format!("http://{a}")).unwrap_or_default();
+        Self { url, ingest_url, backend, fake_api, redis, gateway: Some(gateway), dir, http: reqwest::Client::new() }
     }
 
     /// Posts an Alertmanager webhook; returns the status and the JSON body.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["signal", "status", "ratelimit", "dedup", "storm", "crd_writer"]
+    let files = ["signal", "status", "ratelimit", "dedup", "storm", "crd_writer", "ingest"]
         .map(|name| root.join(format!("breakwater/v1/{name}.proto")));
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("breakwater_descriptor.bin");
     let mut prost = tonic_prost_build::Config::new();

@@ -13,7 +13,7 @@ use breakwater_telemetry::LogFormat;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
-use crate::compose::{Component, Gateway, Shutdown, edge_state, run_component};
+use crate::compose::{Component, Gateway, Shutdown, edge_state, run_component, spawn_ingest};
 use crate::config::Config;
 
 /// Breakwater: alert-ingestion gateway for Kubernetes remediation.
@@ -172,9 +172,18 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Up { listen, .. } => return up(config, listen, shutdown).await,
         Command::Edge { listen } => {
             let listener = bind(listen.unwrap_or(config.listen.edge), "edge").await?;
+            let ingest = bind_ingest(&config).await?;
             let state = edge_state(&config, Arc::new(SystemClock))?;
             let tls = config.tls.rustls()?;
-            return Ok(breakwater_edge::run(state, listener, tls, shutdown.wait()).await?);
+            let ingest = match ingest {
+                Some(ingest) => Some(spawn_ingest(&config, state.clone(), ingest, shutdown.wait())?),
+                None => None,
+            };
+            breakwater_edge::run(state, listener, tls, shutdown.wait()).await?;
+            return match ingest {
+                Some(ingest) => ingest.await.context("ingest task")?,
+                None => Ok(()),
+            };
         }
         Command::Ratelimit { listen } => (Component::RateLimit, listen.unwrap_or(config.listen.ratelimit)),
         Command::Dedup { listen } => (Component::Dedup, listen.unwrap_or(config.listen.dedup)),
@@ -208,8 +217,10 @@ async fn up(config: Config, listen: Option<SocketAddr>, shutdown: Shutdown) -> a
     // the margin only guards against a step that ignores it.
     let grace = Duration::from_millis(config.edge.shutdown_timeout_ms.max(config.crd_writer.final_flush_timeout_ms))
         + STOP_MARGIN;
-    let gateway = Gateway::start(config, None, listener).await?;
-    tracing::info!(edge = %gateway.edge_addr, remediations = %sink, state = %state, "breakwater up");
+    let ingest = bind_ingest(&config).await?;
+    let gateway = Gateway::start(config, None, listener, ingest).await?;
+    let ingest = gateway.ingest_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".to_owned());
+    tracing::info!(edge = %gateway.edge_addr, ingest, remediations = %sink, state = %state, "breakwater up");
     let stop = shutdown.wait();
     tokio::pin!(stop);
     // Exit when asked to, or when a component dies (its error is reported by shutdown).
@@ -260,6 +271,14 @@ fn plan(load: crate::plan::Load, config: &Config) -> anyhow::Result<()> {
 }
 
 /// Binds `addr` and prints where the component listens (tests read this line).
+/// The gRPC ingest API's listener, when `listen.ingest` is set.
+async fn bind_ingest(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    match config.listen.ingest {
+        Some(addr) => Ok(Some(bind(addr, "ingest").await?)),
+        None => Ok(None),
+    }
+}
+
 async fn bind(addr: SocketAddr, component: &str) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {component}"))?;
     println!("breakwater {component} listening on {}", listener.local_addr()?);

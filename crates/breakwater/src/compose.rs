@@ -249,6 +249,26 @@ fn edge_state_over(
     breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.bucket())
 }
 
+/// Serves the edge's gRPC ingest API (`breakwater.v1.IngestService`) on `listener`, with
+/// `[tls]` when set, until `shutdown`, in a task of its own.
+///
+/// # Errors
+/// When the TLS files cannot be read.
+pub fn spawn_ingest(
+    config: &Config,
+    state: breakwater_edge::EdgeState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let incoming = match config.tls.tonic()? {
+        Some(tls) => Incoming::Tls(listener, Box::new(tls)),
+        None => Incoming::Tcp(listener),
+    };
+    Ok(tokio::spawn(async move {
+        breakwater_edge::run_ingest(state, incoming, shutdown).await.context("the gRPC ingest API failed")
+    }))
+}
+
 /// Waits for a starting component's transport. A component that hands none
 /// over failed to start, and its task says why.
 async fn handed_over(
@@ -270,15 +290,19 @@ async fn handed_over(
 pub struct Gateway {
     /// Where the HTTP edge listens.
     pub edge_addr: SocketAddr,
+    /// Where the gRPC ingest API listens, when it is on (`listen.ingest`).
+    pub ingest_addr: Option<SocketAddr>,
     stop_edge: Shutdown,
     stop_components: Shutdown,
     edge: JoinHandle<anyhow::Result<()>>,
+    ingest: Option<JoinHandle<anyhow::Result<()>>>,
     components: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Gateway {
     /// Starts the four components in this process (no listener of their
-    /// own), then the edge on `edge_listener`, calling them directly.
+    /// own), then the edge on `edge_listener` (and its gRPC ingest API on
+    /// `ingest_listener`, if given), calling them directly.
     ///
     /// # Errors
     /// When a component cannot be built or start.
@@ -286,6 +310,7 @@ impl Gateway {
         config: Config,
         sink: Option<Arc<dyn RemediationSink>>,
         edge_listener: TcpListener,
+        ingest_listener: Option<TcpListener>,
     ) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // Opened here, not in a component's task: a directory in use fails the start.
@@ -321,10 +346,15 @@ impl Gateway {
         let components_of_edge = breakwater_edge::Components::new(ratelimit, dedup, storm, crd_writer, timeout);
         let state = edge_state_over(&config, clock, components_of_edge);
         let edge_addr = edge_listener.local_addr()?;
+        let ingest_addr = ingest_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let ingest = match ingest_listener {
+            Some(listener) => Some(spawn_ingest(&config, state.clone(), listener, stop_edge.wait())?),
+            None => None,
+        };
         let stop = stop_edge.wait();
         let tls = config.tls.rustls()?;
         let edge = tokio::spawn(async move { Ok(breakwater_edge::run(state, edge_listener, tls, stop).await?) });
-        Ok(Self { edge_addr, stop_edge, stop_components, edge, components })
+        Ok(Self { edge_addr, ingest_addr, stop_edge, stop_components, edge, ingest, components })
     }
 
     /// Stops the edge (in-flight requests finish within
@@ -339,6 +369,13 @@ impl Gateway {
         let edge = match tokio::time::timeout(grace, self.edge).await {
             Ok(joined) => joined.context("edge task").and_then(|served| served),
             Err(_) => Err(anyhow::anyhow!("the edge did not stop within {grace:?}")),
+        };
+        let edge = match self.ingest {
+            Some(ingest) => match tokio::time::timeout(grace, ingest).await {
+                Ok(joined) => edge.and(joined.context("ingest task").and_then(|served| served)),
+                Err(_) => edge.and(Err(anyhow::anyhow!("the gRPC ingest API did not stop within {grace:?}"))),
+            },
+            None => edge,
         };
         self.stop_components.trigger();
         let components = tokio::time::timeout(grace, async {
@@ -358,6 +395,8 @@ impl Gateway {
 
     /// Whether a component task ended early (it failed); for `up` to exit on.
     pub fn any_finished(&self) -> bool {
-        self.edge.is_finished() || self.components.iter().any(JoinHandle::is_finished)
+        self.edge.is_finished()
+            || self.ingest.as_ref().is_some_and(JoinHandle::is_finished)
+            || self.components.iter().any(JoinHandle::is_finished)
     }
 }

@@ -69,6 +69,9 @@ pub const STATE_DIR_NAME: &str = ".breakwater-state";
 pub struct ListenConfig {
     /// HTTP edge. Default 127.0.0.1:8080.
     pub edge: SocketAddr,
+    /// The edge's gRPC ingest API (`breakwater.v1.IngestService`), served by
+    /// `breakwater edge` and `breakwater up` when set. Default unset: off.
+    pub ingest: Option<SocketAddr>,
     /// gRPC components. Defaults 127.0.0.1:9101..9104.
     pub ratelimit: SocketAddr,
     pub dedup: SocketAddr,
@@ -79,7 +82,14 @@ pub struct ListenConfig {
 impl Default for ListenConfig {
     fn default() -> Self {
         let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        Self { edge: at(8080), ratelimit: at(9101), dedup: at(9102), storm: at(9103), crd_writer: at(9104) }
+        Self {
+            edge: at(8080),
+            ingest: None,
+            ratelimit: at(9101),
+            dedup: at(9102),
+            storm: at(9103),
+            crd_writer: at(9104),
+        }
     }
 }
 

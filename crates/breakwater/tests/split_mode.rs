@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use breakwater_proto::v1 as pb;
+use breakwater_proto::v1::ingest_service_client::IngestServiceClient;
 use breakwater_testkit::{BreakwaterProcess as Process, assert_eventually};
 use serde_json::{Value, json};
 
@@ -40,6 +42,7 @@ async fn each_component_in_its_own_process() {
         ("BREAKWATER_EDGE__COMPONENTS__DEDUP".to_owned(), url(&dedup)),
         ("BREAKWATER_EDGE__COMPONENTS__STORM".to_owned(), url(&storm)),
         ("BREAKWATER_EDGE__COMPONENTS__CRD_WRITER".to_owned(), url(&crd_writer)),
+        ("BREAKWATER_LISTEN__INGEST".to_owned(), "127.0.0.1:0".to_owned()),
     ];
     let edge = start(&["edge", "--listen", "127.0.0.1:0"], &edge_env).await;
     let client = reqwest::Client::new();
@@ -55,12 +58,28 @@ async fn each_component_in_its_own_process() {
     let (status, second) = post(&client, &edge.addr, &alert).await;
     assert_eq!(status, 202, "{second}");
     assert_eq!(second["results"][0]["occurrenceCount"], 2);
+    // The same alert through the gRPC ingest API is the third occurrence, on the same CR.
+    let ingest_url = format!("http://{}", edge.ingest.as_deref().expect("the ingest API's address"));
+    let mut ingest = IngestServiceClient::connect(ingest_url).await.expect("connect to the ingest API");
+    let labels = [("alertname", "HighMemory"), ("namespace", "prod"), ("pod", "api-1")];
+    let submitted = pb::SubmittedSignal {
+        labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        ..Default::default()
+    };
+    let answer = ingest
+        .submit_signals(pb::SubmitSignalsRequest { signals: vec![submitted] })
+        .await
+        .expect("SubmitSignals")
+        .into_inner();
+    assert_eq!(answer.results[0].outcome(), pb::SignalOutcome::Duplicate, "{answer:?}");
+    assert_eq!(answer.results[0].occurrence_count, 3, "{answer:?}");
+    assert_eq!(answer.results[0].remediation.as_ref().map(|r| r.name.as_str()), Some(name.as_str()));
     assert_eventually!(
         Duration::from_secs(5),
         async {
-            read_cr(dir.path(), "prod", &name).is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == 2)
+            read_cr(dir.path(), "prod", &name).is_some_and(|cr| cr["spec"]["deduplication"]["occurrenceCount"] == 3)
         },
-        "CR {name} counts 2 occurrences"
+        "CR {name} counts 3 occurrences"
     );
 
     // A component process dying degrades its feature only: storm gone, alerts still land.

@@ -4,6 +4,7 @@
 //! webhook is rejected whole and leaves nothing behind, and an alert that cannot be a
 //! signal is set aside with its reason while the others go on.
 
+pub mod ingest;
 pub mod kubernetes_event;
 pub mod prometheus;
 

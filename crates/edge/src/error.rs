@@ -91,7 +91,7 @@ impl EdgeError {
         }
     }
 
-    fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after, .. } | Self::CannotPersist { retry_after, .. } => Some(*retry_after),
             Self::Overloaded | Self::OverBudget => Some(Duration::from_secs(1)),
@@ -100,7 +100,7 @@ impl EdgeError {
     }
 
     /// What the server log needs and the client must not see.
-    fn cause(&self) -> Option<&str> {
+    pub(crate) fn cause(&self) -> Option<&str> {
         match self {
             Self::CannotPersist { cause, .. } | Self::Internal(cause) => Some(cause),
             _ => None,

@@ -10,6 +10,7 @@
 //! - [`pipeline`] — the tower stages calling the components (tonic clients over
 //!   a channel in split mode, or directly in `breakwater up`).
 //! - [`serve`] — the accept loop: connection cap, header timeout, bounded drain.
+//! - `submit` — one batch through the pipeline, whichever route it came by.
 //! - [`health`] — `/readyz`.
 //! - [`config`] — [`EdgeConfig`].
 //!
@@ -24,10 +25,12 @@ pub mod completed;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod ingest;
 pub mod layers;
 pub mod pipeline;
 pub mod router;
 pub mod serve;
+mod submit;
 
 use std::future::Future;
 
@@ -35,6 +38,7 @@ use tokio::net::TcpListener;
 
 pub use config::{ComponentUrls, EdgeConfig};
 pub use error::EdgeError;
+pub use ingest::run_ingest;
 pub use pipeline::{AlertOutcome, AlertResult, Components};
 pub use router::{EdgeState, router};
 

@@ -12,18 +12,18 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use breakwater_signal::{Clock, is_dns1123_label};
+use breakwater_signal::Clock;
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
 
 use crate::adapters::{Incoming, InvalidAlert, kubernetes_event, prometheus};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
-use crate::pipeline::{AlertOutcome, AlertResult, Batch, Components, Pipeline, PipelineError, PipelineParts};
+use crate::pipeline::{AlertResult, Components, Pipeline, PipelineParts};
 use crate::serve::LimitEpisode;
+use crate::submit::Summary;
 use breakwater_grpc::ComponentHealth;
 use breakwater_ratelimit::TokenBucket;
 
@@ -232,7 +232,7 @@ impl Budget {
     /// Reserves the bytes a webhook of `body` bytes whose signals take `expanded` bytes holds
     /// while it is processed, or answers why not. A webhook larger than the whole budget is
     /// charged the whole budget, so it runs alone rather than never.
-    fn reserve(&self, body: usize, expanded: usize) -> Result<tokio::sync::OwnedSemaphorePermit, EdgeError> {
+    pub(crate) fn reserve(&self, body: usize, expanded: usize) -> Result<tokio::sync::OwnedSemaphorePermit, EdgeError> {
         let bytes = body.saturating_add(expanded.saturating_mul(SIGNAL_COPIES));
         let kib = bytes.div_ceil(1024).clamp(1, self.total_kib);
         let kib = u32::try_from(kib).unwrap_or(u32::MAX);
@@ -288,159 +288,21 @@ async fn process(
             return e.into_response();
         }
     };
-    // Taken once the body is read: a slow body holds a connection, never a permit.
-    let Ok(_permit) = state.webhooks.clone().try_acquire_owned() else {
-        state.shed.hit("edge.max_concurrent_requests webhooks in progress; shedding with 503");
-        return EdgeError::Overloaded.into_response();
-    };
-    metrics::counter!("breakwater_signals_received_total", "source" => source).increment(incoming.len() as u64);
-    let total = incoming.len();
-    // A permanent problem with one alert is answered in its result, and the rest go on: a
-    // 4xx or 5xx for the whole webhook would lose them (Alertmanager drops 4xx) or repeat
-    // the problem for ever (it retries 5xx).
-    let mut rejected: Vec<(usize, AlertResult)> = Vec::new();
-    let mut accepted: Vec<usize> = Vec::with_capacity(total);
-    let mut batch = Batch { sender, ..Default::default() };
-    for (index, read) in incoming.into_iter().enumerate() {
-        let Incoming { signal, delivery } = match read {
-            Ok(incoming) => incoming,
-            Err(InvalidAlert { alert_name, reason }) => {
-                metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid")
-                    .increment(1);
-                rejected.push((index, rejected_result(index, String::new(), alert_name, reason)));
-                continue;
-            }
-        };
-        let target = if signal.namespace.is_empty() { &state.config.fallback_namespace } else { &signal.namespace };
-        if !is_dns1123_label(target) {
-            metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid_namespace")
-                .increment(1);
-            let reason = format!(
-                "namespace {:?} can never hold a RemediationRequest: a namespace is a DNS-1123 label \
-                 (lower-case letters, digits and '-', at most 63 characters)",
-                truncated(target, 80)
-            );
-            rejected.push((index, rejected_result(index, signal.fingerprint, signal.alert_name, reason)));
-            continue;
-        }
-        batch.targets.push(target.clone());
-        batch.signals.push(signal);
-        batch.deliveries.push(delivery);
-        accepted.push(index);
-    }
-    let count = batch.signals.len() as u64;
-    let results = if batch.signals.is_empty() {
-        Vec::new()
-    } else {
-        match state.pipeline.clone().oneshot(batch).await {
-            Ok(results) => results,
-            Err(e) => return pipeline_failure(e, source, count, state.config.rate_limited_status.for_source(source)),
-        }
-    };
-    let mut all: Vec<AlertResult> = Vec::with_capacity(total);
-    let mut rejected = rejected.into_iter().peekable();
-    for (mut result, index) in results.into_iter().zip(accepted) {
-        while let Some((_, r)) = rejected.next_if(|(at, _)| *at < index) {
-            all.push(r);
-        }
-        result.index = index;
-        all.push(result);
-    }
-    all.extend(rejected.map(|(_, r)| r));
-    for r in &all {
-        metrics::counter!("breakwater_signals_total", "source" => source, "outcome" => r.outcome.label()).increment(1);
-    }
-    log_webhook(source, &all);
-    respond(all)
-}
-
-/// The webhook's one log line: INFO when it created a CR or rejected an alert (what an
-/// operator acts on), DEBUG when it only counted on open CRs; per-CR detail is DEBUG in
-/// crd-writer. Under a storm of repeats the log stays quiet.
-fn log_webhook(source: &'static str, results: &[AlertResult]) {
-    let (mut created, mut rejected) = (0, 0);
-    for r in results {
-        match r.outcome {
-            AlertOutcome::Created | AlertOutcome::StormCreated => created += 1,
-            AlertOutcome::Rejected => rejected += 1,
-            _ => {}
-        }
-    }
-    let alerts = results.len();
-    if created + rejected > 0 {
-        tracing::info!(source, alerts, created, rejected, "webhook");
-    } else {
-        tracing::debug!(source, alerts, created, rejected, "webhook");
-    }
-}
-
-fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64, rate_limited_status: u16) -> Response {
-    match e.downcast::<PipelineError>() {
-        Ok(e) => {
-            let reason = match *e {
-                PipelineError::RateLimited { .. } => "rate_limited",
-                PipelineError::CannotPersist { .. } => "cannot_persist",
-            };
-            metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason)
-                .increment(count);
-            match *e {
-                PipelineError::RateLimited { retry_after } => {
-                    EdgeError::RateLimited { retry_after, status: rate_limited_status }
-                }
-                PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
-            }
-            .into_response()
-        }
-        Err(other) => EdgeError::Internal(other.to_string()).into_response(),
-    }
-}
-
-fn rejected_result(index: usize, fingerprint: String, alert_name: String, reason: String) -> AlertResult {
-    AlertResult {
-        index,
-        outcome: AlertOutcome::Rejected,
-        fingerprint,
-        alert_name,
-        remediation_request_namespace: None,
-        remediation_request_name: None,
-        occurrence_count: None,
-        storm_alert_count: None,
-        reason: Some(reason),
-    }
-}
-
-/// At most `max` characters of `s`, so an answer never echoes a huge value.
-fn truncated(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_owned(),
+    match crate::submit::submit(state, sender, source, incoming).await {
+        Ok(results) => respond(results),
+        Err(e) => e.into_response(),
     }
 }
 
 fn respond(results: Vec<AlertResult>) -> Response {
-    let created = results.iter().any(|r| matches!(r.outcome, AlertOutcome::Created | AlertOutcome::StormCreated));
-    let count = |o: AlertOutcome| results.iter().filter(|r| r.outcome == o).count();
-    let message = format!(
-        "{} alerts: {} created, {} duplicate, {} storm created, {} storm aggregated, {} resolved, \
-         {} duplicate delivery, {} rejected",
-        results.len(),
-        count(AlertOutcome::Created),
-        count(AlertOutcome::Duplicate),
-        count(AlertOutcome::StormCreated),
-        count(AlertOutcome::StormAggregated),
-        count(AlertOutcome::Resolved) + count(AlertOutcome::ResolvedUnknown),
-        count(AlertOutcome::DuplicateDelivery),
-        count(AlertOutcome::Rejected),
-    );
-    let (status, word) = if created {
-        (StatusCode::CREATED, "created")
-    } else if results.iter().all(|r| r.outcome == AlertOutcome::Rejected) {
+    let summary = Summary::of(&results);
+    let status = match summary.status {
+        "created" => StatusCode::CREATED,
         // 2xx all the same: the sender must not retry what can never be recorded.
-        (StatusCode::OK, "rejected")
-    } else {
-        (StatusCode::ACCEPTED, "accepted")
+        "rejected" => StatusCode::OK,
+        _ => StatusCode::ACCEPTED,
     };
-    (status, Json(SignalsResponse { status: word, message, results })).into_response()
+    (status, Json(SignalsResponse { status: summary.status, message: summary.message, results })).into_response()
 }
 
 #[derive(Serialize)]

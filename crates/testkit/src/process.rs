@@ -14,6 +14,8 @@ pub struct BreakwaterProcess {
     pub child: Child,
     /// Where it listens, from its "… listening on ADDR" line.
     pub addr: String,
+    /// Where the edge's gRPC ingest API listens, when `env` sets `BREAKWATER_LISTEN__INGEST`.
+    pub ingest: Option<String>,
     /// Where it serves `/metrics`, when started with `--metrics-listen`.
     pub metrics: Option<String>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -22,7 +24,8 @@ pub struct BreakwaterProcess {
 impl BreakwaterProcess {
     /// Starts `binary args…` (pass `env!("CARGO_BIN_EXE_breakwater")`) with
     /// `env` and `RUST_LOG=info` unless `env` sets it, and waits for its
-    /// listening line (and its metrics line when `--metrics-listen` is among `args`).
+    /// listening line (then the ingest API's when `env` sets `BREAKWATER_LISTEN__INGEST`, and
+    /// the metrics line when `--metrics-listen` is among `args`).
     ///
     /// # Panics
     /// When the process cannot start or prints no address within 20 s; the
@@ -62,8 +65,10 @@ impl BreakwaterProcess {
             }
         };
         let addr = next_addr().await;
+        let ingest =
+            if env.iter().any(|(key, _)| key == "BREAKWATER_LISTEN__INGEST") { Some(next_addr().await) } else { None };
         let metrics = if args.contains(&"--metrics-listen") { Some(next_addr().await) } else { None };
-        Self { child, addr, metrics, stderr }
+        Self { child, addr, ingest, metrics, stderr }
     }
 
     /// `http://ADDR`.

@@ -227,30 +227,75 @@ fn signal(
     let mut annotations = common.annotations.clone();
     annotations.extend(own_annotations);
     mark_truncated(&mut annotations, cut);
-    let alert_name = labels.get("alertname").cloned().unwrap_or_default();
-    if alert_name.is_empty() {
-        let reason = format!("alerts[{i}]: labels.alertname is required");
-        return Err(InvalidAlert { alert_name, reason });
-    }
     let status = match alert.status.as_deref() {
         Some("firing") | None => pb::SignalStatus::Firing,
         Some("resolved") => pb::SignalStatus::Resolved,
         Some(other) => {
             let shown: String = other.chars().take(32).collect();
             let reason = format!("alerts[{i}]: status {shown:?} is not allowed: use \"firing\" or \"resolved\"");
-            return Err(InvalidAlert { alert_name, reason });
+            return Err(InvalidAlert { alert_name: labels.get("alertname").cloned().unwrap_or_default(), reason });
         }
     };
-    let namespace = common
-        .namespace_labels
-        .iter()
-        .find_map(|key| labels.get(key).filter(|ns| !ns.is_empty()))
-        .cloned()
-        .unwrap_or_default();
-    let (kind, name) = RESOURCE_LABELS
-        .iter()
-        .find_map(|(label, kind)| labels.get(*label).map(|name| ((*kind).to_owned(), name.clone())))
-        .unwrap_or_else(|| ("Unknown".to_owned(), "unknown".to_owned()));
+    let alert = AlertParts {
+        index: i,
+        labels,
+        annotations,
+        status,
+        starts_at: unix_ms(alert.starts_at.as_deref()),
+        resource: None,
+        namespace_labels: common.namespace_labels,
+    };
+    let mut signal = alert_signal(alert, received, rule)?;
+    signal.original_payload = raw.to_vec();
+    Ok(signal)
+}
+
+/// An alert in the Alertmanager shape, as an adapter read it: what [`alert_signal`] makes a
+/// signal of. The webhook and the gRPC ingest share it, so one alert makes one signal (one
+/// fingerprint, one CR) whichever way it came.
+pub(super) struct AlertParts<'a> {
+    /// Its position in the batch, for reasons.
+    pub index: usize,
+    pub labels: StringMap,
+    /// Already cut to their caps and marked.
+    pub annotations: StringMap,
+    pub status: pb::SignalStatus,
+    pub starts_at: Option<UnixMillis>,
+    /// The resource the sender named; else it is read from the labels.
+    pub resource: Option<pb::Resource>,
+    pub namespace_labels: &'a [String],
+}
+
+/// The signal of `alert`, received at `received`, with an empty original payload.
+///
+/// # Errors
+/// [`InvalidAlert`] without an `alertname` label.
+pub(super) fn alert_signal(
+    alert: AlertParts<'_>,
+    received: UnixMillis,
+    rule: &FingerprintRule,
+) -> Result<pb::Signal, InvalidAlert> {
+    let AlertParts { index, labels, annotations, status, starts_at, resource, namespace_labels } = alert;
+    let alert_name = labels.get("alertname").cloned().unwrap_or_default();
+    if alert_name.is_empty() {
+        let reason = format!("alerts[{index}]: labels.alertname is required");
+        return Err(InvalidAlert { alert_name, reason });
+    }
+    let labelled_namespace =
+        || namespace_labels.iter().find_map(|key| labels.get(key).filter(|ns| !ns.is_empty())).cloned();
+    let (namespace, kind, name) = match resource {
+        Some(r) => {
+            let namespace = if r.namespace.is_empty() { labelled_namespace().unwrap_or_default() } else { r.namespace };
+            (namespace, r.kind, r.name)
+        }
+        None => {
+            let (kind, name) = RESOURCE_LABELS
+                .iter()
+                .find_map(|(label, kind)| labels.get(*label).map(|name| ((*kind).to_owned(), name.clone())))
+                .unwrap_or_else(|| ("Unknown".to_owned(), "unknown".to_owned()));
+            (labelled_namespace().unwrap_or_default(), kind, name)
+        }
+    };
     let fingerprint = rule.apply(&alert_name, &namespace, &kind, &name, &labels);
     Ok(pb::Signal {
         fingerprint,
@@ -260,12 +305,12 @@ fn signal(
         alert_name,
         labels,
         annotations,
-        firing_time_unix_ms: unix_ms(alert.starts_at.as_deref()).unwrap_or(received),
+        firing_time_unix_ms: starts_at.unwrap_or(received),
         received_time_unix_ms: received,
         source_type: SOURCE_TYPE.into(),
         source: "prometheus".into(),
         status: status.into(),
-        original_payload: raw.to_vec(),
+        original_payload: Vec::new(),
     })
 }
 
