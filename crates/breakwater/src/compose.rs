@@ -236,17 +236,19 @@ async fn stop_watch(stop: Shutdown, watch: Option<JoinHandle<()>>) {
 pub fn edge_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<breakwater_edge::EdgeState> {
     let timeout = Duration::from_millis(config.edge.component_timeout_ms);
     let components = breakwater_edge::Components::connect_lazy(&config.edge.components, timeout)?;
-    Ok(edge_state_over(config, clock, components))
+    edge_state_over(config, clock, components)
 }
 
 fn edge_state_over(
     config: &Config,
     clock: Arc<dyn Clock>,
     components: breakwater_edge::Components,
-) -> breakwater_edge::EdgeState {
+) -> anyhow::Result<breakwater_edge::EdgeState> {
     let metrics = breakwater_telemetry::metrics_handle();
     // The same [ratelimit] settings rule the edge's in-process limiter when ratelimit is unreachable.
-    breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.bucket())
+    let state =
+        breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.bucket())?;
+    Ok(state)
 }
 
 /// Serves the edge's gRPC ingest API (`breakwater.v1.IngestService`) on `listener`, with
@@ -344,7 +346,13 @@ impl Gateway {
             transports.try_into().map_err(|_| anyhow::anyhow!("a component handed over no transport"))?;
         let timeout = Duration::from_millis(config.edge.component_timeout_ms);
         let components_of_edge = breakwater_edge::Components::new(ratelimit, dedup, storm, crd_writer, timeout);
-        let state = edge_state_over(&config, clock, components_of_edge);
+        let state = match edge_state_over(&config, clock, components_of_edge) {
+            Ok(state) => state,
+            Err(e) => {
+                stop_components.trigger();
+                return Err(e);
+            }
+        };
         let edge_addr = edge_listener.local_addr()?;
         let ingest_addr = ingest_listener.as_ref().map(TcpListener::local_addr).transpose()?;
         let ingest = match ingest_listener {

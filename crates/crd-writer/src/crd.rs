@@ -41,6 +41,9 @@ pub const LABEL_ORIGIN_NAMESPACE: &str = "kubernaut.io/origin-namespace";
 /// On a CR moved to the fallback namespace, as the reference gateway marks it.
 pub const LABEL_CLUSTER_SCOPED: &str = "kubernaut.io/cluster-scoped";
 pub const ANNOTATION_CREATED_AT: &str = "kubernaut.io/created-at";
+/// How automatic the remediation may be (aggressive, moderate, conservative or manual), as
+/// the edge classified the incident; the reference gateway answered it but stored it nowhere.
+pub const ANNOTATION_REMEDIATION_PATH: &str = "kubernaut.io/remediation-path";
 /// Lists what was cut to keep a CR and its values within their caps: the edge's cuts
 /// (`labels.<key>`, `annotations.<key>`, carried in the signal's annotation of this name)
 /// and this builder's (`providerData`, `originalPayload`, `signalAnnotations`,
@@ -168,6 +171,11 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// `P0`..`P3`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::P0, Self::P1, Self::P2, Self::P3].into_iter().find(|p| p.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::P0 => "P0",
@@ -402,8 +410,14 @@ pub struct Write {
 pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> RemediationRequest {
     let signal = &write.signal;
     let severity = Severity::from_proto(signal.severity());
-    let environment = environment(&signal.labels);
-    let priority = priority(severity, &environment);
+    // The edge classifies every signal; a signal without a classification (from a caller
+    // of crd-writer's own API) gets the fixed table.
+    let environment = if signal.environment.is_empty() {
+        environment(&signal.labels)
+    } else {
+        truncate_chars(&signal.environment, 63).to_owned()
+    };
+    let priority = Priority::parse(&signal.priority).unwrap_or_else(|| priority(severity, &environment));
     let received_ms = nonzero(signal.received_time_unix_ms).unwrap_or(now);
     let firing_ms = nonzero(signal.firing_time_unix_ms).unwrap_or(received_ms);
     let storm = write.storm.as_ref();
@@ -479,7 +493,7 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
             name: Some(write.target.name.clone()),
             namespace: Some(write.target.namespace.clone()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([(ANNOTATION_CREATED_AT.to_owned(), time(now).0.to_string())])),
+            annotations: Some(remediation_annotations(now, &signal.remediation_path)),
             ..ObjectMeta::default()
         },
         spec,
@@ -493,6 +507,14 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
     }
     fit(&mut rr, signal.annotations.get(ANNOTATION_TRUNCATED).map(String::as_str));
     rr
+}
+
+fn remediation_annotations(now: UnixMillis, remediation_path: &str) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::from([(ANNOTATION_CREATED_AT.to_owned(), time(now).0.to_string())]);
+    if !remediation_path.is_empty() {
+        annotations.insert(ANNOTATION_REMEDIATION_PATH.to_owned(), truncate_chars(remediation_path, 63).to_owned());
+    }
+    annotations
 }
 
 /// What [`fit`] keeps of a long `originalPayload` before it cuts annotations.

@@ -70,6 +70,8 @@ pub struct EdgeConfig {
     /// When dedup is unreachable, new CRs are named per window of this length
     /// (seconds) so Kubernetes' AlreadyExists still dedups. Default 300.
     pub dedup_fallback_window_secs: u64,
+    /// Environment, priority and remediation path of each alert (`[edge.classification]`).
+    pub classification: ClassificationConfig,
     /// Status of a webhook over its sender's rate, per route: 503 (default:
     /// Alertmanager retries it, so nothing is lost) or 429 (Alertmanager drops
     /// the notification). Both carry `Retry-After`.
@@ -78,6 +80,34 @@ pub struct EdgeConfig {
     /// comma-separated; a host name stands for every address it resolves to).
     /// `breakwater up` fills these with its in-process servers.
     pub components: ComponentUrls,
+}
+
+/// How alerts are classified (`[edge.classification]`); see [`crate::classify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassificationConfig {
+    /// Environment by namespace (the namespace a CR goes to), e.g.
+    /// `{ shop = "production" }`. Default empty.
+    pub environments: std::collections::HashMap<String, String>,
+    /// The alert label read next; empty: none. Default `environment`.
+    pub alert_label: String,
+    /// A Rego file answering `data.kubernaut.gateway.priority.priority` (P0..P3)
+    /// and optionally `remediation_path`; unset: the built-in policy (the
+    /// reference gateway's). One that does not compile stops start-up.
+    pub priority_policy: Option<std::path::PathBuf>,
+    /// How often the policy file is checked for a change. Default 5 000.
+    pub policy_reload_interval_ms: u64,
+}
+
+impl Default for ClassificationConfig {
+    fn default() -> Self {
+        Self {
+            environments: std::collections::HashMap::new(),
+            alert_label: "environment".into(),
+            priority_policy: None,
+            policy_reload_interval_ms: 5_000,
+        }
+    }
 }
 
 /// The status of an over-rate webhook, per route (`[edge.rate_limited_status]`).
@@ -186,6 +216,7 @@ impl Default for EdgeConfig {
             trusted_proxies: Vec::new(),
             dedup_fallback_window_secs: 300,
             rate_limited_status: RateLimitedStatus::default(),
+            classification: ClassificationConfig::default(),
             components: ComponentUrls::default(),
         }
     }
@@ -205,6 +236,15 @@ impl EdgeConfig {
     /// A sentence naming the key, the bad value and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
         self.rate_limited_status.validate()?;
+        if !(100..=3_600_000).contains(&self.classification.policy_reload_interval_ms) {
+            return Err(format!(
+                "edge.classification.policy_reload_interval_ms = {} is not allowed: use 100..=3600000",
+                self.classification.policy_reload_interval_ms
+            ));
+        }
+        if let Some((ns, _)) = self.classification.environments.iter().find(|(ns, _)| !is_dns1123_label(ns)) {
+            return Err(format!("edge.classification.environments: {ns:?} is not a namespace name"));
+        }
         if !(1024..=16 * 1024 * 1024).contains(&self.body_limit_bytes) {
             return Err(format!(
                 "edge.body_limit_bytes = {} is not allowed: use 1024..=16777216",

@@ -93,6 +93,9 @@ fn result(r: AlertResult) -> pb::SignalResult {
         occurrence_count: r.occurrence_count.unwrap_or_default(),
         storm_alert_count: r.storm_alert_count.unwrap_or_default(),
         reason: r.reason.unwrap_or_default(),
+        environment: r.environment.unwrap_or_default(),
+        priority: r.priority.unwrap_or_default().to_owned(),
+        remediation_path: r.remediation_path.unwrap_or_default().to_owned(),
     }
 }
 

@@ -21,6 +21,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod adapters;
+pub mod classify;
 pub mod completed;
 pub mod config;
 pub mod error;

@@ -163,6 +163,13 @@ pub struct AlertResult {
     /// Why the alert was rejected (outcome `rejected` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The incident's environment, priority and remediation path (not for rejected alerts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remediation_path: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -791,6 +798,10 @@ impl Service<Batch> for CrdWrite {
                         occurrence_count: p.occurrence_count,
                         storm_alert_count: p.storm_alert_count,
                         reason: None,
+                        // Filled in by the caller, which classified the alert.
+                        environment: None,
+                        priority: None,
+                        remediation_path: None,
                     });
                 }
                 if let Err(status) = rebind_found(dedup, found).await {

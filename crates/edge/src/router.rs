@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::adapters::{Incoming, InvalidAlert, kubernetes_event, prometheus};
+use crate::classify::{Classifier, PolicyError};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::pipeline::{AlertResult, Components, Pipeline, PipelineParts};
@@ -45,17 +46,22 @@ pub struct EdgeState {
     /// Bytes of webhooks in progress (`edge.max_in_flight_bytes`).
     pub(crate) budget: Arc<Budget>,
     pub(crate) body_timeouts: Arc<LimitEpisode>,
+    pub(crate) classifier: Arc<Classifier>,
 }
 
 impl EdgeState {
     /// `ratelimit_fallback` is the in-process limiter used while ratelimit is unavailable.
+    ///
+    /// # Errors
+    /// When the priority policy (`edge.classification.priority_policy`) cannot be used.
     pub fn new(
         config: EdgeConfig,
         components: Components,
         clock: Arc<dyn Clock>,
         metrics: PrometheusHandle,
         ratelimit_fallback: TokenBucket,
-    ) -> Self {
+    ) -> Result<Self, PolicyError> {
+        let classifier = Arc::new(Classifier::new(&config.classification)?);
         let health = ComponentHealth::new("edge");
         let parts = PipelineParts {
             clock: clock.clone(),
@@ -63,7 +69,8 @@ impl EdgeState {
             ratelimit_fallback,
             health: health.clone(),
         };
-        Self {
+        Ok(Self {
+            classifier,
             webhooks: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             shed: Arc::new(LimitEpisode::new("concurrency")),
             budget: Arc::new(Budget::new(config.max_in_flight_bytes)),
@@ -75,7 +82,7 @@ impl EdgeState {
             clock,
             metrics,
             shutting_down: Arc::new(AtomicBool::new(false)),
-        }
+        })
     }
 
     /// Makes `/readyz` answer 503 from now on (graceful shutdown).

@@ -6,6 +6,7 @@ use breakwater_signal::is_dns1123_label;
 use tower::ServiceExt;
 
 use crate::adapters::{Incoming, InvalidAlert};
+use crate::classify::Classification;
 use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult, Batch, PipelineError};
 use crate::router::EdgeState;
@@ -35,10 +36,10 @@ pub(crate) async fn submit(
     metrics::counter!("breakwater_signals_received_total", "source" => source).increment(incoming.len() as u64);
     let total = incoming.len();
     let mut rejected: Vec<(usize, AlertResult)> = Vec::new();
-    let mut accepted: Vec<usize> = Vec::with_capacity(total);
+    let mut accepted: Vec<(usize, Classification)> = Vec::with_capacity(total);
     let mut batch = Batch { sender, ..Default::default() };
     for (index, read) in incoming.into_iter().enumerate() {
-        let Incoming { signal, delivery } = match read {
+        let Incoming { mut signal, delivery } = match read {
             Ok(incoming) => incoming,
             Err(InvalidAlert { alert_name, reason }) => {
                 metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid")
@@ -47,22 +48,27 @@ pub(crate) async fn submit(
                 continue;
             }
         };
-        let target = if signal.namespace.is_empty() { &state.config.fallback_namespace } else { &signal.namespace };
-        if !is_dns1123_label(target) {
+        let target =
+            if signal.namespace.is_empty() { &state.config.fallback_namespace } else { &signal.namespace }.clone();
+        if !is_dns1123_label(&target) {
             metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid_namespace")
                 .increment(1);
             let reason = format!(
                 "namespace {:?} can never hold a RemediationRequest: a namespace is a DNS-1123 label \
                  (lower-case letters, digits and '-', at most 63 characters)",
-                truncated(target, 80)
+                truncated(&target, 80)
             );
             rejected.push((index, rejected_result(index, signal.fingerprint, signal.alert_name, reason)));
             continue;
         }
-        batch.targets.push(target.clone());
+        let classification = state.classifier.classify(&signal, &target);
+        signal.environment.clone_from(&classification.environment);
+        classification.priority.clone_into(&mut signal.priority);
+        classification.remediation_path.clone_into(&mut signal.remediation_path);
+        batch.targets.push(target);
         batch.signals.push(signal);
         batch.deliveries.push(delivery);
-        accepted.push(index);
+        accepted.push((index, classification));
     }
     let count = batch.signals.len() as u64;
     let results = if batch.signals.is_empty() {
@@ -77,11 +83,14 @@ pub(crate) async fn submit(
     };
     let mut all: Vec<AlertResult> = Vec::with_capacity(total);
     let mut rejected = rejected.into_iter().peekable();
-    for (mut result, index) in results.into_iter().zip(accepted) {
+    for (mut result, (index, classification)) in results.into_iter().zip(accepted) {
         while let Some((_, r)) = rejected.next_if(|(at, _)| *at < index) {
             all.push(r);
         }
         result.index = index;
+        result.environment = Some(classification.environment);
+        result.priority = Some(classification.priority);
+        result.remediation_path = Some(classification.remediation_path);
         all.push(result);
     }
     all.extend(rejected.map(|(_, r)| r));
@@ -178,6 +187,9 @@ fn rejected_result(index: usize, fingerprint: String, alert_name: String, reason
         occurrence_count: None,
         storm_alert_count: None,
         reason: Some(reason),
+        environment: None,
+        priority: None,
+        remediation_path: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn signal() -> pb::Signal {
         source: "prometheus".to_owned(),
         status: pb::SignalStatus::Firing.into(),
         original_payload: br#"{"labels":{"alertname":"HighMemoryUsage"}}"#.to_vec(),
+        ..pb::Signal::default()
     }
 }
 

@@ -149,6 +149,7 @@ pub fn parse_capped(
         source: "kubernetes-events".into(),
         status: pb::SignalStatus::Firing.into(),
         original_payload: body.to_vec(),
+        ..pb::Signal::default()
     };
     Ok(vec![Incoming { signal, delivery }])
 }

@@ -311,6 +311,7 @@ pub(super) fn alert_signal(
         source: "prometheus".into(),
         status: status.into(),
         original_payload: Vec::new(),
+        ..pb::Signal::default()
     })
 }
 
