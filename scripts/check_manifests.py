@@ -8,7 +8,8 @@ For every container that runs the breakwater image:
   container's environment, without a warning (`--up` for `breakwater up`);
 - every variable it sets is one the binary reads: BREAKWATER_CONFIG, a BREAKWATER_<SECTION>__<KEY>
   that `config check` accepts, or a name the binary holds as a string (OTEL_*, RUST_LOG);
-- its subcommand exists, the Redis password file of its section is mounted, and its state
+- its subcommand exists, the Redis password file of its section is mounted, so are the edge's
+  static token files (edge.auth.token_files), and its state
   directory (embedded.dir) is a writable volume, since the root filesystem is read-only.
 For the NetworkPolicies: everything is denied by default, only the edge (or up) admits traffic
 from outside the namespace (Prometheus from namespace monitoring on the metrics port aside), only
@@ -135,6 +136,11 @@ def check_container(overlay, pod, container, configmaps, secrets, binary_strings
         redis = config[section]["redis"]
         if config[section]["store"] == "redis" and redis.get("password_file") not in (None, *files):
             problem(where, f"{section}.redis.password_file {redis['password_file']} is not mounted")
+    auth = config["edge"]["auth"]
+    if subcommand in ("up", "edge") and auth.get("mode") == "static":
+        for path in auth["token_files"]:
+            if path not in files and not any(f.startswith(path.rstrip("/") + "/") for f in files):
+                problem(where, f"edge.auth.token_files {path} is not mounted")
     if subcommand in ("up", "crd-writer", "dedup", "storm"):
         state_dir = config.get("embedded", {}).get("dir")
         uses_state = subcommand in ("up", "crd-writer") or config[subcommand.replace("-", "_")].get("store") == "embedded"

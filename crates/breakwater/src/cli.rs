@@ -171,9 +171,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let (component, listen) = match cli.command {
         Command::Up { listen, .. } => return up(config, listen, shutdown).await,
         Command::Edge { listen } => {
-            let listener = bind(listen.unwrap_or(config.listen.edge), "edge").await?;
+            let listener = bind(edge_listen(&config, listen)?, "edge").await?;
             let ingest = bind_ingest(&config).await?;
-            let state = edge_state(&config, Arc::new(SystemClock))?;
+            let state = edge_state(&config, Arc::new(SystemClock)).await?;
             let tls = config.tls.rustls()?;
             let ingest = match ingest {
                 Some(ingest) => Some(spawn_ingest(&config, state.clone(), ingest, shutdown.wait())?),
@@ -202,7 +202,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
 }
 
 async fn up(config: Config, listen: Option<SocketAddr>, shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = bind(listen.unwrap_or(config.listen.edge), "edge").await?;
+    let listener = bind(edge_listen(&config, listen)?, "edge").await?;
     let sink = match config.crd_writer.sink {
         breakwater_crd_writer::SinkKind::Directory => {
             format!("YAML files under {}", config.crd_writer.directory.display())
@@ -268,6 +268,14 @@ fn plan(load: crate::plan::Load, config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     anyhow::bail!("budget too small for this load: raise {} (and maxmemory of that Redis)", short.join(", "))
+}
+
+/// Where the edge listens: `--listen`, else `listen.edge` (checked with the
+/// configuration). An address off loopback needs `edge.auth.mode`.
+fn edge_listen(config: &Config, flag: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
+    let Some(addr) = flag else { return Ok(config.listen.edge) };
+    config.edge.auth.check_listen(addr, "--listen").map_err(anyhow::Error::msg)?;
+    Ok(addr)
 }
 
 /// Binds `addr` and prints where the component listens (tests read this line).

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use breakwater_crd_writer::{CrdWriter, RemediationSink};
+use breakwater_edge::{AuthConfig, AuthMode, Authenticator};
 use breakwater_embedded::EmbeddedStore;
 use breakwater_grpc::{ComponentHealth, Incoming, Transport};
 use breakwater_keyspace::{Keyspace, KeyspaceError, RedisConfig, StoreKind};
@@ -232,23 +233,66 @@ async fn stop_watch(stop: Shutdown, watch: Option<JoinHandle<()>>) {
 /// `edge.components.*` (clients connect lazily).
 ///
 /// # Errors
-/// When a component URL is invalid.
-pub fn edge_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<breakwater_edge::EdgeState> {
+/// When a component URL is invalid, or `edge.auth` cannot be set up.
+pub async fn edge_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<breakwater_edge::EdgeState> {
+    let auth = edge_authenticator(&config.edge.auth).await?;
     let timeout = Duration::from_millis(config.edge.component_timeout_ms);
     let components = breakwater_edge::Components::connect_lazy(&config.edge.components, timeout)?;
-    edge_state_over(config, clock, components)
+    edge_state_over(config, clock, components, auth)
 }
 
 fn edge_state_over(
     config: &Config,
     clock: Arc<dyn Clock>,
     components: breakwater_edge::Components,
+    auth: Option<Authenticator>,
 ) -> anyhow::Result<breakwater_edge::EdgeState> {
     let metrics = breakwater_telemetry::metrics_handle();
     // The same [ratelimit] settings rule the edge's in-process limiter when ratelimit is unreachable.
     let state =
         breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.bucket())?;
-    Ok(state)
+    Ok(match auth {
+        Some(auth) => state.with_auth(auth),
+        None => state,
+    })
+}
+
+/// The authenticator `edge.auth` asks for; `None` when the mode is unset or
+/// `none`. Static tokens are read now; the Kubernetes client is built from
+/// `edge.auth.kubernetes.kubeconfig`, else `KUBECONFIG` or the pod's account.
+///
+/// # Errors
+/// When a token file cannot be used, or no usable kubeconfig is found.
+pub async fn edge_authenticator(auth: &AuthConfig) -> anyhow::Result<Option<Authenticator>> {
+    let kubernetes = match auth.mode {
+        None | Some(AuthMode::None) => return Ok(None),
+        Some(AuthMode::Static) => return Ok(Some(Authenticator::from_token_files(auth)?)),
+        Some(AuthMode::Kubernetes) => &auth.kubernetes,
+    };
+    // Causes go through kube_cause: a kubeconfig parser's message can quote a token line.
+    let cause = |e: &dyn std::error::Error| breakwater_crd_writer::error::kube_cause(e);
+    let mut kube_config = match &kubernetes.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("edge.auth.kubernetes.kubeconfig {}: {}", path.display(), cause(&e)))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("edge.auth.kubernetes.kubeconfig {}: {}", path.display(), cause(&e)))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            anyhow::anyhow!(
+                "edge.auth.mode = \"kubernetes\" needs a kubeconfig (edge.auth.kubernetes.kubeconfig, KUBECONFIG) \
+                 or an in-cluster service account: {}",
+                cause(&e)
+            )
+        })?,
+    };
+    // A review that fails is answered 503 at once and the sender retries; kube's own retries
+    // would only hold the webhook.
+    kube_config.default_retry = false;
+    let client = kube::Client::try_from(kube_config)
+        .map_err(|e| anyhow::anyhow!("edge.auth.kubernetes: cannot build a Kubernetes client: {}", cause(&e)))?;
+    Ok(Some(Authenticator::kubernetes(client, kubernetes)))
 }
 
 /// Serves the edge's gRPC ingest API (`breakwater.v1.IngestService`) on `listener`, with
@@ -315,6 +359,8 @@ impl Gateway {
         ingest_listener: Option<TcpListener>,
     ) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        // Before any component starts: unusable token files or kubeconfig fail the start.
+        let auth = edge_authenticator(&config.edge.auth).await?;
         // Opened here, not in a component's task: a directory in use fails the start.
         let embedded = open_embedded(&config, clock.clone())?;
         let (stop_edge, stop_components) = (Shutdown::default(), Shutdown::default());
@@ -346,7 +392,7 @@ impl Gateway {
             transports.try_into().map_err(|_| anyhow::anyhow!("a component handed over no transport"))?;
         let timeout = Duration::from_millis(config.edge.component_timeout_ms);
         let components_of_edge = breakwater_edge::Components::new(ratelimit, dedup, storm, crd_writer, timeout);
-        let state = match edge_state_over(&config, clock, components_of_edge) {
+        let state = match edge_state_over(&config, clock, components_of_edge, auth) {
             Ok(state) => state,
             Err(e) => {
                 stop_components.trigger();

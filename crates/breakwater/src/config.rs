@@ -203,6 +203,7 @@ impl Config {
     /// The first problem found, as a sentence naming the key.
     pub fn validate(&self) -> Result<(), String> {
         self.edge.validate()?;
+        self.edge.auth.check_listen(self.listen.edge, "listen.edge")?;
         self.ratelimit.validate()?;
         self.dedup.validate()?;
         self.storm.validate()?;

@@ -1,5 +1,7 @@
 //! Edge settings (`[edge]` in the config file).
 
+use std::path::PathBuf;
+
 use breakwater_signal::{FingerprintRule, is_dns1123_label};
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +82,166 @@ pub struct EdgeConfig {
     /// comma-separated; a host name stands for every address it resolves to).
     /// `breakwater up` fills these with its in-process servers.
     pub components: ComponentUrls,
+    /// Who may post webhooks (`[edge.auth]`); probes and `/metrics` stay open.
+    pub auth: AuthConfig,
+}
+
+/// Authentication of the webhook routes (`[edge.auth]`): a bearer token in
+/// `Authorization: Bearer <token>`, as Alertmanager's `http_config.authorization`
+/// sends it. Probes (`/healthz`, `/readyz`, `/health`, `/ready`) and `/metrics`
+/// are never authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` (anyone who reaches the port may post), `static` (a token of
+    /// `token_files`) or `kubernetes` (TokenReview, then SubjectAccessReview).
+    /// Unset: none, but only while the edge listens on a loopback address;
+    /// start-up refuses any other address until a mode is set.
+    pub mode: Option<AuthMode>,
+    /// With `static`: files holding one token each (the token name is the file
+    /// name), or directories whose every file is one (a mounted Secret). The
+    /// token is the file's content without surrounding whitespace. Read at
+    /// start-up (a missing or empty file fails it) and again every
+    /// `token_reload_secs`. Default none.
+    pub token_files: Vec<PathBuf>,
+    /// How often `token_files` are read again, so a rotated Secret takes
+    /// effect without a restart; a read that fails keeps the tokens it had.
+    /// Default 30.
+    pub token_reload_secs: u64,
+    /// With `kubernetes`: the review the caller's token and identity go through.
+    pub kubernetes: KubernetesAuthConfig,
+}
+
+/// How webhooks are authenticated (`edge.auth.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    None,
+    Static,
+    Kubernetes,
+}
+
+/// `[edge.auth.kubernetes]`: the token is checked with a TokenReview, and the
+/// identity it names must be allowed `verb` on `resource` by a
+/// SubjectAccessReview (the edge's account needs `create` on both, see
+/// `deploy/kustomize/base/auth-delegator-role.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesAuthConfig {
+    /// Kubeconfig of the API server to ask. Unset: `KUBECONFIG`, then
+    /// `~/.kube/config`, then the pod's service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// The SubjectAccessReview asks whether the caller may `verb` …
+    /// Default `create`.
+    pub verb: String,
+    /// … `resource` of API group `group` … Defaults `remediationrequests`,
+    /// `remediation.kubernaut.io`: callers need what creating a
+    /// RemediationRequest needs.
+    pub resource: String,
+    pub group: String,
+    /// … in this namespace; empty: in every namespace (a ClusterRoleBinding).
+    /// Default empty.
+    pub namespace: String,
+    /// How long an allowed token is remembered, so a webhook does not cost two
+    /// API calls; 0 asks every time. Default 60.
+    pub cache_ttl_secs: u64,
+    /// How long a refused token (401 or 403) is remembered. Default 10.
+    pub denied_cache_ttl_secs: u64,
+    /// Tokens remembered at most; past it expired entries, then the oldest,
+    /// are forgotten. Default 4 096.
+    pub cache_max_entries: usize,
+    /// Deadline of each review call; past it, or on any API error, the sender
+    /// gets 503 (retryable), never 401. Default 2 000.
+    pub timeout_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { mode: None, token_files: Vec::new(), token_reload_secs: 30, kubernetes: KubernetesAuthConfig::default() }
+    }
+}
+
+impl Default for KubernetesAuthConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            verb: "create".into(),
+            resource: "remediationrequests".into(),
+            group: "remediation.kubernaut.io".into(),
+            namespace: String::new(),
+            cache_ttl_secs: 60,
+            denied_cache_ttl_secs: 10,
+            cache_max_entries: 4096,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Refuses an unauthenticated edge on an address other hosts can reach:
+    /// `mode` unset is allowed only on loopback. `key` names where `addr`
+    /// came from (`listen.edge`, `--listen`) for the message.
+    ///
+    /// # Errors
+    /// A sentence naming `key`, `edge.auth.mode` and the values to choose from.
+    pub fn check_listen(&self, addr: std::net::SocketAddr, key: &str) -> Result<(), String> {
+        if self.mode.is_some() || addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "{key} = {addr} is not a loopback address and edge.auth.mode is not set: set edge.auth.mode = \
+             \"static\" or \"kubernetes\" to authenticate webhooks, or \"none\" to accept them from anyone \
+             who can reach the port"
+        ))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.mode == Some(AuthMode::Static) && self.token_files.is_empty() {
+            return Err("edge.auth.mode = \"static\" needs edge.auth.token_files: list a file or directory".into());
+        }
+        if self.mode != Some(AuthMode::Static) && !self.token_files.is_empty() {
+            return Err(
+                "edge.auth.token_files is set but edge.auth.mode is not \"static\": set the mode, or the tokens \
+                 would not be checked"
+                    .into(),
+            );
+        }
+        if self.token_files.iter().any(|p| p.as_os_str().is_empty()) {
+            return Err("edge.auth.token_files has an empty path: use a file or directory path".into());
+        }
+        if !(1..=3600).contains(&self.token_reload_secs) {
+            return Err(format!(
+                "edge.auth.token_reload_secs = {} is not allowed: use 1..=3600",
+                self.token_reload_secs
+            ));
+        }
+        let k = &self.kubernetes;
+        if k.kubeconfig.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(
+                "edge.auth.kubernetes.kubeconfig = \"\" is not allowed: use a file path, or leave it unset".into()
+            );
+        }
+        for (key, value) in [("verb", &k.verb), ("resource", &k.resource)] {
+            if value.is_empty() {
+                return Err(format!("edge.auth.kubernetes.{key} = \"\" is not allowed: name one"));
+            }
+        }
+        for (key, value) in [("cache_ttl_secs", k.cache_ttl_secs), ("denied_cache_ttl_secs", k.denied_cache_ttl_secs)] {
+            if value > 3600 {
+                return Err(format!("edge.auth.kubernetes.{key} = {value} is not allowed: use 0..=3600"));
+            }
+        }
+        if !(1..=1_000_000).contains(&k.cache_max_entries) {
+            return Err(format!(
+                "edge.auth.kubernetes.cache_max_entries = {} is not allowed: use 1..=1000000",
+                k.cache_max_entries
+            ));
+        }
+        if !(100..=60_000).contains(&k.timeout_ms) {
+            return Err(format!("edge.auth.kubernetes.timeout_ms = {} is not allowed: use 100..=60000", k.timeout_ms));
+        }
+        Ok(())
+    }
 }
 
 /// How alerts are classified (`[edge.classification]`); see [`crate::classify`].
@@ -218,6 +380,7 @@ impl Default for EdgeConfig {
             rate_limited_status: RateLimitedStatus::default(),
             classification: ClassificationConfig::default(),
             components: ComponentUrls::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -245,6 +408,7 @@ impl EdgeConfig {
         if let Some((ns, _)) = self.classification.environments.iter().find(|(ns, _)| !is_dns1123_label(ns)) {
             return Err(format!("edge.classification.environments: {ns:?} is not a namespace name"));
         }
+        self.auth.validate()?;
         if !(1024..=16 * 1024 * 1024).contains(&self.body_limit_bytes) {
             return Err(format!(
                 "edge.body_limit_bytes = {} is not allowed: use 1024..=16777216",

@@ -59,6 +59,27 @@ pub enum EdgeError {
     CannotPersist { retry_after: Duration, cause: String },
     #[error("internal error")]
     Internal(String),
+    /// No bearer token, or one that is not valid (401 with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(crate::auth::AuthError),
+    /// A valid token whose identity may not post signals (403).
+    #[error("{0}")]
+    Forbidden(crate::auth::AuthError),
+    /// The token could not be checked (the API server failed or is slow): 503,
+    /// which the sender retries, never 401, which it would not.
+    #[error("the bearer token could not be checked, retry later")]
+    AuthUnavailable { cause: String },
+}
+
+impl From<crate::auth::AuthError> for EdgeError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Missing | AuthError::Invalid => Self::Unauthorized(e),
+            AuthError::Forbidden { .. } => Self::Forbidden(e),
+            AuthError::Unavailable(cause) => Self::AuthUnavailable { cause },
+        }
+    }
 }
 
 /// The cause table: HTTP status, problem type suffix, title.
@@ -88,6 +109,11 @@ impl EdgeError {
             }
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", "Gateway Timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal-error", "Internal Server Error"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Self::AuthUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "Service Unavailable")
+            }
         }
     }
 
@@ -95,6 +121,7 @@ impl EdgeError {
         match self {
             Self::RateLimited { retry_after, .. } | Self::CannotPersist { retry_after, .. } => Some(*retry_after),
             Self::Overloaded | Self::OverBudget => Some(Duration::from_secs(1)),
+            Self::AuthUnavailable { .. } => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -102,7 +129,7 @@ impl EdgeError {
     /// What the server log needs and the client must not see.
     pub(crate) fn cause(&self) -> Option<&str> {
         match self {
-            Self::CannotPersist { cause, .. } | Self::Internal(cause) => Some(cause),
+            Self::CannotPersist { cause, .. } | Self::Internal(cause) | Self::AuthUnavailable { cause } => Some(cause),
             _ => None,
         }
     }
@@ -145,6 +172,21 @@ impl IntoResponse for EdgeError {
         }
         if matches!(self, Self::UnsupportedMediaType | Self::UnsupportedCharset) {
             response.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        }
+        // RFC 6750: how to authenticate, and whether the token offered was the problem.
+        match &self {
+            Self::Unauthorized(crate::auth::AuthError::Invalid) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"breakwater\", error=\"invalid_token\""),
+                );
+            }
+            Self::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"breakwater\""));
+            }
+            _ => {}
         }
         if matches!(self, Self::UnsupportedEncoding) {
             response.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, identity"));

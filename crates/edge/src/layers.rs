@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,8 +14,10 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 use tracing::field::Empty;
 
+use crate::auth::{AuthError, bearer_token};
 use crate::config::EdgeConfig;
 use crate::error::{EdgeError, render_problems};
+use crate::router::EdgeState;
 use crate::serve::ProbeOnly;
 
 /// The configured body limit, for the 413 detail.
@@ -119,6 +121,32 @@ pub async fn require_json(request: Request, next: Next) -> Response {
         }
     }
     next.run(request).await
+}
+
+/// Lets a webhook through only with a bearer token the state's authenticator
+/// accepts, handing the identity on as an extension (the rate-limit sender,
+/// see `router::Sender`); with no authenticator configured, every request passes.
+pub async fn authenticate(State(state): State<EdgeState>, mut request: Request, next: Next) -> Response {
+    let Some(auth) = state.auth.clone() else {
+        return next.run(request).await;
+    };
+    match auth.authenticate(bearer_token(request.headers())).await {
+        Ok(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        Err(e) => {
+            metrics::counter!("breakwater_auth_failures_total", "reason" => e.metric_label()).increment(1);
+            // A caller's own mistake: not an error of the edge (an unavailable review is
+            // logged once, with its cause, by render_problems).
+            if let AuthError::Forbidden { identity, .. } = &e {
+                tracing::info!(%identity, "webhook refused: the caller may not post signals");
+            } else {
+                tracing::debug!(reason = e.metric_label(), "webhook refused");
+            }
+            EdgeError::from(e).into_response()
+        }
+    }
 }
 
 /// Request rate, errors and duration per route. Labels are bounded: an

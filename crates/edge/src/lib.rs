@@ -6,6 +6,8 @@
 //! - [`router`] — `fn router(state) -> Router`, the handlers and the response body.
 //! - [`layers`] — the middleware stack, one `ServiceBuilder`.
 //! - [`error`] — [`EdgeError`], every HTTP error as RFC 7807.
+//! - [`auth`] — [`Authenticator`]: a bearer token to an [`auth::Identity`]
+//!   (static tokens, or Kubernetes TokenReview and SubjectAccessReview).
 //! - [`adapters`] — payload → signals (Prometheus webhook v4, Kubernetes events).
 //! - [`pipeline`] — the tower stages calling the components (tonic clients over
 //!   a channel in split mode, or directly in `breakwater up`).
@@ -21,6 +23,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod adapters;
+pub mod auth;
 pub mod classify;
 pub mod completed;
 pub mod config;
@@ -37,7 +40,8 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 
-pub use config::{ComponentUrls, EdgeConfig};
+pub use auth::Authenticator;
+pub use config::{AuthConfig, AuthMode, ComponentUrls, EdgeConfig, KubernetesAuthConfig};
 pub use error::EdgeError;
 pub use ingest::run_ingest;
 pub use pipeline::{AlertOutcome, AlertResult, Components};

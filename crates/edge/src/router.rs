@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::adapters::{Incoming, InvalidAlert, kubernetes_event, prometheus};
+use crate::auth::{Authenticator, Identity};
 use crate::classify::{Classifier, PolicyError};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
@@ -47,6 +48,8 @@ pub struct EdgeState {
     pub(crate) budget: Arc<Budget>,
     pub(crate) body_timeouts: Arc<LimitEpisode>,
     pub(crate) classifier: Arc<Classifier>,
+    /// Checks the webhooks' bearer tokens (`edge.auth`); `None`: no authentication.
+    pub(crate) auth: Option<Arc<Authenticator>>,
 }
 
 impl EdgeState {
@@ -82,7 +85,16 @@ impl EdgeState {
             clock,
             metrics,
             shutting_down: Arc::new(AtomicBool::new(false)),
+            auth: None,
         })
+    }
+
+    /// Webhooks must then carry a bearer token `auth` accepts, and the identity
+    /// it proves is their rate-limit sender.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
+        self.auth = Some(Arc::new(auth));
+        self
     }
 
     /// Makes `/readyz` answer 503 from now on (graceful shutdown).
@@ -95,7 +107,11 @@ pub fn router(state: EdgeState) -> Router {
     let signals = Router::new()
         .route("/api/v1/signals/prometheus", post(prometheus_webhook))
         .route("/api/v1/signals/kubernetes-event", post(kubernetes_event_webhook))
-        .layer(axum::middleware::from_fn(crate::layers::require_json));
+        .layer(axum::middleware::from_fn(crate::layers::require_json))
+        // Outermost on these routes, so a caller without a valid token gets 401 or 403 before
+        // anything of its request is read or recorded. Only matched routes: a wrong method
+        // costs no token review.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::layers::authenticate));
     let router = Router::new()
         .merge(signals)
         .route("/healthz", get(healthz))
@@ -170,13 +186,17 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, EdgeError> {
     Ok(Bytes::from(decoded))
 }
 
-/// Who sent the request (the rate-limit key): see [`sender`].
+/// Who sent the request (the rate-limit key): the authenticated [`Identity`] when
+/// `edge.auth` is on, else the address of [`sender`].
 pub struct Sender(String);
 
 impl FromRequestParts<EdgeState> for Sender {
     type Rejection = EdgeError;
 
     async fn from_request_parts(parts: &mut Parts, state: &EdgeState) -> Result<Self, Self::Rejection> {
+        if let Some(identity) = parts.extensions.get::<Identity>() {
+            return Ok(Self(identity.sender()));
+        }
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
         let forwarded: Vec<&str> =
             parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();

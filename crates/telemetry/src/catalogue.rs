@@ -72,6 +72,18 @@ pub const METRICS: &[Metric] = &[
          of the refused request, invalid counts the request (its signals could not be read).",
     ),
     counter(
+        "breakwater_auth_failures_total",
+        &["reason"],
+        "Webhooks refused by edge.auth, by reason: missing (no bearer token, 401), invalid (401), \
+         forbidden (the identity may not post, 403), unavailable (the token could not be reviewed, 503).",
+    ),
+    counter(
+        "breakwater_auth_kubernetes_reviews_total",
+        &["kind", "result"],
+        "Review calls the edge made to the Kubernetes API (edge.auth.mode = \"kubernetes\"), by kind \
+         (tokenreview, subjectaccessreview) and result (ok, error); cached verdicts make none.",
+    ),
+    counter(
         "breakwater_edge_degraded_calls_total",
         &["component"],
         "Edge calls that found a component unavailable and degraded around it.",

@@ -28,6 +28,8 @@ pub struct AlertmanagerBuilder {
     group_wait: String,
     group_interval: String,
     repeat_interval: String,
+    /// Sent as `Authorization: Bearer` from a credentials file.
+    bearer_token: Option<String>,
 }
 
 impl AlertmanagerBuilder {
@@ -56,6 +58,13 @@ impl AlertmanagerBuilder {
         self
     }
 
+    /// Makes the webhook send `Authorization: Bearer <token>`, as production configures it:
+    /// `http_config.authorization` with `credentials_file`, a file holding the token.
+    pub fn bearer_token(mut self, token: &str) -> Self {
+        self.bearer_token = Some(token.to_owned());
+        self
+    }
+
     /// Starts Alertmanager and waits until `GET /-/ready` answers 200.
     ///
     /// # Panics
@@ -74,7 +83,7 @@ impl AlertmanagerBuilder {
         // the race for the port.
         let receiver = format!("webhook-{}", uuid::Uuid::new_v4().simple());
         let config_path = dir.path().join("alertmanager.yml");
-        if let Err(err) = std::fs::write(&config_path, self.config_yaml(&receiver)) {
+        if let Err(err) = std::fs::write(&config_path, self.config_yaml(&receiver, dir.path())) {
             panic!("cannot write {}: {err}", config_path.display());
         }
         let http = match reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build() {
@@ -120,8 +129,8 @@ impl AlertmanagerBuilder {
                 Err(err) => panic!("cannot create a temporary directory for Alertmanager: {err}"),
             };
             let config_path = dir.path().join("alertmanager.yml");
-            let config =
-                AlertmanagerBuilder { webhook_url: webhook_url.clone(), ..self.clone() }.config_yaml(&receiver);
+            let config = AlertmanagerBuilder { webhook_url: webhook_url.clone(), ..self.clone() }
+                .config_yaml(&receiver, dir.path());
             if let Err(err) = std::fs::write(&config_path, config) {
                 panic!("cannot write {}: {err}", config_path.display());
             }
@@ -157,16 +166,31 @@ impl AlertmanagerBuilder {
         peers
     }
 
-    /// The configuration file: one route to one webhook receiver that also sends resolutions.
+    /// The configuration file: one route to one webhook receiver that also sends resolutions,
+    /// with the bearer token's credentials file written into `dir`.
     /// Strings are written as JSON strings, which YAML reads verbatim.
-    fn config_yaml(&self, receiver: &str) -> String {
+    fn config_yaml(&self, receiver: &str, dir: &Path) -> String {
         let quote = |text: &str| serde_json::Value::from(text).to_string();
+        let http_config = match &self.bearer_token {
+            Some(token) => {
+                let path = dir.join("webhook-token");
+                if let Err(err) = std::fs::write(&path, token) {
+                    panic!("cannot write {}: {err}", path.display());
+                }
+                format!(
+                    "        http_config:\n          authorization:\n            type: Bearer\n            \
+                     credentials_file: {}\n",
+                    quote(&path.to_string_lossy())
+                )
+            }
+            None => String::new(),
+        };
         let group_by: Vec<String> = self.group_by.iter().map(|label| quote(label)).collect();
         format!(
             "route:\n  receiver: {receiver}\n  group_by: [{group_by}]\n  group_wait: {wait}\n  \
              group_interval: {interval}\n  repeat_interval: {repeat}\n\
              receivers:\n  - name: {receiver}\n    webhook_configs:\n      - url: {url}\n        \
-             send_resolved: true\n",
+             send_resolved: true\n{http_config}",
             receiver = quote(receiver),
             group_by = group_by.join(", "),
             wait = quote(&self.group_wait),
@@ -201,6 +225,7 @@ impl Alertmanager {
             group_wait: "0s".to_owned(),
             group_interval: "1s".to_owned(),
             repeat_interval: "1h".to_owned(),
+            bearer_token: None,
         }
     }
 

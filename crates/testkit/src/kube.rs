@@ -20,12 +20,17 @@
 //! 413 `RequestEntityTooLarge`, and one whose stored object would exceed etcd's 1.5 MiB request
 //! limit fails with the 500 `etcdserver: request is too large` the API server passes on.
 //!
+//! TokenReview and SubjectAccessReview are answered from tokens and grants a test sets
+//! ([`FakeApiServer::accept_token`], [`FakeApiServer::grant`]; see `kube/review.rs`), logged
+//! as creates, and faulted like any create.
+//!
 //! Deliberately not supported (the request fails loudly instead): watches (405), server-side
-//! apply, strategic merge and JSON patch (415), cluster-scoped resources, core (`/api/v1`)
+//! apply, strategic merge and JSON patch (415), other cluster-scoped resources, core (`/api/v1`)
 //! resources and discovery beyond `/version` (404). Finalizers are stored but not honoured:
 //! DELETE removes the object at once.
 
 mod merge_patch;
+mod review;
 mod schema;
 mod selector;
 
@@ -143,6 +148,8 @@ struct Store {
     log: Vec<LoggedRequest>,
     /// Structural schemas by plural, set with [`FakeApiServer::set_schema`].
     schemas: HashMap<String, Schema>,
+    /// Who TokenReview and SubjectAccessReview say a caller is and may do.
+    reviews: self::review::Reviews,
 }
 
 /// A fake Kubernetes API server on `127.0.0.1:0` (plain HTTP); stops on `Drop`.
@@ -233,6 +240,27 @@ impl FakeApiServer {
             Ok(client) => client,
             Err(err) => panic!("cannot build a kube::Client for the fake API server: {err}"),
         }
+    }
+
+    /// Makes a TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`) of `token`
+    /// answer `authenticated: true` with this user name and groups (uid `uid-<username>`).
+    /// Any other token is answered `authenticated: false` with an `error`, as the API server
+    /// does for a token no authenticator accepts.
+    pub fn accept_token(&self, token: &str, username: &str, groups: &[&str]) {
+        self.lock().reviews.accept_token(token, username, groups);
+    }
+
+    /// Forgets a token [`accept_token`](Self::accept_token) accepted (a revoked token).
+    pub fn revoke_token(&self, token: &str) {
+        self.lock().reviews.revoke_token(token);
+    }
+
+    /// Makes a SubjectAccessReview (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`)
+    /// allow `subject` (a user name, or one of the reviewed user's groups) to `verb` `resource`
+    /// of API group `group`, in every namespace; `*` matches any verb, group or resource. Any
+    /// other review is answered `allowed: false`, as RBAC answers what no rule grants.
+    pub fn grant(&self, subject: &str, verb: &str, group: &str, resource: &str) {
+        self.lock().reviews.grant(subject, verb, group, resource);
     }
 
     /// Makes creates in `namespace` fail with 404 `namespaces "NAMESPACE" not found`.
@@ -333,6 +361,9 @@ enum Target {
         version: String,
         status: bool,
     },
+    /// `POST /apis/authentication.k8s.io/v1/tokenreviews` or
+    /// `/apis/authorization.k8s.io/v1/subjectaccessreviews`: answered, never stored.
+    Review(self::review::Kind),
     Unknown,
 }
 
@@ -341,6 +372,8 @@ fn parse_target(path: &str) -> Target {
     let owned = |s: &str| s.to_owned();
     match segments.as_slice() {
         ["version"] => Target::Version,
+        ["apis", "authentication.k8s.io", _, "tokenreviews"] => Target::Review(self::review::Kind::Token),
+        ["apis", "authorization.k8s.io", _, "subjectaccessreviews"] => Target::Review(self::review::Kind::Access),
         ["apis", group, version, plural] => {
             Target::Collection { group: owned(group), version: owned(version), namespace: None, plural: owned(plural) }
         }
@@ -378,6 +411,7 @@ fn verb_for(method: &Method, target: &Target, query: &HashMap<String, String>) -
         (Target::Object { .. }, &Method::PUT) => Verb::Replace,
         (Target::Object { .. }, &Method::PATCH) => Verb::Patch,
         (Target::Object { status: false, .. }, &Method::DELETE) => Verb::Delete,
+        (Target::Review(_), &Method::POST) => Verb::Create,
         _ => Verb::Other,
     }
 }
@@ -645,6 +679,7 @@ impl Store {
         }
         match (verb, target) {
             (Verb::Other, Target::Version) => Reply::ok(StatusCode::OK, version_info()),
+            (Verb::Create, Target::Review(kind)) => self.reviews.review(kind, body),
             (Verb::Other, Target::Unknown) => Reply::failure(
                 404,
                 "the server could not find the requested resource (the testkit fake API server \

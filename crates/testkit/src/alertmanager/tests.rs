@@ -64,11 +64,25 @@ async fn repeat_interval_resends_unchanged_groups() {
 #[tokio::test]
 async fn config_uses_json_quoting_and_the_requested_grouping() {
     let builder = Alertmanager::builder("http://127.0.0.1:1/a?b=c d").group_by(&["alertname", "namespace"]);
-    let yaml = builder.config_yaml("webhook-x");
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = builder.config_yaml("webhook-x", dir.path());
+    assert!(!yaml.contains("http_config"), "no token, no authorization: {yaml}");
     assert!(yaml.contains("group_by: [\"alertname\", \"namespace\"]"), "{yaml}");
     assert!(yaml.contains("url: \"http://127.0.0.1:1/a?b=c d\""), "{yaml}");
     assert!(yaml.contains("send_resolved: true"), "{yaml}");
     assert!(yaml.contains("repeat_interval: \"1h\""), "{yaml}");
+}
+
+#[test]
+fn a_bearer_token_is_sent_from_a_credentials_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml =
+        Alertmanager::builder("http://127.0.0.1:1/hook").bearer_token("s3cret").config_yaml("webhook-x", dir.path());
+    let file = dir.path().join("webhook-token");
+    assert!(yaml.contains("type: Bearer"), "{yaml}");
+    assert!(yaml.contains(&format!("credentials_file: {:?}", file.to_str().unwrap())), "{yaml}");
+    assert!(!yaml.contains("s3cret"), "the token is in the file only: {yaml}");
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "s3cret");
 }
 
 #[tokio::test]

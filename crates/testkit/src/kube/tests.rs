@@ -695,3 +695,56 @@ async fn a_schema_for_one_plural_leaves_others_unchecked() {
     let created = api.create(&PostParams::default(), &request("rr", &[])).await.expect("create");
     assert_eq!(created.data["spec"]["signalFingerprint"], "fp-rr");
 }
+
+#[tokio::test]
+async fn token_and_access_reviews_answer_what_the_test_set() {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+
+    let fake = FakeApiServer::start().await;
+    fake.accept_token("good", "system:serviceaccount:monitoring:alertmanager", &["system:serviceaccounts"]);
+    fake.grant("system:serviceaccounts", "create", GROUP, PLURAL);
+    let tokens: Api<TokenReview> = Api::all(fake.client());
+    let review = |token: &str| TokenReview {
+        spec: TokenReviewSpec { token: token.into(), audiences: None },
+        ..TokenReview::default()
+    };
+    let status = tokens.create(&PostParams::default(), &review("good")).await.unwrap().status.unwrap();
+    assert_eq!(status.authenticated, Some(true));
+    let user = status.user.unwrap();
+    assert_eq!(user.username.as_deref(), Some("system:serviceaccount:monitoring:alertmanager"));
+    let status = tokens.create(&PostParams::default(), &review("bad")).await.unwrap().status.unwrap();
+    assert_ne!(status.authenticated, Some(true));
+    assert!(status.error.is_some());
+
+    let access: Api<SubjectAccessReview> = Api::all(fake.client());
+    let ask = |groups: Vec<String>, verb: &str| SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some("someone".into()),
+            groups: Some(groups),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(GROUP.into()),
+                resource: Some(PLURAL.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let allowed = |r: SubjectAccessReview| r.status.unwrap().allowed;
+    assert!(allowed(
+        access.create(&PostParams::default(), &ask(vec!["system:serviceaccounts".into()], "create")).await.unwrap()
+    ));
+    assert!(!allowed(
+        access.create(&PostParams::default(), &ask(vec!["system:serviceaccounts".into()], "delete")).await.unwrap()
+    ));
+    assert!(!allowed(access.create(&PostParams::default(), &ask(vec![], "create")).await.unwrap()));
+    assert_eq!(fake.count(Verb::Create), 5, "each review is logged as a create");
+
+    // Faulted like any create: the caller sees the API error.
+    fake.inject_for(Verb::Create, Fault::Status { code: 503, retry_after_secs: None }, 1);
+    let failed =
+        Api::<TokenReview>::all(fake.client_without_retry()).create(&PostParams::default(), &review("good")).await;
+    assert!(matches!(failed, Err(::kube::Error::Api(ref s)) if s.code == 503), "{failed:?}");
+}
