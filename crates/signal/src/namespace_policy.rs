@@ -73,10 +73,8 @@ mod tests {
 
     #[test]
     fn an_allow_list_limits_and_deny_wins_over_it() {
-        let policy = NamespacePolicy {
-            allow: vec!["team-a".into(), "kube-system".into()],
-            deny: vec!["kube-system".into()],
-        };
+        let policy =
+            NamespacePolicy { allow: vec!["team-a".into(), "kube-system".into()], deny: vec!["kube-system".into()] };
         assert!(policy.permits("team-a"));
         assert!(!policy.permits("team-b"));
         assert!(!policy.permits("kube-system"));
