@@ -120,7 +120,7 @@ async fn run_component_with(
     match component {
         Component::RateLimit => {
             let store = breakwater_ratelimit::store_from_config(&config.ratelimit, health.clone())?;
-            let grpc = breakwater_ratelimit::RateLimitGrpc::new(store, clock, config.ratelimit.enabled);
+            let grpc = breakwater_ratelimit::RateLimitGrpc::new(store, clock, &config.ratelimit);
             let serve = async { Ok(breakwater_ratelimit::run(grpc, health.clone(), incoming, shutdown).await?) };
             let redis = config.ratelimit.store == StoreKind::Redis;
             with_budget_watch(&config.ratelimit.redis, redis, breakwater_ratelimit::KEYSPACE, &health, serve).await?;
@@ -245,8 +245,9 @@ fn edge_state_over(
     components: breakwater_edge::Components,
 ) -> breakwater_edge::EdgeState {
     let metrics = breakwater_telemetry::metrics_handle();
-    // The same [ratelimit] settings rule the edge's in-process limiter when ratelimit is unreachable.
-    breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.bucket())
+    // The same [ratelimit] limits, overrides included, rule the edge's in-process limiter when
+    // ratelimit is unreachable.
+    breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.limits())
 }
 
 /// Waits for a starting component's transport. A component that hands none

@@ -26,7 +26,7 @@ use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult, Batch, Components, Pipeline, PipelineError, PipelineParts};
 use crate::serve::LimitEpisode;
 use breakwater_grpc::ComponentHealth;
-use breakwater_ratelimit::TokenBucket;
+use breakwater_ratelimit::{Limits, Quota};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -49,13 +49,14 @@ pub struct EdgeState {
 }
 
 impl EdgeState {
-    /// `ratelimit_fallback` is the in-process limiter used while ratelimit is unavailable.
+    /// `ratelimit_fallback` are the limits of the in-process limiter used while ratelimit is
+    /// unavailable.
     pub fn new(
         config: EdgeConfig,
         components: Components,
         clock: Arc<dyn Clock>,
         metrics: PrometheusHandle,
-        ratelimit_fallback: TokenBucket,
+        ratelimit_fallback: Limits,
     ) -> Self {
         let health = ComponentHealth::new("edge");
         let parts = PipelineParts {
@@ -319,11 +320,11 @@ async fn process(
         accepted.push(index);
     }
     let count = batch.signals.len() as u64;
-    let results = if batch.signals.is_empty() {
-        Vec::new()
+    let (results, quota) = if batch.signals.is_empty() {
+        (Vec::new(), None)
     } else {
         match state.pipeline.clone().oneshot(batch).await {
-            Ok(results) => results,
+            Ok(processed) => (processed.results, processed.quota),
             Err(e) => return pipeline_failure(e, source, count, state.config.rate_limited_status.for_source(source)),
         }
     };
@@ -341,7 +342,7 @@ async fn process(
         metrics::counter!("breakwater_signals_total", "source" => source, "outcome" => r.outcome.label()).increment(1);
     }
     log_webhook(source, &all);
-    respond(all)
+    respond(all, quota)
 }
 
 /// The webhook's one log line: INFO when it created a CR or rejected an alert (what an
@@ -374,8 +375,8 @@ fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64, rate_l
             metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason)
                 .increment(count);
             match *e {
-                PipelineError::RateLimited { retry_after } => {
-                    EdgeError::RateLimited { retry_after, status: rate_limited_status }
+                PipelineError::RateLimited { retry_after, quota } => {
+                    EdgeError::RateLimited { retry_after, status: rate_limited_status, quota }
                 }
                 PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
             }
@@ -407,7 +408,7 @@ fn truncated(s: &str, max: usize) -> String {
     }
 }
 
-fn respond(results: Vec<AlertResult>) -> Response {
+fn respond(results: Vec<AlertResult>, quota: Option<Quota>) -> Response {
     let created = results.iter().any(|r| matches!(r.outcome, AlertOutcome::Created | AlertOutcome::StormCreated));
     let count = |o: AlertOutcome| results.iter().filter(|r| r.outcome == o).count();
     let message = format!(
@@ -430,7 +431,11 @@ fn respond(results: Vec<AlertResult>) -> Response {
     } else {
         (StatusCode::ACCEPTED, "accepted")
     };
-    (status, Json(SignalsResponse { status: word, message, results })).into_response()
+    let mut response = (status, Json(SignalsResponse { status: word, message, results })).into_response();
+    if let Some(quota) = quota {
+        crate::error::insert_rate_limit_headers(response.headers_mut(), &quota);
+    }
+    response
 }
 
 #[derive(Serialize)]
