@@ -84,6 +84,12 @@ impl<S> GrpcService for S where
 /// stays far below this.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// The most items (queries, bindings, counts, signals) one call to a
+/// component may carry: the most writes `crd_writer.max_batch` can be set to,
+/// so every webhook the edge takes fits. Components refuse more with
+/// `INVALID_ARGUMENT` before they record anything.
+pub const MAX_BATCH_ITEMS: usize = 2_000_000;
+
 /// Where a component takes its calls.
 #[derive(Debug)]
 pub enum Incoming {
