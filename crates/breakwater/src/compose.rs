@@ -98,9 +98,10 @@ pub async fn run_component(
         }
         Component::RateLimit | Component::CrdWriter => None,
     };
+    let reflection = config.listen.grpc_reflection;
     let incoming = match config.tls.tonic()? {
-        Some(tls) => Incoming::Tls(listener, Box::new(tls)),
-        None => Incoming::Tcp(listener),
+        Some(tls) => Incoming::Tls(listener, Box::new(tls), reflection),
+        None => Incoming::Tcp(listener, reflection),
     };
     run_component_with(component, config, clock, sink, embedded.as_ref(), incoming, shutdown).await
 }
