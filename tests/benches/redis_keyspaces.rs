@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use breakwater_dedup::{DedupStore, DedupWindow, DeliveryKey, Query, RedisDedupStore, Status};
 use breakwater_keyspace::{Keyspace, RedisConfig};
-use breakwater_ratelimit::{RateLimitStore, RedisRateLimitStore, TokenBucket};
+use breakwater_ratelimit::{Limits, RateLimitStore, RedisRateLimitStore, TokenBucket};
 use breakwater_signal::fingerprint_of;
 use breakwater_storm::{RedisStormStore, StormQuery, StormRules, StormStore};
 use breakwater_testkit::RedisServer;
@@ -140,17 +140,18 @@ fn sender(i: usize) -> String {
 /// senders. At 1 signal/s each bucket stays ~51 s, until it is full again.
 async fn ratelimit_bytes_per_bucket(senders: usize) -> f64 {
     let server = RedisServer::start().await;
-    let store = RedisRateLimitStore::new(keyspace(&server, "rl"), TokenBucket::new(1.0, 100));
-    store.check(&sender(usize::MAX), 50, 1).await.expect("warm up");
+    let store = RedisRateLimitStore::new(keyspace(&server, "rl"));
+    let limits = Limits::uniform(TokenBucket::new(1.0, 100));
+    store.check(&limits.charges(&sender(usize::MAX), 50, &[]), 1).await.expect("warm up");
     let before = used_memory(&server).await;
     for chunk in (0..senders).collect::<Vec<_>>().chunks(BATCH) {
         let decisions = futures::future::join_all(chunk.iter().map(|&i| {
             let sender = sender(i);
-            let store = &store;
-            async move { store.check(&sender, 50, 1_000).await }
+            let (store, limits) = (&store, &limits);
+            async move { store.check(&limits.charges(&sender, 50, &[]), 1_000).await }
         }))
         .await;
-        assert!(decisions.iter().all(|d| d.as_ref().is_ok_and(|d| d.allowed)), "every first webhook is allowed");
+        assert!(decisions.iter().all(|d| d.as_ref().is_ok_and(|d| d.0.allowed)), "every first webhook is allowed");
     }
     (used_memory(&server).await - before) as f64 / senders as f64
 }
@@ -217,7 +218,8 @@ async fn main() {
         keyspace(&server, "storm"),
         StormRules::new(10, 5, Duration::from_secs(60), Duration::from_secs(300), 100),
     );
-    let limiter = RedisRateLimitStore::new(keyspace(&server, "rl"), TokenBucket::new(1e9, u32::MAX));
+    let limiter = RedisRateLimitStore::new(keyspace(&server, "rl"));
+    let limits = Limits::uniform(TokenBucket::new(1e9, u32::MAX));
     let secs = Duration::from_secs(3);
     for batch in [1, 100] {
         let d = rate(secs, batch, |round, n| {
@@ -250,12 +252,10 @@ async fn main() {
         })
         .await;
         let r = rate(secs, batch, |round, n| {
-            let limiter = &limiter;
+            let (limiter, limits) = (&limiter, &limits);
             async move {
-                limiter
-                    .check(&format!("10.0.0.{}", round % 200), u32::try_from(n).unwrap_or(1), 2_000)
-                    .await
-                    .expect("ratelimit");
+                let charges = limits.charges(&format!("10.0.0.{}", round % 200), u32::try_from(n).unwrap_or(1), &[]);
+                limiter.check(&charges, 2_000).await.expect("ratelimit");
             }
         })
         .await;

@@ -99,9 +99,10 @@ pub async fn run_component(
         }
         Component::RateLimit | Component::CrdWriter => None,
     };
+    let reflection = config.listen.grpc_reflection;
     let incoming = match config.tls.tonic()? {
-        Some(tls) => Incoming::Tls(listener, Box::new(tls)),
-        None => Incoming::Tcp(listener),
+        Some(tls) => Incoming::Tls(listener, Box::new(tls), reflection),
+        None => Incoming::Tcp(listener, reflection),
     };
     run_component_with(component, config, clock, sink, embedded.as_ref(), incoming, shutdown).await
 }
@@ -121,7 +122,7 @@ async fn run_component_with(
     match component {
         Component::RateLimit => {
             let store = breakwater_ratelimit::store_from_config(&config.ratelimit, health.clone())?;
-            let grpc = breakwater_ratelimit::RateLimitGrpc::new(store, clock, config.ratelimit.enabled);
+            let grpc = breakwater_ratelimit::RateLimitGrpc::new(store, clock, &config.ratelimit);
             let serve = async { Ok(breakwater_ratelimit::run(grpc, health.clone(), incoming, shutdown).await?) };
             let redis = config.ratelimit.store == StoreKind::Redis;
             with_budget_watch(&config.ratelimit.redis, redis, breakwater_ratelimit::KEYSPACE, &health, serve).await?;
@@ -248,9 +249,10 @@ fn edge_state_over(
     auth: Option<Authenticator>,
 ) -> anyhow::Result<breakwater_edge::EdgeState> {
     let metrics = breakwater_telemetry::metrics_handle();
-    // The same [ratelimit] settings rule the edge's in-process limiter when ratelimit is unreachable.
+    // The same [ratelimit] limits, overrides included, rule the edge's in-process limiter when
+    // ratelimit is unreachable.
     let state =
-        breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.bucket())?;
+        breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.limits())?;
     Ok(match auth {
         Some(auth) => state.with_auth(auth),
         None => state,
@@ -306,9 +308,10 @@ pub fn spawn_ingest(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let reflection = config.listen.grpc_reflection;
     let incoming = match config.tls.tonic()? {
-        Some(tls) => Incoming::Tls(listener, Box::new(tls)),
-        None => Incoming::Tcp(listener),
+        Some(tls) => Incoming::Tls(listener, Box::new(tls), reflection),
+        None => Incoming::Tcp(listener, reflection),
     };
     Ok(tokio::spawn(async move {
         breakwater_edge::run_ingest(state, incoming, shutdown).await.context("the gRPC ingest API failed")

@@ -77,6 +77,11 @@ pub struct ListenConfig {
     pub dedup: SocketAddr,
     pub storm: SocketAddr,
     pub crd_writer: SocketAddr,
+    /// gRPC server reflection on the split-mode components' listeners: `auto`
+    /// (default: only on a loopback address, so `grpcurl` works on a
+    /// workstation and a pod on 0.0.0.0 does not hand out its API map),
+    /// `on` or `off`. `breakwater up` has no gRPC listener, so none there.
+    pub grpc_reflection: breakwater_grpc::Reflection,
 }
 
 impl Default for ListenConfig {
@@ -89,6 +94,7 @@ impl Default for ListenConfig {
             dedup: at(9102),
             storm: at(9103),
             crd_writer: at(9104),
+            grpc_reflection: breakwater_grpc::Reflection::Auto,
         }
     }
 }

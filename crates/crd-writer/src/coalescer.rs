@@ -192,7 +192,7 @@ impl Coalescer {
         relocated.insert(target.clone(), namespace.to_owned());
     }
 
-    fn placement(&self, target: &CrRef) -> CrRef {
+    pub(crate) fn placement(&self, target: &CrRef) -> CrRef {
         match lock(&self.relocated).get(target) {
             Some(namespace) => CrRef { namespace: namespace.clone(), name: target.name.clone() },
             None => target.clone(),
@@ -363,7 +363,15 @@ pub fn count_update(write: &Write) -> CountUpdate {
         update.window_start = 0;
     }
     if write.kind == WriteKind::Resolution {
-        return CountUpdate { resolved_at: last_seen, ..CountUpdate::default() };
+        return CountUpdate {
+            resolved_at: last_seen,
+            fingerprint: write.signal.fingerprint.clone(),
+            ..CountUpdate::default()
+        };
+    }
+    // A storm CR counts many fingerprints: only its managed-by label is checked.
+    if write.storm.is_none() {
+        update.fingerprint.clone_from(&write.signal.fingerprint);
     }
     update
 }

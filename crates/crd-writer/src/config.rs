@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use breakwater_signal::NamespacePolicy;
+
 use crate::crd::is_dns1123_label;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +38,10 @@ pub struct CrdWriterConfig {
     pub max_batch: usize,
     /// Retries of Kubernetes requests.
     pub retry: RetryConfig,
+    /// Namespaces CRs may be written to: `allow` (empty, the default: any) minus `deny`
+    /// (default `["kube-system", "kube-public", "kube-node-lease"]`). A write to another is
+    /// refused with `PERMISSION_DENIED`. `fallback_namespace` must be permitted.
+    pub namespaces: NamespacePolicy,
 }
 
 impl Default for CrdWriterConfig {
@@ -49,6 +55,7 @@ impl Default for CrdWriterConfig {
             affected_resources_cap: 100,
             max_batch: 200_000,
             retry: RetryConfig::default(),
+            namespaces: NamespacePolicy::default(),
         }
     }
 }
@@ -111,6 +118,14 @@ impl CrdWriterConfig {
             return Err(format!(
                 "crd_writer.fallback_namespace = {:?} is not allowed: use a namespace name \
                  (lower-case letters, digits and '-', at most 63)",
+                self.fallback_namespace
+            ));
+        }
+        self.namespaces.validate("crd_writer.namespaces")?;
+        if !self.namespaces.permits(&self.fallback_namespace) {
+            return Err(format!(
+                "crd_writer.fallback_namespace = {:?} is not permitted by crd_writer.namespaces: \
+                 allow it, or choose another fallback namespace",
                 self.fallback_namespace
             ));
         }

@@ -372,6 +372,11 @@ impl WriteKind {
     pub fn is_create(self) -> bool {
         matches!(self, Self::Create | Self::StormCreate)
     }
+
+    /// Whether the write is about a storm's CR.
+    pub fn is_storm(self) -> bool {
+        matches!(self, Self::StormCreate | Self::StormAdd)
+    }
 }
 
 /// The storm part of a storm write.

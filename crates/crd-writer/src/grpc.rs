@@ -5,12 +5,20 @@
 //! batch); counts are queued on the [`Coalescer`] and answered `QUEUED`. A `CREATE` marked
 //! `dedup_unavailable` is first looked up as an open incident and counted there
 //! (`CrdWriterGrpc::create_or_count`).
+//!
+//! Before any write of a call is applied, the whole call is checked, and refused whole, so a
+//! refused call records nothing: every write within [`bounds`](crate::bounds)
+//! (`INVALID_ARGUMENT` naming the field), every target namespace permitted by
+//! `crd_writer.namespaces` (`PERMISSION_DENIED`), and every count or resolution aimed at an
+//! existing CR aimed at one crd-writer manages, of the same incident (`FAILED_PRECONDITION`;
+//! [`crate::sink::check_owned`], which every sink also applies to each write it makes).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use breakwater_proto::v1 as pb;
 use breakwater_proto::v1::crd_writer_service_server::{CrdWriterService, CrdWriterServiceServer};
-use breakwater_signal::{Clock, fingerprint};
+use breakwater_signal::{Clock, NamespacePolicy, fingerprint};
 use futures::StreamExt;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -19,7 +27,7 @@ use crate::coalescer::{Coalescer, count_update};
 use crate::config::CrdWriterConfig;
 use crate::crd::{self, CrRef, RemediationRequest, StormType, StormWrite, Write, WriteKind, is_dns1123_label};
 use crate::error::Error;
-use crate::sink::{BATCH_CONCURRENCY, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome};
+use crate::sink::{BATCH_CONCURRENCY, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, check_owned};
 
 /// Suggested pause before retrying a failed create when Kubernetes did not ask for one.
 const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
@@ -30,6 +38,49 @@ pub struct CrdWriterGrpc {
     clock: Arc<dyn Clock>,
     fallback_namespace: String,
     max_batch: usize,
+    namespaces: NamespacePolicy,
+    /// CRs known to be crd-writer's, and whose: checked before counts are accepted for them.
+    owned: Arc<OwnedCrs>,
+}
+
+/// Whose a CR crd-writer manages is: what [`check_owned`] compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    fingerprint: String,
+    storm: bool,
+}
+
+impl Owner {
+    fn takes(&self, fingerprint: &str) -> bool {
+        self.storm || fingerprint.is_empty() || self.fingerprint == fingerprint
+    }
+}
+
+/// The CRs this crd-writer created or checked, so the check before a count costs a read
+/// only for a CR it has not seen yet. Bounded: emptied when full.
+#[derive(Debug, Default)]
+struct OwnedCrs(Mutex<HashMap<CrRef, Owner>>);
+
+/// Most CRs [`OwnedCrs`] remembers.
+const MAX_OWNED: usize = 65_536;
+
+impl OwnedCrs {
+    fn get(&self, target: &CrRef) -> Option<Owner> {
+        self.lock().get(target).cloned()
+    }
+
+    fn insert(&self, target: CrRef, owner: Owner) {
+        let mut owned = self.lock();
+        if owned.len() >= MAX_OWNED {
+            owned.clear();
+        }
+        owned.insert(target, owner);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CrRef, Owner>> {
+        // Each change is one insert or a clear: a poisoned map is still sound.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for CrdWriterGrpc {
@@ -51,7 +102,78 @@ impl CrdWriterGrpc {
             clock,
             fallback_namespace: config.fallback_namespace.clone(),
             max_batch: config.max_batch,
+            namespaces: config.namespaces.clone(),
+            owned: Arc::default(),
         }
+    }
+
+    /// Checks a whole call before anything of it is applied (see the module doc); writes
+    /// that are malformed are left to [`Self::write_all`], which fails them one by one.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT`, `PERMISSION_DENIED` or `FAILED_PRECONDITION`, naming the write.
+    pub async fn check_call(&self, writes: &[pb::RemediationWrite]) -> Result<(), Status> {
+        let now = self.clock.now();
+        for (i, write) in writes.iter().enumerate() {
+            crate::bounds::check(i, write, now)
+                .map_err(|v| bad_request(Code::InvalidArgument, &v.field, &v.expected))?;
+            let Some(target) = &write.remediation else { continue };
+            let namespace = if target.namespace.is_empty() { &self.fallback_namespace } else { &target.namespace };
+            if !self.namespaces.permits(namespace) {
+                metrics::counter!("breakwater_crd_writes_refused_total", "reason" => "namespace").increment(1);
+                return Err(bad_request(
+                    Code::PermissionDenied,
+                    &format!("writes[{i}].remediation.namespace"),
+                    "a namespace crd_writer.namespaces permits",
+                ));
+            }
+        }
+        self.check_owners(writes).await
+    }
+
+    /// Refuses counts and resolutions for an existing CR that is not crd-writer's, or is
+    /// another incident's. A CR that does not exist (yet) is fine: crd-writer creates it. A
+    /// CR that cannot be read now is let through: the sink checks again before it writes.
+    async fn check_owners(&self, writes: &[pb::RemediationWrite]) -> Result<(), Status> {
+        let mut unknown: HashMap<CrRef, Vec<(usize, String)>> = HashMap::new();
+        for (i, write) in writes.iter().enumerate() {
+            let kind = write.kind();
+            if !matches!(kind, pb::WriteKind::Occurrence | pb::WriteKind::StormAdd | pb::WriteKind::Resolution) {
+                continue;
+            }
+            let (Some(target), Some(signal)) = (&write.remediation, &write.signal) else { continue };
+            let fingerprint = if kind == pb::WriteKind::StormAdd { String::new() } else { signal.fingerprint.clone() };
+            let mut target = CrRef { namespace: target.namespace.clone(), name: target.name.clone() };
+            if target.namespace.is_empty() {
+                target.namespace.clone_from(&self.fallback_namespace);
+            }
+            let at = self.coalescer.placement(&target);
+            match self.owned.get(&at) {
+                Some(owner) if owner.takes(&fingerprint) => {}
+                Some(_) => return Err(foreign(i, "it is another incident's (its fingerprint differs)")),
+                None => unknown.entry(at).or_default().push((i, fingerprint)),
+            }
+        }
+        let reads: Vec<_> = unknown.keys().map(|at| self.sink.get(at)).collect();
+        let found: Vec<_> = futures::stream::iter(reads).buffered(BATCH_CONCURRENCY).collect().await;
+        for ((at, uses), found) in unknown.into_iter().zip(found) {
+            let rr = match found {
+                Ok(Some(rr)) => rr,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::debug!(target = %at, cause = %err, "cannot read the CR to check it now; the sink checks it");
+                    continue;
+                }
+            };
+            for (i, fingerprint) in &uses {
+                if let Err(SinkError::Foreign { why, .. }) = check_owned(&rr, &at, fingerprint) {
+                    return Err(foreign(*i, why));
+                }
+            }
+            let owner = Owner { fingerprint: rr.spec.signal_fingerprint.clone(), storm: rr.spec.is_storm };
+            self.owned.insert(at, owner);
+        }
+        Ok(())
     }
 
     pub fn into_server(self) -> CrdWriterServiceServer<Self> {
@@ -209,11 +331,18 @@ impl CrdWriterGrpc {
         Ok(())
     }
 
-    /// Counts the alert of a last-resort `write` on the existing CR `at`.
+    /// Counts the alert of a last-resort `write` on the existing CR `at`, if it is that
+    /// incident's (an increment does not name the fingerprint, so it is checked here).
     async fn count_on(&self, at: &CrRef, write: &Write, count: LastResort) -> Result<UpdateOutcome, SinkError> {
         let update = count_update(write);
         match count {
-            LastResort::AddOne => self.sink.add_occurrences(at, 1, update.last_seen).await,
+            LastResort::AddOne => {
+                match self.sink.get(at).await? {
+                    Some(rr) => check_owned(&rr, at, &write.signal.fingerprint)?,
+                    None => return Ok(UpdateOutcome::NotFound),
+                }
+                self.sink.add_occurrences(at, 1, update.last_seen).await
+            }
             LastResort::MergeWindow => self.sink.update_counts(at, &update).await,
         }
     }
@@ -225,6 +354,9 @@ impl CrdWriterGrpc {
             Some(pb::RemediationRef { namespace: created.namespace.clone(), name: write.target.name.clone() });
         match created.outcome {
             CreateOutcome::Created => {
+                let at = CrRef { namespace: created.namespace.clone(), name: write.target.name.clone() };
+                let storm = write.kind.is_storm();
+                self.owned.insert(at, Owner { fingerprint: write.signal.fingerprint.clone(), storm });
                 record(kind, "created");
                 // Per CR, so DEBUG: the edge logs one INFO line per webhook.
                 tracing::debug!(
@@ -288,6 +420,7 @@ impl CrdWriterService for CrdWriterGrpc {
         if writes.len() > self.max_batch {
             return Err(Error::BatchTooLarge { len: writes.len(), max: self.max_batch }.into());
         }
+        self.check_call(&writes).await?;
         Ok(Response::new(pb::WriteRemediationsResponse { results: self.write_all(writes).await }))
     }
 }
@@ -306,6 +439,27 @@ impl From<Error> for Status {
             Error::Config(_) | Error::Grpc(_) | Error::Journal(_) => Status::internal("crd-writer is misconfigured"),
         }
     }
+}
+
+/// A refusal of the whole call naming the `field` and what it `expected`.
+fn bad_request(code: Code, field: &str, expected: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.add_bad_request_violation(field, format!("must be {expected}"));
+    Status::with_error_details(code, format!("{field} refused: must be {expected}"), details)
+}
+
+fn foreign(index: usize, why: &str) -> Status {
+    metrics::counter!("breakwater_crd_writes_refused_total", "reason" => "foreign").increment(1);
+    let mut details = ErrorDetails::new();
+    let field = format!("writes[{index}].remediation");
+    details.add_precondition_failure_violation("NOT_MANAGED", field.clone(), why.to_owned());
+    Status::with_error_details(
+        Code::FailedPrecondition,
+        format!(
+            "{field} refused: crd-writer changes only RemediationRequests it manages, of the same incident, and {why}; nothing was written"
+        ),
+        details,
+    )
 }
 
 /// Why a write was refused, as sent to the client.
@@ -371,6 +525,7 @@ fn client_message(err: &SinkError) -> String {
         SinkError::Unavailable { .. } => "kubernetes unavailable".to_owned(),
         SinkError::Conflict { .. } => "conflicting writes".to_owned(),
         SinkError::InvalidName(_) => "invalid name".to_owned(),
+        SinkError::Foreign { why, .. } => format!("the RemediationRequest was left unchanged: {why}"),
         SinkError::Io(_) | SinkError::Corrupt { .. } | SinkError::Yaml(_) => "remediation store failed".to_owned(),
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! # Layout
 //! - [`config`] — `CrdWriterConfig`, the `crd_writer` keys and their defaults.
+//! - [`bounds`] — what one write may carry (counts, times, sizes), checked before a call is applied.
 //! - [`error`] — [`Error`], failures of the component as a whole.
 //! - [`crd`] — the `RemediationRequest` type (the only source of `deploy/crd.yaml`) and
 //!   [`crd::build`], the pure write → CR function (labels, priority, truncation).
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use breakwater_grpc::Incoming;
 use breakwater_signal::{Clock, SystemClock};
 
+pub mod bounds;
 pub mod coalescer;
 pub mod config;
 pub mod crd;

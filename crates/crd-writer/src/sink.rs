@@ -17,8 +17,8 @@ use breakwater_signal::UnixMillis;
 use futures::StreamExt;
 
 use crate::crd::{
-    ANNOTATION_CREATED_AT, CrRef, LABEL_FINGERPRINT, OccurrenceTally, RemediationRequest, RemediationRequestSpec,
-    label_value, time, to_i64,
+    ANNOTATION_CREATED_AT, CrRef, LABEL_FINGERPRINT, LABEL_MANAGED_BY, MANAGED_BY, OccurrenceTally, RemediationRequest,
+    RemediationRequestSpec, label_value, time, to_i64,
 };
 
 pub mod dir;
@@ -77,6 +77,12 @@ pub struct CountUpdate {
     /// `deduplication.resolvedAt` in Unix ms (0 leaves it).
     #[serde(default)]
     pub resolved_at: UnixMillis,
+    /// The fingerprint of the incident these counts are of: an incident CR takes them only
+    /// if it is that incident's (see [`check_owned`]). Empty for a storm CR's counts (a
+    /// storm aggregates many fingerprints) and in journal entries written before updates
+    /// named it; then only the managed-by label is checked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
 }
 
 impl CountUpdate {
@@ -89,6 +95,9 @@ impl CountUpdate {
         self.resolved_at = self.resolved_at.max(other.resolved_at);
         self.last_seen = self.last_seen.max(other.last_seen);
         self.storm_alert_count = self.storm_alert_count.max(other.storm_alert_count);
+        if self.fingerprint.is_empty() {
+            self.fingerprint.clone_from(&other.fingerprint);
+        }
         let dropped = union_capped(&mut self.affected_resources, &other.affected_resources, cap);
         self.affected_resources_omitted =
             self.affected_resources_omitted.max(other.affected_resources_omitted.saturating_add(dropped));
@@ -152,8 +161,32 @@ impl CountUpdate {
 
     /// Whether merging this update can change nothing.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        *self == Self { fingerprint: self.fingerprint.clone(), ..Self::default() }
     }
+}
+
+/// Refuses to change `rr` unless crd-writer manages it (its `app.kubernetes.io/managed-by`
+/// label says `breakwater`) and, for an incident CR and a non-empty `fingerprint`, it is that
+/// incident's (fingerprint label and `spec.signalFingerprint` both match). Every backend calls
+/// it on the CR it read before it writes a count, so a caller that can reach crd-writer
+/// cannot touch a CR someone else made, nor another incident's.
+///
+/// # Errors
+/// [`SinkError::Foreign`] naming the CR and what does not match.
+pub fn check_owned(rr: &RemediationRequest, target: &CrRef, fingerprint: &str) -> Result<(), SinkError> {
+    let labels = rr.metadata.labels.as_ref();
+    let foreign = |why: &'static str| Err(SinkError::Foreign { target: target.to_string(), why });
+    if labels.and_then(|l| l.get(LABEL_MANAGED_BY)).map(String::as_str) != Some(MANAGED_BY) {
+        return foreign("it is not managed by breakwater");
+    }
+    if fingerprint.is_empty() || rr.spec.is_storm {
+        return Ok(());
+    }
+    let label = labels.and_then(|l| l.get(LABEL_FINGERPRINT));
+    if label != Some(&label_value(fingerprint)) || rr.spec.signal_fingerprint != fingerprint {
+        return foreign("it is another incident's (its fingerprint differs)");
+    }
+    Ok(())
 }
 
 /// `status.overallPhase` values after which the remediation controller is done with a CR.
@@ -311,6 +344,9 @@ pub enum SinkError {
     /// A namespace or name that is not a DNS-1123 label.
     #[error("invalid name {0:?}")]
     InvalidName(String),
+    /// The CR exists but is not crd-writer's to change (see [`check_owned`]); nothing was written.
+    #[error("RemediationRequest {target} was left unchanged: {why}")]
+    Foreign { target: String, why: &'static str },
     #[error("remediation directory")]
     Io(#[from] std::io::Error),
     #[error("remediation file {path} is not a RemediationRequest")]
@@ -339,7 +375,7 @@ impl SinkError {
     /// asks for a retry (408, 409, 425, 429); code 0 is a client-side failure.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::InvalidName(_) => true,
+            Self::InvalidName(_) | Self::Foreign { .. } => true,
             Self::Rejected { code, .. } => {
                 (400..500).contains(code) && !matches!(code, 403 | 404 | 408 | 409 | 425 | 429)
             }
@@ -354,6 +390,7 @@ impl SinkError {
             Self::Unavailable { .. } => "unavailable",
             Self::Conflict { .. } => "conflict",
             Self::InvalidName(_) => "invalid_name",
+            Self::Foreign { .. } => "foreign",
             Self::Io(_) => "io",
             Self::Corrupt { .. } => "corrupt",
             Self::Yaml(_) => "yaml",

@@ -483,3 +483,53 @@ async fn fallback_scenario() -> TestResult {
     assert_eq!(stored(&api, "shop", "rr-cccc-window")?.spec.deduplication.occurrence_count, 1);
     Ok(())
 }
+
+/// Issue 13: a CR in the cluster that breakwater did not make (no managed-by label) is never
+/// changed, whether a caller of the gRPC port aims a count at it or a count finds it at flush.
+#[tokio::test]
+async fn a_cr_not_managed_by_breakwater_is_never_changed() -> TestResult {
+    use breakwater_proto::v1::crd_writer_service_server::CrdWriterService as _;
+
+    let api = FakeApiServer::start().await;
+    let sink = Arc::new(sink(&api, 2));
+    let mut theirs = incident("shop", "rr-theirs");
+    if let Some(labels) = theirs.metadata.labels.as_mut() {
+        labels.remove(crd::LABEL_MANAGED_BY);
+    }
+    sink.create(&theirs).await?;
+    let before = api.get(PLURAL, "shop", "rr-theirs");
+
+    let clock: Arc<dyn breakwater_signal::Clock> = Arc::new(breakwater_signal::ManualClock::new(T0));
+    let writer = CrdWriter::new(CrdWriterConfig::default(), sink.clone()).with_clock(clock);
+    let (grpc, coalescer) = writer.into_parts()?;
+    let signal = pb::Signal {
+        fingerprint: "c".repeat(64),
+        namespace: "shop".to_owned(),
+        received_time_unix_ms: T0,
+        ..pb::Signal::default()
+    };
+    let occurrence = pb::RemediationWrite {
+        kind: pb::WriteKind::Occurrence.into(),
+        signal: Some(signal),
+        remediation: Some(pb::RemediationRef { namespace: "shop".to_owned(), name: "rr-theirs".to_owned() }),
+        first_seen_unix_ms: T0,
+        last_seen_unix_ms: T0 + 1000,
+        occurrence_count: 40,
+        ..pb::RemediationWrite::default()
+    };
+    let request = tonic::Request::new(pb::WriteRemediationsRequest { writes: vec![occurrence] });
+    let status = grpc.write_remediations(request).await.err().ok_or("the count was accepted")?;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    coalescer.flush().await;
+
+    // The sink refuses on its own too, for counts that meet such a CR only at flush.
+    let update = CountUpdate { occurrence_count: 40, fingerprint: "c".repeat(64), ..CountUpdate::default() };
+    let refused = sink.update_counts(&at("shop", "rr-theirs"), &update).await;
+    assert!(matches!(refused, Err(SinkError::Foreign { .. })), "{refused:?}");
+    let refused = sink.add_occurrences(&at("shop", "rr-theirs"), 1, T0).await;
+    assert!(matches!(refused, Err(SinkError::Foreign { .. })), "{refused:?}");
+
+    assert_eq!(api.count(Verb::Patch), 0, "nothing was written");
+    assert_eq!(api.get(PLURAL, "shop", "rr-theirs"), before, "the CR is unchanged");
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1 as pb;
-use breakwater_signal::{Clock, fingerprint, incident_cr_name};
+use breakwater_signal::{Clock, fingerprint, incident_cr_name, is_dns1123_label};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -104,6 +104,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         request: Request<pb::CheckSignalsRequest>,
     ) -> Result<Response<pb::CheckSignalsResponse>, Status> {
         let request = request.into_inner();
+        check_len("queries", request.queries.len())?;
         let queries =
             request.queries.iter().enumerate().map(|(i, q)| query_from_pb(i, q)).collect::<Result<Vec<_>, Status>>()?;
         let now = self.clock.now();
@@ -149,17 +150,17 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         &self,
         request: Request<pb::BindRemediationsRequest>,
     ) -> Result<Response<pb::BindRemediationsResponse>, Status> {
-        let binds = request
-            .into_inner()
-            .bindings
+        let bindings = request.into_inner().bindings;
+        check_len("bindings", bindings.len())?;
+        let binds = bindings
             .into_iter()
             .enumerate()
             .map(|(i, b)| {
                 check_fingerprint(i, "bindings", &b.fingerprint)?;
                 let to = match b.remediation.filter(|r| !r.name.is_empty()) {
                     None => Placement::Own,
-                    Some(r) if r.name.contains('/') || r.namespace.contains('/') => {
-                        return Err(invalid(format!("bindings[{i}].remediation"), "a namespace and name without '/'"));
+                    Some(r) if !is_dns1123_label(&r.name) || !is_dns1123_label(&r.namespace) => {
+                        return Err(invalid(format!("bindings[{i}].remediation"), "a namespace and a CR name"));
                     }
                     Some(r) => Placement::Bound(Binding { namespace: r.namespace, name: r.name }),
                 };
@@ -176,11 +177,13 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         request: Request<pb::GetPlacementsRequest>,
     ) -> Result<Response<pb::GetPlacementsResponse>, Status> {
         let windows = request.into_inner().windows;
+        check_len("windows", windows.len())?;
         let refs = windows
             .iter()
             .enumerate()
             .map(|(i, w)| {
                 check_fingerprint(i, "windows", &w.fingerprint)?;
+                check_namespace(i, "windows", &w.namespace)?;
                 Ok(WindowRef { fingerprint: w.fingerprint.clone(), first_seen: w.first_seen_unix_ms })
             })
             .collect::<Result<Vec<_>, Status>>()?;
@@ -221,8 +224,12 @@ fn placed_on(record: &Record, fingerprint: &str, namespace: &str) -> pb::Remedia
     }
 }
 
+/// A query checked as strictly as the edge makes it: a resolution from anyone
+/// who can reach dedup closes the window of its fingerprint, so it must at least
+/// be well formed (fingerprint, status, the namespace of its CR, delivery key).
 fn query_from_pb(i: usize, q: &pb::DedupQuery) -> Result<Query, Status> {
     check_fingerprint(i, "queries", &q.fingerprint)?;
+    check_namespace(i, "queries", &q.namespace)?;
     let status = match pb::SignalStatus::try_from(q.status) {
         Ok(pb::SignalStatus::Firing) => SignalStatus::Firing,
         Ok(pb::SignalStatus::Resolved) => SignalStatus::Resolved,
@@ -243,6 +250,22 @@ fn check_fingerprint(i: usize, list: &str, fp: &str) -> Result<(), Status> {
         Ok(())
     } else {
         Err(invalid(format!("{list}[{i}].fingerprint"), "64 lower-case hex characters"))
+    }
+}
+
+fn check_namespace(i: usize, list: &str, namespace: &str) -> Result<(), Status> {
+    if is_dns1123_label(namespace) {
+        Ok(())
+    } else {
+        Err(invalid(format!("{list}[{i}].namespace"), "a namespace name (a DNS-1123 label)"))
+    }
+}
+
+fn check_len(list: &str, len: usize) -> Result<(), Status> {
+    if len <= breakwater_grpc::MAX_BATCH_ITEMS {
+        Ok(())
+    } else {
+        Err(invalid(list.to_owned(), &format!("at most {} items", breakwater_grpc::MAX_BATCH_ITEMS)))
     }
 }
 
@@ -268,5 +291,45 @@ impl From<Error> for Status {
         tracing::debug!(cause = %e, source = ?std::error::Error::source(&e), "dedup store failed");
         // The edge applies the degradation table to Unavailable; the cause stays in our logs.
         breakwater_grpc::store_unavailable("dedup store unavailable")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use breakwater_signal::ManualClock;
+    use pb::dedup_service_server::DedupService as _;
+
+    use super::*;
+    use crate::{DedupConfig, MemoryDedupStore};
+
+    const FP: &str = "abcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcd";
+
+    fn query(status: pb::SignalStatus, namespace: &str) -> Request<pb::CheckSignalsRequest> {
+        let q = pb::DedupQuery {
+            fingerprint: FP.to_owned(),
+            status: status.into(),
+            namespace: namespace.to_owned(),
+            delivery_key: String::new(),
+        };
+        Request::new(pb::CheckSignalsRequest { queries: vec![q] })
+    }
+
+    // Issue 13: a resolution is checked as strictly as the edge makes one; a malformed one
+    // closes nothing.
+    #[tokio::test]
+    async fn a_malformed_resolution_is_refused_and_the_incident_stays_open() {
+        let config = DedupConfig::default();
+        let store = Arc::new(MemoryDedupStore::new(crate::DedupWindow::new(config.window())));
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let grpc = DedupGrpc::new(store, clock, ComponentHealth::new("dedup"), config.window(), false);
+        let first = grpc.check_signals(query(pb::SignalStatus::Firing, "prod")).await.unwrap().into_inner();
+        assert_eq!(first.verdicts[0].outcome(), pb::DedupOutcome::New);
+        for bad in ["", "Kube_System", &"a".repeat(64)] {
+            let status = grpc.check_signals(query(pb::SignalStatus::Resolved, bad)).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "queries[0].namespace");
+        }
+        let again = grpc.check_signals(query(pb::SignalStatus::Firing, "prod")).await.unwrap().into_inner();
+        assert_eq!(again.verdicts[0].outcome(), pb::DedupOutcome::Duplicate, "still open");
     }
 }

@@ -82,3 +82,47 @@ async fn serves_dedup_health_and_reflection() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Reflection lists the API to whoever reaches the port: by default (`auto`) a listener
+/// on all addresses, as in a pod, does not serve it; `on` and `off` say otherwise.
+#[tokio::test]
+async fn reflection_is_served_on_loopback_only_unless_configured() {
+    use breakwater_grpc::{Incoming, Reflection};
+
+    for (bind, reflection, served) in [
+        ("0.0.0.0:0", Reflection::Auto, false),
+        ("127.0.0.1:0", Reflection::Off, false),
+        ("0.0.0.0:0", Reflection::On, true),
+    ] {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let store = Arc::new(MemoryDedupStore::new(DedupWindow::new(Duration::from_secs(300))));
+        let health = breakwater_grpc::ComponentHealth::new("dedup");
+        let grpc = DedupGrpc::new(store, Arc::new(SystemClock), health.clone(), Duration::from_secs(300), false);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let incoming = Incoming::Tcp(listener, reflection);
+        let server = tokio::spawn(breakwater_dedup::run(grpc, health, incoming, async {
+            let _ = stopped.await;
+        }));
+        let url = format!("http://127.0.0.1:{port}");
+        let channel = breakwater_grpc::connect_lazy(&url, Duration::from_secs(2)).unwrap();
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let answer =
+            ServerReflectionClient::new(channel.clone()).server_reflection_info(tokio_stream::iter([request])).await;
+        match answer {
+            Ok(_) => assert!(served, "{bind} {reflection:?} served reflection"),
+            Err(status) => {
+                assert!(!served, "{bind} {reflection:?}: {status:?}");
+                assert_eq!(status.code(), tonic::Code::Unimplemented);
+            }
+        }
+        // The service itself is there either way.
+        let mut health = HealthClient::new(channel);
+        assert!(health.check(HealthCheckRequest { service: String::new() }).await.is_ok());
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}

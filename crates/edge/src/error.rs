@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use breakwater_ratelimit::Quota;
 use serde::Serialize;
 
 const TYPE_PREFIX: &str = "https://kubernaut.io/errors/";
@@ -46,7 +47,7 @@ pub enum EdgeError {
     NotFound,
     /// `status` is 503 (what Alertmanager retries) or 429, per route (`edge.rate_limited_status`).
     #[error("the sender is over its rate limit: nothing was recorded, retry after the Retry-After header's seconds")]
-    RateLimited { retry_after: Duration, status: u16 },
+    RateLimited { retry_after: Duration, status: u16, quota: Option<Quota> },
     #[error("too many requests in flight")]
     Overloaded,
     #[error("too many bytes of signals in flight")]
@@ -135,6 +136,21 @@ impl EdgeError {
     }
 }
 
+/// The sender's quota as `RateLimit-Limit` (its bucket size, in signals), `RateLimit-Remaining`
+/// (whole signals it may send now) and `RateLimit-Reset` (seconds until the bucket is full
+/// again): the three fields of draft-ietf-httpapi-ratelimit-headers up to -06, which
+/// clients and proxies read today. With overrides, the bucket closest to running out.
+pub fn insert_rate_limit_headers(headers: &mut HeaderMap, quota: &Quota) {
+    let reset_secs = quota.reset_ms.div_ceil(1000);
+    for (name, value) in [
+        ("ratelimit-limit", u64::from(quota.limit)),
+        ("ratelimit-remaining", quota.remaining),
+        ("ratelimit-reset", reset_secs),
+    ] {
+        headers.insert(name, HeaderValue::from(value));
+    }
+}
+
 /// RFC 7807 body.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -169,6 +185,9 @@ impl IntoResponse for EdgeError {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        if let Self::RateLimited { quota: Some(quota), .. } = &self {
+            insert_rate_limit_headers(response.headers_mut(), quota);
         }
         if matches!(self, Self::UnsupportedMediaType | Self::UnsupportedCharset) {
             response.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("application/json"));

@@ -57,7 +57,7 @@ impl pb::ingest_service_server::IngestService for IngestGrpc {
             ingest::signals(request, state.clock.now(), &config.fingerprint, &config.caps(), &config.namespace_labels);
         let deadline = Duration::from_millis(config.request_timeout_ms);
         let results = match tokio::time::timeout(deadline, submit(state, sender, ingest::SOURCE_TYPE, incoming)).await {
-            Ok(submitted) => submitted.map_err(status)?,
+            Ok(submitted) => submitted.map_err(status)?.results,
             Err(_) => return Err(status(EdgeError::Timeout)),
         };
         let Summary { status: word, message } = Summary::of(&results);

@@ -21,7 +21,7 @@ use breakwater_proto::v1::crd_writer_service_client::CrdWriterServiceClient;
 use breakwater_proto::v1::dedup_service_client::DedupServiceClient;
 use breakwater_proto::v1::rate_limit_service_client::RateLimitServiceClient;
 use breakwater_proto::v1::storm_service_client::StormServiceClient;
-use breakwater_ratelimit::{MemoryRateLimitStore, RateLimitStore, TokenBucket};
+use breakwater_ratelimit::{Limits, MemoryRateLimitStore, Quota, RateLimitStore};
 use breakwater_signal::{Clock, incident_cr_name, parse_delivery_key, parse_storm_cr_name, resource_id};
 use serde::Serialize;
 use tower::filter::{AsyncFilterLayer, AsyncPredicate};
@@ -36,7 +36,16 @@ use crate::config::ComponentUrls;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The whole pipeline as one cloneable service.
-pub type Pipeline = BoxCloneSyncService<Batch, Vec<AlertResult>, BoxError>;
+pub type Pipeline = BoxCloneSyncService<Batch, Processed, BoxError>;
+
+/// What the pipeline answers for a batch it took: one result per signal, and
+/// the sender's rate-limit quota for the `RateLimit-*` headers.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub results: Vec<AlertResult>,
+    /// `None` when no limit applies (`ratelimit.enabled = false`).
+    pub quota: Option<Quota>,
+}
 
 /// The four components as the edge calls them: tonic clients over each one's
 /// [`Transport`] (a lazy channel in split mode, the component itself in `up`),
@@ -124,6 +133,8 @@ pub struct Batch {
     /// Per signal: a copy of a delivery this edge already answered 2xx, with nothing left
     /// to complete (filled by the dedup stage; see [`CompletedDeliveries`]).
     pub settled: Vec<bool>,
+    /// The sender's rate-limit quota after this batch (filled by the ratelimit stage).
+    pub quota: Option<Quota>,
 }
 
 impl Batch {
@@ -199,7 +210,7 @@ pub enum AlertOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("sender rate limit exceeded")]
-    RateLimited { retry_after: Duration },
+    RateLimited { retry_after: Duration, quota: Option<Quota> },
     #[error("remediation requests could not be written: {cause}")]
     CannotPersist { retry_after: Duration, cause: String },
 }
@@ -209,8 +220,8 @@ pub struct PipelineParts {
     pub clock: Arc<dyn Clock>,
     /// Names of new CRs while dedup is unavailable are per window of this length.
     pub dedup_fallback_window: Duration,
-    /// The in-process limiter used while ratelimit is unavailable.
-    pub ratelimit_fallback: TokenBucket,
+    /// The limits of the in-process limiter used while ratelimit is unavailable.
+    pub ratelimit_fallback: Limits,
     /// Where the edge records which components it is degrading around.
     pub health: Arc<ComponentHealth>,
 }
@@ -221,7 +232,8 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
     let health = parts.health;
     let rate_limit = RateLimitStage {
         client: components.ratelimit.clone(),
-        fallback: Arc::new(MemoryRateLimitStore::new(parts.ratelimit_fallback)),
+        fallback: Arc::new(MemoryRateLimitStore::new()),
+        limits: Arc::new(parts.ratelimit_fallback),
         clock: parts.clock.clone(),
         health: health.clone(),
     };
@@ -269,6 +281,7 @@ const STORM_MEANWHILE: &str = "no storm detection, every alert gets its own CR";
 struct RateLimitStage {
     client: RateLimitServiceClient<TracedTransport>,
     fallback: Arc<MemoryRateLimitStore>,
+    limits: Arc<Limits>,
     clock: Arc<dyn Clock>,
     health: Arc<ComponentHealth>,
 }
@@ -277,36 +290,67 @@ impl AsyncPredicate<Batch> for RateLimitStage {
     type Future = BoxFuture<Result<Batch, BoxError>>;
     type Request = Batch;
 
-    fn check(&mut self, batch: Batch) -> Self::Future {
+    fn check(&mut self, mut batch: Batch) -> Self::Future {
         let mut client = self.client.clone();
         let (fallback, clock, health) = (self.fallback.clone(), self.clock.clone(), self.health.clone());
+        let limits = self.limits.clone();
         let span = stage_span("ratelimit", batch.signals.len());
         Box::pin(
             async move {
                 let signals = u32::try_from(batch.signals.len()).unwrap_or(u32::MAX);
-                let request = pb::CheckRateLimitRequest { sender: batch.sender.clone(), signal_count: signals };
-                let (allowed, retry_after_ms) = match client.check_rate_limit(request).await {
+                let namespaces = namespace_counts(&batch.targets);
+                let request = pb::CheckRateLimitRequest {
+                    sender: batch.sender.clone(),
+                    signal_count: signals,
+                    namespaces: namespaces
+                        .iter()
+                        .map(|(namespace, n)| pb::NamespaceSignals { namespace: namespace.clone(), signal_count: *n })
+                        .collect(),
+                };
+                let (allowed, retry_after_ms, quota) = match client.check_rate_limit(request).await {
                     Ok(answer) => {
                         health.set("ratelimit", None);
-                        (answer.get_ref().allowed, answer.get_ref().retry_after_ms)
+                        let a = answer.get_ref();
+                        let quota = Quota { limit: a.limit, remaining: a.remaining, reset_ms: a.reset_ms };
+                        (a.allowed, a.retry_after_ms, quota)
                     }
                     Err(status) => {
                         degraded(&health, "ratelimit", &status, RATELIMIT_MEANWHILE);
+                        let charges = limits.charges(&batch.sender, signals, &namespaces);
                         // The in-process store cannot fail.
-                        let d = fallback.check(&batch.sender, signals, clock.now()).await.map_err(BoxError::from)?;
-                        (d.allowed, d.retry_after_ms)
+                        let (d, quota) = fallback.check(&charges, clock.now()).await.map_err(BoxError::from)?;
+                        (d.allowed, d.retry_after_ms, quota)
                     }
                 };
+                // A limit of 0 is no limit: ratelimit is switched off.
+                let quota = (quota.limit > 0).then_some(quota);
                 tracing::Span::current().record("allowed", allowed);
                 if allowed {
+                    batch.quota = quota;
                     Ok(batch)
                 } else {
-                    Err(PipelineError::RateLimited { retry_after: Duration::from_millis(retry_after_ms) }.into())
+                    Err(PipelineError::RateLimited { retry_after: Duration::from_millis(retry_after_ms), quota }.into())
                 }
             }
             .instrument(span),
         )
     }
+}
+
+/// How many of a batch's signals go to each namespace, in first-seen order.
+fn namespace_counts(targets: &[String]) -> Vec<(String, u32)> {
+    let mut counts: Vec<(String, u32)> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for target in targets {
+        match at.get(target.as_str()) {
+            Some(&i) => counts[i].1 = counts[i].1.saturating_add(1),
+            None => {
+                at.insert(target, counts.len());
+                counts.push((target.clone(), 1));
+            }
+        }
+    }
+    counts
 }
 
 #[derive(Clone)]
@@ -711,15 +755,23 @@ struct CrdWrite {
 }
 
 impl Service<Batch> for CrdWrite {
-    type Response = Vec<AlertResult>;
+    type Response = Processed;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Vec<AlertResult>, BoxError>>;
+    type Future = BoxFuture<Result<Processed, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, batch: Batch) -> Self::Future {
+        let quota = batch.quota;
+        let written = self.write(batch);
+        Box::pin(async move { Ok(Processed { results: written.await?, quota }) })
+    }
+}
+
+impl CrdWrite {
+    fn write(&mut self, batch: Batch) -> BoxFuture<Result<Vec<AlertResult>, BoxError>> {
         let mut client = self.client.clone();
         let (dedup, health, completed) = (self.dedup.clone(), self.health.clone(), self.completed.clone());
         let span = stage_span("crd_write", batch.signals.len());

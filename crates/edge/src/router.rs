@@ -27,7 +27,7 @@ use crate::pipeline::{AlertResult, Components, Pipeline, PipelineParts};
 use crate::serve::LimitEpisode;
 use crate::submit::Summary;
 use breakwater_grpc::ComponentHealth;
-use breakwater_ratelimit::TokenBucket;
+use breakwater_ratelimit::{Limits, Quota};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -53,7 +53,8 @@ pub struct EdgeState {
 }
 
 impl EdgeState {
-    /// `ratelimit_fallback` is the in-process limiter used while ratelimit is unavailable.
+    /// `ratelimit_fallback` are the limits of the in-process limiter used while ratelimit is
+    /// unavailable.
     ///
     /// # Errors
     /// When the priority policy (`edge.classification.priority_policy`) cannot be used.
@@ -62,7 +63,7 @@ impl EdgeState {
         components: Components,
         clock: Arc<dyn Clock>,
         metrics: PrometheusHandle,
-        ratelimit_fallback: TokenBucket,
+        ratelimit_fallback: Limits,
     ) -> Result<Self, PolicyError> {
         let classifier = Arc::new(Classifier::new(&config.classification)?);
         let health = ComponentHealth::new("edge");
@@ -316,12 +317,12 @@ async fn process(
         }
     };
     match crate::submit::submit(state, sender, source, incoming).await {
-        Ok(results) => respond(results),
+        Ok(submitted) => respond(submitted.results, submitted.quota),
         Err(e) => e.into_response(),
     }
 }
 
-fn respond(results: Vec<AlertResult>) -> Response {
+fn respond(results: Vec<AlertResult>, quota: Option<Quota>) -> Response {
     let summary = Summary::of(&results);
     let status = match summary.status {
         "created" => StatusCode::CREATED,
@@ -329,7 +330,12 @@ fn respond(results: Vec<AlertResult>) -> Response {
         "rejected" => StatusCode::OK,
         _ => StatusCode::ACCEPTED,
     };
-    (status, Json(SignalsResponse { status: summary.status, message: summary.message, results })).into_response()
+    let mut response =
+        (status, Json(SignalsResponse { status: summary.status, message: summary.message, results })).into_response();
+    if let Some(quota) = quota {
+        crate::error::insert_rate_limit_headers(response.headers_mut(), &quota);
+    }
+    response
 }
 
 #[derive(Serialize)]

@@ -10,6 +10,7 @@ use crate::classify::Classification;
 use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult, Batch, PipelineError};
 use crate::router::EdgeState;
+use breakwater_ratelimit::Quota;
 
 /// Runs `incoming` (one entry per alert, in order) from `sender` through the pipeline and
 /// answers one result per alert, in order.
@@ -27,7 +28,7 @@ pub(crate) async fn submit(
     sender: String,
     source: &'static str,
     incoming: Vec<Result<Incoming, InvalidAlert>>,
-) -> Result<Vec<AlertResult>, EdgeError> {
+) -> Result<Submitted, EdgeError> {
     // Taken once the body is read: a slow body holds a connection, never a permit.
     let Ok(_permit) = state.webhooks.clone().try_acquire_owned() else {
         state.shed.hit("edge.max_concurrent_requests webhooks in progress; shedding with 503");
@@ -71,11 +72,11 @@ pub(crate) async fn submit(
         accepted.push((index, classification));
     }
     let count = batch.signals.len() as u64;
-    let results = if batch.signals.is_empty() {
-        Vec::new()
+    let (results, quota) = if batch.signals.is_empty() {
+        (Vec::new(), None)
     } else {
         match state.pipeline.clone().oneshot(batch).await {
-            Ok(results) => results,
+            Ok(processed) => (processed.results, processed.quota),
             Err(e) => {
                 return Err(pipeline_failure(e, source, count, state.config.rate_limited_status.for_source(source)));
             }
@@ -98,7 +99,14 @@ pub(crate) async fn submit(
         metrics::counter!("breakwater_signals_total", "source" => source, "outcome" => r.outcome.label()).increment(1);
     }
     log_batch(source, &all);
-    Ok(all)
+    Ok(Submitted { results: all, quota })
+}
+
+/// A batch's answer: one result per alert, in order, and the sender's quota after it.
+pub(crate) struct Submitted {
+    pub results: Vec<AlertResult>,
+    /// What ratelimit reported (the `RateLimit-*` headers); `None` when it was not asked.
+    pub quota: Option<Quota>,
 }
 
 /// The answer's summary: the overall status word and a one-line message.
@@ -166,8 +174,8 @@ fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64, rate_l
             metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason)
                 .increment(count);
             match *e {
-                PipelineError::RateLimited { retry_after } => {
-                    EdgeError::RateLimited { retry_after, status: rate_limited_status }
+                PipelineError::RateLimited { retry_after, quota } => {
+                    EdgeError::RateLimited { retry_after, status: rate_limited_status, quota }
                 }
                 PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
             }

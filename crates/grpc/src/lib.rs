@@ -84,13 +84,45 @@ impl<S> GrpcService for S where
 /// stays far below this.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// The most items (queries, bindings, counts, signals) one call to a
+/// component may carry: the most writes `crd_writer.max_batch` can be set to,
+/// so every webhook the edge takes fits. Components refuse more with
+/// `INVALID_ARGUMENT` before they record anything.
+pub const MAX_BATCH_ITEMS: usize = 2_000_000;
+
+/// Whether a split-mode component serves gRPC server reflection
+/// (`listen.grpc_reflection`), which lists every service and message to anyone
+/// who can reach the port: handy with `grpcurl` on a workstation, a map for
+/// an attacker in a cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reflection {
+    /// Only on a loopback listener (127.0.0.1, ::1): development machines,
+    /// never a pod listening on 0.0.0.0. `breakwater up` has no gRPC listener.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Reflection {
+    /// Whether a listener on `addr` serves reflection.
+    pub fn serves_on(self, addr: Option<SocketAddr>) -> bool {
+        match self {
+            Self::Auto => addr.is_some_and(|a| a.ip().is_loopback()),
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
+}
+
 /// Where a component takes its calls.
 #[derive(Debug)]
 pub enum Incoming {
     /// Split mode: gRPC over HTTP/2 on this listener.
-    Tcp(TcpListener),
+    Tcp(TcpListener, Reflection),
     /// Split mode with TLS (`[tls]`): gRPC over HTTP/2 over TLS on this listener.
-    Tls(TcpListener, Box<tonic::transport::ServerTlsConfig>),
+    Tls(TcpListener, Box<tonic::transport::ServerTlsConfig>, Reflection),
     /// `breakwater up`: the component's [`Transport`] goes to this channel once
     /// its routes are built; the caller calls them directly.
     InProcess(oneshot::Sender<Transport>),
@@ -107,7 +139,7 @@ impl Incoming {
     /// The listener's address; `None` in process.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
-            Self::Tcp(listener) | Self::Tls(listener, _) => listener.local_addr().ok(),
+            Self::Tcp(listener, _) | Self::Tls(listener, _, _) => listener.local_addr().ok(),
             Self::InProcess(_) => None,
         }
     }
@@ -115,7 +147,7 @@ impl Incoming {
 
 impl From<TcpListener> for Incoming {
     fn from(listener: TcpListener) -> Self {
-        Self::Tcp(listener)
+        Self::Tcp(listener, Reflection::Auto)
     }
 }
 
@@ -136,7 +168,7 @@ where
 }
 
 /// Serves `service` with health (reported SERVING for it) and `status` until
-/// `shutdown` resolves; on TCP, with reflection too, and in-flight calls then
+/// `shutdown` resolves; on TCP, with reflection too as [`Reflection`] says, and in-flight calls then
 /// finish. Every call gets a span continuing the caller's trace, and per-RPC
 /// metrics, under the component `status` belongs to.
 ///
@@ -156,9 +188,11 @@ where
 {
     let component = status.component();
     let routes = routes(service, status).await;
-    let (listener, tls) = match incoming.into() {
-        Incoming::Tcp(listener) => (listener, None),
-        Incoming::Tls(listener, tls) => (listener, Some(*tls)),
+    let incoming = incoming.into();
+    let addr = incoming.local_addr();
+    let (listener, tls, reflection) = match incoming {
+        Incoming::Tcp(listener, reflection) => (listener, None, reflection),
+        Incoming::Tls(listener, tls, reflection) => (listener, Some(*tls), reflection),
         Incoming::InProcess(handoff) => {
             // A dropped receiver means no one will call; the component still runs until
             // shutdown, like a server nobody connects to.
@@ -171,10 +205,15 @@ where
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let routes = if reflection.serves_on(addr) {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(breakwater_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        routes.add_service(reflection)
+    } else {
+        routes
+    };
     let (stopping, stopped) = oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -182,7 +221,7 @@ where
     };
     let serve = server
         .layer(RpcTelemetryLayer::server(component))
-        .add_routes(routes.add_service(reflection))
+        .add_routes(routes)
         // Without TCP_NODELAY, a response's header, data and trailer frames can
         // wait for the client's delayed ACK (40 ms).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);

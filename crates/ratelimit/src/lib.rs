@@ -1,8 +1,9 @@
 //! The ratelimit service: may this sender push these signals now?
 //!
 //! # Layout
-//! - [`limiter`] — the pure decision, `TokenBucket::decide(bucket, signals, now)`: a token
-//!   bucket per sender that admits or refuses a webhook whole.
+//! - [`limiter`] — the pure decision, [`decide_all`]: a token bucket per sender (and per
+//!   namespace with an override) that admits or refuses a webhook whole; [`Limits`] says
+//!   which buckets a webhook is charged to (the default, or an override by sender or namespace).
 //! - [`store`] — [`RateLimitStore`], with [`MemoryRateLimitStore`] (the embedded default)
 //!   and [`RedisRateLimitStore`] (one Lua script, one round trip per webhook, a small
 //!   string per sender that expires once its bucket is full again).
@@ -27,10 +28,10 @@ use std::sync::Arc;
 use breakwater_grpc::{ComponentHealth, Incoming};
 use breakwater_proto::v1::rate_limit_service_server::RateLimitServiceServer;
 
-pub use config::{RateLimitConfig, StoreKind};
+pub use config::{Override, RateLimitConfig, StoreKind};
 pub use error::{Error, Result};
 pub use grpc::RateLimitGrpc;
-pub use limiter::{BucketState, Decision, TokenBucket};
+pub use limiter::{BucketState, Charge, Decision, Limits, Quota, TokenBucket, decide_all};
 pub use store::{FallbackRateLimitStore, MemoryRateLimitStore, RateLimitStore, RedisRateLimitStore};
 
 /// The store `config` asks for. Builds lazily: nothing connects yet.
@@ -39,16 +40,15 @@ pub use store::{FallbackRateLimitStore, MemoryRateLimitStore, RateLimitStore, Re
 /// [`Error::Store`] when the Redis settings are unusable, or for
 /// `store = "embedded"`, which validation refuses first.
 pub fn store_from_config(config: &RateLimitConfig, health: Arc<ComponentHealth>) -> Result<Arc<dyn RateLimitStore>> {
-    let bucket = config.bucket();
     Ok(match config.store {
-        StoreKind::Memory => Arc::new(MemoryRateLimitStore::new(bucket)),
+        StoreKind::Memory => Arc::new(MemoryRateLimitStore::new()),
         StoreKind::Embedded => {
             return Err(breakwater_keyspace::KeyspaceError::Config(config::EMBEDDED_REFUSED.to_owned()).into());
         }
         StoreKind::Redis => {
             let keyspace = breakwater_keyspace::Keyspace::from_config(&config.redis, KEYSPACE)?;
-            let redis = Arc::new(RedisRateLimitStore::new(keyspace, bucket));
-            Arc::new(FallbackRateLimitStore::new(redis, MemoryRateLimitStore::new(bucket), health))
+            let redis = Arc::new(RedisRateLimitStore::new(keyspace));
+            Arc::new(FallbackRateLimitStore::new(redis, MemoryRateLimitStore::new(), health))
         }
     })
 }

@@ -1,8 +1,11 @@
-//! The rate-limit decision, pure: a token bucket per sender, as a function of
-//! the stored bucket, the webhook's size and the time. `MemoryRateLimitStore`
-//! calls it; `store/check.lua` is its Redis twin, doing the same float
-//! arithmetic in the same order, and a property test holds them to the same
-//! answers.
+//! The rate-limit decision, pure: a token bucket per sender (and per namespace
+//! with an override), as a function of the stored buckets, the webhook's size
+//! and the time. `MemoryRateLimitStore` calls [`decide_all`]; `store/check.lua`
+//! is its Redis twin, doing the same float arithmetic in the same order, and a
+//! property test holds them to the same answers. [`Limits`] says which buckets
+//! a webhook is charged to.
+
+use std::collections::HashMap;
 
 use breakwater_signal::UnixMillis;
 
@@ -23,6 +26,113 @@ pub struct Decision {
     pub retry_after_ms: u64,
     /// Tokens in the bucket after this decision (negative when in debt).
     pub tokens_left: f64,
+}
+
+/// What an answer tells the sender about the bucket closest to running out
+/// (the `RateLimit-*` headers): its size, the whole signals left in it, and how
+/// long until it is full again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    pub limit: u32,
+    pub remaining: u64,
+    pub reset_ms: u64,
+}
+
+/// One bucket a webhook is charged to: its store key (`b:<sender>` or
+/// `n:<namespace>`), its limits and the signals it is charged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub key: String,
+    pub bucket: TokenBucket,
+    pub signals: u32,
+}
+
+/// The buckets of every sender and namespace: a default, and overrides by
+/// sender identity or namespace, matched exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub default: TokenBucket,
+    pub senders: HashMap<String, TokenBucket>,
+    pub namespaces: HashMap<String, TokenBucket>,
+}
+
+impl Limits {
+    /// The same bucket for every sender, and no namespace buckets.
+    pub fn uniform(bucket: TokenBucket) -> Self {
+        Self { default: bucket, senders: HashMap::new(), namespaces: HashMap::new() }
+    }
+
+    /// What a webhook of `signals` from `sender`, `namespaces` of them per
+    /// namespace, is charged to: the sender's bucket (its override, or the
+    /// default), then the bucket of each namespace that has an override.
+    pub fn charges(&self, sender: &str, signals: u32, namespaces: &[(String, u32)]) -> Vec<Charge> {
+        let bucket = self.senders.get(sender).copied().unwrap_or(self.default);
+        let mut charges = vec![Charge { key: format!("b:{sender}"), bucket, signals }];
+        for (namespace, n) in namespaces {
+            if let Some(bucket) = self.namespaces.get(namespace) {
+                charges.push(Charge { key: format!("n:{namespace}"), bucket: *bucket, signals: *n });
+            }
+        }
+        charges
+    }
+}
+
+/// Decides a webhook charged to every bucket of `charges` at once, from their
+/// stored `states` (one per charge, in order), and returns the buckets to
+/// store. It is admitted only if every bucket admits it (see
+/// [`TokenBucket::decide`]) and then costs each bucket its signals; refused, it
+/// changes nothing but the refills.
+pub fn decide_all(
+    charges: &[Charge],
+    states: &[Option<BucketState>],
+    now: UnixMillis,
+) -> (Decision, Quota, Vec<BucketState>) {
+    let mut buckets: Vec<BucketState> = charges
+        .iter()
+        .zip(states.iter().chain(std::iter::repeat(&None)))
+        .map(|(c, s)| c.bucket.refill(*s, now))
+        .collect();
+    let allowed = charges.iter().zip(&buckets).all(|(c, b)| c.admits(b.tokens));
+    if allowed {
+        for (c, b) in charges.iter().zip(&mut buckets) {
+            b.tokens -= f64::from(c.signals);
+        }
+    }
+    let tokens: Vec<f64> = buckets.iter().map(|b| b.tokens).collect();
+    let (decision, quota) = summarize(charges, allowed, &tokens);
+    (decision, quota, buckets)
+}
+
+/// The answer, from whether the webhook was admitted and each bucket's tokens
+/// after the decision. Admitted: the bucket with the fewest tokens left is
+/// reported. Refused: the wait is the longest any refusing bucket needs, and
+/// that bucket is reported.
+pub fn summarize(charges: &[Charge], allowed: bool, tokens: &[f64]) -> (Decision, Quota) {
+    let mut reported = 0;
+    let mut retry_after_ms = 0;
+    let mut refusing = false;
+    for (i, (c, t)) in charges.iter().zip(tokens).enumerate() {
+        if allowed {
+            if tokens.get(reported).is_some_and(|r| t < r) {
+                reported = i;
+            }
+        } else if !c.admits(*t) {
+            let wait = c.bucket.wait_ms(c.signals, *t);
+            if !refusing || wait > retry_after_ms {
+                (retry_after_ms, reported, refusing) = (wait, i, true);
+            }
+        }
+    }
+    let tokens_left = tokens.get(reported).copied().unwrap_or(0.0);
+    let quota = charges.get(reported).map(|c| c.bucket.quota(tokens_left)).unwrap_or_default();
+    (Decision { allowed, retry_after_ms, tokens_left }, quota)
+}
+
+impl Charge {
+    /// Whether a bucket holding `tokens` admits this charge.
+    fn admits(&self, tokens: f64) -> bool {
+        self.signals == 0 || tokens >= f64::from(self.signals.min(self.bucket.burst))
+    }
 }
 
 /// The limit every sender gets: `rate_per_ms` tokens refill per millisecond,
@@ -85,10 +195,22 @@ impl TokenBucket {
             bucket.tokens -= f64::from(signals);
             (Decision { allowed: true, retry_after_ms: 0, tokens_left: bucket.tokens }, bucket)
         } else {
-            // `as` saturates: an absurdly slow rate waits u64::MAX, not a wrapped value.
-            let retry_after_ms = ((need - bucket.tokens) / self.rate_per_ms).ceil() as u64;
+            let retry_after_ms = self.wait_ms(signals, bucket.tokens);
             (Decision { allowed: false, retry_after_ms, tokens_left: bucket.tokens }, bucket)
         }
+    }
+
+    /// How long a bucket holding `tokens` takes to admit `signals`.
+    fn wait_ms(&self, signals: u32, tokens: f64) -> u64 {
+        let need = f64::from(signals.min(self.burst));
+        // `as` saturates: an absurdly slow rate waits u64::MAX, not a wrapped value.
+        ((need - tokens) / self.rate_per_ms).ceil().max(0.0) as u64
+    }
+
+    /// The [`Quota`] of a bucket holding `tokens`.
+    pub fn quota(&self, tokens: f64) -> Quota {
+        let reset_ms = ((f64::from(self.burst) - tokens) / self.rate_per_ms).ceil().max(0.0) as u64;
+        Quota { limit: self.burst, remaining: tokens.max(0.0).floor() as u64, reset_ms }
     }
 
     /// How long Redis keeps `state`: until it would be full again, plus a

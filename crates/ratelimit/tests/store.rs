@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use breakwater_keyspace::{Keyspace, RedisConfig};
-use breakwater_ratelimit::{Decision, MemoryRateLimitStore, RateLimitStore, RedisRateLimitStore, TokenBucket};
+use breakwater_ratelimit::{Charge, Decision, MemoryRateLimitStore, RateLimitStore, RedisRateLimitStore, TokenBucket};
 use breakwater_signal::UnixMillis;
 use breakwater_testkit::{RedisServer, unique_key_root};
 use proptest::prelude::*;
@@ -53,17 +53,40 @@ fn contract_steps() -> Vec<(&'static str, u32, UnixMillis, Decision)> {
     ]
 }
 
-async fn honours_the_contract(store: &dyn RateLimitStore) {
-    for (i, (sender, signals, now, expected)) in contract_steps().into_iter().enumerate() {
-        let got = store.check(sender, signals, now).await.unwrap_or_else(|e| panic!("step {i}: {e}"));
-        assert_eq!(got, expected, "step {i}: {signals} signals from {sender} at T0{:+}", now - T0);
-    }
+/// A webhook charged to `sender`'s bucket only.
+fn sender_only(sender: &str, bucket: TokenBucket, signals: u32) -> Vec<Charge> {
+    vec![Charge { key: format!("b:{sender}"), bucket, signals }]
 }
 
-async fn redis_store(server: &RedisServer, key_root: &str, bucket: TokenBucket) -> RedisRateLimitStore {
+async fn honours_the_contract(store: &dyn RateLimitStore) {
+    for (i, (sender, signals, now, expected)) in contract_steps().into_iter().enumerate() {
+        let got =
+            store.check(&sender_only(sender, bucket(), signals), now).await.unwrap_or_else(|e| panic!("step {i}: {e}"));
+        assert_eq!(got.0, expected, "step {i}: {signals} signals from {sender} at T0{:+}", now - T0);
+    }
+    // Charged to a namespace bucket too, a webhook needs room in both, and is charged to
+    // both or neither.
+    let c = "10.0.0.3";
+    let ns = TokenBucket::new(1.0, 3);
+    let both = |signals| {
+        let mut charges = sender_only(c, bucket(), signals);
+        charges.push(Charge { key: "n:team-a".to_owned(), bucket: ns, signals });
+        charges
+    };
+    let (first, quota) = store.check(&both(2), T0).await.unwrap();
+    assert_eq!(first, allowed(1.0), "the namespace bucket, with 1 left, is reported");
+    assert_eq!((quota.limit, quota.remaining, quota.reset_ms), (3, 1, 2_000));
+    let (refused, quota) = store.check(&both(2), T0).await.unwrap();
+    assert_eq!(refused, limited(1_000, 1.0));
+    assert_eq!(quota.limit, 3);
+    let (own, _) = store.check(&sender_only(c, bucket(), 8), T0).await.unwrap();
+    assert_eq!(own, allowed(0.0), "the refused webhook cost the sender nothing");
+}
+
+async fn redis_store(server: &RedisServer, key_root: &str) -> RedisRateLimitStore {
     let config = RedisConfig { url: server.url(), key_root: key_root.to_owned(), ..Default::default() };
     let keyspace = Keyspace::from_config(&config, "rl").unwrap_or_else(|e| panic!("keyspace: {e}"));
-    RedisRateLimitStore::new(keyspace, bucket)
+    RedisRateLimitStore::new(keyspace)
 }
 
 async fn assert_every_key_has_a_ttl(server: &RedisServer, key_root: &str) {
@@ -73,19 +96,19 @@ async fn assert_every_key_has_a_ttl(server: &RedisServer, key_root: &str) {
 
 #[tokio::test]
 async fn memory_store_honours_the_contract() {
-    honours_the_contract(&MemoryRateLimitStore::new(bucket())).await;
+    honours_the_contract(&MemoryRateLimitStore::new()).await;
 }
 
 #[tokio::test]
 async fn redis_store_honours_the_contract() {
     let server = RedisServer::start().await;
     let root = unique_key_root("ratelimit_contract");
-    let store = redis_store(&server, &root, bucket()).await;
+    let store = redis_store(&server, &root).await;
     honours_the_contract(&store).await;
 
     assert_every_key_has_a_ttl(&server, &root).await;
     // The bucket ends empty: it is full again in 1 s, and the key lives one second more.
-    let key = store.bucket_key("10.0.0.1:5000");
+    let key = store.bucket_key("b:10.0.0.1:5000");
     assert_eq!(key, format!("{root}:rl:b:10.0.0.1:5000"));
     let pttl: i64 = server.admin_command(&["PTTL", &key]).await.parse().unwrap();
     assert!((1..=2_000).contains(&pttl), "PTTL {pttl}");
@@ -96,12 +119,12 @@ async fn redis_store_honours_the_contract() {
 async fn concurrent_webhooks_never_spend_the_same_tokens() {
     let server = RedisServer::start().await;
     let root = unique_key_root("ratelimit_concurrent");
-    let redis: Arc<dyn RateLimitStore> = Arc::new(redis_store(&server, &root, bucket()).await);
-    let memory: Arc<dyn RateLimitStore> = Arc::new(MemoryRateLimitStore::new(bucket()));
+    let redis: Arc<dyn RateLimitStore> = Arc::new(redis_store(&server, &root).await);
+    let memory: Arc<dyn RateLimitStore> = Arc::new(MemoryRateLimitStore::new());
     for store in [memory, redis] {
         let calls = (0..20).map(|_| {
             let store = Arc::clone(&store);
-            tokio::spawn(async move { store.check("10.0.0.9", 1, T0).await.unwrap().allowed })
+            tokio::spawn(async move { store.check(&sender_only("10.0.0.9", bucket(), 1), T0).await.unwrap().0.allowed })
         });
         let mut admitted = 0;
         for call in calls.collect::<Vec<_>>() {
@@ -111,12 +134,13 @@ async fn concurrent_webhooks_never_spend_the_same_tokens() {
     }
 }
 
-/// A webhook: which of a few senders, how many signals, and how far the
-/// clock moved since the previous one (sometimes backwards).
-fn webhooks() -> impl Strategy<Value = Vec<(usize, u32, i64)>> {
+/// A webhook: which of a few senders, how many signals, how many of them for a
+/// namespace with a bucket of its own, and how far the clock moved since the
+/// previous one (sometimes backwards).
+fn webhooks() -> impl Strategy<Value = Vec<(usize, u32, u32, i64)>> {
     let signals = prop_oneof![4 => 0u32..20, 1 => 0u32..200];
     let step = prop_oneof![4 => 0i64..500, 2 => 500i64..20_000, 1 => -2_000i64..0];
-    proptest::collection::vec((0usize..3, signals, step), 1..40)
+    proptest::collection::vec((0usize..3, signals, 0u32..20, step), 1..40)
 }
 
 /// Rates and bursts, including ones whose arithmetic is not exact in binary.
@@ -131,17 +155,22 @@ fn memory_and_redis_agree_on_random_sequences() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let server = runtime.block_on(RedisServer::start());
     let mut runner = TestRunner::new(Config { cases: 32, failure_persistence: None, ..Config::default() });
-    let result = runner.run(&(buckets(), webhooks()), |(bucket, webhooks)| {
+    let result = runner.run(&(buckets(), buckets(), webhooks()), |(bucket, ns_bucket, webhooks)| {
         runtime.block_on(async {
             let root = unique_key_root("ratelimit_agree");
-            let redis = redis_store(&server, &root, bucket).await;
-            let memory = MemoryRateLimitStore::new(bucket);
+            let redis = redis_store(&server, &root).await;
+            let memory = MemoryRateLimitStore::new();
             let mut now = T0;
-            for (i, &(sender, signals, step)) in webhooks.iter().enumerate() {
+            for (i, &(sender, signals, in_ns, step)) in webhooks.iter().enumerate() {
                 now += step;
                 let sender = SENDERS[sender];
-                let expected = memory.check(sender, signals, now).await.unwrap();
-                let got = redis.check(sender, signals, now).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let mut charges = sender_only(sender, bucket, signals);
+                if in_ns > 0 {
+                    let signals = in_ns.min(signals);
+                    charges.push(Charge { key: "n:team-a".to_owned(), bucket: ns_bucket, signals });
+                }
+                let expected = memory.check(&charges, now).await.unwrap();
+                let got = redis.check(&charges, now).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(
                     got,
                     expected,

@@ -5,6 +5,7 @@
 //! - [`fingerprint`] — incident identity (reference spec §3.1) and its configurable variant.
 //! - [`names`] — deterministic, DNS-1123 RemediationRequest names from fingerprint and window,
 //!   so a retried create is idempotent and every duplicate knows its CR without a read.
+//! - [`namespace_policy`] — [`NamespacePolicy`], which namespaces may receive CRs.
 
 // Library code must not panic on input: failures are typed errors. Tests may
 // unwrap (`.clippy.toml` allows it there).
@@ -13,7 +14,9 @@
 pub mod clock;
 pub mod fingerprint;
 pub mod names;
+pub mod namespace_policy;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use fingerprint::{FingerprintRule, delivery_key, fingerprint_of, parse_delivery_key};
 pub use names::{incident_cr_name, is_dns1123_label, parse_storm_cr_name, resource_id, storm_cr_name};
+pub use namespace_policy::NamespacePolicy;

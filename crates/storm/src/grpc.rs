@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1 as pb;
-use breakwater_signal::{Clock, parse_storm_cr_name, storm_cr_name};
+use breakwater_signal::{Clock, is_dns1123_label, parse_storm_cr_name, storm_cr_name};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -102,16 +102,23 @@ impl pb::storm_service_server::StormService for StormGrpc {
         request: Request<pb::DetectStormsRequest>,
     ) -> Result<Response<pb::DetectStormsResponse>, Status> {
         let request = request.into_inner();
+        check_len("queries", request.queries.len())?;
         let queries = request
             .queries
             .iter()
             .enumerate()
             .map(|(i, q)| {
-                if q.alert_name.is_empty() {
-                    return Err(invalid(format!("queries[{i}].alert_name"), "non-empty"));
+                if q.alert_name.is_empty() || q.alert_name.len() > MAX_NAME_BYTES {
+                    return Err(invalid(format!("queries[{i}].alert_name"), "non-empty, at most 1 MiB"));
                 }
-                if q.resource_id.is_empty() {
-                    return Err(invalid(format!("queries[{i}].resource_id"), "non-empty"));
+                if q.resource_id.is_empty() || q.resource_id.len() > 3 * MAX_NAME_BYTES + 2 {
+                    return Err(invalid(format!("queries[{i}].resource_id"), "non-empty, at most 3 MiB"));
+                }
+                if !q.namespace.is_empty() && !is_dns1123_label(&q.namespace) {
+                    return Err(invalid(format!("queries[{i}].namespace"), "empty or a namespace name"));
+                }
+                if !is_dns1123_label(&q.remediation_namespace) {
+                    return Err(invalid(format!("queries[{i}].remediation_namespace"), "a namespace name"));
                 }
                 let delivery = match q.delivery_key.as_str() {
                     "" => None,
@@ -178,15 +185,20 @@ impl pb::storm_service_server::StormService for StormGrpc {
         &self,
         request: Request<pb::CountStormAlertsRequest>,
     ) -> Result<Response<pb::CountStormAlertsResponse>, Status> {
-        let counts = request
-            .into_inner()
-            .counts
+        let counts = request.into_inner().counts;
+        check_len("counts", counts.len())?;
+        let counts = counts
             .into_iter()
             .enumerate()
             .map(|(i, c)| {
                 let name = c.remediation.map(|r| r.name).unwrap_or_default();
                 if parse_storm_cr_name(&name).is_none() {
                     return Err(invalid(format!("counts[{i}].remediation.name"), "a storm CR name"));
+                }
+                // No webhook carries more alerts: one call must not inflate a storm's count.
+                if c.alerts > breakwater_grpc::MAX_BATCH_ITEMS as u64 {
+                    let most = format!("at most {}", breakwater_grpc::MAX_BATCH_ITEMS);
+                    return Err(invalid(format!("counts[{i}].alerts"), &most));
                 }
                 let delivery = match c.delivery_key.as_str() {
                     "" => None,
@@ -200,6 +212,17 @@ impl pb::storm_service_server::StormService for StormGrpc {
         let storm_alert_counts =
             self.observe(self.store.count(&counts, self.clock.now()).await).map_err(Status::from)?;
         Ok(Response::new(pb::CountStormAlertsResponse { storm_alert_counts }))
+    }
+}
+
+/// Longest alert name: the edge's largest label value.
+const MAX_NAME_BYTES: usize = 1024 * 1024;
+
+fn check_len(list: &str, len: usize) -> Result<(), Status> {
+    if len <= breakwater_grpc::MAX_BATCH_ITEMS {
+        Ok(())
+    } else {
+        Err(invalid(list.to_owned(), &format!("at most {} items", breakwater_grpc::MAX_BATCH_ITEMS)))
     }
 }
 
@@ -259,5 +282,42 @@ mod tests {
         clock.advance_ms(1);
         grpc.refresh_active_storms();
         assert_eq!(active(&grpc), 0, "ended by inactivity");
+    }
+
+    // Issue 13: a storm's count cannot be set to anything by one call.
+    #[tokio::test]
+    async fn an_absurd_alert_count_is_refused_and_nothing_counted() {
+        let config = StormConfig::default();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let store = Arc::new(MemoryStormStore::new(config.rules()));
+        let grpc = StormGrpc::new(store, clock, ComponentHealth::new("storm"), config.rules());
+        let verdicts = grpc.detect_storms(burst(7)).await.unwrap().into_inner().verdicts;
+        let opened = verdicts.iter().find_map(|v| v.remediation.clone()).unwrap();
+        let before = verdicts.iter().map(|v| v.storm_alert_count).max().unwrap();
+        let name = opened.name;
+        let count = |alerts| {
+            let remediation = Some(pb::RemediationRef { namespace: "ns".into(), name: name.clone() });
+            let counts = vec![pb::StormCount { remediation, alerts, delivery_key: String::new() }];
+            Request::new(pb::CountStormAlertsRequest { counts })
+        };
+        let status = grpc.count_storm_alerts(count(u64::MAX)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "counts[0].alerts");
+        let counted = grpc.count_storm_alerts(count(1)).await.unwrap().into_inner().storm_alert_counts;
+        assert_eq!(counted, vec![before + 1], "nothing of the refused call was counted");
+    }
+
+    #[tokio::test]
+    async fn a_query_for_a_bad_namespace_is_refused() {
+        let config = StormConfig::default();
+        let store = Arc::new(MemoryStormStore::new(config.rules()));
+        let grpc = StormGrpc::new(store, Arc::new(ManualClock::new(0)), ComponentHealth::new("storm"), config.rules());
+        let mut request = burst(1);
+        request.get_mut().queries[0].remediation_namespace = "Kube_System".into();
+        let status = grpc.detect_storms(request).await.unwrap_err();
+        assert_eq!(
+            status.get_details_bad_request().unwrap().field_violations[0].field,
+            "queries[0].remediation_namespace"
+        );
     }
 }

@@ -199,6 +199,13 @@ pub const METRICS: &[Metric] = &[
         "RemediationRequest writes asked of crd-writer, by kind and outcome.",
     ),
     counter(
+        "breakwater_crd_writes_refused_total",
+        &["reason"],
+        "WriteRemediations calls refused whole before anything was written, by reason: namespace \
+         (not permitted by crd_writer.namespaces), foreign (a count or resolution for a CR that \
+         crd-writer does not manage, or another incident's).",
+    ),
+    counter(
         "breakwater_crd_sink_quarantined_total",
         &["reason"],
         "CR files of the directory sink moved aside to <name>.yaml.corrupt-<unix ms> because they \

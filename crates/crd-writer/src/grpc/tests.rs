@@ -500,3 +500,147 @@ async fn a_refused_lookup_creates_as_usual_and_an_unavailable_api_fails_the_writ
     assert_eq!(results[0].retry_after_ms, 2000);
     Ok(())
 }
+
+// Issue 13: every writer checks what it is told. Each call below came straight to the port.
+
+fn code_and_field(status: &Status) -> (Code, String) {
+    let details = status.get_error_details();
+    let field = details
+        .bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+        .or_else(|| details.precondition_failure().and_then(|p| p.violations.first().map(|v| v.subject.clone())))
+        .unwrap_or_default();
+    (status.code(), field)
+}
+
+#[tokio::test]
+async fn a_p0_cr_in_kube_system_is_refused_whole() -> TestResult {
+    let sink = Arc::new(MemorySink::new());
+    let (svc, coalescer) = service(sink.clone());
+    let mut attack = write(pb::WriteKind::Create, "rr-evil");
+    if let Some(r) = attack.remediation.as_mut() {
+        r.namespace = "kube-system".to_owned();
+    }
+    let writes = vec![write(pb::WriteKind::Create, "rr-fine"), attack, write(pb::WriteKind::Occurrence, "rr-fine")];
+    let status = call(&svc, writes).await.unwrap_err();
+    assert_eq!(code_and_field(&status), (Code::PermissionDenied, "writes[1].remediation.namespace".to_owned()));
+    assert!(sink.objects().await.is_empty(), "nothing of the call was written");
+    assert_eq!(coalescer.pending_len(), 0, "nothing of the call was queued");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_allow_list_limits_the_namespaces() -> TestResult {
+    let sink = Arc::new(MemorySink::new());
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let namespaces = NamespacePolicy { allow: vec!["ops".into(), "kubernaut-system".into()], deny: Vec::new() };
+    let config = CrdWriterConfig { namespaces, ..CrdWriterConfig::default() };
+    let coalescer = Arc::new(Coalescer::new(sink.clone(), Arc::clone(&clock), "kubernaut-system", 100));
+    let svc = CrdWriterGrpc::new(sink.clone(), coalescer, clock, &config);
+    assert_eq!(outcome(&call(&svc, vec![write(pb::WriteKind::Create, "rr-a")]).await?[0]), pb::WriteOutcome::Created);
+    let mut elsewhere = write(pb::WriteKind::Create, "rr-b");
+    if let Some(r) = elsewhere.remediation.as_mut() {
+        r.namespace = "team-b".to_owned();
+    }
+    assert_eq!(call(&svc, vec![elsewhere]).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(sink.objects().await.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_absurd_occurrence_count_is_refused_and_nothing_recorded() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, coalescer) = service(Arc::clone(&sink));
+        let cr = seed(sink.as_ref(), ("ops", "rr-real"), FP, None, T0).await?;
+        let mut attack = write(pb::WriteKind::Occurrence, "rr-real");
+        attack.occurrence_count = i64::MAX as u64;
+        let status = call(&svc, vec![write(pb::WriteKind::Occurrence, "rr-real"), attack]).await.unwrap_err();
+        assert_eq!(code_and_field(&status), (Code::InvalidArgument, "writes[1].occurrence_count".to_owned()));
+        assert_eq!(coalescer.pending_len(), 0, "the valid write of the call was not queued either");
+        coalescer.flush().await;
+        assert_eq!(occurrences(sink.as_ref(), &cr).await?, 1);
+
+        // A plausible count for the window still goes through.
+        let mut fine = write(pb::WriteKind::Occurrence, "rr-real");
+        fine.occurrence_count = 7;
+        assert_eq!(outcome(&call(&svc, vec![fine]).await?[0]), pb::WriteOutcome::Queued);
+        coalescer.flush().await;
+        assert_eq!(occurrences(sink.as_ref(), &cr).await?, 7);
+    }
+    Ok(())
+}
+
+/// A CR someone else made in `ops` under `name`: breakwater's shape without its managed-by label.
+async fn seed_foreign(sink: &dyn RemediationSink, name: &str) -> Result<CrRef, Box<dyn std::error::Error>> {
+    let mut rr = crd::build(&Write::try_from(write(pb::WriteKind::Create, name)).map_err(|e| e.0)?, T0, "x");
+    if let Some(labels) = rr.metadata.labels.as_mut() {
+        labels.remove(crate::crd::LABEL_MANAGED_BY);
+    }
+    sink.create(&rr).await?;
+    Ok(CrRef { namespace: "ops".to_owned(), name: name.to_owned() })
+}
+
+#[tokio::test]
+async fn counts_for_a_cr_breakwater_does_not_manage_are_refused_and_change_nothing() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, coalescer) = service(Arc::clone(&sink));
+        let cr = seed_foreign(sink.as_ref(), "rr-theirs").await?;
+        let before = sink.get(&cr).await?;
+        for kind in [pb::WriteKind::Occurrence, pb::WriteKind::Resolution, pb::WriteKind::StormAdd] {
+            let mut attack = write(kind, "rr-theirs");
+            attack.occurrence_count = 5;
+            let status = call(&svc, vec![attack]).await.unwrap_err();
+            assert_eq!(
+                code_and_field(&status),
+                (Code::FailedPrecondition, "writes[0].remediation".to_owned()),
+                "{kind:?}"
+            );
+            assert!(status.message().contains("not managed by breakwater"), "{}", status.message());
+        }
+        assert_eq!(coalescer.pending_len(), 0);
+        coalescer.flush().await;
+        assert_eq!(sink.get(&cr).await?, before, "the CR is unchanged");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn counts_for_another_incidents_cr_are_refused() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, coalescer) = service(Arc::clone(&sink));
+        let cr = seed(sink.as_ref(), ("ops", "rr-real"), FP, None, T0).await?;
+        let before = sink.get(&cr).await?;
+        let mut attack = write(pb::WriteKind::Resolution, "rr-real");
+        if let Some(signal) = attack.signal.as_mut() {
+            // Same first 16 characters (what the CR name carries), another incident.
+            signal.fingerprint = format!("{}{}", &FP[..16], "0".repeat(48));
+        }
+        let status = call(&svc, vec![attack]).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("fingerprint differs"), "{}", status.message());
+        coalescer.flush().await;
+        assert_eq!(sink.get(&cr).await?, before);
+        // Its own incident still counts there.
+        assert_eq!(
+            outcome(&call(&svc, vec![write(pb::WriteKind::Occurrence, "rr-real")]).await?[0]),
+            pb::WriteOutcome::Queued
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cr_made_by_someone_else_after_the_count_was_queued_is_left_alone_at_flush() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, coalescer) = service(Arc::clone(&sink));
+        let mut count = write(pb::WriteKind::Occurrence, "rr-later");
+        count.occurrence_count = 3;
+        assert_eq!(outcome(&call(&svc, vec![count]).await?[0]), pb::WriteOutcome::Queued);
+        let cr = seed_foreign(sink.as_ref(), "rr-later").await?;
+        let before = sink.get(&cr).await?;
+        let report = coalescer.flush().await;
+        assert_eq!(report.dropped, 1, "refused for good: {report:?}");
+        assert_eq!(sink.get(&cr).await?, before);
+    }
+    Ok(())
+}

@@ -34,7 +34,8 @@ use tokio::sync::Mutex;
 use breakwater_signal::{Clock, SystemClock, UnixMillis};
 
 use super::{
-    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, latest_open,
+    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, check_owned,
+    latest_open,
 };
 use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, is_dns1123_label};
 
@@ -202,10 +203,12 @@ impl DirSink {
         Ok(rrs)
     }
 
-    /// Reads the CR under the write lock, applies `change` and writes it back if it changed.
+    /// Reads the CR under the write lock, applies `change` and writes it back if it changed;
+    /// only a CR crd-writer may change for `fingerprint` ([`check_owned`]).
     async fn read_modify_write(
         &self,
         target: &CrRef,
+        fingerprint: &str,
         change: impl FnOnce(&mut RemediationRequestSpec) -> bool + Send,
     ) -> Result<UpdateOutcome, SinkError> {
         let path = self.path_of(target)?;
@@ -219,6 +222,7 @@ impl DirSink {
             }
             Err(err) => return Err(err),
         };
+        check_owned(&rr, target, fingerprint)?;
         if !change(&mut rr.spec) {
             return Ok(UpdateOutcome::Unchanged);
         }
@@ -338,7 +342,7 @@ impl RemediationSink for DirSink {
     }
 
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
-        self.read_modify_write(target, |spec| update.apply_to(spec, self.cap)).await
+        self.read_modify_write(target, &update.fingerprint, |spec| update.apply_to(spec, self.cap)).await
     }
 
     async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
@@ -359,7 +363,7 @@ impl RemediationSink for DirSink {
     }
 
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {
-        self.read_modify_write(target, |spec| add_occurrences_to(spec, n, last_seen)).await
+        self.read_modify_write(target, "", |spec| add_occurrences_to(spec, n, last_seen)).await
     }
 }
 

@@ -40,7 +40,8 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use super::{
-    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, latest_open,
+    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, check_owned,
+    latest_open,
 };
 use crate::config::RetryConfig;
 use crate::crd::{CrRef, LABEL_FINGERPRINT, RemediationRequest, RemediationRequestSpec, label_value, relocate};
@@ -259,7 +260,7 @@ impl RemediationSink for KubeSink {
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %target))]
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
-        self.read_modify_write(target, None, |spec| update.apply_to(spec, self.cap)).await
+        self.read_modify_write(target, &update.fingerprint, None, |spec| update.apply_to(spec, self.cap)).await
     }
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %namespace))]
@@ -277,7 +278,7 @@ impl RemediationSink for KubeSink {
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %target, n))]
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {
         let op = operation_id();
-        self.read_modify_write(target, Some(&op), |spec| add_occurrences_to(spec, n, last_seen)).await
+        self.read_modify_write(target, "", Some(&op), |spec| add_occurrences_to(spec, n, last_seen)).await
     }
 }
 
@@ -289,9 +290,11 @@ impl KubeSink {
     /// A change that is not idempotent (an increment) passes its operation id `op`: the patch
     /// records it in [`ANNOTATION_COUNT_OPS`], and a read that finds it there (a retry after a
     /// lost answer, then a 409 because our own write moved the resourceVersion) stops at once.
+    /// Only a CR crd-writer may change for `fingerprint` is changed ([`check_owned`]).
     async fn read_modify_write(
         &self,
         target: &CrRef,
+        fingerprint: &str,
         op: Option<&str>,
         change: impl Fn(&mut RemediationRequestSpec) -> bool + Send + Sync,
     ) -> Result<UpdateOutcome, SinkError> {
@@ -301,6 +304,7 @@ impl KubeSink {
             let Some(current) = self.get(target).await? else {
                 return Ok(UpdateOutcome::NotFound);
             };
+            check_owned(&current, target, fingerprint)?;
             let applied = count_ops_of(&current);
             if let Some(op) = op
                 && applied.contains(&op)

@@ -9,7 +9,8 @@ use breakwater_signal::UnixMillis;
 use tokio::sync::Mutex;
 
 use super::{
-    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, latest_open,
+    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, check_owned,
+    latest_open,
 };
 use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, relocate};
 
@@ -80,6 +81,7 @@ impl MemorySink {
     async fn change(
         &self,
         target: &CrRef,
+        fingerprint: &str,
         change: impl FnOnce(&mut RemediationRequestSpec) -> bool + Send,
     ) -> Result<UpdateOutcome, SinkError> {
         self.updates.fetch_add(1, Ordering::Relaxed);
@@ -87,6 +89,7 @@ impl MemorySink {
         let Some(rr) = objects.get_mut(target) else {
             return Ok(UpdateOutcome::NotFound);
         };
+        check_owned(rr, target, fingerprint)?;
         if !change(&mut rr.spec) {
             return Ok(UpdateOutcome::Unchanged);
         }
@@ -125,7 +128,7 @@ impl RemediationSink for MemorySink {
     }
 
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError> {
-        self.change(target, |spec| update.apply_to(spec, self.cap)).await
+        self.change(target, &update.fingerprint, |spec| update.apply_to(spec, self.cap)).await
     }
 
     async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
@@ -137,6 +140,6 @@ impl RemediationSink for MemorySink {
     }
 
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {
-        self.change(target, |spec| add_occurrences_to(spec, n, last_seen)).await
+        self.change(target, "", |spec| add_occurrences_to(spec, n, last_seen)).await
     }
 }

@@ -97,6 +97,7 @@ fn pending_updates_merge_by_max_and_union() {
         affected_resources: resources(&["x", "y"]),
         affected_resources_omitted: 4,
         resolved_at: 0,
+        fingerprint: String::new(),
     };
     let b = CountUpdate {
         occurrence_count: 2,
@@ -106,6 +107,7 @@ fn pending_updates_merge_by_max_and_union() {
         affected_resources: resources(&["y", "z", "w"]),
         affected_resources_omitted: 1,
         resolved_at: 0,
+        fingerprint: String::new(),
     };
     a.merge(&b, 3);
     assert_eq!(a.occurrence_count, 5);

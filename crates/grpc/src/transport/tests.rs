@@ -46,9 +46,9 @@ async fn in_process_calls_reach_the_service_health_and_status() {
     let traced = client(transport, "edge", Duration::from_secs(5));
 
     let mut ratelimit = RateLimitServiceClient::new(traced.clone());
-    let small = pb::CheckRateLimitRequest { sender: "am".into(), signal_count: 3 };
+    let small = pb::CheckRateLimitRequest { sender: "am".into(), signal_count: 3, ..Default::default() };
     assert!(ratelimit.check_rate_limit(small).await.unwrap().get_ref().allowed);
-    let large = pb::CheckRateLimitRequest { sender: "am".into(), signal_count: 11 };
+    let large = pb::CheckRateLimitRequest { sender: "am".into(), signal_count: 11, ..Default::default() };
     assert!(!ratelimit.check_rate_limit(large).await.unwrap().get_ref().allowed);
 
     let serving = HealthClient::new(traced.clone()).check(HealthCheckRequest { service: String::new() }).await;
@@ -62,7 +62,7 @@ async fn a_missed_deadline_is_tonics_timeout() {
     let stuck =
         tower::service_fn(|_: http::Request<Body>| std::future::pending::<Result<http::Response<Body>, BoxError>>());
     let traced = client(Transport(BoxCloneSyncService::new(stuck)), "edge", Duration::from_millis(20));
-    let request = pb::CheckRateLimitRequest { sender: "am".into(), signal_count: 1 };
+    let request = pb::CheckRateLimitRequest { sender: "am".into(), signal_count: 1, ..Default::default() };
     let status = RateLimitServiceClient::new(traced).check_rate_limit(request).await.unwrap_err();
     assert_eq!((status.code(), status.message()), (tonic::Code::Cancelled, "Timeout expired"));
 }
@@ -105,7 +105,7 @@ async fn calls_go_round_robin_over_replicas_and_around_one_that_refuses() {
         Transport::replicas("ratelimit", &urls, Duration::from_secs(1), Duration::from_secs(5), None).unwrap();
     let mut client = RateLimitServiceClient::new(client(transport, "edge", Duration::from_secs(2)));
     for _ in 0..30 {
-        let request = pb::CheckRateLimitRequest { sender: "am".into(), signal_count: 1 };
+        let request = pb::CheckRateLimitRequest { sender: "am".into(), signal_count: 1, ..Default::default() };
         client.check_rate_limit(request).await.expect("every call answered by a live replica");
     }
     let (at_a, at_b) =

@@ -9,7 +9,7 @@ use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
 use super::{MemoryRateLimitStore, RateLimitStore};
-use crate::limiter::Decision;
+use crate::limiter::{Charge, Decision, Quota};
 
 /// `primary` (Redis) while it answers, `fallback` (in-process) while it does not.
 pub struct FallbackRateLimitStore {
@@ -26,8 +26,8 @@ impl FallbackRateLimitStore {
 
 #[async_trait]
 impl RateLimitStore for FallbackRateLimitStore {
-    async fn check(&self, sender: &str, signals: u32, now: UnixMillis) -> Result<Decision, KeyspaceError> {
-        match self.primary.check(sender, signals, now).await {
+    async fn check(&self, charges: &[Charge], now: UnixMillis) -> Result<(Decision, Quota), KeyspaceError> {
+        match self.primary.check(charges, now).await {
             Ok(decision) => {
                 self.health.set("redis", None);
                 Ok(decision)
@@ -41,7 +41,7 @@ impl RateLimitStore for FallbackRateLimitStore {
                         e.metric_label()
                     )),
                 );
-                self.fallback.check(sender, signals, now).await
+                self.fallback.check(charges, now).await
             }
         }
     }
@@ -56,30 +56,32 @@ mod tests {
 
     #[async_trait]
     impl RateLimitStore for Down {
-        async fn check(&self, _: &str, _: u32, _: UnixMillis) -> Result<Decision, KeyspaceError> {
+        async fn check(&self, _: &[Charge], _: UnixMillis) -> Result<(Decision, Quota), KeyspaceError> {
             Err(KeyspaceError::Timeout)
         }
     }
 
+    fn charge(signals: u32) -> Vec<Charge> {
+        vec![Charge { key: "b:a".to_owned(), bucket: TokenBucket::new(1.0, 2), signals }]
+    }
+
     #[tokio::test]
     async fn limits_in_process_while_redis_is_down_and_says_so() {
-        let bucket = TokenBucket::new(1.0, 2);
         let health = ComponentHealth::new("ratelimit");
-        let store = FallbackRateLimitStore::new(Arc::new(Down), MemoryRateLimitStore::new(bucket), health.clone());
-        assert!(store.check("a", 2, 0).await.unwrap().allowed);
-        assert!(!store.check("a", 1, 0).await.unwrap().allowed, "the fallback still limits");
+        let store = FallbackRateLimitStore::new(Arc::new(Down), MemoryRateLimitStore::new(), health.clone());
+        assert!(store.check(&charge(2), 0).await.unwrap().0.allowed);
+        assert!(!store.check(&charge(1), 0).await.unwrap().0.allowed, "the fallback still limits");
         assert_eq!(health.problems().len(), 1);
         assert!(health.problems()[0].contains("in-process limiter"));
     }
 
     #[tokio::test]
     async fn recovery_clears_the_problem() {
-        let bucket = TokenBucket::new(1.0, 2);
         let health = ComponentHealth::new("ratelimit");
         health.set("redis", Some("down".into()));
-        let primary = Arc::new(MemoryRateLimitStore::new(bucket));
-        let store = FallbackRateLimitStore::new(primary, MemoryRateLimitStore::new(bucket), health.clone());
-        assert!(store.check("a", 1, 0).await.unwrap().allowed);
+        let primary = Arc::new(MemoryRateLimitStore::new());
+        let store = FallbackRateLimitStore::new(primary, MemoryRateLimitStore::new(), health.clone());
+        assert!(store.check(&charge(1), 0).await.unwrap().0.allowed);
         assert!(health.problems().is_empty());
     }
 }

@@ -9,26 +9,31 @@ use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
 use super::RateLimitStore;
-use crate::limiter::{BucketState, Decision, TokenBucket};
+use crate::limiter::{BucketState, Charge, Decision, Quota, TokenBucket, decide_all};
 
-/// Buckets in a map; full ones (the same as no bucket) are swept whenever the
-/// map has doubled since the last sweep, so memory follows the number of
-/// senders that recently sent.
+/// Buckets in a map, each with the limits it was last charged under; full ones
+/// (the same as no bucket) are swept whenever the map has doubled since the
+/// last sweep, so memory follows the number of senders that recently sent.
 #[derive(Debug)]
 pub struct MemoryRateLimitStore {
-    bucket: TokenBucket,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    buckets: HashMap<String, BucketState>,
+    buckets: HashMap<String, (BucketState, TokenBucket)>,
     sweep_at: usize,
 }
 
+impl Default for MemoryRateLimitStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MemoryRateLimitStore {
-    pub fn new(bucket: TokenBucket) -> Self {
-        Self { bucket, state: Mutex::new(State { buckets: HashMap::new(), sweep_at: 1024 }) }
+    pub fn new() -> Self {
+        Self { state: Mutex::new(State { buckets: HashMap::new(), sweep_at: 1024 }) }
     }
 
     /// Buckets held right now (for tests and metrics).
@@ -40,9 +45,9 @@ impl MemoryRateLimitStore {
         self.len() == 0
     }
 
-    /// The stored bucket of `sender`, if any (for tests).
-    pub fn bucket(&self, sender: &str) -> Option<BucketState> {
-        self.lock().buckets.get(sender).copied()
+    /// The stored bucket under `key` (`b:<sender>`, `n:<namespace>`), if any (for tests).
+    pub fn bucket(&self, key: &str) -> Option<BucketState> {
+        self.lock().buckets.get(key).map(|(state, _)| *state)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -54,21 +59,24 @@ impl MemoryRateLimitStore {
 
 #[async_trait]
 impl RateLimitStore for MemoryRateLimitStore {
-    async fn check(&self, sender: &str, signals: u32, now: UnixMillis) -> Result<Decision, KeyspaceError> {
+    async fn check(&self, charges: &[Charge], now: UnixMillis) -> Result<(Decision, Quota), KeyspaceError> {
         let mut state = self.lock();
-        let (decision, next) = self.bucket.decide(state.buckets.get(sender).copied(), signals, now);
-        match state.buckets.get_mut(sender) {
-            Some(b) => *b = next,
-            None => {
-                state.buckets.insert(sender.to_owned(), next);
+        let stored: Vec<Option<BucketState>> =
+            charges.iter().map(|c| state.buckets.get(&c.key).map(|(b, _)| *b)).collect();
+        let (decision, quota, next) = decide_all(charges, &stored, now);
+        for (charge, next) in charges.iter().zip(next) {
+            match state.buckets.get_mut(&charge.key) {
+                Some(b) => *b = (next, charge.bucket),
+                None => {
+                    state.buckets.insert(charge.key.clone(), (next, charge.bucket));
+                }
             }
         }
         if state.buckets.len() >= state.sweep_at {
-            let bucket = self.bucket;
-            state.buckets.retain(|_, b| !bucket.is_full_at(*b, now));
+            state.buckets.retain(|_, (b, limits)| !limits.is_full_at(*b, now));
             state.sweep_at = (state.buckets.len() * 2).max(1024);
         }
-        Ok(decision)
+        Ok((decision, quota))
     }
 }
 
@@ -76,16 +84,20 @@ impl RateLimitStore for MemoryRateLimitStore {
 mod tests {
     use super::*;
 
+    fn charge(key: &str, signals: u32) -> Vec<Charge> {
+        vec![Charge { key: key.to_owned(), bucket: TokenBucket::new(1_000.0, 10), signals }]
+    }
+
     #[tokio::test]
     async fn sweeps_full_buckets_once_the_map_has_doubled() {
-        let store = MemoryRateLimitStore::new(TokenBucket::new(1_000.0, 10));
+        let store = MemoryRateLimitStore::new();
         for i in 0..1023 {
-            store.check(&format!("10.0.0.{i}"), 1, 0).await.unwrap();
+            store.check(&charge(&format!("b:10.0.0.{i}"), 1), 0).await.unwrap();
         }
         assert_eq!(store.len(), 1023);
         // 10 ms later every bucket is full again except the newest one.
-        store.check("busy", 10, 10).await.unwrap();
+        store.check(&charge("b:busy", 10), 10).await.unwrap();
         assert_eq!(store.len(), 1);
-        assert_eq!(store.bucket("busy"), Some(BucketState { tokens: 0.0, updated_at: 10 }));
+        assert_eq!(store.bucket("b:busy"), Some(BucketState { tokens: 0.0, updated_at: 10 }));
     }
 }

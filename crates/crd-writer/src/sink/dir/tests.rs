@@ -101,6 +101,7 @@ async fn updates_apply_max_semantics() -> TestResult {
         affected_resources: vec!["payments:Pod:p-2".to_owned(), "payments:Pod:p-3".to_owned()],
         affected_resources_omitted: 0,
         resolved_at: 0,
+        fingerprint: String::new(),
     };
     assert_eq!(sink.update_counts(&at, &update).await?, UpdateOutcome::Updated);
     let stale = CountUpdate { occurrence_count: 2, storm_alert_count: 12, ..CountUpdate::default() };
