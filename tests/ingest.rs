@@ -120,3 +120,36 @@ async fn a_call_that_cannot_be_taken_gets_a_grpc_status_and_records_nothing() {
     assert!(retry_after >= 1, "{over:?}");
     assert_eq!(gw.remediations().len(), 2, "the refused call left nothing behind: {:?}", gw.remediations());
 }
+
+/// With `edge.auth`, a call carries the same bearer tokens as a webhook, in its
+/// `authorization` metadata; without one, or with a wrong one, it is UNAUTHENTICATED and
+/// records nothing.
+#[tokio::test]
+async fn a_call_needs_a_bearer_token_when_auth_is_on() {
+    let tokens = tempfile::tempdir().expect("token directory");
+    std::fs::write(tokens.path().join("slo-checker"), "s3cret-token-for-tests\n").expect("token file");
+    let dir = tokens.path().to_path_buf();
+    let gw = TestGateway::start_with(Backend::Embedded, move |c| {
+        c.edge.auth.mode = Some(breakwater_edge::config::AuthMode::Static);
+        c.edge.auth.token_files = vec![dir];
+    })
+    .await;
+    let mut ingest = client(&gw).await;
+    let call = |token: Option<&str>| {
+        let mut request = tonic::Request::new(pb::SubmitSignalsRequest {
+            signals: vec![signal(&[("alertname", "HighMemory"), ("namespace", "prod"), ("pod", "api-1")])],
+        });
+        if let Some(token) = token {
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        }
+        request
+    };
+    let missing = ingest.submit_signals(call(None)).await.expect_err("no token");
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated, "{missing:?}");
+    let wrong = ingest.submit_signals(call(Some("not-the-token"))).await.expect_err("a wrong token");
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    assert!(gw.remediations().is_empty(), "a refused call records nothing");
+    let answer = ingest.submit_signals(call(Some("s3cret-token-for-tests"))).await.expect("the right token");
+    assert_eq!(answer.into_inner().results[0].outcome(), pb::SignalOutcome::Created);
+    assert_eq!(gw.remediations().len(), 1);
+}

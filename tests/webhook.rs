@@ -197,9 +197,13 @@ async fn namespaces_follow_the_configured_labels_and_the_fallback(backend: Backe
     let body = webhook(&[
         Alert::firing("NodeDown").label("node", "n1"),
         Alert::firing("KubePodCrashLooping").in_ns("monitoring").label("exported_namespace", "shop").pod("api-1"),
+        Alert::firing("EtcdDown").in_ns("kube-system").pod("etcd-0"),
     ]);
     let (status, answer) = gw.post_prometheus(&body).await;
     assert_eq!(status, 201, "{answer}");
+    // kube-system is denied by default (edge.namespaces.deny): that alert alone is rejected.
+    assert_eq!(answer["results"][2]["outcome"], "rejected", "{answer}");
+    assert!(answer["results"][2]["reason"].as_str().is_some_and(|r| r.contains("edge.namespaces")), "{answer}");
     let placed = |i: usize| {
         let r = &answer["results"][i];
         (
@@ -214,6 +218,22 @@ async fn namespaces_follow_the_configured_labels_and_the_fallback(backend: Backe
     assert_eq!(cr["metadata"]["labels"]["kubernaut.io/origin-namespace"], "", "{cr}");
     let cr = gw.remediation(placed(1).0, placed(1).1).expect("the subject's CR");
     assert!(cr["metadata"]["labels"].get("kubernaut.io/cluster-scoped").is_none(), "{cr}");
+    assert_eq!(gw.remediations().len(), 2, "nothing recorded for the denied alert");
+}
+
+/// `edge.namespaces.allow` limits where CRs may land; the fallback namespace must be allowed.
+#[tokio::test]
+async fn only_allowed_namespaces_get_crs() {
+    let gw = TestGateway::start_with(Backend::Embedded, |config| {
+        config.edge.namespaces.allow = vec!["prod".into(), "kubernaut-system".into()];
+    })
+    .await;
+    let body = webhook(&[Alert::firing("A").in_ns("prod").pod("a"), Alert::firing("B").in_ns("shop").pod("b")]);
+    let (status, answer) = gw.post_prometheus(&body).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["results"][0]["outcome"], "created", "{answer}");
+    assert_eq!(answer["results"][1]["outcome"], "rejected", "{answer}");
+    assert_eq!(gw.remediations().len(), 1);
 }
 
 #[tokio::test]

@@ -278,7 +278,6 @@ fn edge_listen(config: &Config, flag: Option<SocketAddr>) -> anyhow::Result<Sock
     Ok(addr)
 }
 
-/// Binds `addr` and prints where the component listens (tests read this line).
 /// The gRPC ingest API's listener, when `listen.ingest` is set.
 async fn bind_ingest(config: &Config) -> anyhow::Result<Option<TcpListener>> {
     match config.listen.ingest {
@@ -287,6 +286,7 @@ async fn bind_ingest(config: &Config) -> anyhow::Result<Option<TcpListener>> {
     }
 }
 
+/// Binds `addr` and prints where the component listens (tests read this line).
 async fn bind(addr: SocketAddr, component: &str) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {component}"))?;
     println!("breakwater {component} listening on {}", listener.local_addr()?);

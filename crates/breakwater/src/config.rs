@@ -210,6 +210,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.edge.validate()?;
         self.edge.auth.check_listen(self.listen.edge, "listen.edge")?;
+        if let Some(ingest) = self.listen.ingest {
+            self.edge.auth.check_listen(ingest, "listen.ingest")?;
+        }
         self.ratelimit.validate()?;
         self.dedup.validate()?;
         self.storm.validate()?;

@@ -51,6 +51,11 @@ fn known_keys() -> BTreeSet<String> {
         }
         table.insert("zz_probe".into(), toml::Value::Boolean(true));
         let err = toml::Value::Table(probe).try_into::<Config>().unwrap_err().to_string();
+        // A map of the user's own keys (such as edge.classification.environments) is one key.
+        if !err.contains("unknown field") {
+            keys.insert(path.join("."));
+            return;
+        }
         let listed = err.split_once("expected ").map(|(_, list)| list).unwrap_or_else(|| panic!("{err}"));
         // The message ends with where the table is (`in `dedup.redis``): not a field.
         let here = path.join(".");
@@ -81,6 +86,10 @@ fn keys_of(text: &str) -> BTreeSet<String> {
         for (key, value) in table {
             let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
             match value {
+                // An empty table is a map of the user's own keys, set to its default (none).
+                toml::Value::Table(inner) if inner.is_empty() => {
+                    keys.insert(path);
+                }
                 toml::Value::Table(inner) => walk(inner, &path, keys),
                 _ => {
                     keys.insert(path);

@@ -59,6 +59,11 @@ pub struct EdgeConfig {
     /// `kubernaut.io/origin-namespace` and `kubernaut.io/cluster-scoped`. Default
     /// `kubernaut-system`.
     pub fallback_namespace: String,
+    /// Where CRs may land: `allow` (empty: any) and `deny` (default
+    /// `kube-system`, `kube-public`, `kube-node-lease`). An alert whose CR would
+    /// go to a namespace not permitted is rejected in its result. Keep it in step
+    /// with `crd_writer.namespaces`, which checks again.
+    pub namespaces: breakwater_signal::NamespacePolicy,
     /// The alert labels that name its namespace, first present wins. Default
     /// `["namespace", "exported_namespace"]`; alerts from kube-state-metrics name the
     /// subject's namespace in `exported_namespace` (and their exporter's in `namespace`),
@@ -375,6 +380,7 @@ impl Default for EdgeConfig {
             fingerprint: FingerprintRule::Resource,
             fallback_namespace: "kubernaut-system".into(),
             namespace_labels: crate::adapters::prometheus::DEFAULT_NAMESPACE_LABELS.map(str::to_owned).to_vec(),
+            namespaces: breakwater_signal::NamespacePolicy::default(),
             trusted_proxies: Vec::new(),
             dedup_fallback_window_secs: 300,
             rate_limited_status: RateLimitedStatus::default(),
@@ -464,6 +470,13 @@ impl EdgeConfig {
         if !is_dns1123_label(&self.fallback_namespace) {
             return Err(format!(
                 "edge.fallback_namespace = {:?} is not allowed: use a Kubernetes namespace name (lower-case letters, digits, '-', at most 63)",
+                self.fallback_namespace
+            ));
+        }
+        self.namespaces.validate("edge.namespaces")?;
+        if !self.namespaces.permits(&self.fallback_namespace) {
+            return Err(format!(
+                "edge.fallback_namespace = {:?} is not permitted by edge.namespaces: alerts without a namespace could never be recorded",
                 self.fallback_namespace
             ));
         }

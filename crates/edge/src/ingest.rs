@@ -9,7 +9,10 @@ use breakwater_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use sha2::{Digest, Sha256};
+
 use crate::adapters::ingest;
+use crate::auth::{AuthError, Authenticator, bearer_of};
 use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult};
 use crate::router::EdgeState;
@@ -41,8 +44,12 @@ impl pb::ingest_service_server::IngestService for IngestGrpc {
         request: Request<pb::SubmitSignalsRequest>,
     ) -> Result<Response<pb::SubmitSignalsResponse>, Status> {
         let state = &self.state;
-        let sender =
-            request.remote_addr().map_or_else(|| "unknown".to_owned(), |addr: SocketAddr| addr.ip().to_string());
+        let sender = match &state.auth {
+            Some(auth) => authenticate(auth, &request).await?,
+            None => {
+                request.remote_addr().map_or_else(|| "unknown".to_owned(), |addr: SocketAddr| addr.ip().to_string())
+            }
+        };
         let request = request.into_inner();
         if request.signals.is_empty() {
             metrics::counter!("breakwater_signals_rejected_total", "source" => ingest::SOURCE_TYPE, "reason" => "invalid")
@@ -66,6 +73,30 @@ impl pb::ingest_service_server::IngestService for IngestGrpc {
             message,
             results: results.into_iter().map(result).collect(),
         }))
+    }
+}
+
+/// The caller's rate-limit sender once `edge.auth` lets it in: the identity of its bearer
+/// token (`authorization: Bearer <token>` metadata), else of the client certificate it
+/// presented when the listener verifies them (`tls.client_ca_file`): `cert:<SHA-256 of
+/// the certificate>`.
+async fn authenticate<T>(auth: &Authenticator, request: &Request<T>) -> Result<String, Status> {
+    let bearer = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(bearer_of);
+    if bearer.is_none()
+        && let Some(certificate) = request.peer_certs().as_deref().and_then(|certs| certs.first())
+    {
+        return Ok(format!("cert:{}", hex::encode(Sha256::digest(certificate.as_ref()))));
+    }
+    match auth.authenticate(bearer).await {
+        Ok(identity) => Ok(identity.sender()),
+        Err(e) => {
+            metrics::counter!("breakwater_auth_failures_total", "reason" => e.metric_label()).increment(1);
+            Err(match e {
+                AuthError::Missing | AuthError::Invalid => Status::unauthenticated(e.to_string()),
+                AuthError::Forbidden { .. } => Status::permission_denied(e.to_string()),
+                AuthError::Unavailable(_) => status(EdgeError::from(e)),
+            })
+        }
     }
 }
 
@@ -109,7 +140,10 @@ fn status(e: EdgeError) -> Status {
     let code = match &e {
         EdgeError::BadRequest(_) => tonic::Code::InvalidArgument,
         EdgeError::RateLimited { .. } => tonic::Code::ResourceExhausted,
-        EdgeError::Overloaded | EdgeError::OverBudget | EdgeError::CannotPersist { .. } => tonic::Code::Unavailable,
+        EdgeError::Overloaded
+        | EdgeError::OverBudget
+        | EdgeError::CannotPersist { .. }
+        | EdgeError::AuthUnavailable { .. } => tonic::Code::Unavailable,
         EdgeError::Timeout => tonic::Code::DeadlineExceeded,
         _ => tonic::Code::Internal,
     };

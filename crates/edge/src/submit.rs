@@ -62,6 +62,13 @@ pub(crate) async fn submit(
             rejected.push((index, rejected_result(index, signal.fingerprint, signal.alert_name, reason)));
             continue;
         }
+        if !state.config.namespaces.permits(&target) {
+            metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "denied_namespace")
+                .increment(1);
+            let reason = format!("namespace {target:?} may not hold RemediationRequests (edge.namespaces)");
+            rejected.push((index, rejected_result(index, signal.fingerprint, signal.alert_name, reason)));
+            continue;
+        }
         let classification = state.classifier.classify(&signal, &target);
         signal.environment.clone_from(&classification.environment);
         classification.priority.clone_into(&mut signal.priority);

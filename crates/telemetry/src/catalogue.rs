@@ -69,7 +69,19 @@ pub const METRICS: &[Metric] = &[
         "breakwater_signals_rejected_total",
         &["source", "reason"],
         "Signals refused, by source and reason: rate_limited and cannot_persist count every signal \
-         of the refused request, invalid counts the request (its signals could not be read).",
+         of the refused request; invalid counts a request whose body is not a webhook, and each \
+         invalid alert of one that is; invalid_namespace and denied_namespace (edge.namespaces) \
+         count alerts whose CR could not go to their namespace.",
+    ),
+    counter(
+        "breakwater_priority_policy_errors_total",
+        &[],
+        "Alerts whose priority policy evaluation failed (a conflict, an answer other than P0..P3);          each such alert got P2.",
+    ),
+    counter(
+        "breakwater_priority_policy_reloads_total",
+        &["outcome"],
+        "Times a changed priority policy file was read again, by outcome: ok (now in use), error          (it did not compile; the previous policy stays in use).",
     ),
     counter(
         "breakwater_auth_failures_total",
