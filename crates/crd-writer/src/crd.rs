@@ -99,9 +99,13 @@ pub struct RemediationRequestSpec {
     pub is_storm: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm_type: Option<StormType>,
-    /// Start of the storm window, RFC 3339 (storm windows are sliding; see the storm service).
+    /// The storm window's length, a duration (`1m`), as in the reference CRD: the window
+    /// closes this long after its last alert (`storm.inactivity_secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm_window: Option<String>,
+    /// When the storm window opened (Breakwater's; the reference CRD has no such field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_window_start: Option<Time>,
     /// Alerts counted on this storm CR, the opening one included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm_alert_count: Option<i64>,
@@ -385,6 +389,8 @@ pub struct StormWrite {
     /// Unknown for repeats of folded alerts (`STORM_ADD` from a duplicate).
     pub storm_type: Option<StormType>,
     pub window_start: UnixMillis,
+    /// The window's length (it closes this long after its last alert); 0: unknown.
+    pub window_secs: u64,
     /// Alerts counted on the storm CR so far, this one included.
     pub alert_count: u64,
     /// Whether this signal's resource belongs in `affectedResources`.
@@ -470,7 +476,8 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
         },
         is_storm: storm.is_some(),
         storm_type: storm.and_then(|s| s.storm_type),
-        storm_window: storm.map(|s| time(s.window_start).0.to_string()),
+        storm_window: storm.and_then(|s| duration(s.window_secs)),
+        storm_window_start: storm.map(|s| time(s.window_start)),
         storm_alert_count: storm.map(|s| to_i64(s.alert_count.max(1))),
         storm_alerts_carried: None,
         affected_resources: match storm {
@@ -520,6 +527,22 @@ fn remediation_annotations(now: UnixMillis, remediation_path: &str) -> BTreeMap<
         annotations.insert(ANNOTATION_REMEDIATION_PATH.to_owned(), truncate_chars(remediation_path, 63).to_owned());
     }
     annotations
+}
+
+/// A duration as Kubernetes and Go write them (`1m`, `90s`, `1h30m`), as the reference CRD's
+/// `stormWindow` holds; `None` for 0 (unknown).
+fn duration(secs: u64) -> Option<String> {
+    if secs == 0 {
+        return None;
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (value, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if value > 0 {
+            out.push_str(&format!("{value}{unit}"));
+        }
+    }
+    Some(out)
 }
 
 /// What [`fit`] keeps of a long `originalPayload` before it cuts annotations.

@@ -501,6 +501,8 @@ impl TryFrom<pb::RemediationWrite> for Write {
                     (pb::StormType::Unspecified, _) => return Err(InvalidWrite("storm_type is unspecified")),
                 },
                 window_start: raw.storm_window_start_unix_ms,
+                // At most a day (storm.max_window_secs' bound), so a caller cannot write nonsense.
+                window_secs: raw.storm_window_secs.min(86_400),
                 alert_count: raw.storm_alert_count,
                 resource_listed: raw.resource_listed,
                 resources_omitted: raw.resources_omitted,

@@ -85,6 +85,7 @@ fn storm(namespace: &str, name: &str) -> RemediationRequest {
         storm: Some(StormWrite {
             storm_type: Some(StormType::Rate),
             window_start: T0 - 60_000,
+            window_secs: 60,
             alert_count: 11,
             resource_listed: true,
             resources_omitted: 2,

@@ -1012,6 +1012,7 @@ fn plan_copy(batch: &Batch, i: usize, base: pb::RemediationWrite) -> Planned {
                     kind: pb::WriteKind::StormAdd.into(),
                     remediation: Some(target.clone()),
                     storm_window_start_unix_ms: storm.window_start_unix_ms,
+                    storm_window_secs: storm.window_secs,
                     storm_alert_count: storm.storm_alert_count,
                     ..base
                 };
@@ -1087,6 +1088,7 @@ fn plan(batch: &Batch, i: usize) -> Planned {
                         kind: pb::WriteKind::StormAdd.into(),
                         remediation: Some(dedup_ref.clone()),
                         storm_window_start_unix_ms: storm.window_start_unix_ms,
+                        storm_window_secs: storm.window_secs,
                         storm_alert_count: storm.storm_alert_count,
                         ..base
                     };
@@ -1147,6 +1149,7 @@ fn plan(batch: &Batch, i: usize) -> Planned {
                     remediation: Some(storm_ref.clone()),
                     storm_type: storm.storm_type,
                     storm_window_start_unix_ms: storm.window_start_unix_ms,
+                    storm_window_secs: storm.window_secs,
                     storm_alert_count: storm.storm_alert_count,
                     resource_listed: storm.resource_listed,
                     resources_omitted: storm.resources_omitted,

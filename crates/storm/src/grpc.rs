@@ -174,6 +174,7 @@ impl pb::storm_service_server::StormService for StormGrpc {
                     storm_alert_count: v.storm_alerts,
                     resource_listed: v.resource_listed,
                     resources_omitted: v.omitted,
+                    window_secs: u64::try_from(self.active.rules.inactivity_ms / 1000).unwrap_or(0),
                 }
             })
             .collect();

@@ -91,6 +91,7 @@ fn storm_add(pod: &str, alert_count: u64, listed: bool) -> Write {
         storm: Some(StormWrite {
             storm_type: Some(StormType::Rate),
             window_start: T0,
+            window_secs: 60,
             alert_count,
             resource_listed: listed,
             resources_omitted: 0,

@@ -55,6 +55,7 @@ fn storm_create(signal: pb::Signal) -> Write {
         storm: Some(StormWrite {
             storm_type: Some(StormType::Pattern),
             window_start: NOW - 30_000,
+            window_secs: 60,
             alert_count: 11,
             resource_listed: true,
             resources_omitted: 2,
@@ -253,7 +254,8 @@ fn builds_a_storm_cr() {
     assert_eq!(spec.signal_fingerprint, FP);
     assert_eq!(spec.signal_name, "HighMemoryUsage");
     assert_eq!(spec.storm_type, Some(StormType::Pattern));
-    assert_eq!(spec.storm_window.as_deref(), Some("2024-11-17T18:26:42Z"));
+    assert_eq!(spec.storm_window.as_deref(), Some("1m"), "a duration, as in the reference CRD");
+    assert_eq!(spec.storm_window_start.as_ref().map(|t| t.0.to_string()).as_deref(), Some("2024-11-17T18:26:42Z"));
     assert_eq!(spec.storm_alert_count, Some(11));
     assert_eq!(spec.affected_resources, vec!["prod-payments:Pod:api-7d9f".to_owned()]);
     assert_eq!(spec.affected_resources_omitted, Some(2));
@@ -361,4 +363,13 @@ fn huge_annotations_are_cut_to_one_length_that_fits() {
 fn a_cr_within_the_cap_is_not_marked() {
     let rr = build(&create(signal()), NOW, "kubernaut-system");
     assert!(rr.metadata.annotations.as_ref().is_some_and(|a| !a.contains_key(ANNOTATION_TRUNCATED)));
+}
+
+#[test]
+fn a_storm_window_is_written_as_a_duration() {
+    assert_eq!(duration(0), None);
+    assert_eq!(duration(60).as_deref(), Some("1m"));
+    assert_eq!(duration(90).as_deref(), Some("1m30s"));
+    assert_eq!(duration(7200).as_deref(), Some("2h"));
+    assert_eq!(duration(3661).as_deref(), Some("1h1m1s"));
 }

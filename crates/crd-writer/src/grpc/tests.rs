@@ -54,6 +54,7 @@ fn write(kind: pb::WriteKind, name: &str) -> pb::RemediationWrite {
         dedup_unavailable: false,
         dedup_window_exact: false,
         storm_unavailable: false,
+        storm_window_secs: 60,
     }
 }
 

@@ -29,6 +29,7 @@ fn spec(is_storm: bool) -> RemediationRequestSpec {
         is_storm,
         storm_type: None,
         storm_window: None,
+        storm_window_start: None,
         storm_alert_count: is_storm.then_some(10),
         storm_alerts_carried: None,
         affected_resources: if is_storm { vec!["ns:Pod:a".to_owned(), "ns:Pod:b".to_owned()] } else { Vec::new() },

@@ -35,6 +35,7 @@ fn write(namespace: &str, name: &str, storm: bool) -> Write {
         storm: storm.then_some(StormWrite {
             storm_type: Some(StormType::Rate),
             window_start: 1_700_000_000_000,
+            window_secs: 60,
             alert_count: 11,
             resource_listed: true,
             resources_omitted: 0,
