@@ -46,7 +46,7 @@ pub struct Input<'a> {
 /// The compiled policy and what it decided so far.
 struct Loaded {
     engine: regorus::Engine,
-    cache: HashMap<u64, Decision>,
+    cache: HashMap<u64, Decision, foldhash::fast::RandomState>,
     /// The file's modification time and length when it was read.
     stamp: Option<(SystemTime, u64)>,
     checked: Instant,
@@ -58,7 +58,9 @@ pub struct PriorityPolicy {
     file: Option<PathBuf>,
     reload_interval: Duration,
     loaded: Mutex<Loaded>,
-    hasher: std::hash::RandomState,
+    /// Keys are hashed on every alert: a fast hasher (the cache holds no attacker-chosen
+    /// collisions worth more than a re-evaluation, and its size is capped).
+    hasher: foldhash::fast::RandomState,
 }
 
 impl std::fmt::Debug for PriorityPolicy {
@@ -77,8 +79,8 @@ impl PriorityPolicy {
             Some(path) => read(path)?,
             None => (compile("built-in", DEFAULT_POLICY)?, None),
         };
-        let loaded = Loaded { engine, cache: HashMap::new(), stamp, checked: Instant::now() };
-        Ok(Self { file, reload_interval, loaded: Mutex::new(loaded), hasher: std::hash::RandomState::new() })
+        let loaded = Loaded { engine, cache: HashMap::default(), stamp, checked: Instant::now() };
+        Ok(Self { file, reload_interval, loaded: Mutex::new(loaded), hasher: foldhash::fast::RandomState::default() })
     }
 
     /// The decision for `input`, from the cache when the policy already saw it.
@@ -119,7 +121,7 @@ impl PriorityPolicy {
             Ok((engine, stamp)) => {
                 tracing::info!(path = %path.display(), "priority policy reloaded");
                 metrics::counter!("breakwater_priority_policy_reloads_total", "outcome" => "ok").increment(1);
-                *loaded = Loaded { engine, cache: HashMap::new(), stamp, checked: Instant::now() };
+                *loaded = Loaded { engine, cache: HashMap::default(), stamp, checked: Instant::now() };
             }
             Err(e) => {
                 // The policy in use stays; the next change is tried again.
