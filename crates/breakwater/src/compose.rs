@@ -5,12 +5,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use breakwater_crd_writer::{CrdWriter, RemediationSink};
-use breakwater_edge::{AuthConfig, AuthMode, Authenticator};
+use breakwater_edge::classify::Namespaces;
+use breakwater_edge::config::ClassificationConfig;
+use breakwater_edge::{AuthConfig, AuthMode, Authenticator, NamespaceSource};
 use breakwater_embedded::EmbeddedStore;
 use breakwater_grpc::{ComponentHealth, Incoming, Transport};
 use breakwater_keyspace::{Keyspace, KeyspaceError, RedisConfig, StoreKind};
@@ -237,9 +240,10 @@ async fn stop_watch(stop: Shutdown, watch: Option<JoinHandle<()>>) {
 /// When a component URL is invalid, or `edge.auth` cannot be set up.
 pub async fn edge_state(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<breakwater_edge::EdgeState> {
     let auth = edge_authenticator(&config.edge.auth).await?;
+    let namespaces = edge_namespaces(&config.edge.classification).await?;
     let timeout = Duration::from_millis(config.edge.component_timeout_ms);
     let components = breakwater_edge::Components::connect_lazy(&config.edge.components, timeout)?;
-    edge_state_over(config, clock, components, auth)
+    edge_state_over(config, clock, components, auth, namespaces)
 }
 
 fn edge_state_over(
@@ -247,12 +251,13 @@ fn edge_state_over(
     clock: Arc<dyn Clock>,
     components: breakwater_edge::Components,
     auth: Option<Authenticator>,
+    namespaces: Namespaces,
 ) -> anyhow::Result<breakwater_edge::EdgeState> {
     let metrics = breakwater_telemetry::metrics_handle();
     // The same [ratelimit] limits, overrides included, rule the edge's in-process limiter when
     // ratelimit is unreachable.
-    let state =
-        breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, config.ratelimit.limits())?;
+    let limits = config.ratelimit.limits();
+    let state = breakwater_edge::EdgeState::new(config.edge.clone(), components, clock, metrics, limits, namespaces)?;
     Ok(match auth {
         Some(auth) => state.with_auth(auth),
         None => state,
@@ -271,30 +276,69 @@ pub async fn edge_authenticator(auth: &AuthConfig) -> anyhow::Result<Option<Auth
         Some(AuthMode::Static) => return Ok(Some(Authenticator::from_token_files(auth)?)),
         Some(AuthMode::Kubernetes) => &auth.kubernetes,
     };
+    // A review that fails is answered 503 at once and the sender retries; kube's own retries
+    // would only hold the webhook.
+    let client = edge_kube_client(
+        kubernetes.kubeconfig.as_deref(),
+        "edge.auth.kubernetes.kubeconfig",
+        "edge.auth.mode = \"kubernetes\"",
+    )
+    .await?;
+    Ok(Some(Authenticator::kubernetes(client, kubernetes)))
+}
+
+/// Where the edge reads a namespace's environment (`edge.classification.namespace_source`):
+/// the `environments` table, or the API server through a client built from
+/// `edge.classification.kubeconfig`, else `KUBECONFIG` or the pod's account.
+///
+/// # Errors
+/// When no usable kubeconfig is found.
+pub async fn edge_namespaces(classification: &ClassificationConfig) -> anyhow::Result<Namespaces> {
+    Ok(match classification.namespace_source {
+        NamespaceSource::Table => Namespaces::table(classification),
+        NamespaceSource::Kubernetes => {
+            // A lookup that fails falls back to the next source at once; kube's retries
+            // would only hold the webhook.
+            let client = edge_kube_client(
+                classification.kubeconfig.as_deref(),
+                "edge.classification.kubeconfig",
+                "edge.classification.namespace_source = \"kubernetes\"",
+            )
+            .await?;
+            Namespaces::kubernetes(client, classification)
+        }
+    })
+}
+
+/// A client of the API server the edge asks (token reviews, namespace environments), from
+/// `kubeconfig` (the value of `key`), else `KUBECONFIG`, `~/.kube/config` or the pod's
+/// service account, without kube's own retries: each caller bounds its calls and has its
+/// answer to a failure. `needed_by` names the setting that asks for it, for the message.
+///
+/// # Errors
+/// When no usable kubeconfig is found.
+async fn edge_kube_client(kubeconfig: Option<&Path>, key: &str, needed_by: &str) -> anyhow::Result<kube::Client> {
     // Causes go through kube_cause: a kubeconfig parser's message can quote a token line.
     let cause = |e: &dyn std::error::Error| breakwater_crd_writer::error::kube_cause(e);
-    let mut kube_config = match &kubernetes.kubeconfig {
+    let mut kube_config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| anyhow::anyhow!("edge.auth.kubernetes.kubeconfig {}: {}", path.display(), cause(&e)))?;
+                .map_err(|e| anyhow::anyhow!("{key} {}: {}", path.display(), cause(&e)))?;
             kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| anyhow::anyhow!("edge.auth.kubernetes.kubeconfig {}: {}", path.display(), cause(&e)))?
+                .map_err(|e| anyhow::anyhow!("{key} {}: {}", path.display(), cause(&e)))?
         }
         None => kube::Config::infer().await.map_err(|e| {
             anyhow::anyhow!(
-                "edge.auth.mode = \"kubernetes\" needs a kubeconfig (edge.auth.kubernetes.kubeconfig, KUBECONFIG) \
-                 or an in-cluster service account: {}",
+                "{needed_by} needs a kubeconfig ({key}, KUBECONFIG) or an in-cluster service account: {}",
                 cause(&e)
             )
         })?,
     };
-    // A review that fails is answered 503 at once and the sender retries; kube's own retries
-    // would only hold the webhook.
     kube_config.default_retry = false;
-    let client = kube::Client::try_from(kube_config)
-        .map_err(|e| anyhow::anyhow!("edge.auth.kubernetes: cannot build a Kubernetes client: {}", cause(&e)))?;
-    Ok(Some(Authenticator::kubernetes(client, kubernetes)))
+    let section = key.rsplit_once('.').map_or(key, |(section, _)| section);
+    kube::Client::try_from(kube_config)
+        .map_err(|e| anyhow::anyhow!("{section}: cannot build a Kubernetes client: {}", cause(&e)))
 }
 
 /// Serves the edge's gRPC ingest API (`breakwater.v1.IngestService`) on `listener`, with
@@ -364,6 +408,7 @@ impl Gateway {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // Before any component starts: unusable token files or kubeconfig fail the start.
         let auth = edge_authenticator(&config.edge.auth).await?;
+        let namespaces = edge_namespaces(&config.edge.classification).await?;
         // Opened here, not in a component's task: a directory in use fails the start.
         let embedded = open_embedded(&config, clock.clone())?;
         let (stop_edge, stop_components) = (Shutdown::default(), Shutdown::default());
@@ -395,7 +440,7 @@ impl Gateway {
             transports.try_into().map_err(|_| anyhow::anyhow!("a component handed over no transport"))?;
         let timeout = Duration::from_millis(config.edge.component_timeout_ms);
         let components_of_edge = breakwater_edge::Components::new(ratelimit, dedup, storm, crd_writer, timeout);
-        let state = match edge_state_over(&config, clock, components_of_edge, auth) {
+        let state = match edge_state_over(&config, clock, components_of_edge, auth, namespaces) {
             Ok(state) => state,
             Err(e) => {
                 stop_components.trigger();

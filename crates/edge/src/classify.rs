@@ -2,18 +2,29 @@
 //! priority (a Rego policy) and its remediation path. Decided at the edge, once per alert,
 //! from the alert and the namespace its CR goes to.
 //!
-//! Environment, first found: the namespace's entry in `edge.classification.environments`
-//! (standing in for the namespace's label and the overrides ConfigMap), the alert's
-//! `edge.classification.alert_label` label, else `unknown`.
+//! Environment, first found:
+//! 1. the namespace's `edge.classification.namespace_label` label, and
+//! 2. its entry in the `edge.classification.overrides_configmap` ConfigMap, both read from
+//!    the API server through a cache ([`KubernetesEnvironments`]); or, with
+//!    `namespace_source = "table"` (no cluster), its entry in `edge.classification.environments`
+//!    in place of both;
+//! 3. the alert's `edge.classification.alert_label` label;
+//! 4. else `unknown`.
+//!
+//! The namespaces of a batch are looked up together ([`Classifier::namespace_environments`]) before its
+//! alerts are classified one by one, without I/O ([`Classifier::classify`]).
 
+mod kubernetes;
 mod policy;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use breakwater_proto::v1 as pb;
 
 use crate::config::ClassificationConfig;
+pub use kubernetes::KubernetesEnvironments;
 pub use policy::{DEFAULT_POLICY, PolicyError, PriorityPolicy};
 
 /// Remediation paths, from the most to the least automatic.
@@ -32,10 +43,52 @@ pub struct Classification {
     pub remediation_path: &'static str,
 }
 
+/// Where a namespace's environment is read before the alert's label.
+#[derive(Debug)]
+pub enum Namespaces {
+    /// `edge.classification.environments`.
+    Table(HashMap<String, Arc<str>>),
+    /// The namespace's label, then the overrides ConfigMap.
+    Kubernetes(Box<KubernetesEnvironments>),
+}
+
+impl Namespaces {
+    /// `edge.classification.environments`.
+    pub fn table(config: &ClassificationConfig) -> Self {
+        Self::Table(config.environments.iter().map(|(ns, env)| (ns.clone(), Arc::from(env.as_str()))).collect())
+    }
+
+    /// Namespace labels and the overrides ConfigMap, read through `client`.
+    pub fn kubernetes(client: kube::Client, config: &ClassificationConfig) -> Self {
+        Self::Kubernetes(Box::new(KubernetesEnvironments::new(client, config)))
+    }
+}
+
+/// The environments the namespaces of one batch have (sources 1 and 2).
+#[derive(Debug)]
+pub enum NamespaceEnvironments<'a> {
+    Table(&'a HashMap<String, Arc<str>>),
+    /// By namespace, sorted.
+    Looked(Vec<(String, Option<Arc<str>>)>),
+}
+
+impl NamespaceEnvironments<'_> {
+    /// The environment of `namespace`, when its namespace sources name one.
+    pub fn get(&self, namespace: &str) -> Option<&str> {
+        match self {
+            Self::Table(table) => table.get(namespace).map(|env| &**env),
+            Self::Looked(looked) => {
+                let at = looked.binary_search_by(|(ns, _)| ns.as_str().cmp(namespace)).ok()?;
+                looked[at].1.as_deref()
+            }
+        }
+    }
+}
+
 /// Classifies alerts; shared by every request.
 #[derive(Debug)]
 pub struct Classifier {
-    environments: HashMap<String, String>,
+    namespaces: Namespaces,
     alert_label: String,
     policy: PriorityPolicy,
 }
@@ -43,17 +96,41 @@ pub struct Classifier {
 impl Classifier {
     /// # Errors
     /// When the priority policy cannot be read, does not compile or answers no priority.
-    pub fn new(config: &ClassificationConfig) -> Result<Self, PolicyError> {
+    pub fn new(config: &ClassificationConfig, namespaces: Namespaces) -> Result<Self, PolicyError> {
         let policy = PriorityPolicy::load(
             config.priority_policy.clone(),
             Duration::from_millis(config.policy_reload_interval_ms),
         )?;
-        Ok(Self { environments: config.environments.clone(), alert_label: config.alert_label.clone(), policy })
+        Ok(Self { namespaces, alert_label: config.alert_label.clone(), policy })
     }
 
-    /// The classification of `signal`, whose CR goes to `namespace`.
-    pub fn classify(&self, signal: &pb::Signal, namespace: &str) -> Classification {
-        let environment = self.environment(signal, namespace);
+    /// The environments of `namespaces` (the CRs' namespaces of one batch, repeats allowed)
+    /// from their namespace sources, all looked up at once.
+    pub async fn namespace_environments(&self, namespaces: &[&str]) -> NamespaceEnvironments<'_> {
+        self.namespaces_at(namespaces, Instant::now()).await
+    }
+
+    async fn namespaces_at(&self, namespaces: &[&str], now: Instant) -> NamespaceEnvironments<'_> {
+        match &self.namespaces {
+            Namespaces::Table(table) => NamespaceEnvironments::Table(table),
+            Namespaces::Kubernetes(kubernetes) => {
+                let mut distinct = namespaces.to_vec();
+                distinct.sort_unstable();
+                distinct.dedup();
+                NamespaceEnvironments::Looked(kubernetes.resolve(&distinct, now).await)
+            }
+        }
+    }
+
+    /// The classification of `signal`, whose CR goes to `namespace`, whose environment
+    /// `namespaces` has (from [`Classifier::namespace_environments`]).
+    pub fn classify(
+        &self,
+        signal: &pb::Signal,
+        namespace: &str,
+        namespaces: &NamespaceEnvironments<'_>,
+    ) -> Classification {
+        let environment = self.environment(signal, namespaces.get(namespace));
         let severity = match signal.severity() {
             pb::Severity::Critical => "critical",
             pb::Severity::Warning => "warning",
@@ -67,9 +144,11 @@ impl Classifier {
         Classification { environment, priority: decision.priority, remediation_path }
     }
 
-    fn environment(&self, signal: &pb::Signal, namespace: &str) -> String {
-        let from_alert = || (!self.alert_label.is_empty()).then(|| signal.labels.get(&self.alert_label)).flatten();
-        match self.environments.get(namespace).or_else(from_alert) {
+    fn environment(&self, signal: &pb::Signal, from_namespace: Option<&str>) -> String {
+        let from_alert = || {
+            (!self.alert_label.is_empty()).then(|| signal.labels.get(&self.alert_label).map(String::as_str)).flatten()
+        };
+        match from_namespace.or_else(from_alert) {
             Some(env) if !env.is_empty() => env.chars().take(ENVIRONMENT_MAX_CHARS).collect(),
             _ => "unknown".to_owned(),
         }

@@ -253,9 +253,31 @@ impl AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClassificationConfig {
-    /// Environment by namespace (the namespace a CR goes to), e.g.
+    /// Where a namespace's environment is read first: `table` (`environments`, for a
+    /// gateway without a cluster) or `kubernetes` (the namespace's `namespace_label`, then
+    /// the `overrides_configmap`, from the API server). Default `table`.
+    pub namespace_source: NamespaceSource,
+    /// With `table`: environment by namespace (the namespace a CR goes to), e.g.
     /// `{ shop = "production" }`. Default empty.
     pub environments: std::collections::HashMap<String, String>,
+    /// With `kubernetes`: the namespace label naming its environment. Default
+    /// `environment`.
+    pub namespace_label: String,
+    /// With `kubernetes`: the ConfigMap `namespace/name` read for a namespace without the
+    /// label (key: namespace name, value: environment); empty: none. Default
+    /// `kubernaut-system/kubernaut-environment-overrides`.
+    pub overrides_configmap: String,
+    /// With `kubernetes`: how long a namespace's label and the ConfigMap are remembered,
+    /// so alerts cost no API call. Default 30.
+    pub cache_ttl_secs: u64,
+    /// With `kubernetes`: namespaces remembered at most. Default 4 096.
+    pub cache_max_entries: usize,
+    /// With `kubernetes`: deadline of each lookup; past it, or on an API error, the next
+    /// source answers. Default 1 000.
+    pub lookup_timeout_ms: u64,
+    /// With `kubernetes`: kubeconfig of the API server to ask. Unset: `KUBECONFIG`, then
+    /// `~/.kube/config`, then the pod's service account.
+    pub kubeconfig: Option<PathBuf>,
     /// The alert label read next; empty: none. Default `environment`.
     pub alert_label: String,
     /// A Rego file answering `data.kubernaut.gateway.priority.priority` (P0..P3)
@@ -266,14 +288,95 @@ pub struct ClassificationConfig {
     pub policy_reload_interval_ms: u64,
 }
 
+/// Where a namespace's environment is read first (`edge.classification.namespace_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceSource {
+    Table,
+    Kubernetes,
+}
+
 impl Default for ClassificationConfig {
     fn default() -> Self {
         Self {
+            namespace_source: NamespaceSource::Table,
             environments: std::collections::HashMap::new(),
+            namespace_label: "environment".into(),
+            overrides_configmap: "kubernaut-system/kubernaut-environment-overrides".into(),
+            cache_ttl_secs: 30,
+            cache_max_entries: 4096,
+            lookup_timeout_ms: 1_000,
+            kubeconfig: None,
             alert_label: "environment".into(),
             priority_policy: None,
             policy_reload_interval_ms: 5_000,
         }
+    }
+}
+
+impl ClassificationConfig {
+    /// The overrides ConfigMap as (namespace, name); `None` when `overrides_configmap` is
+    /// empty or not `namespace/name`.
+    pub fn overrides(&self) -> Option<(&str, &str)> {
+        self.overrides_configmap.split_once('/')
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(100..=3_600_000).contains(&self.policy_reload_interval_ms) {
+            return Err(format!(
+                "edge.classification.policy_reload_interval_ms = {} is not allowed: use 100..=3600000",
+                self.policy_reload_interval_ms
+            ));
+        }
+        if let Some((ns, _)) = self.environments.iter().find(|(ns, _)| !is_dns1123_label(ns)) {
+            return Err(format!("edge.classification.environments: {ns:?} is not a namespace name"));
+        }
+        if self.namespace_source == NamespaceSource::Kubernetes && !self.environments.is_empty() {
+            return Err("edge.classification.environments is set but namespace_source = \"kubernetes\" reads \
+                 namespaces from the API server: move the entries to namespace labels or the overrides \
+                 ConfigMap, or set namespace_source = \"table\""
+                .into());
+        }
+        if self.namespace_label.is_empty() {
+            return Err("edge.classification.namespace_label = \"\" is not allowed: name a label".into());
+        }
+        let valid_configmap = self.overrides().is_some_and(|(ns, name)| {
+            is_dns1123_label(ns)
+                && !name.is_empty()
+                && name.len() <= 253
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        });
+        if !self.overrides_configmap.is_empty() && !valid_configmap {
+            return Err(format!(
+                "edge.classification.overrides_configmap = {:?} is not allowed: use \"namespace/name\" of a \
+                 ConfigMap, or \"\" for none",
+                self.overrides_configmap
+            ));
+        }
+        if !(1..=3600).contains(&self.cache_ttl_secs) {
+            return Err(format!(
+                "edge.classification.cache_ttl_secs = {} is not allowed: use 1..=3600",
+                self.cache_ttl_secs
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.cache_max_entries) {
+            return Err(format!(
+                "edge.classification.cache_max_entries = {} is not allowed: use 1..=1000000",
+                self.cache_max_entries
+            ));
+        }
+        if !(10..=60_000).contains(&self.lookup_timeout_ms) {
+            return Err(format!(
+                "edge.classification.lookup_timeout_ms = {} is not allowed: use 10..=60000",
+                self.lookup_timeout_ms
+            ));
+        }
+        if self.kubeconfig.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(
+                "edge.classification.kubeconfig = \"\" is not allowed: use a file path, or leave it unset".into()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -405,15 +508,7 @@ impl EdgeConfig {
     /// A sentence naming the key, the bad value and what is allowed.
     pub fn validate(&self) -> Result<(), String> {
         self.rate_limited_status.validate()?;
-        if !(100..=3_600_000).contains(&self.classification.policy_reload_interval_ms) {
-            return Err(format!(
-                "edge.classification.policy_reload_interval_ms = {} is not allowed: use 100..=3600000",
-                self.classification.policy_reload_interval_ms
-            ));
-        }
-        if let Some((ns, _)) = self.classification.environments.iter().find(|(ns, _)| !is_dns1123_label(ns)) {
-            return Err(format!("edge.classification.environments: {ns:?} is not a namespace name"));
-        }
+        self.classification.validate()?;
         self.auth.validate()?;
         if !(1024..=16 * 1024 * 1024).contains(&self.body_limit_bytes) {
             return Err(format!(

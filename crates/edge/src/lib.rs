@@ -41,7 +41,7 @@ use std::future::Future;
 use tokio::net::TcpListener;
 
 pub use auth::Authenticator;
-pub use config::{AuthConfig, AuthMode, ComponentUrls, EdgeConfig, KubernetesAuthConfig};
+pub use config::{AuthConfig, AuthMode, ComponentUrls, EdgeConfig, KubernetesAuthConfig, NamespaceSource};
 pub use error::EdgeError;
 pub use ingest::run_ingest;
 pub use pipeline::{AlertOutcome, AlertResult, Components};

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::adapters::{Incoming, InvalidAlert, kubernetes_event, prometheus};
 use crate::auth::{Authenticator, Identity};
-use crate::classify::{Classifier, PolicyError};
+use crate::classify::{Classifier, Namespaces, PolicyError};
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
 use crate::pipeline::{AlertResult, Components, Pipeline, PipelineParts};
@@ -54,7 +54,8 @@ pub struct EdgeState {
 
 impl EdgeState {
     /// `ratelimit_fallback` are the limits of the in-process limiter used while ratelimit is
-    /// unavailable.
+    /// unavailable; `namespaces` is where the environment of a CR's namespace is read
+    /// (`edge.classification.namespace_source`).
     ///
     /// # Errors
     /// When the priority policy (`edge.classification.priority_policy`) cannot be used.
@@ -64,8 +65,9 @@ impl EdgeState {
         clock: Arc<dyn Clock>,
         metrics: PrometheusHandle,
         ratelimit_fallback: Limits,
+        namespaces: Namespaces,
     ) -> Result<Self, PolicyError> {
-        let classifier = Arc::new(Classifier::new(&config.classification)?);
+        let classifier = Arc::new(Classifier::new(&config.classification, namespaces)?);
         let health = ComponentHealth::new("edge");
         let parts = PipelineParts {
             clock: clock.clone(),

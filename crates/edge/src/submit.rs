@@ -38,9 +38,10 @@ pub(crate) async fn submit(
     let total = incoming.len();
     let mut rejected: Vec<(usize, AlertResult)> = Vec::new();
     let mut accepted: Vec<(usize, Classification)> = Vec::with_capacity(total);
+    let mut accepted_at: Vec<usize> = Vec::with_capacity(total);
     let mut batch = Batch { sender, ..Default::default() };
     for (index, read) in incoming.into_iter().enumerate() {
-        let Incoming { mut signal, delivery } = match read {
+        let Incoming { signal, delivery } = match read {
             Ok(incoming) => incoming,
             Err(InvalidAlert { alert_name, reason }) => {
                 metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid")
@@ -69,13 +70,20 @@ pub(crate) async fn submit(
             rejected.push((index, rejected_result(index, signal.fingerprint, signal.alert_name, reason)));
             continue;
         }
-        let classification = state.classifier.classify(&signal, &target);
-        signal.environment.clone_from(&classification.environment);
-        classification.priority.clone_into(&mut signal.priority);
-        classification.remediation_path.clone_into(&mut signal.remediation_path);
         batch.targets.push(target);
         batch.signals.push(signal);
         batch.deliveries.push(delivery);
+        accepted_at.push(index);
+    }
+    // The batch's namespaces are looked up together (a cache hit each, mostly), then each
+    // alert is classified without I/O.
+    let targets: Vec<&str> = batch.targets.iter().map(String::as_str).collect();
+    let environments = state.classifier.namespace_environments(&targets).await;
+    for ((signal, target), index) in batch.signals.iter_mut().zip(&batch.targets).zip(accepted_at) {
+        let classification = state.classifier.classify(signal, target, &environments);
+        signal.environment.clone_from(&classification.environment);
+        classification.priority.clone_into(&mut signal.priority);
+        classification.remediation_path.clone_into(&mut signal.remediation_path);
         accepted.push((index, classification));
     }
     let count = batch.signals.len() as u64;

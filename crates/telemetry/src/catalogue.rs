@@ -96,6 +96,13 @@ pub const METRICS: &[Metric] = &[
          (tokenreview, subjectaccessreview) and result (ok, error); cached verdicts make none.",
     ),
     counter(
+        "breakwater_environment_lookups_total",
+        &["object", "result"],
+        "Environment lookups the edge made to the Kubernetes API (edge.classification.namespace_source = \
+         \"kubernetes\"), by object (namespace, configmap) and result (ok, not_found, error: an API error or \
+         no answer within lookup_timeout_ms); cached answers make none.",
+    ),
+    counter(
         "breakwater_edge_degraded_calls_total",
         &["component"],
         "Edge calls that found a component unavailable and degraded around it.",

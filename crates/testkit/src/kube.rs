@@ -24,9 +24,15 @@
 //! ([`FakeApiServer::accept_token`], [`FakeApiServer::grant`]; see `kube/review.rs`), logged
 //! as creates, and faulted like any create.
 //!
+//! Two core resources can be read (GET of one object): namespaces (`/api/v1/namespaces/{name}`,
+//! every namespace not marked missing, with the labels [`FakeApiServer::set_namespace_labels`]
+//! gave it) and ConfigMaps (`/api/v1/namespaces/{ns}/configmaps/{name}`, those
+//! [`FakeApiServer::set_configmap`] stored); a missing one is a 404 `NotFound` as on a real
+//! server. They are written only through those setters: any other method on them is a 405.
+//!
 //! Deliberately not supported (the request fails loudly instead): watches (405), server-side
-//! apply, strategic merge and JSON patch (415), other cluster-scoped resources, core (`/api/v1`)
-//! resources and discovery beyond `/version` (404). Finalizers are stored but not honoured:
+//! apply, strategic merge and JSON patch (415), other cluster-scoped resources, other core
+//! (`/api/v1`) resources and lists of core resources, and discovery beyond `/version` (404). Finalizers are stored but not honoured:
 //! DELETE removes the object at once.
 
 mod merge_patch;
@@ -150,6 +156,10 @@ struct Store {
     schemas: HashMap<String, Schema>,
     /// Who TokenReview and SubjectAccessReview say a caller is and may do.
     reviews: self::review::Reviews,
+    /// Labels of namespaces, set with [`FakeApiServer::set_namespace_labels`].
+    namespace_labels: HashMap<String, BTreeMap<String, String>>,
+    /// ConfigMaps by (namespace, name), set with [`FakeApiServer::set_configmap`].
+    configmaps: BTreeMap<(String, String), Value>,
 }
 
 /// A fake Kubernetes API server on `127.0.0.1:0` (plain HTTP); stops on `Drop`.
@@ -263,9 +273,44 @@ impl FakeApiServer {
         self.lock().reviews.grant(subject, verb, group, resource);
     }
 
-    /// Makes creates in `namespace` fail with 404 `namespaces "NAMESPACE" not found`.
+    /// Makes creates in `namespace` fail with 404 `namespaces "NAMESPACE" not found`, and so
+    /// does a GET of the namespace.
     pub fn set_missing_namespace(&self, namespace: &str) {
         self.lock().missing_namespaces.insert(namespace.to_owned());
+    }
+
+    /// Sets the labels a GET of namespace `name` answers, replacing those set before; it
+    /// always also has `kubernetes.io/metadata.name`, as the API server sets it.
+    pub fn set_namespace_labels(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut store = self.lock();
+        store.revision += 1;
+        store.namespace_labels.insert(name.to_owned(), labels);
+    }
+
+    /// Stores ConfigMap `namespace/name` with `data`, replacing one stored before.
+    pub fn set_configmap(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
+        let data: Map<String, Value> = data.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        let mut store = self.lock();
+        store.revision += 1;
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "resourceVersion": store.revision.to_string(),
+                "creationTimestamp": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            },
+            "data": data,
+        });
+        store.configmaps.insert((namespace.to_owned(), name.to_owned()), object);
+    }
+
+    /// Removes ConfigMap `namespace/name`; a GET of it is then a 404.
+    pub fn remove_configmap(&self, namespace: &str, name: &str) {
+        self.lock().configmaps.remove(&(namespace.to_owned(), name.to_owned()));
     }
 
     /// Makes writes of this plural (any group) go through `schema`, the `openAPIV3Schema` of a
@@ -364,6 +409,13 @@ enum Target {
     /// `POST /apis/authentication.k8s.io/v1/tokenreviews` or
     /// `/apis/authorization.k8s.io/v1/subjectaccessreviews`: answered, never stored.
     Review(self::review::Kind),
+    /// `/api/v1/namespaces/{name}`: read-only.
+    Namespace(String),
+    /// `/api/v1/namespaces/{ns}/configmaps/{name}`: read-only.
+    ConfigMap {
+        namespace: String,
+        name: String,
+    },
     Unknown,
 }
 
@@ -374,6 +426,10 @@ fn parse_target(path: &str) -> Target {
         ["version"] => Target::Version,
         ["apis", "authentication.k8s.io", _, "tokenreviews"] => Target::Review(self::review::Kind::Token),
         ["apis", "authorization.k8s.io", _, "subjectaccessreviews"] => Target::Review(self::review::Kind::Access),
+        ["api", "v1", "namespaces", name] => Target::Namespace(owned(name)),
+        ["api", "v1", "namespaces", namespace, "configmaps", name] => {
+            Target::ConfigMap { namespace: owned(namespace), name: owned(name) }
+        }
         ["apis", group, version, plural] => {
             Target::Collection { group: owned(group), version: owned(version), namespace: None, plural: owned(plural) }
         }
@@ -412,6 +468,7 @@ fn verb_for(method: &Method, target: &Target, query: &HashMap<String, String>) -
         (Target::Object { .. }, &Method::PATCH) => Verb::Patch,
         (Target::Object { status: false, .. }, &Method::DELETE) => Verb::Delete,
         (Target::Review(_), &Method::POST) => Verb::Create,
+        (Target::Namespace(_) | Target::ConfigMap { .. }, &Method::GET) => Verb::Get,
         _ => Verb::Other,
     }
 }
@@ -683,9 +740,25 @@ impl Store {
             (Verb::Other, Target::Unknown) => Reply::failure(
                 404,
                 "the server could not find the requested resource (the testkit fake API server \
-                 serves only /version and namespaced custom resources under /apis)"
+                 serves only /version, namespaced custom resources under /apis, and GET of \
+                 namespaces and ConfigMaps)"
                     .to_owned(),
                 None,
+            ),
+            (Verb::Get, Target::Namespace(name)) => self.namespace(&name),
+            (Verb::Get, Target::ConfigMap { namespace, name }) => {
+                match self.configmaps.get(&(namespace, name.clone())) {
+                    Some(object) => Reply::ok(StatusCode::OK, object.clone()),
+                    None => Reply::failure(
+                        404,
+                        format!("configmaps {name:?} not found"),
+                        Some(json!({ "name": name, "kind": "configmaps" })),
+                    ),
+                }
+            }
+            (Verb::Other, Target::Namespace(_) | Target::ConfigMap { .. }) => Reply::method_not_allowed(
+                "the testkit fake API server serves namespaces and ConfigMaps read-only; set them with \
+                 set_namespace_labels and set_configmap",
             ),
             (Verb::Watch, _) => {
                 Reply::method_not_allowed("watch is not supported by the testkit fake API server; use get or list")
@@ -713,6 +786,33 @@ impl Store {
             },
             _ => Reply::method_not_allowed("the testkit fake API server does not support this method here"),
         }
+    }
+
+    /// Namespace `name` as the API server answers it: every namespace exists unless marked
+    /// missing.
+    fn namespace(&self, name: &str) -> Reply {
+        if self.missing_namespaces.contains(name) {
+            return Reply::failure(
+                404,
+                format!("namespaces {name:?} not found"),
+                Some(json!({ "name": name, "kind": "namespaces" })),
+            );
+        }
+        let mut labels: Map<String, Value> = Map::new();
+        labels.insert("kubernetes.io/metadata.name".to_owned(), json!(name));
+        for (key, value) in self.namespace_labels.get(name).into_iter().flatten() {
+            labels.insert(key.clone(), json!(value));
+        }
+        Reply::ok(
+            StatusCode::OK,
+            json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": { "name": name, "labels": labels, "resourceVersion": self.revision.to_string() },
+                "spec": { "finalizers": ["kubernetes"] },
+                "status": { "phase": "Active" },
+            }),
+        )
     }
 
     fn list(

@@ -14,7 +14,15 @@ fn signal(severity: pb::Severity, labels: &[(&str, &str)]) -> pb::Signal {
 fn classifier(adjust: impl FnOnce(&mut ClassificationConfig)) -> Classifier {
     let mut config = ClassificationConfig::default();
     adjust(&mut config);
-    Classifier::new(&config).unwrap()
+    Classifier::new(&config, Namespaces::table(&config)).unwrap()
+}
+
+impl Classifier {
+    /// One alert looked up and classified, as `submit` does for a batch.
+    fn classify_in(&self, signal: &pb::Signal, namespace: &str) -> Classification {
+        let environments = futures::executor::block_on(self.namespace_environments(&[namespace]));
+        self.classify(signal, namespace, &environments)
+    }
 }
 
 fn policy_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
@@ -26,7 +34,7 @@ fn policy_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 #[test]
 fn the_built_in_policy_is_the_reference_table() {
     let c = classifier(|_| {});
-    let priority = |severity, env: &str| c.classify(&signal(severity, &[("environment", env)]), "ns").priority;
+    let priority = |severity, env: &str| c.classify_in(&signal(severity, &[("environment", env)]), "ns").priority;
     use pb::Severity::{Critical, Info, Warning};
     assert_eq!(priority(Critical, "production"), "P0");
     assert_eq!(priority(Critical, "staging"), "P1");
@@ -39,8 +47,8 @@ fn the_built_in_policy_is_the_reference_table() {
     assert_eq!(priority(Critical, "prod"), "P2");
     // The team rule reads the alert's labels (the reference's input never had any).
     let platform = signal(Critical, &[("team", "platform-engineering")]);
-    assert_eq!(c.classify(&platform, "ns").priority, "P0");
-    assert_eq!(c.classify(&signal(Warning, &[("team", "platform-engineering")]), "ns").priority, "P2");
+    assert_eq!(c.classify_in(&platform, "ns").priority, "P0");
+    assert_eq!(c.classify_in(&signal(Warning, &[("team", "platform-engineering")]), "ns").priority, "P2");
 }
 
 #[test]
@@ -48,7 +56,7 @@ fn the_environment_comes_from_the_namespace_table_then_the_alert_label() {
     let c = classifier(|config| {
         config.environments = HashMap::from([("shop".to_owned(), "production".to_owned())]);
     });
-    let critical = |labels: &[(&str, &str)], ns: &str| c.classify(&signal(pb::Severity::Critical, labels), ns);
+    let critical = |labels: &[(&str, &str)], ns: &str| c.classify_in(&signal(pb::Severity::Critical, labels), ns);
     let shop = critical(&[("environment", "staging")], "shop");
     assert_eq!((shop.environment.as_str(), shop.priority), ("production", "P0"), "the namespace's entry wins");
     assert_eq!(critical(&[("environment", "canary")], "other").environment, "canary", "any value, as-is");
@@ -57,7 +65,7 @@ fn the_environment_comes_from_the_namespace_table_then_the_alert_label() {
     assert_eq!(critical(&[("environment", "")], "other").environment, "unknown");
     let ignoring_labels = classifier(|config| config.alert_label = String::new());
     assert_eq!(
-        ignoring_labels.classify(&signal(pb::Severity::Critical, &[("environment", "staging")]), "x").environment,
+        ignoring_labels.classify_in(&signal(pb::Severity::Critical, &[("environment", "staging")]), "x").environment,
         "unknown"
     );
 }
@@ -72,7 +80,7 @@ fn the_remediation_path_follows_the_reference_table() {
     assert_eq!(remediation_path("canary", "P2"), "conservative");
     assert_eq!(remediation_path("production", "P3"), "manual");
     let c = classifier(|_| {});
-    let r = c.classify(&signal(pb::Severity::Critical, &[("environment", "production")]), "ns");
+    let r = c.classify_in(&signal(pb::Severity::Critical, &[("environment", "production")]), "ns");
     assert_eq!(r.remediation_path, "aggressive");
 }
 
@@ -89,11 +97,11 @@ remediation_path := "manual" if input.namespace == "bank"
 "#,
     );
     let c = classifier(|config| config.priority_policy = Some(path));
-    let payments = c.classify(&signal(pb::Severity::Warning, &[("team", "payments")]), "shop");
+    let payments = c.classify_in(&signal(pb::Severity::Warning, &[("team", "payments")]), "shop");
     assert_eq!((payments.priority, payments.remediation_path), ("P0", "conservative"), "unknown env, P0: the table");
-    let bank = c.classify(&signal(pb::Severity::Warning, &[("team", "payments")]), "bank");
+    let bank = c.classify_in(&signal(pb::Severity::Warning, &[("team", "payments")]), "bank");
     assert_eq!((bank.priority, bank.remediation_path), ("P0", "manual"), "the policy's path");
-    assert_eq!(c.classify(&signal(pb::Severity::Critical, &[]), "shop").priority, "P3");
+    assert_eq!(c.classify_in(&signal(pb::Severity::Critical, &[]), "shop").priority, "P3");
 }
 
 #[test]
@@ -101,17 +109,19 @@ fn a_policy_that_cannot_be_used_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let load = |text: &str| {
         let path = policy_file(&dir, text);
-        Classifier::new(&ClassificationConfig { priority_policy: Some(path), ..ClassificationConfig::default() })
+        let config = ClassificationConfig { priority_policy: Some(path), ..ClassificationConfig::default() };
+        Classifier::new(&config, Namespaces::table(&config))
     };
     assert!(matches!(load("package kubernaut.gateway.priority\npriority := "), Err(PolicyError::Compile { .. })));
     let no_answer = load("package kubernaut.gateway.priority\nimport rego.v1\nother := 1\n");
     assert!(matches!(no_answer, Err(PolicyError::NoPriority { .. })), "{no_answer:?}");
     let wrong_answer = load("package kubernaut.gateway.priority\nimport rego.v1\npriority := \"urgent\"\n");
     assert!(matches!(wrong_answer, Err(PolicyError::NoPriority { .. })), "{wrong_answer:?}");
-    let missing = Classifier::new(&ClassificationConfig {
+    let config = ClassificationConfig {
         priority_policy: Some(dir.path().join("absent.rego")),
         ..ClassificationConfig::default()
-    });
+    };
+    let missing = Classifier::new(&config, Namespaces::table(&config));
     assert!(matches!(missing, Err(PolicyError::Read { .. })));
 }
 
@@ -128,8 +138,8 @@ priority := "P1" if input.environment == "staging"
 "#,
     );
     let c = classifier(|config| config.priority_policy = Some(path));
-    assert_eq!(c.classify(&signal(pb::Severity::Critical, &[("environment", "production")]), "ns").priority, "P0");
-    assert_eq!(c.classify(&signal(pb::Severity::Critical, &[("environment", "staging")]), "ns").priority, "P2");
+    assert_eq!(c.classify_in(&signal(pb::Severity::Critical, &[("environment", "production")]), "ns").priority, "P0");
+    assert_eq!(c.classify_in(&signal(pb::Severity::Critical, &[("environment", "staging")]), "ns").priority, "P2");
 }
 
 #[test]

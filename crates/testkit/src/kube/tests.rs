@@ -748,3 +748,44 @@ async fn token_and_access_reviews_answer_what_the_test_set() {
         Api::<TokenReview>::all(fake.client_without_retry()).create(&PostParams::default(), &review("good")).await;
     assert!(matches!(failed, Err(::kube::Error::Api(ref s)) if s.code == 503), "{failed:?}");
 }
+
+#[tokio::test]
+async fn namespaces_and_configmaps_are_read_as_from_a_real_server() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    let fake = FakeApiServer::start().await;
+    let namespaces: Api<Namespace> = Api::all(fake.client());
+    let configmaps: Api<ConfigMap> = Api::namespaced(fake.client(), "kubernaut-system");
+
+    // Every namespace exists; the API server's own label is always there.
+    let plain = namespaces.get("shop").await.expect("get namespace");
+    let labels = plain.metadata.labels.expect("labels");
+    assert_eq!(labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("shop"));
+    assert_eq!(labels.len(), 1);
+    fake.set_namespace_labels("shop", &[("environment", "production")]);
+    let labelled = namespaces.get("shop").await.expect("get namespace");
+    assert_eq!(labelled.labels().get("environment").map(String::as_str), Some("production"));
+    fake.set_missing_namespace("gone");
+    let status = api_status(namespaces.get("gone").await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(status.message, "namespaces \"gone\" not found");
+
+    let status = api_status(configmaps.get("overrides").await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(status.message, "configmaps \"overrides\" not found");
+    fake.set_configmap("kubernaut-system", "overrides", &[("shop", "staging")]);
+    let map = configmaps.get("overrides").await.expect("get configmap");
+    assert_eq!(map.data.expect("data").get("shop").map(String::as_str), Some("staging"));
+    assert!(api_status(Api::<ConfigMap>::namespaced(fake.client(), "other").get("overrides").await).code == 404);
+    fake.remove_configmap("kubernaut-system", "overrides");
+    assert_eq!(api_status(configmaps.get("overrides").await).code, 404);
+
+    // Read-only: writes are refused; GETs are logged and faulted like any other.
+    let status = api_status(configmaps.delete("overrides", &DeleteParams::default()).await);
+    assert_eq!(status.code, 405);
+    fake.inject_for(Verb::Get, Fault::Status { code: 500, retry_after_secs: None }, 1);
+    assert_eq!(api_status(Api::<Namespace>::all(fake.client_without_retry()).get("shop").await).code, 500);
+    let gets: Vec<String> =
+        fake.request_log().into_iter().filter(|(verb, _, _)| *verb == Verb::Get).map(|(_, path, _)| path).collect();
+    assert_eq!(gets.first().map(String::as_str), Some("/api/v1/namespaces/shop"));
+    assert!(gets.contains(&"/api/v1/namespaces/kubernaut-system/configmaps/overrides".to_owned()));
+}
