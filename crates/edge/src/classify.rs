@@ -113,6 +113,7 @@ impl Classifier {
     async fn namespaces_at(&self, namespaces: &[&str], now: Instant) -> NamespaceEnvironments<'_> {
         match &self.namespaces {
             Namespaces::Table(table) => NamespaceEnvironments::Table(table),
+            Namespaces::Kubernetes(_) if namespaces.is_empty() => NamespaceEnvironments::Looked(Vec::new()),
             Namespaces::Kubernetes(kubernetes) => {
                 let mut distinct = namespaces.to_vec();
                 distinct.sort_unstable();

@@ -156,3 +156,22 @@ fn a_changed_policy_file_is_read_again_and_a_broken_change_keeps_the_old_one() {
     std::fs::write(&path, "package kubernaut.gateway.priority\npriority := ((\n").unwrap();
     assert_eq!(policy.decide(&input).priority, "P3", "a broken change keeps the policy in use");
 }
+
+#[test]
+fn the_readme_example_policy_compiles_and_decides() {
+    let readme = include_str!("../../../../README.md");
+    let section = readme.split("## Environment, priority and remediation path").nth(1).expect("the README section");
+    let example = section.split("```rego\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a rego block");
+    let dir = tempfile::tempdir().unwrap();
+    let path = policy_file(&dir, example);
+    let c = classifier(|config| config.priority_policy = Some(path));
+    let decide = |severity, labels: &[(&str, &str)], ns: &str| {
+        let r = c.classify_in(&signal(severity, labels), ns);
+        (r.priority, r.remediation_path)
+    };
+    use pb::Severity::{Critical, Info};
+    assert_eq!(decide(Info, &[("team", "payments")], "shop"), ("P0", "conservative"));
+    assert_eq!(decide(Critical, &[("environment", "production")], "shop"), ("P1", "conservative"));
+    assert_eq!(decide(Critical, &[("environment", "staging")], "shop"), ("P3", "manual"));
+    assert_eq!(decide(Critical, &[("environment", "production"), ("team", "payments")], "bank"), ("P0", "manual"));
+}
