@@ -65,6 +65,9 @@ impl KubernetesEnvironments {
     /// The environment of each of `namespaces` (distinct, sorted) from its label, else from
     /// the ConfigMap; `None` when neither names one. All lookups run at once.
     pub async fn resolve(&self, namespaces: &[&str], now: Instant) -> Vec<(String, Option<Arc<str>>)> {
+        if let Some(cached) = self.cached(namespaces, now) {
+            return cached;
+        }
         let labels = futures::future::join_all(namespaces.iter().map(|ns| self.label_of(ns, now)));
         let (labels, overrides) = futures::join!(labels, self.overrides(now));
         namespaces
@@ -72,6 +75,21 @@ impl KubernetesEnvironments {
             .zip(labels)
             .map(|(ns, label)| ((*ns).to_owned(), label.or_else(|| overrides.get(*ns).cloned())))
             .collect()
+    }
+
+    /// What `resolve` answers when the cache holds all of it: one lock of each cache, no
+    /// future. `None` when something is missing or expired.
+    fn cached(&self, namespaces: &[&str], now: Instant) -> Option<Vec<(String, Option<Arc<str>>)>> {
+        let mut found = self.labels.fresh(namespaces, now)?;
+        if found.iter().any(Option::is_none) && self.overrides_map.is_some() {
+            let [overrides] = self.overrides.fresh(&[""], now)?.try_into().ok()?;
+            for (ns, env) in namespaces.iter().zip(&mut found) {
+                if env.is_none() {
+                    *env = overrides.get(*ns).cloned();
+                }
+            }
+        }
+        Some(namespaces.iter().map(|ns| (*ns).to_owned()).zip(found).collect())
     }
 
     async fn label_of(&self, namespace: &str, now: Instant) -> Option<Arc<str>> {
@@ -189,6 +207,17 @@ struct TtlCache<V> {
 impl<V: Clone> TtlCache<V> {
     fn new(max: usize) -> Self {
         Self { entries: Mutex::new(HashMap::new()), max: max.max(1) }
+    }
+
+    /// The values of `keys` while they all hold at `now`; `None` when one does not.
+    fn fresh(&self, keys: &[&str], now: Instant) -> Option<Vec<V>> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.iter()
+            .map(|key| {
+                let fetched = entries.get(*key)?.cell.get()?;
+                (fetched.expires > now).then(|| fetched.value.clone())
+            })
+            .collect()
     }
 
     /// The value of `key` while it holds at `now`; else `fetch`'s, given the value it
