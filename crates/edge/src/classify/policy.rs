@@ -46,6 +46,8 @@ pub struct Input<'a> {
 /// The compiled policy and what it decided so far.
 struct Loaded {
     engine: regorus::Engine,
+    /// What of the input the policy reads: its decisions are cached by that alone.
+    reads: Reads,
     cache: HashMap<u64, Decision, foldhash::fast::RandomState>,
     /// The file's modification time and length when it was read.
     stamp: Option<(SystemTime, u64)>,
@@ -75,23 +77,24 @@ impl PriorityPolicy {
     /// # Errors
     /// When the file cannot be read, does not compile, or does not answer a priority.
     pub fn load(file: Option<PathBuf>, reload_interval: Duration) -> Result<Self, PolicyError> {
-        let (engine, stamp) = match &file {
+        let (engine, reads, stamp) = match &file {
             Some(path) => read(path)?,
-            None => (compile("built-in", DEFAULT_POLICY)?, None),
+            None => (compile("built-in", DEFAULT_POLICY)?, Reads::of(DEFAULT_POLICY), None),
         };
-        let loaded = Loaded { engine, cache: HashMap::default(), stamp, checked: Instant::now() };
+        let loaded = Loaded { engine, reads, cache: HashMap::default(), stamp, checked: Instant::now() };
         Ok(Self { file, reload_interval, loaded: Mutex::new(loaded), hasher: foldhash::fast::RandomState::default() })
     }
 
     /// The decision for `input`, from the cache when the policy already saw it.
     pub fn decide(&self, input: &Input<'_>) -> Decision {
-        let key = self.key(input);
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
         self.reload_if_changed(&mut loaded);
+        let key = self.key(&loaded.reads, input);
         if let Some(decision) = loaded.cache.get(&key) {
             return *decision;
         }
-        let decision = evaluate(&mut loaded.engine, input);
+        let defines_path = loaded.reads.remediation_path;
+        let decision = evaluate(&mut loaded.engine, input, defines_path);
         if loaded.cache.len() >= CACHE_ENTRIES {
             loaded.cache.clear();
         }
@@ -99,12 +102,26 @@ impl PriorityPolicy {
         decision
     }
 
-    /// A hash of the whole input; labels are combined in any order.
-    fn key(&self, input: &Input<'_>) -> u64 {
+    /// A hash of the input the policy reads (`reads`): the built-in policy reads one label,
+    /// so a new alert of a known severity, environment and team is a cache hit. Labels are
+    /// combined in any order when the policy may read them all.
+    fn key(&self, reads: &Reads, input: &Input<'_>) -> u64 {
         let mut h = self.hasher.build_hasher();
-        (input.severity, input.environment, input.namespace).hash(&mut h);
-        let labels = input.labels.iter().fold(0u64, |acc, entry| acc.wrapping_add(self.hasher.hash_one(entry)));
-        labels.hash(&mut h);
+        (input.severity, input.environment).hash(&mut h);
+        if reads.namespace {
+            input.namespace.hash(&mut h);
+        }
+        match &reads.labels {
+            LabelsRead::Keys(keys) => {
+                for key in keys {
+                    input.labels.get(key).hash(&mut h);
+                }
+            }
+            LabelsRead::All => {
+                let all = input.labels.iter().fold(0u64, |acc, entry| acc.wrapping_add(self.hasher.hash_one(entry)));
+                all.hash(&mut h);
+            }
+        }
         h.finish()
     }
 
@@ -118,10 +135,10 @@ impl PriorityPolicy {
             return;
         }
         match read(path) {
-            Ok((engine, stamp)) => {
+            Ok((engine, reads, stamp)) => {
                 tracing::info!(path = %path.display(), "priority policy reloaded");
                 metrics::counter!("breakwater_priority_policy_reloads_total", "outcome" => "ok").increment(1);
-                *loaded = Loaded { engine, cache: HashMap::default(), stamp, checked: Instant::now() };
+                *loaded = Loaded { engine, reads, cache: HashMap::default(), stamp, checked: Instant::now() };
             }
             Err(e) => {
                 // The policy in use stays; the next change is tried again.
@@ -138,11 +155,106 @@ fn stamp(path: &std::path::Path) -> std::io::Result<(SystemTime, u64)> {
     Ok((meta.modified()?, meta.len()))
 }
 
-fn read(path: &std::path::Path) -> Result<(regorus::Engine, Option<(SystemTime, u64)>), PolicyError> {
+type Read = (regorus::Engine, Reads, Option<(SystemTime, u64)>);
+
+fn read(path: &std::path::Path) -> Result<Read, PolicyError> {
     let shown = path.display().to_string();
     let stamp = stamp(path).map_err(|cause| PolicyError::Read { path: shown.clone(), cause })?;
     let text = std::fs::read_to_string(path).map_err(|cause| PolicyError::Read { path: shown.clone(), cause })?;
-    Ok((compile(&shown, &text)?, Some(stamp)))
+    Ok((compile(&shown, &text)?, Reads::of(&text), Some(stamp)))
+}
+
+/// `text` with its `#` comments blanked (a `#` inside a string is kept).
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut in_string = false;
+        let mut escaped = false;
+        let mut end = line.len();
+        for (at, c) in line.char_indices() {
+            match c {
+                '\\' if in_string => escaped = !escaped,
+                '"' if !escaped => in_string = !in_string,
+                '#' if !in_string => {
+                    end = at;
+                    break;
+                }
+                _ => escaped = false,
+            }
+            if c != '\\' {
+                escaped = false;
+            }
+        }
+        out.push_str(&line[..end]);
+        out.push('\n');
+    }
+    out
+}
+
+/// The labels a policy reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LabelsRead {
+    /// Only these, each by name (`input.labels.team`, `input.labels["app.kubernetes.io/name"]`).
+    Keys(Vec<String>),
+    /// Any: the policy reads `input.labels` (or `input`) some other way.
+    All,
+}
+
+/// What of the input a policy reads, from its text. Conservative: a use of `input` it does
+/// not recognise counts as reading everything, so the cache never answers for an input that
+/// differs in something the policy reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reads {
+    labels: LabelsRead,
+    namespace: bool,
+    /// Whether it defines `remediation_path` (else it is not asked, which fails every time).
+    remediation_path: bool,
+}
+
+impl Reads {
+    fn of(text: &str) -> Self {
+        let text = &without_comments(text);
+        let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let mut keys = Vec::new();
+        let (mut all, mut namespace) = (false, false);
+        for (at, _) in text.match_indices("input") {
+            if text[..at].chars().next_back().is_some_and(is_ident) {
+                continue;
+            }
+            let rest = &text[at + "input".len()..];
+            if rest.chars().next().is_some_and(is_ident) {
+                continue;
+            }
+            let field =
+                |name: &str| rest.strip_prefix(name).is_some_and(|after| !after.chars().next().is_some_and(is_ident));
+            if field(".severity") || field(".environment") {
+                continue;
+            }
+            if field(".namespace") {
+                namespace = true;
+                continue;
+            }
+            let key = if let Some(after) = rest.strip_prefix(".labels.") {
+                let end = after.find(|c: char| !is_ident(c)).unwrap_or(after.len());
+                (end > 0).then(|| &after[..end])
+            } else if let Some(after) = rest.strip_prefix(".labels[\"") {
+                after.find('"').map(|end| &after[..end]).filter(|k| !k.contains('\\'))
+            } else {
+                None
+            };
+            match key {
+                Some(key) => keys.push(key.to_owned()),
+                None => {
+                    all = true;
+                    namespace = true;
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let labels = if all { LabelsRead::All } else { LabelsRead::Keys(keys) };
+        Self { labels, namespace, remediation_path: text.contains("remediation_path") }
+    }
 }
 
 /// Compiles `text` and checks that it answers a priority for a plain input.
@@ -158,9 +270,11 @@ fn compile(path: &str, text: &str) -> Result<regorus::Engine, PolicyError> {
 }
 
 /// The policy's decision; a failure is logged, counted and decided `P2`.
-fn evaluate(engine: &mut regorus::Engine, input: &Input<'_>) -> Decision {
+fn evaluate(engine: &mut regorus::Engine, input: &Input<'_>, defines_path: bool) -> Decision {
     match priority_of(engine, input) {
-        Ok(priority) => Decision { priority, remediation_path: remediation_path_of(engine) },
+        Ok(priority) => {
+            Decision { priority, remediation_path: defines_path.then(|| remediation_path_of(engine)).flatten() }
+        }
         Err(cause) => {
             tracing::warn!(%cause, severity = input.severity, environment = input.environment, "priority policy failed; P2");
             metrics::counter!("breakwater_priority_policy_errors_total").increment(1);
@@ -191,3 +305,6 @@ fn remediation_path_of(engine: &mut regorus::Engine) -> Option<&'static str> {
     let answer = value.as_string().ok()?;
     super::REMEDIATION_PATHS.into_iter().find(|p| **p == **answer)
 }
+
+#[cfg(test)]
+mod tests;
