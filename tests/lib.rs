@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use breakwater::{Config, Gateway};
-use breakwater_crd_writer::{KubeSink, RemediationSink};
+use breakwater_crd_writer::{KubeSink, RemediationRequest, RemediationSink};
 use breakwater_keyspace::RedisConfig;
 use breakwater_testkit::{FakeApiServer, RedisServer, unique_key_root};
 use serde_json::{Value, json};
@@ -141,6 +141,50 @@ impl TestGateway {
         self.remediations()
             .into_iter()
             .find(|cr| cr["metadata"]["namespace"] == namespace && cr["metadata"]["name"] == name)
+    }
+
+    /// Sets the `status` of the RemediationRequest `namespace/name` as the remediation
+    /// controller does: through the `/status` subresource on Kubernetes, by editing its file
+    /// on the directory sink (as a person closing an incident by hand would).
+    pub async fn set_status(&self, namespace: &str, name: &str, status: Value) {
+        match &self.fake_api {
+            Some(api) => {
+                let rrs: kube::Api<RemediationRequest> = kube::Api::namespaced(api.client(), namespace);
+                let patch = kube::api::Patch::Merge(json!({ "status": status }));
+                rrs.patch_status(name, &kube::api::PatchParams::default(), &patch)
+                    .await
+                    .expect("patch the CR's status");
+            }
+            None => {
+                let mut cr = self.remediation(namespace, name).expect("the CR to finish exists");
+                cr["status"] = status;
+                self.write_file(namespace, name, &cr);
+            }
+        }
+    }
+
+    /// Puts `cr` (a whole RemediationRequest, as another writer made it) in the store: created
+    /// through the API on Kubernetes, written as a file on the directory sink.
+    pub async fn put_remediation(&self, cr: &Value) {
+        let namespace = cr["metadata"]["namespace"].as_str().expect("a namespace");
+        let name = cr["metadata"]["name"].as_str().expect("a name");
+        match &self.fake_api {
+            Some(api) => {
+                let rrs: kube::Api<RemediationRequest> = kube::Api::namespaced(api.client(), namespace);
+                let rr: RemediationRequest = serde_json::from_value(cr.clone()).expect("a RemediationRequest");
+                rrs.create(&kube::api::PostParams::default(), &rr).await.expect("create the CR");
+            }
+            None => self.write_file(namespace, name, cr),
+        }
+    }
+
+    /// Writes `cr` to its file of the directory sink, replacing it at once (rename).
+    fn write_file(&self, namespace: &str, name: &str, cr: &Value) {
+        let dir = self.dir.path().join(namespace);
+        std::fs::create_dir_all(&dir).expect("namespace directory");
+        let tmp = dir.join(format!(".test-{name}"));
+        std::fs::write(&tmp, serde_saphyr::to_string(cr).expect("yaml")).expect("write the CR file");
+        std::fs::rename(&tmp, dir.join(format!("{name}.yaml"))).expect("replace the CR file");
     }
 
     /// Stops the gateway the way `breakwater up` does on SIGTERM (pending counts are flushed).

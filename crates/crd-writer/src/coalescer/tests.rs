@@ -40,8 +40,12 @@ impl RemediationSink for FlakySink {
         self.inner.update_counts(target, update).await
     }
 
-    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
-        self.inner.find_open(namespace, fingerprint).await
+    async fn find_latest(
+        &self,
+        namespace: &str,
+        fingerprint: &str,
+    ) -> Result<Option<crate::sink::LatestCr>, SinkError> {
+        self.inner.find_latest(namespace, fingerprint).await
     }
 
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: i64) -> Result<UpdateOutcome, SinkError> {

@@ -40,8 +40,8 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use super::{
-    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, check_owned,
-    latest_open,
+    CountUpdate, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to,
+    change_counts, check_owned, is_finished, latest_incident,
 };
 use crate::config::RetryConfig;
 use crate::crd::{CrRef, LABEL_FINGERPRINT, RemediationRequest, RemediationRequestSpec, label_value, relocate};
@@ -264,15 +264,16 @@ impl RemediationSink for KubeSink {
     }
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %namespace))]
-    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
+    async fn find_latest(&self, namespace: &str, fingerprint: &str) -> Result<Option<LatestCr>, SinkError> {
         let requests = Self::requests(namespace);
         let params = ListParams::default().labels(&format!("{LABEL_FINGERPRINT}={}", label_value(fingerprint)));
         let list: ObjectList<RemediationRequest> =
             self.call("list", || self.send("list", requests.list(&params))).await?;
-        Ok(latest_open(list.items, fingerprint).map(|rr| CrRef {
-            namespace: rr.metadata.namespace.unwrap_or_else(|| namespace.to_owned()),
-            name: rr.metadata.name.unwrap_or_default(),
-        }))
+        let items = list.items.into_iter().map(|mut rr| {
+            rr.metadata.namespace.get_or_insert_with(|| namespace.to_owned());
+            rr
+        });
+        Ok(latest_incident(items, fingerprint))
     }
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %target, n))]
@@ -313,7 +314,7 @@ impl KubeSink {
                 return Ok(UpdateOutcome::Updated);
             }
             let mut spec = current.spec.clone();
-            if !change(&mut spec) {
+            if !change_counts(&mut spec, is_finished(&current), &change) {
                 return Ok(UpdateOutcome::Unchanged);
             }
             let mut patch = count_patch(&spec, current.metadata.resource_version.as_deref());
@@ -352,6 +353,7 @@ fn count_patch(spec: &RemediationRequestSpec, resource_version: Option<&str>) ->
                 "lastSeen": spec.deduplication.last_seen,
                 "tally": spec.deduplication.tally,
                 "resolvedAt": spec.deduplication.resolved_at,
+                "occurrencesAfterCompletion": spec.deduplication.occurrences_after_completion,
             },
         },
     });
