@@ -17,7 +17,8 @@
 //!   [`crd::build`], the pure write → CR function (labels, priority, truncation).
 //! - [`sink`] — the [`RemediationSink`] trait and the monotonic count merge; backends
 //!   [`sink::kube`] (API server), [`sink::dir`] (YAML files, the embedded default) and
-//!   [`sink::memory`] (tests).
+//!   [`sink::memory`] (tests); [`sink::index`], the Kubernetes sink's index of incident CRs
+//!   and their phases, fed by a watch.
 //! - [`lifecycle`] — where an incident's next alert counts, from its latest CR's phase
 //!   (open, finished within the cooldown, or a new CR).
 //! - [`coalescer`] — pending counts per CR and their periodic flush.
@@ -158,6 +159,11 @@ pub async fn run(
     writer.config.validate().map_err(Error::Config)?;
     let interval = writer.config.flush_interval();
     let final_timeout = writer.config.final_flush_timeout();
+    // The Kubernetes sink's watch of the phases (see `RemediationSink::follow`).
+    let follower = tokio::spawn({
+        let sink = Arc::clone(&writer.sink);
+        async move { sink.follow().await }
+    });
     let (grpc, coalescer) = writer.into_parts()?;
 
     let (stop_flusher, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -180,5 +186,6 @@ pub async fn run(
         tracing::error!(cause = %err, "flusher task failed");
     }
     coalescer.final_flush(final_timeout).await;
+    follower.abort();
     served.map_err(Error::from)
 }

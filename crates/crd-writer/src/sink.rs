@@ -23,10 +23,12 @@ use crate::crd::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub mod dir;
+pub mod index;
 pub mod kube;
 pub mod memory;
 
 pub use dir::DirSink;
+pub use index::CrIndex;
 pub use kube::KubeSink;
 pub use memory::{MemorySink, SinkCalls};
 
@@ -250,29 +252,64 @@ impl LatestCr {
     }
 }
 
-/// Of `candidates`, the latest incident CR of `fingerprint`: labelled with it (cut to a label
-/// value, as [`crate::crd::build`] writes it) and carrying it whole in `spec.signalFingerprint`,
-/// not a storm CR (a storm aggregates signals; it is not this incident's CR), managed by
-/// Breakwater or by the gateway it replaces ([`MANAGED_BY_REPLACED`], adopted at cut-over).
-/// An open one first; among equals the most recently created (`creationTimestamp`, then the
-/// `kubernaut.io/created-at` annotation, then the name). Candidates must carry their
-/// namespace and name in their metadata.
+/// Of `candidates`, the latest incident CR of `fingerprint` (see [`IncidentEntry::of`]): an
+/// open one first; among equals the most recently created (`creationTimestamp`, then the
+/// `kubernaut.io/created-at` annotation, then the name). Candidates must carry their namespace
+/// and name in their metadata.
 pub fn latest_incident(
     candidates: impl IntoIterator<Item = RemediationRequest>,
     fingerprint: &str,
 ) -> Option<LatestCr> {
-    let label = label_value(fingerprint);
-    candidates
+    let entries: Vec<IncidentEntry> = candidates
         .into_iter()
-        .filter(|rr| {
-            let labels = rr.metadata.labels.as_ref();
-            labels.and_then(|l| l.get(LABEL_FINGERPRINT)) == Some(&label)
-                && is_managed(rr)
-                && rr.spec.signal_fingerprint == fingerprint
-                && !rr.spec.is_storm
+        .filter_map(|rr| IncidentEntry::of(&rr))
+        .filter(|entry| entry.fingerprint == fingerprint)
+        .collect();
+    latest_of(&entries)
+}
+
+/// The latest of `entries` (open first, then most recently created).
+pub fn latest_of<'a>(entries: impl IntoIterator<Item = &'a IncidentEntry>) -> Option<LatestCr> {
+    entries.into_iter().max_by(|a, b| a.rank().cmp(&b.rank())).map(|entry| entry.latest.clone())
+}
+
+/// What the lookup needs of one incident CR: whose it is, where its life stands and how
+/// recent it is. Small, so an index of every CR costs little memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentEntry {
+    pub fingerprint: String,
+    pub latest: LatestCr,
+    open: bool,
+    created: (Option<jiff::Timestamp>, Option<jiff::Timestamp>, String),
+    /// `metadata.resourceVersion` as a number (0 when there is none), to keep the newest.
+    pub resource_version: u64,
+}
+
+impl IncidentEntry {
+    /// `rr` as the CR of its incident, if it is one: labelled with its fingerprint (cut to a
+    /// label value, as [`crate::crd::build`] writes it) and carrying it whole in
+    /// `spec.signalFingerprint`, not a storm CR (a storm aggregates signals; it is not this
+    /// incident's CR), managed by Breakwater or by the gateway it replaces
+    /// ([`MANAGED_BY_REPLACED`], adopted at cut-over).
+    pub fn of(rr: &RemediationRequest) -> Option<Self> {
+        let fingerprint = &rr.spec.signal_fingerprint;
+        let labelled = rr.metadata.labels.as_ref().and_then(|l| l.get(LABEL_FINGERPRINT));
+        if labelled != Some(&label_value(fingerprint)) || !is_managed(rr) || rr.spec.is_storm {
+            return None;
+        }
+        let (timestamp, created_at, name) = creation_key(rr);
+        Some(Self {
+            fingerprint: fingerprint.clone(),
+            latest: LatestCr::of(rr),
+            open: is_open(rr),
+            created: (timestamp, created_at, name.unwrap_or_default().to_owned()),
+            resource_version: rr.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
         })
-        .max_by(|a, b| (is_open(a), creation_key(a)).cmp(&(is_open(b), creation_key(b))))
-        .map(|rr| LatestCr::of(&rr))
+    }
+
+    fn rank(&self) -> (bool, &(Option<jiff::Timestamp>, Option<jiff::Timestamp>, String)) {
+        (self.open, &self.created)
+    }
 }
 
 /// Of `candidates`, the open incident CR of `fingerprint` (see [`latest_incident`]).
@@ -403,6 +440,11 @@ pub trait RemediationSink: Send + Sync {
         let latest = self.find_latest(namespace, fingerprint).await?;
         Ok(latest.filter(|l| l.phase == CrPhase::Open).map(|l| l.at))
     }
+
+    /// Follows what others change (the remediation controller's phases) until dropped, so
+    /// lookups need no request: the Kubernetes sink watches RemediationRequests into an index
+    /// ([`CrIndex`]). The others read their store on every lookup: the default returns at once.
+    async fn follow(&self) {}
 
     /// Counts `n` more occurrences on the CR and raises its `lastSeen` (see
     /// [`add_occurrences_to`]), atomically against concurrent writers, so no increment is lost.
