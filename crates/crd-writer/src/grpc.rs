@@ -282,9 +282,11 @@ impl CrdWriterGrpc {
     /// dedup's windows say. Dedup names a CR per window, so an incident open longer than one
     /// (its CR not finished, alerts more than a window apart) or opened before dedup lost its
     /// state (dedup was unavailable, or restarted) already has a CR under another name. So
-    /// the alert is counted on the open CR of its fingerprint in the CR's namespace if there
-    /// is one ([`RemediationSink::find_open`], an index lookup), and the CR is created only if
-    /// not. The edge then binds dedup's window to the CR found, so the window's repeats go
+    /// the latest CR of its fingerprint in the CR's namespace is looked up
+    /// ([`RemediationSink::find_latest`], an index lookup) and [`Lifecycle::decide`] says
+    /// where the alert goes: on that CR while it is open, or finished within the cooldown
+    /// (marked as after completion); otherwise the CR is created, pointing at the previous
+    /// one. The edge then binds dedup's window to a CR found, so the window's repeats go
     /// straight there.
     ///
     /// When dedup vouched for the window ([`LastResort::Vouched`]), a CR of the create's own

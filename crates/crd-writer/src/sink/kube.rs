@@ -303,7 +303,9 @@ impl RemediationSink for KubeSink {
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
-                    if std::mem::take(&mut failing) {
+                    // A relist begins with `Init` before it has reached the API server.
+                    let reached = !matches!(event, kube::runtime::watcher::Event::Init);
+                    if reached && std::mem::take(&mut failing) {
                         tracing::info!("watching RemediationRequests again");
                     }
                     self.index.apply(event);
