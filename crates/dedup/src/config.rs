@@ -77,3 +77,6 @@ impl DedupConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
