@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use breakwater::{Config, Gateway};
-use breakwater_crd_writer::{KubeSink, RemediationSink};
+use breakwater_crd_writer::sink::IncidentEntry;
+use breakwater_crd_writer::{KubeSink, RemediationRequest, RemediationSink};
 use breakwater_keyspace::RedisConfig;
 use breakwater_testkit::{FakeApiServer, RedisServer, unique_key_root};
 use serde_json::{Value, json};
@@ -33,6 +34,10 @@ pub struct TestGateway {
     pub backend: Backend,
     pub fake_api: Option<FakeApiServer>,
     pub redis: Option<RedisServer>,
+    /// The Kubernetes sink the gateway writes through, and a client of the test's own to the
+    /// fake API server, as the remediation controller's (Redis and Kubernetes only).
+    kube_sink: Option<Arc<dyn RemediationSink>>,
+    kube_client: Option<kube::Client>,
     gateway: Option<Gateway>,
     dir: tempfile::TempDir,
     http: reqwest::Client,
@@ -84,12 +89,15 @@ impl TestGateway {
             fake_api = Some(api);
         }
         adjust(&mut config);
+        let kube_sink = sink.clone();
+        let kube_client = fake_api.as_ref().map(FakeApiServer::client);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port for the edge");
         let ingest = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port for the ingest API");
         let gateway = Gateway::start(config, sink, listener, Some(ingest)).await.expect("gateway starts");
         let url = format!("http://{}", gateway.edge_addr);
         let ingest_url = gateway.ingest_addr.map(|a| format!("http://{a}")).unwrap_or_default();
-        Self { url, ingest_url, backend, fake_api, redis, gateway: Some(gateway), dir, http: reqwest::Client::new() }
+        let http = reqwest::Client::new();
+        Self { url, ingest_url, backend, fake_api, redis, kube_sink, kube_client, gateway: Some(gateway), dir, http }
     }
 
     /// Posts an Alertmanager webhook; returns the status and the JSON body.
@@ -141,6 +149,70 @@ impl TestGateway {
         self.remediations()
             .into_iter()
             .find(|cr| cr["metadata"]["namespace"] == namespace && cr["metadata"]["name"] == name)
+    }
+
+    /// Sets the `status` of the RemediationRequest `namespace/name` as the remediation
+    /// controller does: through the `/status` subresource on Kubernetes, by editing its file
+    /// on the directory sink (as a person closing an incident by hand would).
+    pub async fn set_status(&self, namespace: &str, name: &str, status: Value) {
+        match &self.kube_client {
+            Some(client) => {
+                let rrs: kube::Api<RemediationRequest> = kube::Api::namespaced(client.clone(), namespace);
+                let patch = kube::api::Patch::Merge(json!({ "status": status }));
+                let rr = rrs
+                    .patch_status(name, &kube::api::PatchParams::default(), &patch)
+                    .await
+                    .expect("patch the CR's status");
+                self.seen_by_gateway(&rr).await;
+            }
+            None => {
+                let mut cr = self.remediation(namespace, name).expect("the CR to finish exists");
+                cr["status"] = status;
+                self.write_file(namespace, name, &cr);
+            }
+        }
+    }
+
+    /// Puts `cr` (a whole RemediationRequest, as another writer made it) in the store: created
+    /// through the API on Kubernetes, written as a file on the directory sink.
+    pub async fn put_remediation(&self, cr: &Value) {
+        let namespace = cr["metadata"]["namespace"].as_str().expect("a namespace");
+        let name = cr["metadata"]["name"].as_str().expect("a name");
+        match &self.kube_client {
+            Some(client) => {
+                let rrs: kube::Api<RemediationRequest> = kube::Api::namespaced(client.clone(), namespace);
+                let rr: RemediationRequest = serde_json::from_value(cr.clone()).expect("a RemediationRequest");
+                let rr = rrs.create(&kube::api::PostParams::default(), &rr).await.expect("create the CR");
+                self.seen_by_gateway(&rr).await;
+            }
+            None => self.write_file(namespace, name, cr),
+        }
+    }
+
+    /// Waits until the gateway's lookups see `rr` as it is: its watch follows the API server
+    /// within milliseconds, but a test's next request can be faster.
+    async fn seen_by_gateway(&self, rr: &RemediationRequest) {
+        let Some(sink) = &self.kube_sink else { return };
+        let namespace = rr.metadata.namespace.clone().unwrap_or_default();
+        let name = rr.metadata.name.clone().unwrap_or_default();
+        let want = IncidentEntry::of(rr).map(|entry| entry.latest);
+        breakwater_testkit::assert_eventually!(
+            Duration::from_secs(10),
+            async {
+                let latest = sink.find_latest(&namespace, &rr.spec.signal_fingerprint).await.ok().flatten();
+                want.is_none() || latest.as_ref().is_some_and(|l| l.at.name != name || Some(l) == want.as_ref())
+            },
+            "the gateway does not see {namespace}/{name} as it is"
+        );
+    }
+
+    /// Writes `cr` to its file of the directory sink, replacing it at once (rename).
+    fn write_file(&self, namespace: &str, name: &str, cr: &Value) {
+        let dir = self.dir.path().join(namespace);
+        std::fs::create_dir_all(&dir).expect("namespace directory");
+        let tmp = dir.join(format!(".test-{name}"));
+        std::fs::write(&tmp, serde_saphyr::to_string(cr).expect("yaml")).expect("write the CR file");
+        std::fs::rename(&tmp, dir.join(format!("{name}.yaml"))).expect("replace the CR file");
     }
 
     /// Stops the gateway the way `breakwater up` does on SIGTERM (pending counts are flushed).

@@ -158,7 +158,9 @@ async fn run_component_with(
                 Some(sink) => sink,
                 None => breakwater_crd_writer::sink_from_config(&config.crd_writer).await?,
             };
-            let mut writer = CrdWriter::new(config.crd_writer.clone(), sink).with_clock(clock);
+            let mut writer = CrdWriter::new(config.crd_writer.clone(), sink)
+                .with_clock(clock)
+                .with_cooldown(config.dedup.cooldown());
             if let Some(embedded) = embedded {
                 writer = writer.with_journal(embedded.namespace("crd-writer")?);
             }

@@ -25,6 +25,7 @@ use tokio::time::MissedTickBehavior;
 use breakwater_embedded::{Namespace, Op};
 
 use crate::crd::{self, CrRef, Write, WriteKind, signal_resource_id};
+use crate::lifecycle::{Lifecycle, Verdict};
 use crate::sink::{BATCH_CONCURRENCY, CountUpdate, CreateOutcome, RemediationSink, SinkError, UpdateOutcome};
 
 /// Relocation memos kept at most; past this the memo starts over (it is only a shortcut).
@@ -54,6 +55,14 @@ struct Pending {
 /// How long a journaled entry may wait for its flush before it is dropped.
 const JOURNAL_TTL_MS: i64 = 24 * 3600 * 1000;
 
+/// What [`Coalescer::apply_to_latest`] did with counts whose CR does not exist.
+enum Latest {
+    /// They were applied to the incident's latest CR.
+    Applied(Applied),
+    /// Their CR is to be created, pointing at the incident's previous CR (its name).
+    Create { previous: Option<String> },
+}
+
 enum Applied {
     Updated,
     Unchanged,
@@ -72,10 +81,13 @@ pub struct Coalescer {
     /// Per CR and dedup window (see [`CountUpdate::window_start`]): counts of two windows of
     /// one incident add up, so they must not merge by maximum.
     pending: Mutex<HashMap<(CrRef, UnixMillis), Pending>>,
-    /// CRs that were created in the fallback namespace, by the ref the edge uses.
-    relocated: Mutex<HashMap<CrRef, String>>,
+    /// CRs that live elsewhere than the ref the edge uses: created in the fallback namespace,
+    /// or the incident's open CR found under another name (see [`Coalescer::flush`]).
+    relocated: Mutex<HashMap<CrRef, CrRef>>,
     /// Where pending counts survive a crash (see [`Coalescer::with_journal`]).
     journal: Option<Namespace>,
+    /// Where an incident's counts go when their CR does not exist (see [`Lifecycle`]).
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -101,7 +113,20 @@ impl Coalescer {
             pending: Mutex::new(HashMap::new()),
             relocated: Mutex::new(HashMap::new()),
             journal: None,
+            lifecycle: Arc::default(),
         }
+    }
+
+    /// Decides with `lifecycle` (its cooldown) instead of the default one.
+    #[must_use]
+    pub fn with_lifecycle(mut self, lifecycle: Arc<Lifecycle>) -> Self {
+        self.lifecycle = lifecycle;
+        self
+    }
+
+    /// The lifecycle decisions this coalescer makes, shared with the gRPC face.
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        Arc::clone(&self.lifecycle)
     }
 
     /// Keeps every pending entry in `journal` until it is flushed, and takes back the
@@ -182,21 +207,23 @@ impl Coalescer {
 
     /// Records that the CR the edge calls `target` lives in `namespace`, so its counts go there.
     pub fn note_placement(&self, target: &CrRef, namespace: &str) {
-        if target.namespace == namespace {
+        self.note_relocation(target, &CrRef { namespace: namespace.to_owned(), name: target.name.clone() });
+    }
+
+    /// Records that the counts the edge sends to `target` belong on the CR `at`.
+    fn note_relocation(&self, target: &CrRef, at: &CrRef) {
+        if target == at {
             return;
         }
         let mut relocated = lock(&self.relocated);
         if relocated.len() >= MAX_RELOCATIONS {
             relocated.clear();
         }
-        relocated.insert(target.clone(), namespace.to_owned());
+        relocated.insert(target.clone(), at.clone());
     }
 
     pub(crate) fn placement(&self, target: &CrRef) -> CrRef {
-        match lock(&self.relocated).get(target) {
-            Some(namespace) => CrRef { namespace: namespace.clone(), name: target.name.clone() },
-            None => target.clone(),
-        }
+        lock(&self.relocated).get(target).cloned().unwrap_or_else(|| target.clone())
     }
 
     /// Applies every pending entry once; failures stay pending.
@@ -271,8 +298,13 @@ impl Coalescer {
             // The incident's CR was never written: nothing to mark.
             return Ok(Applied::Unchanged);
         }
+        let previous = match self.apply_to_latest(target, &at, &pending.update).await? {
+            Latest::Applied(applied) => return Ok(applied),
+            Latest::Create { previous } => previous,
+        };
         let Some(first) = &pending.first else { return Ok(Applied::Gone) };
         let mut rr = crd::build(first, self.clock.now(), &self.fallback_namespace);
+        rr.spec.deduplication.previous_remediation_request_ref = previous;
         pending.update.apply_to(&mut rr.spec, self.cap);
         let created = self.sink.create(&rr).await?;
         self.note_placement(target, &created.namespace);
@@ -286,6 +318,32 @@ impl Coalescer {
             UpdateOutcome::Unchanged => Applied::Unchanged,
             UpdateOutcome::NotFound => Applied::Retry,
         })
+    }
+
+    /// Counts of an incident whose CR `at` does not exist go where [`Lifecycle::decide`]
+    /// says: to the incident's latest CR while it counts (open, or finished within the
+    /// cooldown). That is a repeat that raced its window's first alert, which found that CR
+    /// (see `CrdWriterGrpc::create_or_count`) after dedup had placed the window on a CR of its
+    /// own name. Counts merge per window, so nothing counts twice. Otherwise the CR is
+    /// created, pointing at the incident's `previous` CR.
+    async fn apply_to_latest(&self, target: &CrRef, at: &CrRef, update: &CountUpdate) -> Result<Latest, SinkError> {
+        if update.fingerprint.is_empty() {
+            return Ok(Latest::Create { previous: None });
+        }
+        let namespace = if at.namespace.is_empty() { &self.fallback_namespace } else { &at.namespace };
+        let latest = self.sink.find_latest(namespace, &update.fingerprint).await?;
+        let counting = match self.lifecycle.decide(latest, self.clock.now()) {
+            Verdict::CountOn { at: counting, .. } if counting != *at => counting,
+            Verdict::CountOn { .. } => return Ok(Latest::Create { previous: None }),
+            Verdict::Create { previous } => return Ok(Latest::Create { previous: previous.map(|p| p.name) }),
+        };
+        let applied = match self.sink.update_counts(&counting, update).await? {
+            UpdateOutcome::Updated => Applied::Updated,
+            UpdateOutcome::Unchanged => Applied::Unchanged,
+            UpdateOutcome::NotFound => return Ok(Latest::Create { previous: None }),
+        };
+        self.note_relocation(target, &counting);
+        Ok(Latest::Applied(applied))
     }
 
     /// Puts a failed entry back, merged with anything that arrived since it was taken.

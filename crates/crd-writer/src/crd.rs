@@ -53,6 +53,9 @@ pub const ANNOTATION_TRUNCATED: &str = "kubernaut.io/truncated";
 /// with room for the status and counts that later updates add.
 pub const CR_MAX_BYTES: usize = 256 * 1024;
 pub const MANAGED_BY: &str = "breakwater";
+/// The `app.kubernetes.io/managed-by` value of the gateway Breakwater replaces (reference
+/// §7.2): its open CRs are adopted, so repeats of their incidents count on them.
+pub const MANAGED_BY_REPLACED: &str = "gateway-service";
 
 /// Spec of a RemediationRequest: one incident (or one storm) for the remediation controller.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -219,8 +222,14 @@ pub struct Deduplication {
     pub last_seen: Time,
     /// Signals of this incident so far, the first included.
     pub occurrence_count: i64,
+    /// The name of the incident's previous CR (same namespace), when this one was opened
+    /// after that one finished (see the README's "An incident's life follows its CR").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_remediation_request_ref: Option<String>,
+    /// Of `occurrenceCount`, the occurrences counted after the remediation controller had
+    /// finished this CR (a terminal `status.overallPhase`), within the cooldown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurrences_after_completion: Option<i64>,
     /// How `occurrenceCount` adds up (Breakwater's bookkeeping; absent on CRs of other
     /// gateways).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -466,6 +475,7 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
             last_seen: time(last_seen_ms),
             occurrence_count: to_i64(write.occurrence_count.max(1)),
             previous_remediation_request_ref: None,
+            occurrences_after_completion: None,
             // A storm CR's own occurrence is its first alert; its alerts are `stormAlertCount`.
             tally: storm.is_none().then(|| OccurrenceTally {
                 window_start_ms: first_seen_ms,

@@ -2,9 +2,8 @@
 //!
 //! One result per write, in request order. A bad write gets `FAILED` with a short cause and
 //! does not fail the batch. Creates are applied before the answer (concurrently within the
-//! batch); counts are queued on the [`Coalescer`] and answered `QUEUED`. A `CREATE` marked
-//! `dedup_unavailable` is first looked up as an open incident and counted there
-//! (`CrdWriterGrpc::create_or_count`).
+//! batch); counts are queued on the [`Coalescer`] and answered `QUEUED`. A `CREATE` is first
+//! looked up as an open incident and counted there (`CrdWriterGrpc::create_or_count`).
 //!
 //! Before any write of a call is applied, the whole call is checked, and refused whole, so a
 //! refused call records nothing: every write within [`bounds`](crate::bounds)
@@ -27,6 +26,7 @@ use crate::coalescer::{Coalescer, count_update};
 use crate::config::CrdWriterConfig;
 use crate::crd::{self, CrRef, RemediationRequest, StormType, StormWrite, Write, WriteKind, is_dns1123_label};
 use crate::error::Error;
+use crate::lifecycle::{Lifecycle, Verdict};
 use crate::sink::{BATCH_CONCURRENCY, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, check_owned};
 
 /// Suggested pause before retrying a failed create when Kubernetes did not ask for one.
@@ -41,6 +41,8 @@ pub struct CrdWriterGrpc {
     namespaces: NamespacePolicy,
     /// CRs known to be crd-writer's, and whose: checked before counts are accepted for them.
     owned: Arc<OwnedCrs>,
+    /// Where a create's alert goes, from its incident's latest CR (shared with the coalescer).
+    lifecycle: Arc<Lifecycle>,
 }
 
 /// Whose a CR crd-writer manages is: what [`check_owned`] compares.
@@ -98,12 +100,13 @@ impl CrdWriterGrpc {
     ) -> Self {
         Self {
             sink,
-            coalescer,
             clock,
             fallback_namespace: config.fallback_namespace.clone(),
             max_batch: config.max_batch,
             namespaces: config.namespaces.clone(),
             owned: Arc::default(),
+            lifecycle: coalescer.lifecycle(),
+            coalescer,
         }
     }
 
@@ -202,9 +205,10 @@ impl CrdWriterGrpc {
                     record(kind, "invalid");
                     results[index] = Some(failed(remediation, why.to_owned(), 0));
                 }
-                Ok(write) if write.kind == WriteKind::Create && dedup_unavailable => {
+                // Every create looks for an open CR of its incident first (see `create_or_count`).
+                Ok(write) if write.kind == WriteKind::Create => {
                     let rr = crd::build(&write, now, &self.fallback_namespace);
-                    fallbacks.push((index, write, rr, count));
+                    fallbacks.push((index, write, rr, if dedup_unavailable { count } else { LastResort::Vouched }));
                 }
                 Ok(write) if write.kind.is_create() => {
                     rrs.push(crd::build(&write, now, &self.fallback_namespace));
@@ -249,7 +253,7 @@ impl CrdWriterGrpc {
                 Err(err) => answer_failed(&write, &err),
             });
         }
-        for ((index, write, _, _), outcome) in fallbacks.into_iter().zip(fallback_outcomes) {
+        for ((index, write, _, count), outcome) in fallbacks.into_iter().zip(fallback_outcomes) {
             let (label, answer) = match outcome {
                 Ok(Fallback::Counted { at, on_open }) => {
                     record(write.kind.as_str(), "already_existed");
@@ -266,22 +270,32 @@ impl CrdWriterGrpc {
                 }
                 Err(err) => ("failed", answer_failed(&write, &err)),
             };
-            metrics::counter!("breakwater_crd_dedup_fallback_total", "outcome" => label).increment(1);
+            if count != LastResort::Vouched {
+                metrics::counter!("breakwater_crd_dedup_fallback_total", "outcome" => label).increment(1);
+            }
             results[index] = Some(answer);
         }
         results.into_iter().map(Option::unwrap_or_default).collect()
     }
 
-    /// The dedup of last resort, for a `CREATE` whose name comes from the edge's fallback
-    /// window because dedup was unavailable: an incident that was open before dedup went down
-    /// already has a CR under another name. So the alert is counted on the open CR of its
-    /// fingerprint in the CR's namespace if there is one, and the CR is created only if not.
+    /// Every `CREATE` of an incident: an incident whose CR is still open keeps it, whatever
+    /// dedup's windows say. Dedup names a CR per window, so an incident open longer than one
+    /// (its CR not finished, alerts more than a window apart) or opened before dedup lost its
+    /// state (dedup was unavailable, or restarted) already has a CR under another name. So
+    /// the latest CR of its fingerprint in the CR's namespace is looked up
+    /// ([`RemediationSink::find_latest`], an index lookup) and [`Lifecycle::decide`] says
+    /// where the alert goes: on that CR while it is open, or finished within the cooldown
+    /// (marked as after completion); otherwise the CR is created, pointing at the previous
+    /// one. The edge then binds dedup's window to a CR found, so the window's repeats go
+    /// straight there.
     ///
-    /// A create that runs into an existing CR of its name (another fallback create of the same
-    /// incident won the race, or a sender retry) counts there too: without dedup every alert
-    /// is an occurrence, wherever it is counted. A failed lookup other than an unavailable API
-    /// (say, no RBAC to list) does not fail the alert; it is created as usual, and
-    /// Kubernetes' AlreadyExists on the window name still keeps duplicates out.
+    /// When dedup vouched for the window ([`LastResort::Vouched`]), a CR of the create's own
+    /// name is the window's own (a racing repeat created it first) and is answered as
+    /// usual. Otherwise a create that runs into an existing CR of its name (another fallback
+    /// create of the same incident won the race, or a sender retry) counts there too: without
+    /// dedup every alert is an occurrence, wherever it is counted. A failed lookup other than
+    /// an unavailable API (say, no RBAC to list) does not fail the alert; it is created as
+    /// usual, and Kubernetes' AlreadyExists on the window name still keeps duplicates out.
     async fn create_or_count(
         &self,
         write: &Write,
@@ -289,22 +303,42 @@ impl CrdWriterGrpc {
         count: LastResort,
     ) -> Result<Fallback, SinkError> {
         let namespace = rr.metadata.namespace.as_deref().unwrap_or_default();
-        match self.sink.find_open(namespace, &write.signal.fingerprint).await {
-            Ok(Some(open)) => match self.count_on(&open, write, count).await? {
-                UpdateOutcome::Updated | UpdateOutcome::Unchanged => {
-                    return Ok(Fallback::Counted { at: open, on_open: true });
+        let own = |open: &CrRef| open.name == write.target.name;
+        let mut previous = None;
+        match self.sink.find_latest(namespace, &write.signal.fingerprint).await {
+            Ok(latest) => match self.lifecycle.decide(latest, self.clock.now()) {
+                Verdict::CountOn { at, after_completion } if !(count == LastResort::Vouched && own(&at)) => {
+                    match self.count_on(&at, write, count).await? {
+                        UpdateOutcome::Updated | UpdateOutcome::Unchanged => {
+                            if after_completion {
+                                tracing::debug!(%at, "counted on a finished CR, within the cooldown");
+                            }
+                            return Ok(Fallback::Counted { at, on_open: true });
+                        }
+                        // Deleted since the lookup: create as usual.
+                        UpdateOutcome::NotFound => {}
+                    }
                 }
-                // Deleted since the lookup: create as usual.
-                UpdateOutcome::NotFound => {}
+                Verdict::CountOn { .. } => {}
+                Verdict::Create { previous: latest } => previous = latest,
             },
-            Ok(None) => {}
             Err(err @ SinkError::Unavailable { .. }) => return Err(err),
             Err(err) => {
                 tracing::warn!(target = %write.target, cause = %err, "looking up an open CR failed, creating as usual");
             }
         }
+        let linked;
+        let rr = match previous {
+            Some(previous) => {
+                let mut rr = rr.clone();
+                rr.spec.deduplication.previous_remediation_request_ref = Some(previous.name);
+                linked = rr;
+                &linked
+            }
+            None => rr,
+        };
         let created = self.sink.create(rr).await?;
-        if created.outcome == CreateOutcome::AlreadyExisted {
+        if created.outcome == CreateOutcome::AlreadyExisted && count != LastResort::Vouched {
             let at = CrRef { namespace: created.namespace.clone(), name: write.target.name.clone() };
             if self.count_on(&at, write, count).await? != UpdateOutcome::NotFound {
                 self.coalescer.note_placement(&write.target, &created.namespace);
@@ -343,7 +377,7 @@ impl CrdWriterGrpc {
                 }
                 self.sink.add_occurrences(at, 1, update.last_seen).await
             }
-            LastResort::MergeWindow => self.sink.update_counts(at, &update).await,
+            LastResort::MergeWindow | LastResort::Vouched => self.sink.update_counts(at, &update).await,
         }
     }
 
@@ -390,6 +424,10 @@ enum LastResort {
     /// Dedup answered with its exact window count (it may have lost older state): merged
     /// by maximum per window, so dedup's later counts of the window add up with it.
     MergeWindow,
+    /// Dedup vouched that the incident is new in this window (its CR may still be open from
+    /// an earlier one): counted as [`LastResort::MergeWindow`] on an open CR found under
+    /// another name; its own name is created as any create is.
+    Vouched,
 }
 
 /// Where a [`CrdWriterGrpc::create_or_count`] alert went.

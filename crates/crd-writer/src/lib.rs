@@ -4,9 +4,10 @@
 //! `STORM_CREATE`) are applied before the answer, with retries and the fallback namespace;
 //! counts (`OCCURRENCE`, `STORM_ADD`) are answered `QUEUED` and coalesced, so a burst of
 //! duplicates costs one Kubernetes write per flush interval, and no count is lost to a failed
-//! write. A `CREATE` the edge named after a fallback window because dedup was unavailable is
-//! first looked up as the open CR of its fingerprint and counted there, so an incident keeps one
-//! CR (the dedup of last resort; metric `breakwater_crd_dedup_fallback_total`).
+//! write. Every `CREATE` of an incident is first looked up as the latest CR of its fingerprint
+//! and counted there while that CR is open, or finished within the cooldown
+//! ([`lifecycle`]), so an incident keeps one CR however long it lasts, and through dedup's
+//! outages (the dedup of last resort; metric `breakwater_crd_dedup_fallback_total`).
 //!
 //! # Layout
 //! - [`config`] — `CrdWriterConfig`, the `crd_writer` keys and their defaults.
@@ -16,7 +17,10 @@
 //!   [`crd::build`], the pure write → CR function (labels, priority, truncation).
 //! - [`sink`] — the [`RemediationSink`] trait and the monotonic count merge; backends
 //!   [`sink::kube`] (API server), [`sink::dir`] (YAML files, the embedded default) and
-//!   [`sink::memory`] (tests).
+//!   [`sink::memory`] (tests); [`sink::index`], the Kubernetes sink's index of incident CRs
+//!   and their phases, fed by a watch.
+//! - [`lifecycle`] — where an incident's next alert counts, from its latest CR's phase
+//!   (open, finished within the cooldown, or a new CR).
 //! - [`coalescer`] — pending counts per CR and their periodic flush.
 //! - [`grpc`] — [`CrdWriterGrpc`], the tonic service and proto ↔ domain conversion.
 //!
@@ -38,6 +42,7 @@ pub mod config;
 pub mod crd;
 pub mod error;
 pub mod grpc;
+pub mod lifecycle;
 pub mod sink;
 
 pub use coalescer::Coalescer;
@@ -53,6 +58,7 @@ pub struct CrdWriter {
     sink: Arc<dyn RemediationSink>,
     clock: Arc<dyn Clock>,
     journal: Option<breakwater_embedded::Namespace>,
+    cooldown: std::time::Duration,
 }
 
 impl std::fmt::Debug for CrdWriter {
@@ -64,7 +70,15 @@ impl std::fmt::Debug for CrdWriter {
 impl CrdWriter {
     /// A writer on `sink` (see [`sink_from_config`]) with the wall clock.
     pub fn new(config: CrdWriterConfig, sink: Arc<dyn RemediationSink>) -> Self {
-        Self { config, sink, clock: Arc::new(SystemClock), journal: None }
+        Self { config, sink, clock: Arc::new(SystemClock), journal: None, cooldown: lifecycle::DEFAULT_COOLDOWN }
+    }
+
+    /// How long a finished CR still counts its incident's alerts (`dedup.cooldown_secs`;
+    /// see [`lifecycle`]).
+    #[must_use]
+    pub fn with_cooldown(mut self, cooldown: std::time::Duration) -> Self {
+        self.cooldown = cooldown;
+        self
     }
 
     /// Keeps counts answered `QUEUED` in `journal` until they are written, so a crash does
@@ -92,7 +106,8 @@ impl CrdWriter {
             Arc::clone(&self.clock),
             self.config.fallback_namespace.clone(),
             self.config.affected_resources_cap,
-        );
+        )
+        .with_lifecycle(Arc::new(lifecycle::Lifecycle::new(self.cooldown)));
         if let Some(journal) = self.journal {
             coalescer = coalescer.with_journal(journal)?;
         }
@@ -144,6 +159,11 @@ pub async fn run(
     writer.config.validate().map_err(Error::Config)?;
     let interval = writer.config.flush_interval();
     let final_timeout = writer.config.final_flush_timeout();
+    // The Kubernetes sink's watch of the phases (see `RemediationSink::follow`).
+    let follower = tokio::spawn({
+        let sink = Arc::clone(&writer.sink);
+        async move { sink.follow().await }
+    });
     let (grpc, coalescer) = writer.into_parts()?;
 
     let (stop_flusher, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -166,5 +186,6 @@ pub async fn run(
         tracing::error!(cause = %err, "flusher task failed");
     }
     coalescer.final_flush(final_timeout).await;
+    follower.abort();
     served.map_err(Error::from)
 }

@@ -5,9 +5,9 @@
 //! embedded default) and [`MemorySink`] (in-process, for tests). Both apply [`CountUpdate::apply_to`], so counts only ever grow, however
 //! often and in whatever order updates arrive.
 //!
-//! The dedup fallback (creates sent while dedup was unavailable) needs two more things every
-//! backend shares: [`latest_open`], which CR of a fingerprint is the open incident, and
-//! [`add_occurrences_to`], an increment. Unlike a count merge, an increment is not idempotent:
+//! Creates need two more things every backend shares: [`latest_incident`], which CR of a
+//! fingerprint is the incident's latest and where its life stands (open, resolved or
+//! finished), and, for the dedup fallback, [`add_occurrences_to`], an increment. Unlike a count merge, an increment is not idempotent:
 //! it is only for alerts that nothing else counts.
 
 use std::time::Duration;
@@ -17,15 +17,18 @@ use breakwater_signal::UnixMillis;
 use futures::StreamExt;
 
 use crate::crd::{
-    ANNOTATION_CREATED_AT, CrRef, LABEL_FINGERPRINT, LABEL_MANAGED_BY, MANAGED_BY, OccurrenceTally, RemediationRequest,
-    RemediationRequestSpec, label_value, time, to_i64,
+    ANNOTATION_CREATED_AT, CrRef, LABEL_FINGERPRINT, LABEL_MANAGED_BY, MANAGED_BY, MANAGED_BY_REPLACED,
+    OccurrenceTally, RemediationRequest, RemediationRequestSpec, label_value, time, to_i64,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub mod dir;
+pub mod index;
 pub mod kube;
 pub mod memory;
 
 pub use dir::DirSink;
+pub use index::CrIndex;
 pub use kube::KubeSink;
 pub use memory::{MemorySink, SinkCalls};
 
@@ -166,7 +169,7 @@ impl CountUpdate {
 }
 
 /// Refuses to change `rr` unless crd-writer manages it (its `app.kubernetes.io/managed-by`
-/// label says `breakwater`) and, for an incident CR and a non-empty `fingerprint`, it is that
+/// label says `breakwater`, or `gateway-service`: a CR of the replaced gateway, adopted) and, for an incident CR and a non-empty `fingerprint`, it is that
 /// incident's (fingerprint label and `spec.signalFingerprint` both match). Every backend calls
 /// it on the CR it read before it writes a count, so a caller that can reach crd-writer
 /// cannot touch a CR someone else made, nor another incident's.
@@ -176,7 +179,7 @@ impl CountUpdate {
 pub fn check_owned(rr: &RemediationRequest, target: &CrRef, fingerprint: &str) -> Result<(), SinkError> {
     let labels = rr.metadata.labels.as_ref();
     let foreign = |why: &'static str| Err(SinkError::Foreign { target: target.to_string(), why });
-    if labels.and_then(|l| l.get(LABEL_MANAGED_BY)).map(String::as_str) != Some(MANAGED_BY) {
+    if !is_managed(rr) {
         return foreign("it is not managed by breakwater");
     }
     if fingerprint.is_empty() || rr.spec.is_storm {
@@ -192,21 +195,124 @@ pub fn check_owned(rr: &RemediationRequest, target: &CrRef, fingerprint: &str) -
 /// `status.overallPhase` values after which the remediation controller is done with a CR.
 pub const TERMINAL_PHASES: [&str; 4] = ["Completed", "Failed", "Cancelled", "Timeout"];
 
+/// Whether the remediation controller has finished `rr`: its `status.overallPhase` is one of
+/// [`TERMINAL_PHASES`] (compared exactly, as the replaced gateway did).
+pub fn is_finished(rr: &RemediationRequest) -> bool {
+    let phase = rr.status.as_ref().and_then(|s| s.overall_phase.as_deref()).unwrap_or("");
+    TERMINAL_PHASES.contains(&phase)
+}
+
 /// Whether `rr`'s incident is still open: the remediation controller has not finished it
 /// (no status, or an empty or non-terminal `overallPhase`), and it was not resolved after
 /// its last occurrence.
 pub fn is_open(rr: &RemediationRequest) -> bool {
-    let phase = rr.status.as_ref().and_then(|s| s.overall_phase.as_deref()).unwrap_or("");
     let dedup = &rr.spec.deduplication;
     let resolved = dedup.resolved_at.as_ref().is_some_and(|at| *at >= dedup.last_seen);
-    !TERMINAL_PHASES.contains(&phase) && !resolved
+    !is_finished(rr) && !resolved
 }
 
-/// Of `candidates`, the open incident CR of `fingerprint`: labelled with it (cut to a label
-/// value, as [`crate::crd::build`] writes it) and carrying it whole in `spec.signalFingerprint`,
-/// not a storm CR (a storm aggregates signals; it is not this incident's CR), and
-/// [`is_open`]. When several are, the most recently created (`creationTimestamp`, then the
-/// `kubernaut.io/created-at` annotation, then the name).
+/// The latest incident CR of a fingerprint, and where its life stands: what
+/// [`crate::lifecycle::Lifecycle::decide`] needs to tell whether an alert counts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestCr {
+    pub at: CrRef,
+    pub phase: CrPhase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrPhase {
+    /// Not finished, not resolved: it counts the incident's alerts.
+    Open,
+    /// Resolved after its last occurrence, not finished: the next firing is a new incident.
+    Resolved,
+    /// Finished by the remediation controller: `status.completedAt` if it says, and the
+    /// latest resolution of the incident, in Unix ms.
+    Finished { completed_at: Option<UnixMillis>, resolved_at: Option<UnixMillis> },
+}
+
+impl LatestCr {
+    /// Where `rr` stands; its ref is taken from its metadata.
+    pub fn of(rr: &RemediationRequest) -> Self {
+        let at = CrRef {
+            namespace: rr.metadata.namespace.clone().unwrap_or_default(),
+            name: rr.metadata.name.clone().unwrap_or_default(),
+        };
+        let millis = |t: &Time| t.0.as_millisecond();
+        let phase = if is_finished(rr) {
+            CrPhase::Finished {
+                completed_at: rr.status.as_ref().and_then(|s| s.completed_at.as_ref()).map(millis),
+                resolved_at: rr.spec.deduplication.resolved_at.as_ref().map(millis),
+            }
+        } else if is_open(rr) {
+            CrPhase::Open
+        } else {
+            CrPhase::Resolved
+        };
+        Self { at, phase }
+    }
+}
+
+/// Of `candidates`, the latest incident CR of `fingerprint` (see [`IncidentEntry::of`]): an
+/// open one first; among equals the most recently created (`creationTimestamp`, then the
+/// `kubernaut.io/created-at` annotation, then the name). Candidates must carry their namespace
+/// and name in their metadata.
+pub fn latest_incident(
+    candidates: impl IntoIterator<Item = RemediationRequest>,
+    fingerprint: &str,
+) -> Option<LatestCr> {
+    let entries: Vec<IncidentEntry> = candidates
+        .into_iter()
+        .filter_map(|rr| IncidentEntry::of(&rr))
+        .filter(|entry| entry.fingerprint == fingerprint)
+        .collect();
+    latest_of(&entries)
+}
+
+/// The latest of `entries` (open first, then most recently created).
+pub fn latest_of<'a>(entries: impl IntoIterator<Item = &'a IncidentEntry>) -> Option<LatestCr> {
+    entries.into_iter().max_by(|a, b| a.rank().cmp(&b.rank())).map(|entry| entry.latest.clone())
+}
+
+/// What the lookup needs of one incident CR: whose it is, where its life stands and how
+/// recent it is. Small, so an index of every CR costs little memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentEntry {
+    pub fingerprint: String,
+    pub latest: LatestCr,
+    open: bool,
+    created: (Option<jiff::Timestamp>, Option<jiff::Timestamp>, String),
+    /// `metadata.resourceVersion` as a number (0 when there is none), to keep the newest.
+    pub resource_version: u64,
+}
+
+impl IncidentEntry {
+    /// `rr` as the CR of its incident, if it is one: labelled with its fingerprint (cut to a
+    /// label value, as [`crate::crd::build`] writes it) and carrying it whole in
+    /// `spec.signalFingerprint`, not a storm CR (a storm aggregates signals; it is not this
+    /// incident's CR), managed by Breakwater or by the gateway it replaces
+    /// ([`MANAGED_BY_REPLACED`], adopted at cut-over).
+    pub fn of(rr: &RemediationRequest) -> Option<Self> {
+        let fingerprint = &rr.spec.signal_fingerprint;
+        let labelled = rr.metadata.labels.as_ref().and_then(|l| l.get(LABEL_FINGERPRINT));
+        if labelled != Some(&label_value(fingerprint)) || !is_managed(rr) || rr.spec.is_storm {
+            return None;
+        }
+        let (timestamp, created_at, name) = creation_key(rr);
+        Some(Self {
+            fingerprint: fingerprint.clone(),
+            latest: LatestCr::of(rr),
+            open: is_open(rr),
+            created: (timestamp, created_at, name.unwrap_or_default().to_owned()),
+            resource_version: rr.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+        })
+    }
+
+    fn rank(&self) -> (bool, &(Option<jiff::Timestamp>, Option<jiff::Timestamp>, String)) {
+        (self.open, &self.created)
+    }
+}
+
+/// Of `candidates`, the open incident CR of `fingerprint` (see [`latest_incident`]).
 pub fn latest_open(
     candidates: impl IntoIterator<Item = RemediationRequest>,
     fingerprint: &str,
@@ -216,11 +322,38 @@ pub fn latest_open(
         .into_iter()
         .filter(|rr| {
             rr.metadata.labels.as_ref().and_then(|l| l.get(LABEL_FINGERPRINT)) == Some(&label)
+                && is_managed(rr)
                 && rr.spec.signal_fingerprint == fingerprint
                 && !rr.spec.is_storm
                 && is_open(rr)
         })
         .max_by(|a, b| creation_key(a).cmp(&creation_key(b)))
+}
+
+/// Whether `rr` is Breakwater's, or the replaced gateway's (which Breakwater adopts).
+fn is_managed(rr: &RemediationRequest) -> bool {
+    let managed_by = rr.metadata.labels.as_ref().and_then(|l| l.get(LABEL_MANAGED_BY)).map(String::as_str);
+    matches!(managed_by, Some(MANAGED_BY | MANAGED_BY_REPLACED))
+}
+
+/// Runs `change` on the counts of a CR and, when the CR was `finished` before, adds what it
+/// added to `occurrenceCount` to `occurrencesAfterCompletion`. Returns what `change` returned.
+/// Every sink's count writes go through it.
+pub fn change_counts(
+    spec: &mut RemediationRequestSpec,
+    finished: bool,
+    change: impl FnOnce(&mut RemediationRequestSpec) -> bool,
+) -> bool {
+    let before = spec.deduplication.occurrence_count;
+    if !change(spec) {
+        return false;
+    }
+    let added = spec.deduplication.occurrence_count.saturating_sub(before);
+    if finished && !spec.is_storm && added > 0 {
+        let after = &mut spec.deduplication.occurrences_after_completion;
+        *after = Some(after.unwrap_or(0).saturating_add(added));
+    }
+    true
 }
 
 fn creation_key(rr: &RemediationRequest) -> (Option<jiff::Timestamp>, Option<jiff::Timestamp>, Option<&str>) {
@@ -296,9 +429,22 @@ pub trait RemediationSink: Send + Sync {
     /// Merges `update` into the CR (see [`CountUpdate::apply_to`]); writes only on change.
     async fn update_counts(&self, target: &CrRef, update: &CountUpdate) -> Result<UpdateOutcome, SinkError>;
 
-    /// The open incident CR of `fingerprint` in `namespace` (see [`latest_open`]), if any.
-    /// Only the dedup fallback asks: one listing of the namespace's CRs of that fingerprint.
-    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError>;
+    /// The latest incident CR of `fingerprint` in `namespace` and its phase (see
+    /// [`latest_incident`]), if any: one listing of the namespace's CRs of that fingerprint.
+    /// Asked before every create of an incident, never for a repeat dedup placed.
+    async fn find_latest(&self, namespace: &str, fingerprint: &str) -> Result<Option<LatestCr>, SinkError>;
+
+    /// The open incident CR of `fingerprint` in `namespace`: [`RemediationSink::find_latest`]'s,
+    /// if it is open.
+    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
+        let latest = self.find_latest(namespace, fingerprint).await?;
+        Ok(latest.filter(|l| l.phase == CrPhase::Open).map(|l| l.at))
+    }
+
+    /// Follows what others change (the remediation controller's phases) until dropped, so
+    /// lookups need no request: the Kubernetes sink watches RemediationRequests into an index
+    /// ([`CrIndex`]). The others read their store on every lookup: the default returns at once.
+    async fn follow(&self) {}
 
     /// Counts `n` more occurrences on the CR and raises its `lastSeen` (see
     /// [`add_occurrences_to`]), atomically against concurrent writers, so no increment is lost.

@@ -444,7 +444,7 @@ fn fallback_creates_against_the_api_server() -> TestResult {
     let counters = Counters::default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     metrics::with_local_recorder(&counters, || runtime.block_on(fallback_scenario()))?;
-    assert_eq!(counters.get("breakwater_kubernetes_requests_total{code=200,verb=list}"), 2);
+    assert_eq!(counters.get("breakwater_kubernetes_requests_total{code=200,verb=list}"), 3);
     assert_eq!(counters.get("breakwater_crd_dedup_fallback_total{outcome=counted_on_open}"), 1);
     assert_eq!(counters.get("breakwater_crd_dedup_fallback_total{outcome=created}"), 1);
     assert_eq!(counters.get("breakwater_crd_writes_total{kind=create,outcome=already_existed}"), 1);
@@ -457,19 +457,23 @@ async fn fallback_scenario() -> TestResult {
     let sink: Arc<dyn RemediationSink> = Arc::new(sink(&api, 5));
     let fp = "c".repeat(64);
     sink.create(&incident_of("shop", "rr-cccc-first", &fp, T0)).await?;
-    let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), Arc::clone(&sink)).into_parts().unwrap();
+    // No cooldown: a finished CR counts nothing more (see `lifecycle`).
+    let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), Arc::clone(&sink))
+        .with_cooldown(std::time::Duration::ZERO)
+        .into_parts()
+        .unwrap();
 
-    // Dedup answered: the normal path, no lookup.
+    // Dedup answered: one lookup by label (no open CR of the incident), then the create.
     let results = grpc.write_all(vec![create_write("rr-dddd-first", &"d".repeat(64), false)]).await;
     assert_eq!(results[0].outcome(), pb::WriteOutcome::Created);
-    assert_eq!(api.count(Verb::List), 0, "no extra call on the normal path");
+    assert_eq!(api.count(Verb::List), 1, "one list before the create");
 
     // Dedup down: counted on the CR the incident already has.
     let results = grpc.write_all(vec![create_write("rr-cccc-window", &fp, true)]).await;
     assert_eq!(results[0].outcome(), pb::WriteOutcome::AlreadyExisted);
     let named = results[0].remediation.as_ref().map(|r| (r.namespace.as_str(), r.name.as_str()));
     assert_eq!(named, Some(("shop", "rr-cccc-first")));
-    assert_eq!(api.count(Verb::List), 1);
+    assert_eq!(api.count(Verb::List), 2);
     let rr = stored(&api, "shop", "rr-cccc-first")?;
     assert_eq!(rr.spec.deduplication.occurrence_count, 2);
     assert_eq!(rr.spec.deduplication.last_seen, crd::time(T0 + 5000));
@@ -480,7 +484,9 @@ async fn fallback_scenario() -> TestResult {
     let results = grpc.write_all(vec![create_write("rr-cccc-window", &fp, true)]).await;
     assert_eq!(results[0].outcome(), pb::WriteOutcome::Created);
     assert_eq!(stored(&api, "shop", "rr-cccc-first")?.spec.deduplication.occurrence_count, 2);
-    assert_eq!(stored(&api, "shop", "rr-cccc-window")?.spec.deduplication.occurrence_count, 1);
+    let new = stored(&api, "shop", "rr-cccc-window")?;
+    assert_eq!(new.spec.deduplication.occurrence_count, 1);
+    assert_eq!(new.spec.deduplication.previous_remediation_request_ref.as_deref(), Some("rr-cccc-first"));
     Ok(())
 }
 

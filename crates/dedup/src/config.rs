@@ -21,6 +21,13 @@ pub struct DedupConfig {
     /// shorter than Alertmanager's `group_interval` (default 5 min), or re-notifications of
     /// a still-firing alert stop counting as occurrences.
     pub copy_window_secs: u64,
+    /// After the remediation controller finished an incident's CR (a terminal
+    /// `status.overallPhase`), its firing alerts still count on that CR, marked as after
+    /// completion, for this many seconds (0..=604800) since it finished, unless the incident
+    /// was resolved after it finished; then the next one opens a new CR. It keeps an alert
+    /// that a remediation did not fix from opening CR after CR. crd-writer applies it. Default
+    /// unset: `window_secs`.
+    pub cooldown_secs: Option<u64>,
 }
 
 impl Default for DedupConfig {
@@ -30,6 +37,7 @@ impl Default for DedupConfig {
             redis: RedisConfig::default(),
             window_secs: 300,
             copy_window_secs: crate::window::DEFAULT_COPY_WINDOW.as_secs(),
+            cooldown_secs: None,
         }
     }
 }
@@ -41,6 +49,11 @@ impl DedupConfig {
 
     pub fn copy_window(&self) -> Duration {
         Duration::from_secs(self.copy_window_secs)
+    }
+
+    /// `cooldown_secs`, or the window when it is unset.
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown_secs.map_or_else(|| self.window(), Duration::from_secs)
     }
 
     /// # Errors
@@ -55,9 +68,15 @@ impl DedupConfig {
                 self.copy_window_secs
             ));
         }
+        if let Some(cooldown) = self.cooldown_secs.filter(|s| *s > 604_800) {
+            return Err(format!("dedup.cooldown_secs = {cooldown} is not allowed: use 0..=604800 seconds"));
+        }
         if self.store == StoreKind::Redis {
             self.redis.validate("dedup")?;
         }
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -811,8 +811,13 @@ impl CrdWrite {
                     if p.write.is_some() {
                         let result = results.next().unwrap_or_default();
                         // Where the CR really is: crd-writer may have used its fallback namespace.
+                        // crd-writer counted a CREATE on its incident's open CR, found under
+                        // another name (it looks for one before every create).
+                        let mut found_open = false;
                         if let Some(r) = result.remediation.as_ref().filter(|r| !r.name.is_empty()) {
-                            if p.last_resort && !batch.dedup_degraded && r.name != remediation.1 {
+                            let create = p.write.as_ref().is_some_and(|w| w.kind() == pb::WriteKind::Create);
+                            found_open = create && r.name != remediation.1;
+                            if found_open && !batch.dedup_degraded {
                                 found.push(pb::DedupBinding {
                                     fingerprint: signal.fingerprint.clone(),
                                     first_seen_unix_ms: batch.dedup[index].first_seen_unix_ms,
@@ -827,10 +832,10 @@ impl CrdWrite {
                                 let cause = format!("{}: {}", remediation.1, result.error);
                                 failure = Some(failure.map_or((after, cause.clone()), |(a, c)| (a.max(after), c)));
                             }
-                            // The dedup of last resort found the incident's CR. Otherwise (dedup
-                            // vouched the incident is new) a racing repeat's count merely created
-                            // its CR first.
-                            pb::WriteOutcome::AlreadyExisted if p.last_resort => {
+                            // The dedup of last resort, or the lookup of an open CR, found the
+                            // incident's CR. Otherwise (dedup vouched the incident is new) a
+                            // racing repeat's count merely created its CR first.
+                            pb::WriteOutcome::AlreadyExisted if p.last_resort || found_open => {
                                 outcome = match outcome {
                                     AlertOutcome::Created => AlertOutcome::Duplicate,
                                     AlertOutcome::StormCreated => AlertOutcome::StormAggregated,
@@ -875,9 +880,9 @@ impl CrdWrite {
     }
 }
 
-/// The dedup of last resort found an incident's open CR under another name than dedup's
-/// window names (dedup lost its state): dedup counts the incident's next alerts there, so
-/// the incident keeps one CR. Rare: only after dedup recovered from an outage.
+/// crd-writer found an incident's open CR under another name than dedup's window names (the
+/// CR outlived a window, or dedup lost its state): dedup counts the window's next alerts
+/// there, so the incident keeps one CR. Once per window at most.
 async fn rebind_found(
     mut dedup: DedupServiceClient<TracedTransport>,
     bindings: Vec<pb::DedupBinding>,

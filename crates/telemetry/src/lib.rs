@@ -34,7 +34,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, fmt};
 
 pub use catalogue::{METRICS, Metric, MetricKind};
-pub use redact::{redact, redact_endpoint};
+pub use redact::{redact, redact_endpoint, redact_url_credentials};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -114,7 +114,9 @@ where
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let mut line = String::new();
         self.inner.format_event(ctx, Writer::new(&mut line), event)?;
-        let line = line.trim_end_matches('\n');
+        // Whoever logged it (kube's request spans carry the cluster URL as configured).
+        let line = crate::redact::redact_url_credentials(line.trim_end_matches('\n'));
+        let line = line.as_ref();
         let mut extra = Vec::new();
         if self.json
             && let Some(id) = request_id(ctx)

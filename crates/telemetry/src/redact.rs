@@ -27,6 +27,36 @@ pub fn redact_endpoint(endpoint: &str) -> String {
     format!("{scheme}://{host}{tail}")
 }
 
+/// `text` with the user information of every URL in it (`scheme://user:password@host`) made
+/// `***`, so no log line carries a URL's password, whoever logs it (kube's request spans log
+/// the cluster URL of a kubeconfig as written). The user information is taken to run to the
+/// last `@` before the next quote, backslash, whitespace or end, since a password may hold a
+/// `/`; a URL with an `@` in its path loses its host too, which costs only readability.
+pub fn redact_url_credentials(text: &str) -> Cow<'_, str> {
+    if !text.contains("://") || !text.contains('@') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let start = i + "://".len();
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let end = after.find(|c: char| c == '"' || c == '\\' || c.is_whitespace()).unwrap_or(after.len());
+        let segment = &after[..end];
+        match segment.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&segment[at..]);
+            }
+            None => out.push_str(segment),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
 /// Replaces the value of every sensitive JSON key in `text` (a string, an
 /// object, an array or a scalar) with `"[REDACTED]"`, and the string a serde
 /// error quotes (`invalid type: string "…"`), whose field it does not name.
@@ -144,7 +174,7 @@ fn value_end(bytes: &[u8], start: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact, redact_endpoint};
+    use super::{redact, redact_endpoint, redact_url_credentials};
 
     #[test]
     fn endpoint_credentials_and_query_are_hidden() {
@@ -164,6 +194,20 @@ mod tests {
             redact(text),
             r#"{"password":"[REDACTED]","Token": "[REDACTED]","api_key":"[REDACTED]","user":"bob"}"#
         );
+    }
+
+    #[test]
+    fn url_credentials_never_reach_a_log_line() {
+        let line = r#"{"http.url":"https://admin:Mk/Secret+9f3b=@127.0.0.1:1/apis/x?limit=500","n":1}"#;
+        assert_eq!(redact_url_credentials(line), r#"{"http.url":"https://***@127.0.0.1:1/apis/x?limit=500","n":1}"#);
+        assert_eq!(
+            redact_url_credentials("to redis://bw:pw@redis:6379 and http://h/p"),
+            "to redis://***@redis:6379 and http://h/p"
+        );
+        assert_eq!(redact_url_credentials("see http://example.com/a@b"), "see http://***@b");
+        let plain = "GET https://127.0.0.1:6443/apis ok, mail me@example.com";
+        assert_eq!(redact_url_credentials(plain), plain);
+        assert_eq!(redact_url_credentials("no url here"), "no url here");
     }
 
     #[test]

@@ -30,15 +30,21 @@
 //! [`FakeApiServer::set_configmap`] stored); a missing one is a 404 `NotFound` as on a real
 //! server. They are written only through those setters: any other method on them is a 405.
 //!
-//! Deliberately not supported (the request fails loudly instead): watches (405), server-side
-//! apply, strategic merge and JSON patch (415), other cluster-scoped resources, other core
-//! (`/api/v1`) resources and lists of core resources, and discovery beyond `/version` (404). Finalizers are stored but not honoured:
+//! Watches (`?watch=true`) of custom resources stream newline-delimited JSON events from a
+//! resourceVersion, with label and field selectors, enough for `kube::runtime::watcher` (see
+//! `kube/watch.rs`).
+//!
+//! Deliberately not supported (the request fails loudly instead): server-side apply, strategic
+//! merge and JSON patch (415), other cluster-scoped resources, other core (`/api/v1`) resources
+//! and lists and watches of core resources, and discovery beyond `/version` (404). Finalizers
+//! are stored but not honoured:
 //! DELETE removes the object at once.
 
 mod merge_patch;
 mod review;
 mod schema;
 mod selector;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -70,7 +76,7 @@ pub enum Verb {
     Get,
     /// GET of a collection.
     List,
-    /// GET of a collection with `watch=true` (rejected with 405).
+    /// GET of a collection with `watch=true`: a stream of events (see `kube/watch.rs`).
     Watch,
     /// POST to a collection.
     Create,
@@ -160,6 +166,8 @@ struct Store {
     namespace_labels: HashMap<String, BTreeMap<String, String>>,
     /// ConfigMaps by (namespace, name), set with [`FakeApiServer::set_configmap`].
     configmaps: BTreeMap<(String, String), Value>,
+    /// Every change, for watches.
+    events: self::watch::Events,
 }
 
 /// A fake Kubernetes API server on `127.0.0.1:0` (plain HTTP); stops on `Drop`.
@@ -481,6 +489,8 @@ enum Payload {
     Text(&'static str),
     /// No answer: the connection is closed.
     Reset,
+    /// A watch's events, as they come.
+    Stream(axum::body::Body),
 }
 
 /// An answer: status code, payload and an optional `Retry-After`.
@@ -617,6 +627,7 @@ impl IntoResponse for Reply {
                 });
                 (self.code, axum::body::Body::from_stream(failing)).into_response()
             }
+            Payload::Stream(body) => (self.code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
         };
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -684,6 +695,11 @@ async fn handle(
             None => {}
         }
     }
+    if let (Verb::Watch, Target::Collection { group, namespace, plural, .. }) = (verb, &target) {
+        let reply = watch_reply(&store, group, namespace.as_deref(), plural, &query);
+        lock().log.push((verb, path, reply.logged_code()));
+        return reply;
+    }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut store = lock();
     let served = store.serve(verb, target, &query, content_type, &body);
@@ -692,6 +708,31 @@ async fn handle(
     let reply = lost.unwrap_or(served);
     store.log.push((verb, path, reply.logged_code()));
     reply
+}
+
+/// A watch of a collection (see `kube/watch.rs`), or the API server's refusal of its query.
+fn watch_reply(
+    store: &Arc<Mutex<Store>>,
+    group: &str,
+    namespace: Option<&str>,
+    plural: &str,
+    query: &HashMap<String, String>,
+) -> Reply {
+    let selection =
+        match watch::Selection::parse(group.to_owned(), namespace.map(str::to_owned), plural.to_owned(), query) {
+            Ok(selection) => selection,
+            Err(message) => return Reply::bad_request(message),
+        };
+    let since = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("" | "0") => None,
+        Some(rv) => match rv.parse::<u64>() {
+            Ok(rv) => Some(rv),
+            Err(_) => return Reply::bad_request(format!("invalid resource version: {rv:?}")),
+        },
+    };
+    let timeout = query.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
+    let body = watch::stream(Arc::clone(store), selection, since, timeout);
+    Reply { code: StatusCode::OK, payload: Payload::Stream(body), retry_after: None }
 }
 
 impl Store {
@@ -760,9 +801,6 @@ impl Store {
                 "the testkit fake API server serves namespaces and ConfigMaps read-only; set them with \
                  set_namespace_labels and set_configmap",
             ),
-            (Verb::Watch, _) => {
-                Reply::method_not_allowed("watch is not supported by the testkit fake API server; use get or list")
-            }
             (Verb::List, Target::Collection { group, version, namespace, plural }) => {
                 self.list(&group, &version, namespace.as_deref(), &plural, query)
             }
@@ -781,7 +819,12 @@ impl Store {
                 self.patch(&key, Update { version: &version, status, strict }, content_type, body)
             }
             (Verb::Delete, Target::Object { key, .. }) => match self.objects.remove(&key) {
-                Some(object) => Reply::ok(StatusCode::OK, object),
+                Some(mut object) => {
+                    self.revision += 1;
+                    object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+                    self.events.record(self.revision, &key, "DELETED", &object);
+                    Reply::ok(StatusCode::OK, object)
+                }
                 None => Reply::not_found(&key),
             },
             _ => Reply::method_not_allowed("the testkit fake API server does not support this method here"),
@@ -925,6 +968,7 @@ impl Store {
             return reply;
         }
         self.kinds.insert((key.group.clone(), key.plural.clone()), kind);
+        self.events.record(self.revision, &key, "ADDED", &object);
         self.objects.insert(key, object.clone());
         Reply::ok(StatusCode::CREATED, object)
     }
@@ -1030,6 +1074,7 @@ impl Store {
         if let Some(reply) = too_large_to_store(&next) {
             return reply;
         }
+        self.events.record(self.revision, key, "MODIFIED", &next);
         self.objects.insert(key.clone(), next.clone());
         Reply::ok(StatusCode::OK, next)
     }

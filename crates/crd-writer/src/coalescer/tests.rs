@@ -40,8 +40,12 @@ impl RemediationSink for FlakySink {
         self.inner.update_counts(target, update).await
     }
 
-    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
-        self.inner.find_open(namespace, fingerprint).await
+    async fn find_latest(
+        &self,
+        namespace: &str,
+        fingerprint: &str,
+    ) -> Result<Option<crate::sink::LatestCr>, SinkError> {
+        self.inner.find_latest(namespace, fingerprint).await
     }
 
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: i64) -> Result<UpdateOutcome, SinkError> {
@@ -314,5 +318,53 @@ async fn journaled_counts_survive_a_crash() -> Result<(), Box<dyn std::error::Er
     drop(restarted);
     let again = coalescer(sink.clone()).with_journal(journal()?)?;
     assert_eq!(again.pending_len(), 0, "flushed entries left the journal");
+    Ok(())
+}
+
+/// Counts of a window whose own CR does not exist (a repeat raced its window's first alert,
+/// which found the incident's open CR under another name) go to that open CR, merged per
+/// window, and later flushes go straight there; once the CR is finished past the cooldown,
+/// they create their own CR, pointing at it.
+#[tokio::test]
+async fn counts_of_a_missing_cr_go_to_the_incidents_cr_that_counts() -> Result<(), Box<dyn std::error::Error>> {
+    let sink = Arc::new(MemorySink::new());
+    let open = CrRef { namespace: "shop".to_owned(), name: "rr-1111111111111111-0".to_owned() };
+    let mut first = occurrence(1);
+    first.kind = WriteKind::Create;
+    first.target = open.clone();
+    first.first_seen = T0 - 400_000;
+    first.last_seen = T0 - 400_000;
+    sink.create(&crd::build(&first, T0 - 400_000, "kubernaut-system")).await?;
+    let flusher = coalescer(sink.clone());
+
+    // Dedup's new window (T0) counted 3 alerts on the window's own name.
+    flusher.offer(occurrence(3));
+    assert_eq!(flusher.flush().await, FlushReport { applied: 1, requeued: 0, dropped: 0 });
+    assert_eq!(stored(sink.as_ref(), &open).await?.spec.deduplication.occurrence_count, 4);
+    assert!(sink.get(&target()).await?.is_none(), "no second CR for the incident");
+    flusher.offer(occurrence(5));
+    flusher.flush().await;
+    assert_eq!(stored(sink.as_ref(), &open).await?.spec.deduplication.occurrence_count, 6, "merged per window");
+    let finds = sink.calls().finds;
+    flusher.offer(occurrence(6));
+    flusher.flush().await;
+    assert_eq!(sink.calls().finds, finds, "the relocation is remembered");
+
+    // Finished long ago: the next window's counts make a CR of their own, linked to it.
+    let sink = Arc::new(MemorySink::new());
+    let mut finished = crd::build(&first, T0 - 400_000, "kubernaut-system");
+    finished.status = Some(crate::crd::RemediationRequestStatus {
+        overall_phase: Some("Completed".to_owned()),
+        completed_at: Some(time(T0 - 350_000)),
+        ..Default::default()
+    });
+    sink.create(&finished).await?;
+    let flusher = coalescer(sink.clone());
+    flusher.offer(occurrence(2));
+    flusher.flush().await;
+    let own = stored(sink.as_ref(), &target()).await?;
+    assert_eq!(own.spec.deduplication.occurrence_count, 2);
+    assert_eq!(own.spec.deduplication.previous_remediation_request_ref.as_deref(), Some(open.name.as_str()));
+    assert_eq!(stored(sink.as_ref(), &open).await?.spec.deduplication.occurrence_count, 1);
     Ok(())
 }

@@ -14,9 +14,17 @@ const FP: &str = "abcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefab
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn service(sink: Arc<dyn RemediationSink>) -> (CrdWriterGrpc, Arc<Coalescer>) {
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    service_with_cooldown(sink, crate::lifecycle::DEFAULT_COOLDOWN)
+}
+
+/// A service whose finished CRs count their incident's alerts for `cooldown` (at T0 + 5 s).
+fn service_with_cooldown(sink: Arc<dyn RemediationSink>, cooldown: Duration) -> (CrdWriterGrpc, Arc<Coalescer>) {
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0 + 5000));
     let config = CrdWriterConfig { max_batch: 50, ..CrdWriterConfig::default() };
-    let coalescer = Arc::new(Coalescer::new(Arc::clone(&sink), Arc::clone(&clock), "kubernaut-system", 100));
+    let lifecycle = Arc::new(crate::lifecycle::Lifecycle::new(cooldown));
+    let coalescer = Arc::new(
+        Coalescer::new(Arc::clone(&sink), Arc::clone(&clock), "kubernaut-system", 100).with_lifecycle(lifecycle),
+    );
     (CrdWriterGrpc::new(sink, Arc::clone(&coalescer), clock, &config), coalescer)
 }
 
@@ -171,7 +179,7 @@ impl RemediationSink for BrokenSink {
         Err((self.0)())
     }
 
-    async fn find_open(&self, _: &str, _: &str) -> Result<Option<CrRef>, SinkError> {
+    async fn find_latest(&self, _: &str, _: &str) -> Result<Option<crate::sink::LatestCr>, SinkError> {
         Err((self.0)())
     }
 
@@ -261,7 +269,12 @@ async fn seed(
         remediation.namespace = namespace.to_owned();
     }
     let mut rr = crd::build(&Write::try_from(raw).map_err(|e| e.0)?, created_at, "kubernaut-system");
-    rr.status = phase.map(|p| RemediationRequestStatus { overall_phase: Some(p.to_owned()), ..Default::default() });
+    // A finished CR says when, as the remediation controller writes it.
+    rr.status = phase.map(|p| RemediationRequestStatus {
+        overall_phase: Some(p.to_owned()),
+        completed_at: TERMINAL_PHASES.contains(&p).then(|| time(created_at)),
+        ..Default::default()
+    });
     sink.create(&rr).await?;
     Ok(CrRef { namespace: namespace.to_owned(), name: name.to_owned() })
 }
@@ -306,15 +319,32 @@ async fn a_fallback_create_is_counted_on_the_open_cr_of_its_incident() -> TestRe
 async fn a_cr_in_a_terminal_phase_is_not_open() -> TestResult {
     for phase in TERMINAL_PHASES {
         for (sink, _dir) in sinks()? {
-            let (svc, _) = service(Arc::clone(&sink));
-            let done = seed(sink.as_ref(), ("ops", "rr-done"), FP, Some(phase), T0).await?;
+            // Past the cooldown: a new CR, pointing at the finished one.
+            let (svc, _) = service_with_cooldown(Arc::clone(&sink), Duration::from_secs(1));
+            let finished = seed(sink.as_ref(), ("ops", "rr-done"), FP, Some(phase), T0).await?;
             let results = call(&svc, vec![fallback("rr-window", T0 + 5000)]).await?;
             assert_eq!(outcome(&results[0]), pb::WriteOutcome::Created, "{phase}");
             assert_eq!(results[0].remediation, named("ops", "rr-window"));
-            assert_eq!(occurrences(sink.as_ref(), &done).await?, 1, "{phase}: the closed CR is left alone");
+            assert_eq!(occurrences(sink.as_ref(), &finished).await?, 1, "{phase}: the closed CR is left alone");
             let new = CrRef { namespace: "ops".to_owned(), name: "rr-window".to_owned() };
             assert_eq!(occurrences(sink.as_ref(), &new).await?, 1);
+            let new = sink.get(&new).await?.ok_or("new CR missing")?;
+            assert_eq!(new.spec.deduplication.previous_remediation_request_ref.as_deref(), Some("rr-done"));
         }
+    }
+    // Within the cooldown: counted on the finished CR, marked as after completion.
+    for (sink, _dir) in sinks()? {
+        let (svc, _) = service_with_cooldown(Arc::clone(&sink), Duration::from_secs(60));
+        let done = seed(sink.as_ref(), ("ops", "rr-done"), FP, Some("Completed"), T0).await?;
+        let mut later = write(pb::WriteKind::Create, "rr-window");
+        later.first_seen_unix_ms = T0 + 4000;
+        later.last_seen_unix_ms = T0 + 4000;
+        let results = call(&svc, vec![later]).await?;
+        assert_eq!(outcome(&results[0]), pb::WriteOutcome::AlreadyExisted);
+        assert_eq!(results[0].remediation, named("ops", "rr-done"));
+        let rr = sink.get(&done).await?.ok_or("finished CR missing")?;
+        assert_eq!(rr.spec.deduplication.occurrence_count, 2);
+        assert_eq!(rr.spec.deduplication.occurrences_after_completion, Some(1));
     }
     // No status at all, or an empty or unfinished phase: open.
     for phase in [None, Some(""), Some("Pending"), Some("Executing")] {
@@ -420,20 +450,38 @@ async fn concurrent_fallback_creates_of_a_new_incident_make_one_cr_that_counts_t
 }
 
 #[tokio::test]
-async fn the_normal_create_path_does_not_look_up() -> TestResult {
+async fn every_create_looks_up_its_incidents_open_cr() -> TestResult {
     let sink = Arc::new(MemorySink::new());
     let (svc, _) = service(sink.clone());
-    seed(sink.as_ref(), ("ops", "rr-first"), FP, None, T0).await?;
-    let results = call(&svc, vec![write(pb::WriteKind::Create, "rr-second")]).await?;
-    assert_eq!(outcome(&results[0]), pb::WriteOutcome::Created, "dedup decided: a new incident");
+    let first = seed(sink.as_ref(), ("ops", "rr-first"), FP, None, T0).await?;
+    let mut later = write(pb::WriteKind::Create, "rr-second");
+    later.first_seen_unix_ms = T0 + 4000;
+    later.last_seen_unix_ms = T0 + 4000;
+    let results = call(&svc, vec![later]).await?;
+    assert_eq!(outcome(&results[0]), pb::WriteOutcome::AlreadyExisted, "dedup's new window of an open incident");
+    assert_eq!(results[0].remediation, named("ops", "rr-first"));
+    assert_eq!(occurrences(sink.as_ref(), &first).await?, 2);
     let calls = sink.calls();
-    assert_eq!((calls.finds, calls.updates, calls.creates), (0, 0, 2));
+    assert_eq!((calls.finds, calls.creates), (1, 1), "one lookup, no second CR");
+
+    // A racing repeat created the window's own CR first: answered as that CR.
+    let other = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let own = seed(sink.as_ref(), ("ops", "rr-own"), other, None, T0).await?;
+    let mut create = write(pb::WriteKind::Create, "rr-own");
+    if let Some(signal) = create.signal.as_mut() {
+        signal.fingerprint = other.to_owned();
+    }
+    let results = call(&svc, vec![create]).await?;
+    assert_eq!(outcome(&results[0]), pb::WriteOutcome::AlreadyExisted);
+    assert_eq!(results[0].remediation, named("ops", "rr-own"));
+    assert_eq!(occurrences(sink.as_ref(), &own).await?, 1, "its count is the coalescer's to merge");
+    let finds = sink.calls().finds;
 
     // Storm creates ignore the flag: storms are not deduplicated by fingerprint.
     let mut storm = write(pb::WriteKind::StormCreate, "storm-a");
     storm.dedup_unavailable = true;
     assert_eq!(outcome(&call(&svc, vec![storm]).await?[0]), pb::WriteOutcome::Created);
-    assert_eq!(sink.calls().finds, 0);
+    assert_eq!(sink.calls().finds, finds);
     Ok(())
 }
 
@@ -469,7 +517,7 @@ impl RemediationSink for NoLookupSink {
         self.0.update_counts(target, update).await
     }
 
-    async fn find_open(&self, _: &str, _: &str) -> Result<Option<CrRef>, SinkError> {
+    async fn find_latest(&self, _: &str, _: &str) -> Result<Option<crate::sink::LatestCr>, SinkError> {
         Err((self.1)())
     }
 

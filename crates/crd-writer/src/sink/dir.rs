@@ -17,8 +17,8 @@
 //! it again from what it knows (the incident's first signal and its pending counts), so a bad
 //! file never blocks its counts for good.
 //!
-//! The dedup of last resort ([`RemediationSink::find_open`]) asks for the open CR of a
-//! fingerprint, per alert while dedup is unavailable. An index of the CR names of each
+//! Before every create, and per alert while dedup is unavailable, crd-writer asks for the
+//! latest CR of a fingerprint ([`RemediationSink::find_latest`]). An index of the CR names of each
 //! fingerprint answers it by reading only those files: the namespace is scanned once, the
 //! first time it is asked about, and `create` keeps the index current from then on.
 
@@ -34,8 +34,8 @@ use tokio::sync::Mutex;
 use breakwater_signal::{Clock, SystemClock, UnixMillis};
 
 use super::{
-    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, check_owned,
-    latest_open,
+    CountUpdate, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to,
+    change_counts, check_owned, is_finished, latest_incident,
 };
 use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, is_dns1123_label};
 
@@ -223,7 +223,8 @@ impl DirSink {
             Err(err) => return Err(err),
         };
         check_owned(&rr, target, fingerprint)?;
-        if !change(&mut rr.spec) {
+        let finished = is_finished(&rr);
+        if !change_counts(&mut rr.spec, finished, change) {
             return Ok(UpdateOutcome::Unchanged);
         }
         bump_resource_version(&mut rr);
@@ -345,21 +346,22 @@ impl RemediationSink for DirSink {
         self.read_modify_write(target, &update.fingerprint, |spec| update.apply_to(spec, self.cap)).await
     }
 
-    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
+    async fn find_latest(&self, namespace: &str, fingerprint: &str) -> Result<Option<LatestCr>, SinkError> {
         if !is_dns1123_label(namespace) {
             return Err(SinkError::InvalidName(namespace.to_owned()));
         }
         let mut candidates = Vec::new();
         for name in self.names_of(namespace, fingerprint).await? {
             let target = CrRef { namespace: namespace.to_owned(), name };
-            // Gone or unreadable since it was indexed: not this incident's open CR.
+            // Gone or unreadable since it was indexed: not this incident's CR. Its phase is
+            // read from the file, so a person closes an incident by editing it.
             if let Ok(Some(mut rr)) = self.read(&self.path_of(&target)?).await {
                 rr.metadata.namespace = Some(target.namespace);
                 rr.metadata.name = Some(target.name);
                 candidates.push(rr);
             }
         }
-        Ok(latest_open(candidates, fingerprint).map(|rr| target_of(&rr)))
+        Ok(latest_incident(candidates, fingerprint))
     }
 
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {

@@ -40,8 +40,8 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use super::{
-    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, check_owned,
-    latest_open,
+    CountUpdate, CrIndex, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome,
+    add_occurrences_to, change_counts, check_owned, is_finished, latest_incident,
 };
 use crate::config::RetryConfig;
 use crate::crd::{CrRef, LABEL_FINGERPRINT, RemediationRequest, RemediationRequestSpec, label_value, relocate};
@@ -65,6 +65,8 @@ pub struct KubeSink {
     retry: RetryConfig,
     fallback_namespace: String,
     cap: usize,
+    /// Incident CRs as the watch ([`RemediationSink::follow`]) and our writes last saw them.
+    index: CrIndex,
 }
 
 impl std::fmt::Debug for KubeSink {
@@ -80,7 +82,13 @@ impl std::fmt::Debug for KubeSink {
 impl KubeSink {
     /// A sink on `client`. CRs whose namespace is missing go to `fallback_namespace`.
     pub fn new(client: Client, retry: RetryConfig, fallback_namespace: impl Into<String>) -> Self {
-        Self { client, retry, fallback_namespace: fallback_namespace.into(), cap: DEFAULT_CAP }
+        Self {
+            client,
+            retry,
+            fallback_namespace: fallback_namespace.into(),
+            cap: DEFAULT_CAP,
+            index: CrIndex::default(),
+        }
     }
 
     /// Caps `affectedResources` at `cap` entries (default 100).
@@ -214,7 +222,10 @@ impl KubeSink {
             })
             .await;
         match result {
-            Ok(_) => Ok(created(CreateOutcome::Created)),
+            Ok(rr) => {
+                self.index.upsert(&rr);
+                Ok(created(CreateOutcome::Created))
+            }
             Err(err) if status_of(&err).is_some_and(Status::is_already_exists) => {
                 // Only a retried create can have met itself; a first attempt never does.
                 if attempts > 1 {
@@ -264,15 +275,50 @@ impl RemediationSink for KubeSink {
     }
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %namespace))]
-    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
+    async fn find_latest(&self, namespace: &str, fingerprint: &str) -> Result<Option<LatestCr>, SinkError> {
+        if let Some(latest) = self.index.latest(namespace, fingerprint) {
+            return Ok(latest);
+        }
         let requests = Self::requests(namespace);
         let params = ListParams::default().labels(&format!("{LABEL_FINGERPRINT}={}", label_value(fingerprint)));
         let list: ObjectList<RemediationRequest> =
             self.call("list", || self.send("list", requests.list(&params))).await?;
-        Ok(latest_open(list.items, fingerprint).map(|rr| CrRef {
-            namespace: rr.metadata.namespace.unwrap_or_else(|| namespace.to_owned()),
-            name: rr.metadata.name.unwrap_or_default(),
-        }))
+        let items = list.items.into_iter().map(|mut rr| {
+            rr.metadata.namespace.get_or_insert_with(|| namespace.to_owned());
+            rr
+        });
+        Ok(latest_incident(items, fingerprint))
+    }
+
+    /// Watches every RemediationRequest into the index, listing again (with backoff) when the
+    /// watch fails; a failure is logged once per episode.
+    async fn follow(&self) {
+        use futures::StreamExt as _;
+        use kube::runtime::WatchStreamExt as _;
+
+        let api: kube::Api<RemediationRequest> = kube::Api::all(self.client.clone());
+        let mut events =
+            kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).default_backoff().boxed();
+        let mut failing = false;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    // A relist begins with `Init` before it has reached the API server.
+                    let reached = !matches!(event, kube::runtime::watcher::Event::Init);
+                    if reached && std::mem::take(&mut failing) {
+                        tracing::info!("watching RemediationRequests again");
+                    }
+                    self.index.apply(event);
+                }
+                Err(err) if !failing => {
+                    failing = true;
+                    // What changed meanwhile is unknown until the watch lists again.
+                    self.index.unsync();
+                    tracing::warn!(cause = %err, "watching RemediationRequests failed; lookups list by label meanwhile");
+                }
+                Err(err) => tracing::debug!(cause = %err, "watching RemediationRequests still fails"),
+            }
+        }
     }
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "crd-writer", %target, n))]
@@ -313,7 +359,7 @@ impl KubeSink {
                 return Ok(UpdateOutcome::Updated);
             }
             let mut spec = current.spec.clone();
-            if !change(&mut spec) {
+            if !change_counts(&mut spec, is_finished(&current), &change) {
                 return Ok(UpdateOutcome::Unchanged);
             }
             let mut patch = count_patch(&spec, current.metadata.resource_version.as_deref());
@@ -329,7 +375,10 @@ impl KubeSink {
                 })
                 .await;
             match sent {
-                Ok(_) => return Ok(UpdateOutcome::Updated),
+                Ok(rr) => {
+                    self.index.upsert(&rr);
+                    return Ok(UpdateOutcome::Updated);
+                }
                 Err(err) if status_of(&err).is_some_and(Status::is_conflict) => {
                     tracing::debug!(attempt, "resourceVersion conflict, merging again");
                     // Jitter spreads writers that collided, so one of them wins the next round.
@@ -352,6 +401,7 @@ fn count_patch(spec: &RemediationRequestSpec, resource_version: Option<&str>) ->
                 "lastSeen": spec.deduplication.last_seen,
                 "tally": spec.deduplication.tally,
                 "resolvedAt": spec.deduplication.resolved_at,
+                "occurrencesAfterCompletion": spec.deduplication.occurrences_after_completion,
             },
         },
     });

@@ -9,8 +9,8 @@ use breakwater_signal::UnixMillis;
 use tokio::sync::Mutex;
 
 use super::{
-    CountUpdate, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to, check_owned,
-    latest_open,
+    CountUpdate, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to,
+    change_counts, check_owned, is_finished, latest_incident,
 };
 use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, relocate};
 
@@ -90,7 +90,8 @@ impl MemorySink {
             return Ok(UpdateOutcome::NotFound);
         };
         check_owned(rr, target, fingerprint)?;
-        if !change(&mut rr.spec) {
+        let finished = is_finished(rr);
+        if !change_counts(&mut rr.spec, finished, change) {
             return Ok(UpdateOutcome::Unchanged);
         }
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -131,12 +132,11 @@ impl RemediationSink for MemorySink {
         self.change(target, &update.fingerprint, |spec| update.apply_to(spec, self.cap)).await
     }
 
-    async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
+    async fn find_latest(&self, namespace: &str, fingerprint: &str) -> Result<Option<LatestCr>, SinkError> {
         self.finds.fetch_add(1, Ordering::Relaxed);
         let objects = self.objects.lock().await;
         let in_namespace = objects.iter().filter(|(at, _)| at.namespace == namespace).map(|(_, rr)| rr.clone());
-        Ok(latest_open(in_namespace, fingerprint)
-            .map(|rr| CrRef { namespace: namespace.to_owned(), name: rr.metadata.name.unwrap_or_default() }))
+        Ok(latest_incident(in_namespace, fingerprint))
     }
 
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {

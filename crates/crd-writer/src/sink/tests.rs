@@ -23,6 +23,7 @@ fn spec(is_storm: bool) -> RemediationRequestSpec {
             last_seen: time(5000),
             occurrence_count: 7,
             previous_remediation_request_ref: None,
+            occurrences_after_completion: None,
             tally: None,
             resolved_at: None,
         },
@@ -148,7 +149,10 @@ fn increments_add_and_last_seen_only_moves_forward() {
 /// A CR of `spec(false)`'s fingerprint, labelled as `build` labels it.
 fn cr(name: &str, phase: Option<&str>, created: Option<i64>, created_at: Option<i64>) -> RemediationRequest {
     let spec = spec(false);
-    let labels = BTreeMap::from([(LABEL_FINGERPRINT.to_owned(), label_value(&spec.signal_fingerprint))]);
+    let labels = BTreeMap::from([
+        (LABEL_FINGERPRINT.to_owned(), label_value(&spec.signal_fingerprint)),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+    ]);
     let annotations = created_at.map(|ms| BTreeMap::from([(ANNOTATION_CREATED_AT.to_owned(), time(ms).0.to_string())]));
     RemediationRequest {
         metadata: ObjectMeta {
@@ -224,6 +228,46 @@ fn latest_open_needs_the_label_and_the_whole_fingerprint() {
     storm.spec.is_storm = true;
     assert_eq!(latest_open([storm], &fp), None);
     assert_eq!(name_of(latest_open([cr("ok", None, None, None)], &fp)), Some("ok".to_owned()));
+
+    let mut foreign = cr("foreign", None, None, None);
+    foreign.metadata.labels.get_or_insert_default().insert(LABEL_MANAGED_BY.to_owned(), "someone".to_owned());
+    assert_eq!(latest_open([foreign], &fp), None, "another writer's CR is not an incident's");
+    let mut adopted = cr("adopted", None, None, None);
+    adopted.metadata.labels.get_or_insert_default().insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY_REPLACED.to_owned());
+    assert_eq!(name_of(latest_open([adopted], &fp)), Some("adopted".to_owned()), "the replaced gateway's is adopted");
+}
+
+#[test]
+fn the_latest_incident_says_where_its_life_stands() {
+    let fp = "f".repeat(64);
+    let at = |name: &str| CrRef { namespace: "ns".to_owned(), name: name.to_owned() };
+    // An open CR wins over a later finished one.
+    let latest =
+        latest_incident([cr("open", None, Some(1_000), None), cr("done", Some("Completed"), Some(2_000), None)], &fp);
+    assert_eq!(latest, Some(LatestCr { at: at("open"), phase: CrPhase::Open }));
+    let mut done = cr("done", Some("Completed"), Some(2_000), None);
+    if let Some(status) = done.status.as_mut() {
+        status.completed_at = Some(time(3_000));
+    }
+    done.spec.deduplication.resolved_at = Some(time(4_000));
+    let latest = latest_incident([cr("older", Some("Failed"), Some(1_000), None), done], &fp);
+    let phase = CrPhase::Finished { completed_at: Some(3_000), resolved_at: Some(4_000) };
+    assert_eq!(latest, Some(LatestCr { at: at("done"), phase }));
+    let mut resolved = cr("resolved", None, None, None);
+    resolved.spec.deduplication.resolved_at = Some(time(9_000));
+    assert_eq!(latest_incident([resolved], &fp).map(|l| l.phase), Some(CrPhase::Resolved));
+}
+
+#[test]
+fn counts_on_a_finished_cr_are_marked_after_completion() {
+    let mut spec = spec(false);
+    assert!(change_counts(&mut spec, false, |s| add_occurrences_to(s, 2, 0)));
+    assert_eq!(spec.deduplication.occurrences_after_completion, None, "not finished: not marked");
+    assert!(change_counts(&mut spec, true, |s| add_occurrences_to(s, 3, 0)));
+    assert_eq!(spec.deduplication.occurrence_count, 12);
+    assert_eq!(spec.deduplication.occurrences_after_completion, Some(3));
+    assert!(!change_counts(&mut spec, true, |_| false));
+    assert_eq!(spec.deduplication.occurrences_after_completion, Some(3));
 }
 
 /// Counts from dedup's windows and from outside them add up; none overwrites another, and

@@ -399,15 +399,86 @@ async fn unsupported_requests_fail_loudly() {
     assert_eq!(status.code, 415);
 
     let http = reqwest::Client::new();
-    let watch = http
-        .get(format!("{}/apis/{GROUP}/v1alpha1/namespaces/default/{PLURAL}?watch=true", fake.url()))
-        .send()
-        .await
-        .expect("watch request");
-    assert_eq!(watch.status(), 405);
     let core = http.get(format!("{}/api/v1/namespaces/default/pods", fake.url())).send().await.expect("core request");
     assert_eq!(core.status(), 404);
-    assert_eq!(fake.count(Verb::Watch), 1);
+}
+
+/// A watch from a resourceVersion streams the later changes, as newline-delimited JSON
+/// events with their resourceVersions, filtered by label; one from `0` starts with every
+/// object; one from a version older than the events kept gets 410 `Expired`.
+#[tokio::test]
+async fn a_watch_streams_changes_after_its_resource_version() {
+    use ::kube::api::WatchParams;
+    use ::kube::core::WatchEvent;
+    use futures::StreamExt as _;
+
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    api.create(&PostParams::default(), &request("before", &[("team", "a")])).await.expect("create");
+    let listed = api.list(&ListParams::default()).await.expect("list");
+    let from = listed.metadata.resource_version.expect("a list's resourceVersion");
+
+    let params = WatchParams::default().labels("team=a").timeout(5);
+    let mut events = api.watch(&params, &from).await.expect("watch").boxed();
+    api.create(&PostParams::default(), &request("other", &[("team", "b")])).await.expect("create");
+    api.create(&PostParams::default(), &request("rr", &[("team", "a")])).await.expect("create");
+    let patch = Patch::Merge(json!({ "status": { "overallPhase": "Completed" } }));
+    let patched = api.patch_status("rr", &PatchParams::default(), &patch).await.expect("patch status");
+    api.delete("rr", &DeleteParams::default()).await.expect("delete");
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match events.next().await.expect("an event").expect("a valid event") {
+            WatchEvent::Added(o) => seen.push(("ADDED", o.name_any(), o.resource_version())),
+            WatchEvent::Modified(o) => seen.push(("MODIFIED", o.name_any(), o.resource_version())),
+            WatchEvent::Deleted(o) => seen.push(("DELETED", o.name_any(), o.resource_version())),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen[0].0, "ADDED");
+    assert_eq!((seen[1].0, seen[1].2.clone()), ("MODIFIED", patched.resource_version()));
+    assert_eq!(seen[2].0, "DELETED");
+    assert!(seen.iter().all(|(_, name, _)| name == "rr"), "only what the selector selects: {seen:?}");
+    assert!(seen[0].2 < seen[1].2 && seen[1].2 < seen[2].2, "{seen:?}");
+
+    // From 0: the objects there now, first.
+    let mut events = api.watch(&WatchParams::default().timeout(5), "0").await.expect("watch").boxed();
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        if let Some(Ok(WatchEvent::Added(o))) = events.next().await {
+            names.push(o.name_any());
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["before", "other"]);
+    assert!(fake.count(Verb::Watch) >= 2);
+}
+
+/// `kube::runtime::watcher`, which crd-writer uses, lists then watches the fake server.
+#[tokio::test]
+async fn kube_runtime_watcher_sees_every_change() {
+    use ::kube::runtime::watcher::{self, Event};
+    use futures::StreamExt as _;
+
+    let fake = FakeApiServer::start().await;
+    let api = api(&fake, "default");
+    api.create(&PostParams::default(), &request("first", &[])).await.expect("create");
+    let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("in time") {
+            Some(Ok(Event::InitApply(o))) => initial.push(o.name_any()),
+            Some(Ok(Event::InitDone)) => break,
+            Some(Ok(Event::Init)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(initial, ["first"]);
+    api.create(&PostParams::default(), &request("second", &[])).await.expect("create");
+    match tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("in time") {
+        Some(Ok(Event::Apply(o))) => assert_eq!(o.name_any(), "second"),
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[tokio::test]
