@@ -43,6 +43,42 @@ async fn three_alerts_get_three_results_redis_and_kube() {
     three_alerts_get_three_results(Backend::RedisAndKube).await;
 }
 
+/// A webhook's common labels and annotations travel once per batch, yet every CR lists them,
+/// under the alert's own values, and they count for the alert's identity and namespace.
+async fn common_labels_and_annotations_reach_every_cr(backend: Backend) {
+    let gw = TestGateway::start(backend).await;
+    let mut body = webhook(&[
+        Alert::firing("HighMemory").pod("api-1").annotation("summary", "own summary"),
+        Alert::firing("HighMemory").pod("api-2"),
+    ]);
+    // The alerts lack what the group shares (a proxy may trim them; Alertmanager does not).
+    body["commonLabels"] = json!({"alertname": "HighMemory", "namespace": "prod", "team": "db"});
+    body["commonAnnotations"] = json!({"runbook": "https://runbooks/db", "summary": "shared summary"});
+    let (status, answer) = gw.post_prometheus(&body).await;
+    assert_eq!(status, 201, "{answer}");
+    let mut summaries = Vec::new();
+    for r in answer["results"].as_array().expect("results") {
+        assert_eq!(r["outcome"], "created", "{answer}");
+        assert_eq!(r["remediationRequestNamespace"], "prod", "the common namespace label places it: {answer}");
+        let cr = gw.remediation("prod", r["remediationRequestName"].as_str().expect("name")).expect("the CR");
+        assert_eq!(cr["spec"]["signalLabels"]["team"], "db", "{cr}");
+        assert_eq!(cr["spec"]["signalAnnotations"]["runbook"], "https://runbooks/db", "{cr}");
+        summaries.push(cr["spec"]["signalAnnotations"]["summary"].as_str().expect("summary").to_owned());
+    }
+    summaries.sort();
+    assert_eq!(summaries, ["own summary", "shared summary"]);
+}
+
+#[tokio::test]
+async fn common_labels_and_annotations_reach_every_cr_embedded() {
+    common_labels_and_annotations_reach_every_cr(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn common_labels_and_annotations_reach_every_cr_redis_and_kube() {
+    common_labels_and_annotations_reach_every_cr(Backend::RedisAndKube).await;
+}
+
 /// Reference: "returns 202 Accepted for duplicate alerts within TTL window" and
 /// "tracks duplicate count and timestamps".
 async fn duplicate_alert_is_counted_on_its_cr(backend: Backend) {

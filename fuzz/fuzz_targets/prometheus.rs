@@ -11,7 +11,10 @@ fuzz_target!(|body: &[u8]| {
     let expanded = parsed.expanded_bytes();
     assert!(expanded <= caps.expanded_bytes);
     let namespace_labels = prometheus::DEFAULT_NAMESPACE_LABELS.map(str::to_owned);
-    for read in parsed.signals(0, &FingerprintRule::Resource, &namespace_labels) {
+    let signals = parsed.signals(0, &FingerprintRule::Resource, &namespace_labels);
+    assert!(signals.shared.labels.values().all(|v| v.len() <= caps.label_value_bytes));
+    assert!(signals.shared.annotations.values().all(|v| v.len() <= caps.annotation_value_bytes));
+    for read in signals.incoming {
         match read {
             Ok(incoming) => assert!(incoming.signal.labels.values().all(|v| v.len() <= caps.label_value_bytes)),
             Err(invalid) => assert!(!invalid.reason.is_empty()),

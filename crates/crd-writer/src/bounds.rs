@@ -9,6 +9,8 @@
 //! and the times that bound it may lie at most [`MAX_WINDOW_AGE_MS`] in the past and
 //! [`MAX_CLOCK_SKEW_MS`] in the future.
 
+use std::collections::HashMap;
+
 use breakwater_proto::v1 as pb;
 use breakwater_signal::UnixMillis;
 
@@ -84,6 +86,33 @@ pub fn most_counted(start: UnixMillis, end: UnixMillis) -> u64 {
     MAX_COUNT_BURST.saturating_add(span.saturating_mul(MAX_ALERTS_PER_MS))
 }
 
+/// Checks a call's shared labels and annotations, which every CR it builds lists: bounded
+/// as a signal's own are.
+///
+/// # Errors
+/// The field out of bounds (`shared.labels`, `shared.annotations`) and what it must be.
+pub fn check_shared(shared: &pb::SharedValues) -> Result<(), Violation> {
+    check_maps(&shared.labels, &shared.annotations)
+        .map_err(|(field, expected)| Violation { field: format!("shared.{field}"), expected })
+}
+
+fn check_maps(labels: &HashMap<String, String>, annotations: &HashMap<String, String>) -> Result<(), (String, String)> {
+    for (field, map, max_value) in
+        [("labels", labels, MAX_LABEL_VALUE_BYTES), ("annotations", annotations, MAX_ANNOTATION_VALUE_BYTES)]
+    {
+        if map.len() > MAX_ENTRIES {
+            return Err((field.to_owned(), format!("at most {MAX_ENTRIES} entries")));
+        }
+        if map.keys().any(|k| k.len() > MAX_KEY_BYTES) {
+            return Err((field.to_owned(), format!("keys of at most {MAX_KEY_BYTES} bytes")));
+        }
+        if map.values().any(|v| v.len() > max_value) {
+            return Err((field.to_owned(), format!("values of at most {max_value} bytes")));
+        }
+    }
+    Ok(())
+}
+
 fn check_signal(signal: &pb::Signal, now: UnixMillis) -> Result<(), (String, String)> {
     let too_long = |field: &str, max: usize| (field.to_owned(), format!("at most {max} bytes"));
     let strings = [
@@ -110,20 +139,7 @@ fn check_signal(signal: &pb::Signal, now: UnixMillis) -> Result<(), (String, Str
             }
         }
     }
-    for (field, map, max_value) in [
-        ("labels", &signal.labels, MAX_LABEL_VALUE_BYTES),
-        ("annotations", &signal.annotations, MAX_ANNOTATION_VALUE_BYTES),
-    ] {
-        if map.len() > MAX_ENTRIES {
-            return Err((field.to_owned(), format!("at most {MAX_ENTRIES} entries")));
-        }
-        if map.keys().any(|k| k.len() > MAX_KEY_BYTES) {
-            return Err((field.to_owned(), format!("keys of at most {MAX_KEY_BYTES} bytes")));
-        }
-        if map.values().any(|v| v.len() > max_value) {
-            return Err((field.to_owned(), format!("values of at most {max_value} bytes")));
-        }
-    }
+    check_maps(&signal.labels, &signal.annotations)?;
     if signal.original_payload.len() > MAX_PAYLOAD_BYTES {
         return Err(too_long("original_payload", MAX_PAYLOAD_BYTES));
     }

@@ -11,9 +11,10 @@
 //! only copy its thirteen fields once more.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use breakwater_proto::v1 as pb;
-use breakwater_signal::UnixMillis;
+use breakwater_signal::{Layered, UnixMillis};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -414,6 +415,9 @@ pub struct Write {
     pub kind: WriteKind,
     pub target: CrRef,
     pub signal: pb::Signal,
+    /// Labels and annotations the signal has unless its own maps set the key: those its
+    /// batch shares, held once for all its writes.
+    pub shared: Arc<pb::SharedValues>,
     pub first_seen: UnixMillis,
     pub last_seen: UnixMillis,
     /// Exact count known to dedup (monotonic per window); 0 when unknown.
@@ -429,11 +433,12 @@ pub struct Write {
 /// callers holding newer counts merge them with `CountUpdate::apply_to`.
 pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> RemediationRequest {
     let signal = &write.signal;
+    let signal_labels = Layered::new(&signal.labels, &write.shared.labels);
     let severity = Severity::from_proto(signal.severity());
     // The edge classifies every signal; a signal without a classification (from a caller
     // of crd-writer's own API) gets the fixed table.
     let environment = if signal.environment.is_empty() {
-        environment(&signal.labels)
+        environment(signal_labels)
     } else {
         truncate_chars(&signal.environment, 63).to_owned()
     };
@@ -495,17 +500,15 @@ pub fn build(write: &Write, now: UnixMillis, fallback_namespace: &str) -> Remedi
             _ => Vec::new(),
         },
         affected_resources_omitted: storm.map(|s| to_i64(s.resources_omitted)),
-        signal_labels: signal
-            .labels
+        signal_labels: signal_labels
             .iter()
-            .map(|(k, v)| (k.clone(), truncate_chars(v, LABEL_VALUE_MAX).to_owned()))
+            .map(|(k, v)| (k.to_owned(), truncate_chars(v, LABEL_VALUE_MAX).to_owned()))
             .collect(),
-        signal_annotations: signal
-            .annotations
+        signal_annotations: Layered::new(&signal.annotations, &write.shared.annotations)
             .iter()
-            .map(|(k, v)| (k.clone(), truncate_bytes(v, ANNOTATION_VALUE_MAX_BYTES).to_owned()))
+            .map(|(k, v)| (k.to_owned(), truncate_bytes(v, ANNOTATION_VALUE_MAX_BYTES).to_owned()))
             .collect(),
-        provider_data: Some(ByteString(provider_data(signal))),
+        provider_data: Some(ByteString(provider_data(signal, signal_labels))),
         original_payload: Some(ByteString(signal.original_payload.clone())),
         timeout_config: None,
     };
@@ -662,7 +665,7 @@ fn mark_origin(rr: &mut RemediationRequest, origin: &str) {
 
 /// The signal's `environment` label, any non-empty value as-is (cut to 63 characters), else
 /// `unknown` (spec §6.1 without the namespace lookup: the edge copies it into the labels).
-pub fn environment(labels: &std::collections::HashMap<String, String>) -> String {
+pub fn environment(labels: Layered<'_>) -> String {
     match labels.get("environment").map(|e| truncate_chars(e, 63)) {
         Some(env) if !env.is_empty() => env.to_owned(),
         _ => "unknown".to_owned(),
@@ -713,12 +716,12 @@ fn nonzero(ms: UnixMillis) -> Option<UnixMillis> {
     (ms > 0).then_some(ms)
 }
 
-fn provider_data(signal: &pb::Signal) -> Vec<u8> {
+fn provider_data(signal: &pb::Signal, labels: Layered<'_>) -> Vec<u8> {
     let resource = signal.resource.clone().unwrap_or_default();
     serde_json::json!({
         "namespace": signal.namespace,
         "resource": { "kind": resource.kind, "name": resource.name, "namespace": resource.namespace },
-        "labels": signal.labels.iter().collect::<BTreeMap<_, _>>(),
+        "labels": labels.iter().collect::<BTreeMap<_, _>>(),
     })
     .to_string()
     .into_bytes()

@@ -115,8 +115,9 @@ impl CrdWriterGrpc {
     ///
     /// # Errors
     /// `INVALID_ARGUMENT`, `PERMISSION_DENIED` or `FAILED_PRECONDITION`, naming the write.
-    pub async fn check_call(&self, writes: &[pb::RemediationWrite]) -> Result<(), Status> {
+    pub async fn check_call(&self, writes: &[pb::RemediationWrite], shared: &pb::SharedValues) -> Result<(), Status> {
         let now = self.clock.now();
+        crate::bounds::check_shared(shared).map_err(|v| bad_request(Code::InvalidArgument, &v.field, &v.expected))?;
         for (i, write) in writes.iter().enumerate() {
             crate::bounds::check(i, write, now)
                 .map_err(|v| bad_request(Code::InvalidArgument, &v.field, &v.expected))?;
@@ -185,8 +186,10 @@ impl CrdWriterGrpc {
             .max_encoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
     }
 
-    /// Applies `writes`: one result per write, in order.
-    pub async fn write_all(&self, writes: Vec<pb::RemediationWrite>) -> Vec<pb::WriteResult> {
+    /// Applies `writes`, whose signals also have the `shared` labels and annotations: one
+    /// result per write, in order.
+    pub async fn write_all(&self, writes: Vec<pb::RemediationWrite>, shared: pb::SharedValues) -> Vec<pb::WriteResult> {
+        let shared = Arc::new(shared);
         let now = self.clock.now();
         let mut results: Vec<Option<pb::WriteResult>> = vec![None; writes.len()];
         let mut creates: Vec<(usize, Write)> = Vec::new();
@@ -200,7 +203,7 @@ impl CrdWriterGrpc {
             let dedup_unavailable = raw.dedup_unavailable;
             let storm_unavailable = raw.storm_unavailable;
             let count = if raw.dedup_window_exact { LastResort::MergeWindow } else { LastResort::AddOne };
-            match Write::try_from(raw) {
+            match Write::try_from(raw).map(|write| Write { shared: shared.clone(), ..write }) {
                 Err(InvalidWrite(why)) => {
                     record(kind, "invalid");
                     results[index] = Some(failed(remediation, why.to_owned(), 0));
@@ -454,12 +457,13 @@ impl CrdWriterService for CrdWriterGrpc {
         &self,
         request: Request<pb::WriteRemediationsRequest>,
     ) -> Result<Response<pb::WriteRemediationsResponse>, Status> {
-        let writes = request.into_inner().writes;
+        let pb::WriteRemediationsRequest { writes, shared } = request.into_inner();
         if writes.len() > self.max_batch {
             return Err(Error::BatchTooLarge { len: writes.len(), max: self.max_batch }.into());
         }
-        self.check_call(&writes).await?;
-        Ok(Response::new(pb::WriteRemediationsResponse { results: self.write_all(writes).await }))
+        let shared = shared.unwrap_or_default();
+        self.check_call(&writes, &shared).await?;
+        Ok(Response::new(pb::WriteRemediationsResponse { results: self.write_all(writes, shared).await }))
     }
 }
 
@@ -550,6 +554,7 @@ impl TryFrom<pb::RemediationWrite> for Write {
             kind,
             target: CrRef { namespace: target.namespace, name: target.name },
             signal,
+            shared: Arc::default(),
             first_seen: raw.first_seen_unix_ms,
             last_seen: raw.last_seen_unix_ms,
             occurrence_count: raw.occurrence_count,

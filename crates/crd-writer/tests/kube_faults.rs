@@ -30,6 +30,7 @@ fn sink(api: &FakeApiServer) -> KubeSink {
 
 fn incident(name: &str, fingerprint: &str) -> RemediationRequest {
     let write = Write {
+        shared: Default::default(),
         kind: WriteKind::Create,
         target: at(name),
         signal: pb::Signal {
@@ -238,7 +239,8 @@ async fn a_fallback_create_committed_then_lost_counts_the_alert_once() -> TestRe
         let sink: Arc<dyn RemediationSink> = Arc::new(sink(&api));
         let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), sink).into_parts().unwrap();
         api.inject_for(Verb::Create, fault, 1);
-        let results = grpc.write_all(vec![fallback_create("rr-cccc-window", &"c".repeat(64))]).await;
+        let results =
+            grpc.write_all(vec![fallback_create("rr-cccc-window", &"c".repeat(64))], Default::default()).await;
         assert_eq!(results[0].outcome(), pb::WriteOutcome::Created, "{fault:?}");
         assert_eq!(occurrences(&api, "rr-cccc-window")?, 1, "{fault:?}: the alert is the CR, not also an occurrence");
     }
@@ -253,7 +255,8 @@ async fn a_fallback_count_on_the_open_cr_committed_then_lost_counts_once() -> Te
         sink.create(&incident("rr-cccc-first", &"c".repeat(64))).await?;
         let (grpc, _coalescer) = CrdWriter::new(CrdWriterConfig::default(), sink).into_parts().unwrap();
         api.inject_for(Verb::Patch, fault, 1);
-        let results = grpc.write_all(vec![fallback_create("rr-cccc-window", &"c".repeat(64))]).await;
+        let results =
+            grpc.write_all(vec![fallback_create("rr-cccc-window", &"c".repeat(64))], Default::default()).await;
         assert_eq!(results[0].outcome(), pb::WriteOutcome::AlreadyExisted, "{fault:?}");
         assert_eq!(occurrences(&api, "rr-cccc-first")?, 2, "{fault:?}");
         assert!(api.get(PLURAL, "shop", "rr-cccc-window").is_none());
@@ -293,6 +296,7 @@ async fn a_count_patch_refused_with_a_4xx_is_dropped_once_not_retried_for_ever()
 fn occurrence_of(name: &str) -> Write {
     let rr = incident(name, &"c".repeat(64));
     Write {
+        shared: Default::default(),
         kind: WriteKind::Occurrence,
         target: at(name),
         signal: pb::Signal {

@@ -63,6 +63,7 @@ fn signal(namespace: &str, fingerprint: &str) -> pb::Signal {
 
 fn incident(namespace: &str, name: &str, fingerprint: &str) -> RemediationRequest {
     let write = Write {
+        shared: Default::default(),
         kind: WriteKind::Create,
         target: CrRef { namespace: namespace.to_owned(), name: name.to_owned() },
         signal: signal(namespace, fingerprint),
@@ -76,6 +77,7 @@ fn incident(namespace: &str, name: &str, fingerprint: &str) -> RemediationReques
 
 fn storm(namespace: &str, name: &str) -> RemediationRequest {
     let write = Write {
+        shared: Default::default(),
         kind: WriteKind::StormCreate,
         target: CrRef { namespace: namespace.to_owned(), name: name.to_owned() },
         signal: signal(namespace, &"e".repeat(64)),

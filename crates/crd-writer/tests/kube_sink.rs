@@ -35,6 +35,7 @@ fn incident(namespace: &str, name: &str) -> RemediationRequest {
 /// The CR of a new incident of `fingerprint`, as built at `now`.
 fn incident_of(namespace: &str, name: &str, fingerprint: &str, now: i64) -> RemediationRequest {
     let write = Write {
+        shared: Default::default(),
         kind: WriteKind::Create,
         target: CrRef { namespace: namespace.to_owned(), name: name.to_owned() },
         signal: pb::Signal {
@@ -464,12 +465,12 @@ async fn fallback_scenario() -> TestResult {
         .unwrap();
 
     // Dedup answered: one lookup by label (no open CR of the incident), then the create.
-    let results = grpc.write_all(vec![create_write("rr-dddd-first", &"d".repeat(64), false)]).await;
+    let results = grpc.write_all(vec![create_write("rr-dddd-first", &"d".repeat(64), false)], Default::default()).await;
     assert_eq!(results[0].outcome(), pb::WriteOutcome::Created);
     assert_eq!(api.count(Verb::List), 1, "one list before the create");
 
     // Dedup down: counted on the CR the incident already has.
-    let results = grpc.write_all(vec![create_write("rr-cccc-window", &fp, true)]).await;
+    let results = grpc.write_all(vec![create_write("rr-cccc-window", &fp, true)], Default::default()).await;
     assert_eq!(results[0].outcome(), pb::WriteOutcome::AlreadyExisted);
     let named = results[0].remediation.as_ref().map(|r| (r.namespace.as_str(), r.name.as_str()));
     assert_eq!(named, Some(("shop", "rr-cccc-first")));
@@ -481,7 +482,7 @@ async fn fallback_scenario() -> TestResult {
 
     // Once the incident is remediated, a new alert is a new incident.
     set_phase(&api, "shop", "rr-cccc-first", "Completed").await?;
-    let results = grpc.write_all(vec![create_write("rr-cccc-window", &fp, true)]).await;
+    let results = grpc.write_all(vec![create_write("rr-cccc-window", &fp, true)], Default::default()).await;
     assert_eq!(results[0].outcome(), pb::WriteOutcome::Created);
     assert_eq!(stored(&api, "shop", "rr-cccc-first")?.spec.deduplication.occurrence_count, 2);
     let new = stored(&api, "shop", "rr-cccc-window")?;
@@ -523,7 +524,7 @@ async fn a_cr_not_managed_by_breakwater_is_never_changed() -> TestResult {
         occurrence_count: 40,
         ..pb::RemediationWrite::default()
     };
-    let request = tonic::Request::new(pb::WriteRemediationsRequest { writes: vec![occurrence] });
+    let request = tonic::Request::new(pb::WriteRemediationsRequest { writes: vec![occurrence], shared: None });
     let status = grpc.write_remediations(request).await.err().ok_or("the count was accepted")?;
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     coalescer.flush().await;

@@ -126,6 +126,7 @@ fn written() -> Vec<Value> {
     let incident = |namespace: &str| {
         let signal = signal(namespace);
         Write {
+            shared: Default::default(),
             kind: WriteKind::Create,
             target: CrRef { namespace: namespace.to_owned(), name: incident_cr_name(&signal.fingerprint, T0) },
             signal,
@@ -136,6 +137,7 @@ fn written() -> Vec<Value> {
         }
     };
     let storm = Write {
+        shared: Default::default(),
         kind: WriteKind::StormCreate,
         target: CrRef { namespace: "prod".to_owned(), name: storm_cr_name("prod", "KubePodCrashLooping", T0) },
         storm: Some(StormWrite {

@@ -72,17 +72,20 @@ async fn counts_queued_before_shutdown_reach_the_cr() -> TestResult {
     let (mut client, stop, server) = start(sink.clone(), config).await?;
 
     let created = client
-        .write_remediations(pb::WriteRemediationsRequest { writes: vec![write(pb::WriteKind::Create, 1)] })
+        .write_remediations(pb::WriteRemediationsRequest {
+            writes: vec![write(pb::WriteKind::Create, 1)],
+            shared: None,
+        })
         .await?
         .into_inner();
     assert_eq!(created.results.len(), 1);
     assert_eq!(created.results[0].outcome(), pb::WriteOutcome::Created);
 
     let writes: Vec<_> = (2..=500).map(|n| write(pb::WriteKind::Occurrence, n)).collect();
-    let queued = client.write_remediations(pb::WriteRemediationsRequest { writes }).await?.into_inner();
+    let queued = client.write_remediations(pb::WriteRemediationsRequest { writes, shared: None }).await?.into_inner();
     assert_eq!(queued.results.len(), 499);
     assert!(queued.results.iter().all(|r| r.outcome() == pb::WriteOutcome::Queued));
-    let empty = client.write_remediations(pb::WriteRemediationsRequest { writes: Vec::new() }).await?;
+    let empty = client.write_remediations(pb::WriteRemediationsRequest { writes: Vec::new(), shared: None }).await?;
     assert!(empty.into_inner().results.is_empty());
 
     let _ = stop.send(());
@@ -101,7 +104,7 @@ async fn the_flusher_writes_while_serving() -> TestResult {
     let config = CrdWriterConfig { flush_interval_ms: 20, ..CrdWriterConfig::default() };
     let (mut client, stop, server) = start(sink.clone(), config).await?;
     let writes = vec![write(pb::WriteKind::Occurrence, 7)];
-    let answer = client.write_remediations(pb::WriteRemediationsRequest { writes }).await?.into_inner();
+    let answer = client.write_remediations(pb::WriteRemediationsRequest { writes, shared: None }).await?.into_inner();
     assert_eq!(answer.results[0].outcome(), pb::WriteOutcome::Queued);
 
     let at = CrRef { namespace: "monitoring".to_owned(), name: "rr-eeee-1".to_owned() };

@@ -44,10 +44,11 @@ fn main() {
         // The namespace sources are asked once per webhook, not per alert (the table: no I/O;
         // the Kubernetes source's cache hit is measured by a unit test of classify/kubernetes).
         let environments = futures::executor::block_on(classifier.namespace_environments(&["prod"]));
+        let shared = HashMap::new();
         // First pass: every label set is new to the policy.
         let start = Instant::now();
         for s in &signals {
-            std::hint::black_box(classifier.classify(s, "prod", &environments));
+            std::hint::black_box(classifier.classify(s, &shared, "prod", &environments));
         }
         evaluated.push(start.elapsed().as_nanos() as f64 / INCIDENTS as f64);
         // Then repeats: every decision is cached.
@@ -55,7 +56,7 @@ fn main() {
         let start = Instant::now();
         for _ in 0..rounds {
             for s in &signals {
-                std::hint::black_box(classifier.classify(s, "prod", &environments));
+                std::hint::black_box(classifier.classify(s, &shared, "prod", &environments));
             }
         }
         cached.push(start.elapsed().as_nanos() as f64 / (INCIDENTS * rounds) as f64);

@@ -40,6 +40,24 @@ pub struct Incoming {
     pub delivery: Option<String>,
 }
 
+/// What an adapter read from one payload: one entry per alert, in order, and the labels
+/// and annotations they all share.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Signals {
+    /// A webhook's `commonLabels` and `commonAnnotations`, held once: each signal has them
+    /// unless its own map sets the key (see [`breakwater_signal::Layered`]), so 1,000 alerts
+    /// sharing a large annotation do not make 1,000 copies of it.
+    pub shared: pb::SharedValues,
+    pub incoming: Vec<Result<Incoming, InvalidAlert>>,
+}
+
+impl Signals {
+    /// Signals that share nothing.
+    pub fn unshared(incoming: Vec<Result<Incoming, InvalidAlert>>) -> Self {
+        Self { shared: pb::SharedValues::default(), incoming }
+    }
+}
+
 /// An alert of a webhook that cannot become a signal, answered in its own result while the
 /// rest of the batch counts: a 4xx for the whole webhook would lose the valid alerts
 /// (Alertmanager drops 4xx), a 5xx would repeat the problem for ever.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use breakwater_proto::v1 as pb;
+use breakwater_signal::Layered;
 
 use crate::config::ClassificationConfig;
 pub use kubernetes::KubernetesEnvironments;
@@ -123,32 +124,33 @@ impl Classifier {
         }
     }
 
-    /// The classification of `signal`, whose CR goes to `namespace`, whose environment
-    /// `namespaces` has (from [`Classifier::namespace_environments`]).
+    /// The classification of `signal`, which also has the `shared` labels of its batch, whose
+    /// CR goes to `namespace`, whose environment `namespaces` has (from
+    /// [`Classifier::namespace_environments`]).
     pub fn classify(
         &self,
         signal: &pb::Signal,
+        shared: &HashMap<String, String>,
         namespace: &str,
         namespaces: &NamespaceEnvironments<'_>,
     ) -> Classification {
-        let environment = self.environment(signal, namespaces.get(namespace));
+        let labels = Layered::new(&signal.labels, shared);
+        let environment = self.environment(labels, namespaces.get(namespace));
         let severity = match signal.severity() {
             pb::Severity::Critical => "critical",
             pb::Severity::Warning => "warning",
             pb::Severity::Info => "info",
             pb::Severity::Unspecified => "",
         };
-        let input = policy::Input { severity, environment: &environment, namespace, labels: &signal.labels };
+        let input = policy::Input { severity, environment: &environment, namespace, labels };
         let decision = self.policy.decide(&input);
         let remediation_path =
             decision.remediation_path.unwrap_or_else(|| remediation_path(&environment, decision.priority));
         Classification { environment, priority: decision.priority, remediation_path }
     }
 
-    fn environment(&self, signal: &pb::Signal, from_namespace: Option<&str>) -> String {
-        let from_alert = || {
-            (!self.alert_label.is_empty()).then(|| signal.labels.get(&self.alert_label).map(String::as_str)).flatten()
-        };
+    fn environment(&self, labels: Layered<'_>, from_namespace: Option<&str>) -> String {
+        let from_alert = || (!self.alert_label.is_empty()).then(|| labels.get(&self.alert_label)).flatten();
         match from_namespace.or_else(from_alert) {
             Some(env) if !env.is_empty() => env.chars().take(ENVIRONMENT_MAX_CHARS).collect(),
             _ => "unknown".to_owned(),

@@ -11,7 +11,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use sha2::{Digest, Sha256};
 
-use crate::adapters::ingest;
+use crate::adapters::{Signals, ingest};
 use crate::auth::{AuthError, Authenticator, bearer_of};
 use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult};
@@ -62,6 +62,7 @@ impl pb::ingest_service_server::IngestService for IngestGrpc {
         let config = &state.config;
         let incoming =
             ingest::signals(request, state.clock.now(), &config.fingerprint, &config.caps(), &config.namespace_labels);
+        let incoming = Signals::unshared(incoming);
         let deadline = Duration::from_millis(config.request_timeout_ms);
         let results = match tokio::time::timeout(deadline, submit(state, sender, ingest::SOURCE_TYPE, incoming)).await {
             Ok(submitted) => submitted.map_err(status)?.results,

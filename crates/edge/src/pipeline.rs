@@ -116,6 +116,9 @@ pub struct Batch {
     /// Who sent the webhook (rate-limit key).
     pub sender: String,
     pub signals: Vec<pb::Signal>,
+    /// Labels and annotations every signal has unless its own map sets the key (a
+    /// webhook's common ones), held and sent once.
+    pub shared: Arc<pb::SharedValues>,
     /// Namespace each signal's CR goes to.
     pub targets: Vec<String>,
     /// Each signal's delivery key, if its payload identifies the delivery
@@ -787,7 +790,9 @@ impl CrdWrite {
                 } else {
                     let n = writes.len();
                     let repeatable = writes.iter().all(write_is_repeatable);
-                    let request = idempotent_if(repeatable, pb::WriteRemediationsRequest { writes });
+                    let shared = (!batch.shared.labels.is_empty() || !batch.shared.annotations.is_empty())
+                        .then(|| pb::SharedValues::clone(&batch.shared));
+                    let request = idempotent_if(repeatable, pb::WriteRemediationsRequest { writes, shared });
                     let answer = client
                         .write_remediations(request)
                         .await

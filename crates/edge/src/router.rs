@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::adapters::{Incoming, InvalidAlert, kubernetes_event, prometheus};
+use crate::adapters::{Signals, kubernetes_event, prometheus};
 use crate::auth::{Authenticator, Identity};
 use crate::classify::{Classifier, Namespaces, PolicyError};
 use crate::config::EdgeConfig;
@@ -300,7 +300,7 @@ async fn kubernetes_event_webhook(
     let caps = state.config.caps();
     // One event is the whole body: an event that cannot be a signal is a 400.
     let signals = kubernetes_event::parse_capped(&body, state.clock.now(), &state.config.fingerprint, &caps)
-        .map(|signals| signals.into_iter().map(Ok).collect());
+        .map(|signals| Signals::unshared(signals.into_iter().map(Ok).collect()));
     process(&state, sender, kubernetes_event::SOURCE_TYPE, signals).await
 }
 
@@ -308,17 +308,17 @@ async fn process(
     state: &EdgeState,
     Sender(sender): Sender,
     source: &'static str,
-    incoming: Result<Vec<Result<Incoming, InvalidAlert>>, EdgeError>,
+    signals: Result<Signals, EdgeError>,
 ) -> Response {
-    let incoming = match incoming {
-        Ok(incoming) => incoming,
+    let signals = match signals {
+        Ok(signals) => signals,
         Err(e) => {
             metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => "invalid")
                 .increment(1);
             return e.into_response();
         }
     };
-    match crate::submit::submit(state, sender, source, incoming).await {
+    match crate::submit::submit(state, sender, source, signals).await {
         Ok(submitted) => respond(submitted.results, submitted.quota),
         Err(e) => e.into_response(),
     }

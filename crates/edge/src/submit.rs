@@ -2,17 +2,19 @@
 //! admission, the per-alert checks, the pipeline, metrics and the one log line. The routes
 //! differ only in how they read a batch and how they answer.
 
+use std::sync::Arc;
+
 use breakwater_signal::is_dns1123_label;
 use tower::ServiceExt;
 
-use crate::adapters::{Incoming, InvalidAlert};
+use crate::adapters::{Incoming, InvalidAlert, Signals};
 use crate::classify::Classification;
 use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult, Batch, PipelineError};
 use crate::router::EdgeState;
 use breakwater_ratelimit::Quota;
 
-/// Runs `incoming` (one entry per alert, in order) from `sender` through the pipeline and
+/// Runs `signals` (one entry per alert, in order) from `sender` through the pipeline and
 /// answers one result per alert, in order.
 ///
 /// A permanent problem with one alert is answered in its result, and the rest go on: a
@@ -27,8 +29,9 @@ pub(crate) async fn submit(
     state: &EdgeState,
     sender: String,
     source: &'static str,
-    incoming: Vec<Result<Incoming, InvalidAlert>>,
+    signals: Signals,
 ) -> Result<Submitted, EdgeError> {
+    let Signals { shared, incoming } = signals;
     // Taken once the body is read: a slow body holds a connection, never a permit.
     let Ok(_permit) = state.webhooks.clone().try_acquire_owned() else {
         state.shed.hit("edge.max_concurrent_requests webhooks in progress; shedding with 503");
@@ -39,7 +42,7 @@ pub(crate) async fn submit(
     let mut rejected: Vec<(usize, AlertResult)> = Vec::new();
     let mut accepted: Vec<(usize, Classification)> = Vec::with_capacity(total);
     let mut accepted_at: Vec<usize> = Vec::with_capacity(total);
-    let mut batch = Batch { sender, ..Default::default() };
+    let mut batch = Batch { sender, shared: Arc::new(shared), ..Default::default() };
     for (index, read) in incoming.into_iter().enumerate() {
         let Incoming { signal, delivery } = match read {
             Ok(incoming) => incoming,
@@ -80,7 +83,7 @@ pub(crate) async fn submit(
     let targets: Vec<&str> = batch.targets.iter().map(String::as_str).collect();
     let environments = state.classifier.namespace_environments(&targets).await;
     for ((signal, target), index) in batch.signals.iter_mut().zip(&batch.targets).zip(accepted_at) {
-        let classification = state.classifier.classify(signal, target, &environments);
+        let classification = state.classifier.classify(signal, &batch.shared.labels, target, &environments);
         signal.environment.clone_from(&classification.environment);
         classification.priority.clone_into(&mut signal.priority);
         classification.remediation_path.clone_into(&mut signal.remediation_path);

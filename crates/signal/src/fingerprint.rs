@@ -4,10 +4,10 @@
 //! `alertname:namespace:kind:name`, so severity and other labels never split an
 //! incident. The alternative hashes a configured list of label names.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::Layered;
 
 /// How the edge derives a fingerprint from a signal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,19 +23,11 @@ pub enum FingerprintRule {
 
 impl FingerprintRule {
     /// Fingerprint of a signal given its identity parts and labels.
-    pub fn apply(
-        &self,
-        alert_name: &str,
-        namespace: &str,
-        kind: &str,
-        name: &str,
-        labels: &HashMap<String, String>,
-    ) -> String {
+    pub fn apply(&self, alert_name: &str, namespace: &str, kind: &str, name: &str, labels: Layered<'_>) -> String {
         match self {
             Self::Resource => fingerprint_of(&[alert_name, namespace, kind, name]),
             Self::Labels(keys) => {
-                let pairs: Vec<String> =
-                    keys.iter().map(|k| format!("{k}={}", labels.get(k).map_or("", String::as_str))).collect();
+                let pairs: Vec<String> = keys.iter().map(|k| format!("{k}={}", labels.get(k).unwrap_or(""))).collect();
                 let parts: Vec<&str> = pairs.iter().map(String::as_str).collect();
                 fingerprint_of(&parts)
             }

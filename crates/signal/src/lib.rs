@@ -13,10 +13,12 @@
 
 pub mod clock;
 pub mod fingerprint;
+pub mod layered;
 pub mod names;
 pub mod namespace_policy;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use fingerprint::{FingerprintRule, delivery_key, fingerprint_of, parse_delivery_key};
+pub use layered::Layered;
 pub use names::{incident_cr_name, is_dns1123_label, parse_storm_cr_name, resource_id, storm_cr_name};
 pub use namespace_policy::NamespacePolicy;

@@ -74,6 +74,7 @@ fn signal(pod: &str) -> pb::Signal {
 
 fn occurrence(count: u64) -> Write {
     Write {
+        shared: Default::default(),
         kind: WriteKind::Occurrence,
         target: target(),
         signal: signal("cart-0"),
@@ -86,6 +87,7 @@ fn occurrence(count: u64) -> Write {
 
 fn storm_add(pod: &str, alert_count: u64, listed: bool) -> Write {
     Write {
+        shared: Default::default(),
         kind: WriteKind::StormAdd,
         target: CrRef { namespace: "shop".to_owned(), name: "storm-2222222222222222-1".to_owned() },
         signal: signal(pod),

@@ -34,6 +34,7 @@ fn signal() -> pb::Signal {
 
 fn create(signal: pb::Signal) -> Write {
     Write {
+        shared: Default::default(),
         kind: WriteKind::Create,
         target: CrRef { namespace: "prod-payments".to_owned(), name: format!("rr-{}-1", &FP[..16]) },
         signal,
@@ -46,6 +47,7 @@ fn create(signal: pb::Signal) -> Write {
 
 fn storm_create(signal: pb::Signal) -> Write {
     Write {
+        shared: Default::default(),
         kind: WriteKind::StormCreate,
         target: CrRef { namespace: "prod-payments".to_owned(), name: "storm-0123456789abcdef-5".to_owned() },
         signal,
@@ -94,11 +96,11 @@ fn priority_follows_the_reference_table() {
 #[test]
 fn environment_is_the_label_as_is_or_unknown() {
     let labels = |v: &str| HashMap::from([("environment".to_owned(), v.to_owned())]);
-    assert_eq!(environment(&labels("PRODUCTION")), "PRODUCTION");
-    assert_eq!(environment(&labels("eu-west canary")), "eu-west canary");
-    assert_eq!(environment(&labels("")), "unknown");
-    assert_eq!(environment(&HashMap::new()), "unknown");
-    assert_eq!(environment(&labels(&"x".repeat(100))).len(), 63);
+    assert_eq!(environment(Layered::own(&labels("PRODUCTION"))), "PRODUCTION");
+    assert_eq!(environment(Layered::own(&labels("eu-west canary"))), "eu-west canary");
+    assert_eq!(environment(Layered::own(&labels(""))), "unknown");
+    assert_eq!(environment(Layered::own(&HashMap::new())), "unknown");
+    assert_eq!(environment(Layered::own(&labels(&"x".repeat(100)))).len(), 63);
 }
 
 #[test]
@@ -168,6 +170,31 @@ fn builds_an_incident_cr() {
     assert!(spec.affected_resources.is_empty());
     assert_eq!(spec.signal_labels.get("environment").map(String::as_str), Some("production"));
     assert_eq!(spec.original_payload.as_ref().map(|b| b.0.as_slice()), Some(signal().original_payload.as_slice()));
+}
+
+#[test]
+fn a_cr_lists_its_batchs_shared_labels_and_annotations_under_its_own() {
+    let shared = pb::SharedValues {
+        labels: HashMap::from([("team".to_owned(), "db".to_owned()), ("environment".to_owned(), "staging".to_owned())]),
+        annotations: HashMap::from([
+            ("runbook".to_owned(), "https://runbooks/db".to_owned()),
+            ("summary".to_owned(), "shared summary".to_owned()),
+        ]),
+    };
+    let mut signal = signal();
+    signal.environment.clear();
+    let write = Write { shared: Arc::new(shared), ..create(signal) };
+    let rr = build(&write, NOW, "breakwater");
+    let labels = &rr.spec.signal_labels;
+    assert_eq!(labels.get("team").map(String::as_str), Some("db"));
+    // The signal's own value wins, for the CR's labels and for what is derived from them.
+    assert_eq!(labels.get("environment").map(String::as_str), Some("production"));
+    assert_eq!(rr.spec.environment, "production");
+    let annotations = &rr.spec.signal_annotations;
+    assert_eq!(annotations.get("runbook").map(String::as_str), Some("https://runbooks/db"));
+    assert_eq!(annotations.get("summary").map(String::as_str), Some("memory above 90%"));
+    let provider: serde_json::Value = serde_json::from_slice(&rr.spec.provider_data.as_ref().unwrap().0).unwrap();
+    assert_eq!(provider["labels"]["team"], "db");
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn write(kind: pb::WriteKind, name: &str) -> pb::RemediationWrite {
 }
 
 async fn call(svc: &CrdWriterGrpc, writes: Vec<pb::RemediationWrite>) -> Result<Vec<pb::WriteResult>, Status> {
-    let request = Request::new(pb::WriteRemediationsRequest { writes });
+    let request = Request::new(pb::WriteRemediationsRequest { writes, shared: None });
     Ok(svc.write_remediations(request).await?.into_inner().results)
 }
 

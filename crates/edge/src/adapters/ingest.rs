@@ -10,7 +10,7 @@ use breakwater_proto::v1 as pb;
 use breakwater_signal::{FingerprintRule, UnixMillis, delivery_key, is_dns1123_label};
 
 use super::prometheus::{AlertParts, alert_signal};
-use super::{Caps, Incoming, InvalidAlert, SIGNAL_OVERHEAD_BYTES, cap_values, map_bytes, mark_truncated};
+use super::{Caps, Incoming, InvalidAlert, SIGNAL_OVERHEAD_BYTES, StringMap, cap_values, map_bytes, mark_truncated};
 
 pub const SOURCE_TYPE: &str = "grpc-signal";
 
@@ -102,6 +102,7 @@ fn signal(
     let alert = AlertParts {
         index,
         labels,
+        shared_labels: &StringMap::new(),
         annotations,
         status,
         starts_at: (submitted.starts_at_unix_ms > 0).then_some(submitted.starts_at_unix_ms),

@@ -129,7 +129,7 @@ pub fn parse_capped(
     cap_values(&mut labels, caps.label_value_bytes, "labels", &mut cut);
     cap_values(&mut annotations, caps.annotation_value_bytes, "annotations", &mut cut);
     mark_truncated(&mut annotations, cut);
-    let fingerprint = rule.apply(&reason, &namespace, &kind, &name, &labels);
+    let fingerprint = rule.apply(&reason, &namespace, &kind, &name, breakwater_signal::Layered::own(&labels));
     let delivery = event
         .metadata
         .and_then(|m| m.uid)

@@ -10,12 +10,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Caps, Incoming, InvalidAlert, SIGNAL_OVERHEAD_BYTES, StringMap, cap_values, map_bytes, mark_truncated, severity,
-    unix_ms,
+    Caps, Incoming, InvalidAlert, SIGNAL_OVERHEAD_BYTES, Signals, StringMap, cap_values, map_bytes, mark_truncated,
+    severity, unix_ms,
 };
 use crate::error::EdgeError;
 use breakwater_proto::v1 as pb;
-use breakwater_signal::{FingerprintRule, UnixMillis, delivery_key};
+use breakwater_signal::{FingerprintRule, Layered, UnixMillis, delivery_key};
 
 pub const SOURCE_TYPE: &str = "prometheus-alert";
 
@@ -70,11 +70,7 @@ pub const DEFAULT_NAMESPACE_LABELS: [&str; 2] = ["namespace", "exported_namespac
 /// # Errors
 /// [`EdgeError::BadRequest`] for a payload that is not a webhook at all;
 /// [`EdgeError::ExpansionTooLarge`] past the default [`Caps`].
-pub fn parse(
-    body: &[u8],
-    received: UnixMillis,
-    rule: &FingerprintRule,
-) -> Result<Vec<Result<Incoming, InvalidAlert>>, EdgeError> {
+pub fn parse(body: &[u8], received: UnixMillis, rule: &FingerprintRule) -> Result<Signals, EdgeError> {
     let namespace_labels = DEFAULT_NAMESPACE_LABELS.map(str::to_owned);
     Ok(read(body, &Caps::default())?.signals(received, rule, &namespace_labels))
 }
@@ -86,7 +82,7 @@ pub struct Parsed<'a> {
     alerts: Vec<(&'a RawValue, Result<Alert, String>)>,
     common_labels: StringMap,
     common_annotations: StringMap,
-    /// Common values cut to their caps (every signal lists them).
+    /// Common values cut to their caps (every signal's truncation marker lists them).
     common_cut: Vec<String>,
     receiver: String,
     group_key: Option<String>,
@@ -95,8 +91,9 @@ pub struct Parsed<'a> {
 }
 
 /// Reads the webhook and every alert, cuts common values to `caps`, and refuses a webhook
-/// whose signals would exceed `caps.expanded_bytes` before any of them is built. An alert
-/// that is not valid is kept as its reason, so the rest of the batch still counts.
+/// whose signals would exceed `caps.expanded_bytes` before any of them is built. The common
+/// labels and annotations are held once, for every signal (see [`Signals::shared`]). An
+/// alert that is not valid is kept as its reason, so the rest of the batch still counts.
 ///
 /// # Errors
 /// [`EdgeError::BadRequest`] for a payload that is not a webhook (malformed JSON, no
@@ -113,19 +110,16 @@ pub fn read<'a>(body: &'a [u8], caps: &Caps) -> Result<Parsed<'a>, EdgeError> {
     cap_values(&mut common_labels, caps.label_value_bytes, "labels", &mut common_cut);
     let mut common_annotations = webhook.common_annotations.unwrap_or_default();
     cap_values(&mut common_annotations, caps.annotation_value_bytes, "annotations", &mut common_cut);
-    let common = map_bytes(&common_labels) + map_bytes(&common_annotations);
-    let mut expanded = 0usize;
+    let mut expanded = map_bytes(&common_labels) + map_bytes(&common_annotations);
     let mut alerts = Vec::with_capacity(raw_alerts.len());
     for (i, raw) in raw_alerts.into_iter().enumerate() {
         // serde quotes the offending value, which may be a secret: it never goes back out.
         let alert: Result<Alert, String> = serde_json::from_str(raw.get())
             .map_err(|e| breakwater_telemetry::redact(&format!("alerts[{i}] is not a valid alert: {e}")).into_owned());
-        // An upper bound: an alert's own keys that repeat common ones are counted twice.
         let own = alert
             .as_ref()
             .map_or(0, |a| a.labels.as_ref().map_or(0, map_bytes) + a.annotations.as_ref().map_or(0, map_bytes));
-        expanded =
-            expanded.saturating_add(common + own.min(caps.expanded_bytes) + raw.get().len() + SIGNAL_OVERHEAD_BYTES);
+        expanded = expanded.saturating_add(own.min(caps.expanded_bytes) + raw.get().len() + SIGNAL_OVERHEAD_BYTES);
         if expanded > caps.expanded_bytes {
             return Err(EdgeError::ExpansionTooLarge { limit: caps.expanded_bytes });
         }
@@ -151,22 +145,12 @@ impl Parsed<'_> {
 
     /// One signal per alert, in order, or why that alert cannot be one. An alert's
     /// namespace is the value of the first of `namespace_labels` it has, else empty (the
-    /// edge then places its CR in its fallback namespace).
-    pub fn signals(
-        self,
-        received: UnixMillis,
-        rule: &FingerprintRule,
-        namespace_labels: &[String],
-    ) -> Vec<Result<Incoming, InvalidAlert>> {
+    /// edge then places its CR in its fallback namespace). Each signal holds its own labels
+    /// and annotations; the common ones are the batch's [`Signals::shared`].
+    pub fn signals(self, received: UnixMillis, rule: &FingerprintRule, namespace_labels: &[String]) -> Signals {
         let Self { alerts, common_labels, common_annotations, common_cut, receiver, group_key, caps, .. } = self;
-        let common = Common {
-            labels: &common_labels,
-            annotations: &common_annotations,
-            cut: &common_cut,
-            caps,
-            namespace_labels,
-        };
-        alerts
+        let common = Common { labels: &common_labels, cut: &common_cut, caps, namespace_labels };
+        let incoming = alerts
             .into_iter()
             .enumerate()
             .map(|(i, (raw, alert))| {
@@ -181,7 +165,8 @@ impl Parsed<'_> {
                 });
                 Ok(Incoming { signal, delivery })
             })
-            .collect()
+            .collect();
+        Signals { shared: pb::SharedValues { labels: common_labels, annotations: common_annotations }, incoming }
     }
 }
 
@@ -202,7 +187,6 @@ fn alert_name_of(raw: &RawValue) -> String {
 /// What every alert of a webhook shares.
 struct Common<'c> {
     labels: &'c StringMap,
-    annotations: &'c StringMap,
     cut: &'c [String],
     caps: Caps,
     namespace_labels: &'c [String],
@@ -216,16 +200,13 @@ fn signal(
     received: UnixMillis,
     rule: &FingerprintRule,
 ) -> Result<pb::Signal, InvalidAlert> {
-    // The alert's own labels are more specific than the group's common ones.
+    // The alert's own labels are more specific than the group's common ones, which are
+    // not copied: the signal keeps its own, over the batch's shared ones.
     let mut cut = common.cut.to_vec();
-    let mut own_labels = alert.labels.unwrap_or_default();
-    cap_values(&mut own_labels, common.caps.label_value_bytes, "labels", &mut cut);
-    let mut own_annotations = alert.annotations.unwrap_or_default();
-    cap_values(&mut own_annotations, common.caps.annotation_value_bytes, "annotations", &mut cut);
-    let mut labels = common.labels.clone();
-    labels.extend(own_labels);
-    let mut annotations = common.annotations.clone();
-    annotations.extend(own_annotations);
+    let mut labels = alert.labels.unwrap_or_default();
+    cap_values(&mut labels, common.caps.label_value_bytes, "labels", &mut cut);
+    let mut annotations = alert.annotations.unwrap_or_default();
+    cap_values(&mut annotations, common.caps.annotation_value_bytes, "annotations", &mut cut);
     mark_truncated(&mut annotations, cut);
     let status = match alert.status.as_deref() {
         Some("firing") | None => pb::SignalStatus::Firing,
@@ -233,12 +214,14 @@ fn signal(
         Some(other) => {
             let shown: String = other.chars().take(32).collect();
             let reason = format!("alerts[{i}]: status {shown:?} is not allowed: use \"firing\" or \"resolved\"");
-            return Err(InvalidAlert { alert_name: labels.get("alertname").cloned().unwrap_or_default(), reason });
+            let alert_name = Layered::new(&labels, common.labels).get("alertname").unwrap_or_default().to_owned();
+            return Err(InvalidAlert { alert_name, reason });
         }
     };
     let alert = AlertParts {
         index: i,
         labels,
+        shared_labels: common.labels,
         annotations,
         status,
         starts_at: unix_ms(alert.starts_at.as_deref()),
@@ -256,7 +239,9 @@ fn signal(
 pub(super) struct AlertParts<'a> {
     /// Its position in the batch, for reasons.
     pub index: usize,
+    /// Its own labels, over `shared_labels` (see [`Layered`]).
     pub labels: StringMap,
+    pub shared_labels: &'a StringMap,
     /// Already cut to their caps and marked.
     pub annotations: StringMap,
     pub status: pb::SignalStatus,
@@ -275,14 +260,15 @@ pub(super) fn alert_signal(
     received: UnixMillis,
     rule: &FingerprintRule,
 ) -> Result<pb::Signal, InvalidAlert> {
-    let AlertParts { index, labels, annotations, status, starts_at, resource, namespace_labels } = alert;
-    let alert_name = labels.get("alertname").cloned().unwrap_or_default();
+    let AlertParts { index, labels, shared_labels, annotations, status, starts_at, resource, namespace_labels } = alert;
+    let all_labels = Layered::new(&labels, shared_labels);
+    let alert_name = all_labels.get("alertname").unwrap_or_default().to_owned();
     if alert_name.is_empty() {
         let reason = format!("alerts[{index}]: labels.alertname is required");
         return Err(InvalidAlert { alert_name, reason });
     }
     let labelled_namespace =
-        || namespace_labels.iter().find_map(|key| labels.get(key).filter(|ns| !ns.is_empty())).cloned();
+        || namespace_labels.iter().find_map(|key| all_labels.get(key).filter(|ns| !ns.is_empty())).map(str::to_owned);
     let (namespace, kind, name) = match resource {
         Some(r) => {
             let namespace = if r.namespace.is_empty() { labelled_namespace().unwrap_or_default() } else { r.namespace };
@@ -291,15 +277,16 @@ pub(super) fn alert_signal(
         None => {
             let (kind, name) = RESOURCE_LABELS
                 .iter()
-                .find_map(|(label, kind)| labels.get(*label).map(|name| ((*kind).to_owned(), name.clone())))
+                .find_map(|(label, kind)| all_labels.get(label).map(|name| ((*kind).to_owned(), name.to_owned())))
                 .unwrap_or_else(|| ("Unknown".to_owned(), "unknown".to_owned()));
             (labelled_namespace().unwrap_or_default(), kind, name)
         }
     };
-    let fingerprint = rule.apply(&alert_name, &namespace, &kind, &name, &labels);
+    let fingerprint = rule.apply(&alert_name, &namespace, &kind, &name, all_labels);
+    let severity = severity(all_labels.get("severity").unwrap_or_default());
     Ok(pb::Signal {
         fingerprint,
-        severity: severity(labels.get("severity").map_or("", String::as_str)).into(),
+        severity: severity.into(),
         resource: Some(pb::Resource { kind, name, namespace: namespace.clone() }),
         namespace,
         alert_name,

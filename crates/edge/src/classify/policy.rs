@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use breakwater_signal::Layered;
+
 /// The policy Breakwater ships: the reference gateway's table, with its `team` rule.
 pub const DEFAULT_POLICY: &str = include_str!("default_priority.rego");
 
@@ -40,7 +42,7 @@ pub struct Input<'a> {
     pub severity: &'a str,
     pub environment: &'a str,
     pub namespace: &'a str,
-    pub labels: &'a HashMap<String, String>,
+    pub labels: Layered<'a>,
 }
 
 /// The compiled policy and what it decided so far.
@@ -264,7 +266,8 @@ fn compile(path: &str, text: &str) -> Result<regorus::Engine, PolicyError> {
         .add_policy(path.to_owned(), text.to_owned())
         .map_err(|e| PolicyError::Compile { path: path.to_owned(), cause: e.to_string() })?;
     let labels = HashMap::new();
-    let probe = Input { severity: "critical", environment: "production", namespace: "default", labels: &labels };
+    let probe =
+        Input { severity: "critical", environment: "production", namespace: "default", labels: Layered::own(&labels) };
     priority_of(&mut engine, &probe).map_err(|cause| PolicyError::NoPriority { path: path.to_owned(), cause })?;
     Ok(engine)
 }
@@ -288,7 +291,7 @@ fn priority_of(engine: &mut regorus::Engine, input: &Input<'_>) -> Result<&'stat
         "severity": input.severity,
         "environment": input.environment,
         "namespace": input.namespace,
-        "labels": input.labels,
+        "labels": input.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
     });
     engine.set_input_json(&json.to_string()).map_err(|e| e.to_string())?;
     let value = engine.eval_rule(PRIORITY_RULE.to_owned()).map_err(|e| e.to_string())?;

@@ -21,7 +21,7 @@ impl Classifier {
     /// One alert looked up and classified, as `submit` does for a batch.
     fn classify_in(&self, signal: &pb::Signal, namespace: &str) -> Classification {
         let environments = futures::executor::block_on(self.namespace_environments(&[namespace]));
-        self.classify(signal, namespace, &environments)
+        self.classify(signal, &HashMap::new(), namespace, &environments)
     }
 }
 
@@ -149,7 +149,8 @@ fn a_changed_policy_file_is_read_again_and_a_broken_change_keeps_the_old_one() {
     let path = policy_file(&dir, v1);
     let policy = PriorityPolicy::load(Some(path.clone()), Duration::ZERO).unwrap();
     let labels = HashMap::new();
-    let input = policy::Input { severity: "critical", environment: "unknown", namespace: "ns", labels: &labels };
+    let input =
+        policy::Input { severity: "critical", environment: "unknown", namespace: "ns", labels: Layered::own(&labels) };
     assert_eq!(policy.decide(&input).priority, "P1");
     std::fs::write(&path, "package kubernaut.gateway.priority\nimport rego.v1\npriority := \"P3\" # v2\n").unwrap();
     assert_eq!(policy.decide(&input).priority, "P3", "the cache is dropped with the old policy");

@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use super::*;
 
 #[test]
@@ -12,17 +14,17 @@ fn matches_reference_formula() {
 #[test]
 fn severity_is_not_part_of_resource_rule() {
     let mut labels = HashMap::from([("severity".to_string(), "critical".to_string())]);
-    let a = FingerprintRule::Resource.apply("A", "ns", "Pod", "p", &labels);
+    let a = FingerprintRule::Resource.apply("A", "ns", "Pod", "p", Layered::own(&labels));
     labels.insert("severity".into(), "warning".into());
-    let b = FingerprintRule::Resource.apply("A", "ns", "Pod", "p", &labels);
+    let b = FingerprintRule::Resource.apply("A", "ns", "Pod", "p", Layered::own(&labels));
     assert_eq!(a, b);
 }
 
 #[test]
 fn namespace_splits_incidents() {
     let labels = HashMap::new();
-    let a = FingerprintRule::Resource.apply("A", "ns1", "Pod", "p", &labels);
-    let b = FingerprintRule::Resource.apply("A", "ns2", "Pod", "p", &labels);
+    let a = FingerprintRule::Resource.apply("A", "ns1", "Pod", "p", Layered::own(&labels));
+    let b = FingerprintRule::Resource.apply("A", "ns2", "Pod", "p", Layered::own(&labels));
     assert_ne!(a, b);
 }
 
@@ -36,8 +38,14 @@ fn label_rule_uses_listed_labels_in_order() {
     ]);
     let mut other_pod = labels.clone();
     other_pod.insert("pod".into(), "p2".into());
-    assert_eq!(rule.apply("A", "ns", "Pod", "p1", &labels), rule.apply("A", "ns", "Pod", "p2", &other_pod));
-    assert_eq!(rule.apply("A", "ns", "Pod", "p1", &labels), fingerprint_of(&["alertname=A", "cluster=eu"]));
+    assert_eq!(
+        rule.apply("A", "ns", "Pod", "p1", Layered::own(&labels)),
+        rule.apply("A", "ns", "Pod", "p2", Layered::own(&other_pod))
+    );
+    assert_eq!(
+        rule.apply("A", "ns", "Pod", "p1", Layered::own(&labels)),
+        fingerprint_of(&["alertname=A", "cluster=eu"])
+    );
 }
 
 #[test]

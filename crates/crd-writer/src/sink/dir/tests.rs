@@ -9,6 +9,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn write(namespace: &str, name: &str, storm: bool) -> Write {
     Write {
+        shared: Default::default(),
         kind: if storm { WriteKind::StormCreate } else { WriteKind::Create },
         target: CrRef { namespace: namespace.to_owned(), name: name.to_owned() },
         signal: pb::Signal {

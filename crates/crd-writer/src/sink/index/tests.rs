@@ -15,6 +15,7 @@ fn cr(name: &str, version: u64, phase: Option<&str>) -> RemediationRequest {
         ..Default::default()
     };
     let write = Write {
+        shared: Default::default(),
         kind: WriteKind::Create,
         target: CrRef { namespace: "ops".to_owned(), name: name.to_owned() },
         signal,

@@ -27,8 +27,12 @@ fn a_submitted_alert_is_the_signal_the_same_webhook_alert_makes() {
     let pairs = [("alertname", "HighMemory"), ("namespace", "prod"), ("pod", "api-1"), ("severity", "critical")];
     let over_grpc = read(vec![submitted(&pairs)]).remove(0).unwrap().signal;
     let body = serde_json::json!({"alerts": [{"labels": labels(&pairs)}]}).to_string();
-    let over_http =
-        prometheus::parse(body.as_bytes(), 1_000, &FingerprintRule::Resource).unwrap().remove(0).unwrap().signal;
+    let over_http = prometheus::parse(body.as_bytes(), 1_000, &FingerprintRule::Resource)
+        .unwrap()
+        .incoming
+        .remove(0)
+        .unwrap()
+        .signal;
     assert_eq!(over_grpc.fingerprint, over_http.fingerprint);
     assert_eq!(over_grpc.namespace, "prod");
     assert_eq!(over_grpc.resource, over_http.resource);

@@ -4,13 +4,14 @@ use serde_json::json;
 
 fn parse_json(v: serde_json::Value) -> Result<Vec<pb::Signal>, EdgeError> {
     parse(v.to_string().as_bytes(), 1_000, &FingerprintRule::Resource)
-        .map(|read| read.into_iter().map(|r| r.expect("every alert is valid").signal).collect())
+        .map(|read| read.incoming.into_iter().map(|r| r.expect("every alert is valid").signal).collect())
 }
 
 /// Each alert's reason for not being a signal, `None` for those that are.
 fn invalid(v: serde_json::Value) -> Vec<Option<InvalidAlert>> {
     parse(v.to_string().as_bytes(), 1_000, &FingerprintRule::Resource)
         .expect("a webhook")
+        .incoming
         .into_iter()
         .map(Result::err)
         .collect()
@@ -44,7 +45,8 @@ fn every_alert_of_the_batch_becomes_a_signal() {
     assert_eq!(a.fingerprint, fingerprint_of(&["A", "prod", "Pod", "p1"]));
     assert_eq!(a.severity(), pb::Severity::Critical);
     assert_eq!(a.firing_time_unix_ms, 1_761_991_200_000);
-    assert_eq!(a.labels.get("team").map(String::as_str), Some("platform"));
+    // A common label is the batch's, held once, not copied into each signal.
+    assert!(!a.labels.contains_key("team"));
     assert_eq!(a.source_type, SOURCE_TYPE);
     let b = &signals[1];
     assert_eq!(b.resource.as_ref().map(|r| r.kind.as_str()), Some("Deployment"));
@@ -128,6 +130,7 @@ fn the_namespace_comes_from_the_first_configured_label_present() {
         read(body.as_bytes(), &Caps::default())
             .unwrap()
             .signals(1, &FingerprintRule::Resource, &labels)
+            .incoming
             .into_iter()
             .map(|r| r.unwrap().signal.namespace)
             .collect()
@@ -142,6 +145,7 @@ fn the_namespace_comes_from_the_first_configured_label_present() {
 fn deliveries(v: serde_json::Value) -> Vec<Option<String>> {
     parse(v.to_string().as_bytes(), 1_000, &FingerprintRule::Resource)
         .unwrap()
+        .incoming
         .into_iter()
         .map(|i| i.unwrap().delivery)
         .collect()
@@ -168,6 +172,32 @@ fn a_notification_identifies_each_alerts_delivery() {
 }
 
 #[test]
+fn common_labels_are_shared_by_every_signal_and_an_alerts_own_win() {
+    let body = json!({
+        "commonLabels": {"alertname": "A", "namespace": "prod", "severity": "critical", "team": "db"},
+        "commonAnnotations": {"runbook": "https://runbooks/a"},
+        "alerts": [
+            {"labels": {"pod": "p-1"}},
+            {"labels": {"pod": "p-2", "severity": "info"}, "annotations": {"runbook": "own"}}
+        ]
+    })
+    .to_string();
+    let read = parse(body.as_bytes(), 1_000, &FingerprintRule::Resource).unwrap();
+    assert_eq!(read.shared.labels["team"], "db");
+    assert_eq!(read.shared.annotations["runbook"], "https://runbooks/a");
+    let signals: Vec<pb::Signal> = read.incoming.into_iter().map(|r| r.unwrap().signal).collect();
+    // Identity, namespace and severity read the common labels where the alert has none.
+    assert_eq!(signals[0].fingerprint, fingerprint_of(&["A", "prod", "Pod", "p-1"]));
+    assert_eq!((signals[0].alert_name.as_str(), signals[0].namespace.as_str()), ("A", "prod"));
+    assert_eq!(signals[0].severity(), pb::Severity::Critical);
+    assert_eq!(signals[1].severity(), pb::Severity::Info);
+    // Each signal holds only its own.
+    assert_eq!(signals[0].labels.len(), 1);
+    assert!(signals[0].annotations.is_empty());
+    assert_eq!(signals[1].annotations["runbook"], "own");
+}
+
+#[test]
 fn long_values_are_cut_to_their_caps_and_listed() {
     let caps = Caps { label_value_bytes: 100, annotation_value_bytes: 200, expanded_bytes: 1 << 20 };
     let body = json!({
@@ -175,37 +205,32 @@ fn long_values_are_cut_to_their_caps_and_listed() {
         "alerts": [{"labels": {"alertname": "A", "blob": "é".repeat(100)}, "annotations": {"short": "ok"}}]
     })
     .to_string();
-    let signals = read(body.as_bytes(), &caps).unwrap().signals(1, &FingerprintRule::Resource, &namespace_labels());
-    let s = &signals[0].as_ref().unwrap().signal;
+    let read = read(body.as_bytes(), &caps).unwrap().signals(1, &FingerprintRule::Resource, &namespace_labels());
+    assert_eq!(read.shared.annotations["runbook"].len(), 200);
+    let s = &read.incoming[0].as_ref().unwrap().signal;
     // 100 bytes fall inside a 2-byte character: the cut moves back to its start.
     assert_eq!(s.labels["blob"].len(), 100);
-    assert_eq!(s.annotations["runbook"].len(), 200);
     assert_eq!(s.annotations["short"], "ok");
+    // The signal's marker lists the shared value cut too: its CR lists that value.
     assert_eq!(s.annotations[crate::adapters::TRUNCATED_ANNOTATION], "annotations.runbook,labels.blob");
     let untouched = parse_json(json!({"alerts": [{"labels": {"alertname": "A"}}]})).unwrap();
     assert!(!untouched[0].annotations.contains_key(crate::adapters::TRUNCATED_ANNOTATION));
 }
 
 #[test]
-fn a_webhook_that_would_expand_past_its_cap_is_refused_before_expanding() {
-    // The case: 1,000 empty alerts sharing one 400 KB annotation.
+fn common_values_are_counted_once_and_a_webhook_past_its_cap_is_refused_before_expanding() {
+    // The case: 1,000 empty alerts sharing one 400 KB annotation. Cut to its cap and
+    // held once, it takes about what the body does, not 1,000 copies of it.
     let alerts = vec![json!({"labels": {}}); 1000];
     let body = json!({"commonLabels": {"alertname": "A"}, "commonAnnotations": {"big": "b".repeat(400_000)}, "alerts": alerts})
         .to_string();
-    match read(body.as_bytes(), &Caps::default()) {
-        Err(EdgeError::ExpansionTooLarge { limit }) => assert_eq!(limit, 8 * 1024 * 1024),
-        Err(e) => panic!("expected 413, got {e:?}"),
-        Ok(p) => panic!("expected 413, got {} bytes", p.expanded_bytes()),
-    }
-    // 1,000 alerts sharing 4 KB fit, and the estimate covers what they take.
-    let alerts = vec![json!({"labels": {}}); 1000];
-    let body =
-        json!({"commonLabels": {"alertname": "A"}, "commonAnnotations": {"big": "b".repeat(4000)}, "alerts": alerts})
-            .to_string();
     let parsed = read(body.as_bytes(), &Caps::default()).unwrap();
     let estimate = parsed.expanded_bytes();
-    let signals = parsed.signals(1, &FingerprintRule::Resource, &namespace_labels());
-    let actual: usize = signals
+    assert!(estimate < 32 * 1024 + 1000 * 300, "{estimate} bytes");
+    let read = parsed.signals(1, &FingerprintRule::Resource, &namespace_labels());
+    let shared: usize = read.shared.labels.iter().chain(&read.shared.annotations).map(|(k, v)| k.len() + v.len()).sum();
+    let own: usize = read
+        .incoming
         .iter()
         .map(|i| {
             let s = &i.as_ref().unwrap().signal;
@@ -213,5 +238,17 @@ fn a_webhook_that_would_expand_past_its_cap_is_refused_before_expanding() {
                 + s.original_payload.len()
         })
         .sum();
-    assert!(actual <= estimate && estimate < actual + 1000 * 300, "estimate {estimate}, actual {actual}");
+    assert!(shared + own <= estimate, "estimate {estimate}, actual {}", shared + own);
+    // What is left to amplify: many tiny alerts, each a signal of its own.
+    let alerts = vec![json!({}); 40_000];
+    let body = json!({"commonLabels": {"alertname": "A"}, "alerts": alerts}).to_string();
+    match read_webhook(body.as_bytes()) {
+        Err(EdgeError::ExpansionTooLarge { limit }) => assert_eq!(limit, 8 * 1024 * 1024),
+        Err(e) => panic!("expected 413, got {e:?}"),
+        Ok(bytes) => panic!("expected 413, got {bytes} bytes"),
+    }
+}
+
+fn read_webhook(body: &[u8]) -> Result<usize, EdgeError> {
+    read(body, &Caps::default()).map(|p| p.expanded_bytes())
 }

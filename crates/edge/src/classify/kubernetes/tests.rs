@@ -197,7 +197,7 @@ async fn a_cache_hit_costs_little_per_alert() {
                 (0..batch_size).map(|i| signal(if i % 2 == 0 { "shop" } else { "blog" })).collect();
             let targets: Vec<&str> = signals.iter().map(|s| s.namespace.as_str()).collect();
             let warm = classifier.namespace_environments(&targets).await;
-            assert_eq!(classifier.classify(&signals[0], targets[0], &warm).priority, "P0");
+            assert_eq!(classifier.classify(&signals[0], &HashMap::new(), targets[0], &warm).priority, "P0");
             drop(warm);
             let calls = gets(&fake);
             let rounds = 20_000 / batch_size;
@@ -205,7 +205,7 @@ async fn a_cache_hit_costs_little_per_alert() {
             for _ in 0..rounds {
                 let environments = classifier.namespace_environments(&targets).await;
                 for (signal, target) in signals.iter().zip(&targets) {
-                    std::hint::black_box(classifier.classify(signal, target, &environments));
+                    std::hint::black_box(classifier.classify(signal, &HashMap::new(), target, &environments));
                 }
             }
             let per_alert = started.elapsed().as_nanos() / (rounds * batch_size) as u128;

@@ -40,7 +40,8 @@ fn a_decision_is_cached_by_what_the_policy_reads_only() {
     };
     let (a, b, c) =
         (with("api-1", "platform-engineering"), with("api-2", "platform-engineering"), with("api-1", "payments"));
-    let input = |labels| Input { severity: "critical", environment: "unknown", namespace: "ns", labels };
+    let input =
+        |labels| Input { severity: "critical", environment: "unknown", namespace: "ns", labels: Layered::own(labels) };
     assert_eq!(policy.decide(&input(&a)).priority, "P0");
     assert_eq!(policy.decide(&input(&b)).priority, "P0");
     assert_eq!(policy.decide(&input(&c)).priority, "P2", "another team is another input");
