@@ -37,7 +37,8 @@ pub const RESOURCE_ID_BYTES: f64 = 48.0;
 
 /// Measured with `cargo bench -p breakwater-tests --bench redis_keyspaces` on
 /// the 2-core build machine against Redis 7.0.15 (jemalloc 5.3.0, 64-bit), one
-/// run: entries written through each service's own store on a fresh
+/// run (dedup's after its records became fields of small hashes; they were 212.9 and
+/// 148.8 B as keys of their own): entries written through each service's own store on a fresh
 /// redis-server, `INFO memory` `used_memory` after minus before, divided by the
 /// entries (100,000 dedup records, quiet windows, counters and buckets; 10,000
 /// windows stormed with 8 resources; 1,000 with 100). A further listed resource
@@ -45,7 +46,7 @@ pub const RESOURCE_ID_BYTES: f64 = 48.0;
 /// id. Re-measure when a script's keys or values change or Redis is upgraded
 /// (7.2 keeps small sets as listpacks, which makes listed resources cheaper).
 pub const MEASURED: EntryBytes = EntryBytes {
-    dedup_incident: 212.9,
+    dedup_incident: 47.3,
     dedup_delivery: DEDUP_DELIVERY_BYTES,
     storm_quiet_window: 442.5,
     storm_stormed_window: 954.7,
@@ -54,9 +55,9 @@ pub const MEASURED: EntryBytes = EntryBytes {
     ratelimit_bucket: 152.2,
 };
 
-/// Bytes per remembered delivery (`bw:dedup:d:<key>`, its expiry as value, a TTL), measured
+/// Bytes per remembered delivery (a field of a small hash, its expiry as value), measured
 /// like the others over 100,000 deliveries of one open incident.
-pub const DEDUP_DELIVERY_BYTES: f64 = 148.8;
+pub const DEDUP_DELIVERY_BYTES: f64 = 82.4;
 
 /// The load to plan for (`breakwater plan` flags).
 #[derive(Debug, Clone, Copy, PartialEq, clap::Args)]
@@ -142,20 +143,21 @@ impl Plan {
     pub fn new(load: Load, config: &Config, bytes: &EntryBytes) -> Self {
         let with_headroom = |raw: f64| (raw * load.headroom).round() as u64;
 
-        // A new incident's record lives at least the window after its alert.
+        // A new incident's record is kept one to two windows after its last alert: it is a
+        // field of a hash that expires once every record in it is closed.
         let window = config.dedup.window_secs;
-        let incidents = (load.alerts_per_second * load.unique_share * window as f64).round() as u64;
-        // Each delivery with a groupKey is remembered for the copy window after it.
+        let incidents = (load.alerts_per_second * load.unique_share * 2.0 * window as f64).round() as u64;
+        // Each delivery with a groupKey is remembered the same way, for one to two copy windows.
         let copy_window = config.dedup.copy_window_secs;
-        let deliveries = (load.alerts_per_second * load.notified_share * copy_window as f64).round() as u64;
+        let deliveries = (load.alerts_per_second * load.notified_share * 2.0 * copy_window as f64).round() as u64;
         let dedup = Row {
             keyspace: "dedup",
             entries: incidents + deliveries,
             needed: with_headroom(incidents as f64 * bytes.dedup_incident + deliveries as f64 * bytes.dedup_delivery),
             budget: config.dedup.redis.memory_budget_bytes,
             basis: format!(
-                "{} alerts/s × {} new × {window} s (dedup.window_secs) × {} B per open incident \
-                 + {} alerts/s × {} notified × {copy_window} s (dedup.copy_window_secs) × {} B per delivery",
+                "{} alerts/s × {} new × 2 × {window} s (dedup.window_secs) × {} B per open incident \
+                 + {} alerts/s × {} notified × 2 × {copy_window} s (dedup.copy_window_secs) × {} B per delivery",
                 load.alerts_per_second,
                 percent(load.unique_share),
                 bytes.dedup_incident,

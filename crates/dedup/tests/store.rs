@@ -99,9 +99,20 @@ async fn redis_store_keeps_the_contract_and_every_key_expires() {
     let root = unique_key_root("dedup_contract");
     run_contract(&redis_store(&server, &root).await).await;
     assert_eq!(server.keys_without_ttl(&format!("{root}:*")).await, Vec::<String>::new());
-    let ttl = server.admin_command(&["PTTL", &format!("{root}:dedup:f:{}", fp(2))]).await;
-    let ttl: i64 = ttl.parse().unwrap();
-    assert!(ttl > 0 && ttl <= WINDOW_MS, "record TTL is the window: {ttl}");
+    // fp(1)'s record, last written by step 6, is in the hash of that step's epoch, which lives
+    // until every record it can hold is closed: the epoch's end and a window, and a second.
+    let store = redis_store(&server, &root).await;
+    let written = T0 + 2_000 + 2 * WINDOW_MS + 2;
+    let epoch = written / WINDOW_MS;
+    let (key, field) = store.record_slot(&fp(1), epoch);
+    assert_eq!(server.admin_command(&["HGET", &key, &field]).await, format!("{written}|0|1|?"));
+    let ttl: i64 = server.admin_command(&["PTTL", &key]).await.parse().unwrap();
+    let closes = (epoch + 2) * WINDOW_MS - written;
+    assert!(ttl > 0 && ttl <= closes + 1_000, "the hash lives until its records close: {ttl} ms, {closes} ms");
+    // Each open incident is a field, not a key.
+    let records =
+        server.admin_command(&["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", &format!("{root}:dedup:r:*")]).await;
+    assert!(records.parse::<usize>().unwrap() <= 3, "{records} record hashes");
 }
 
 /// Reference §11.4 "Should deduplicate 100 identical concurrent alerts":
@@ -196,7 +207,9 @@ fn memory_and_redis_agree_on_random_sequences() {
             let root = unique_key_root("dedup_agree");
             let redis = redis_store(&server, &root).await;
             let memory = MemoryDedupStore::new(window());
-            let mut now = T0;
+            // A second before the Redis store's records change hashes (epochs of a window),
+            // so steps cross into the next one and back.
+            let mut now = T0 - T0 % WINDOW_MS + WINDOW_MS - 1_000;
             for (i, (queries, step)) in batches.iter().enumerate() {
                 now += step;
                 let batch: Vec<Query> = queries
@@ -211,7 +224,40 @@ fn memory_and_redis_agree_on_random_sequences() {
                     .collect();
                 let expected = memory.check(&batch, now).await.unwrap();
                 let got = redis.check(&batch, now).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
-                prop_assert_eq!(got, expected, "batch {} at T0{:+}", i, now - T0);
+                prop_assert_eq!(&got, &expected, "batch {} at {}", i, now);
+                // Every other new incident is placed on a storm's CR (one per batch), the rest
+                // on their own, a millisecond later; both stores place and read them alike.
+                let binds: Vec<Bind> = batch
+                    .iter()
+                    .zip(&expected)
+                    .enumerate()
+                    .filter(|(_, (_, v))| v.decision == Decision::New)
+                    .filter_map(|(j, (q, v))| {
+                        let first_seen = v.record.as_ref()?.first_seen;
+                        let to = if j % 2 == 0 {
+                            Placement::Bound(Binding { namespace: "prod".into(), name: format!("storm-{i}") })
+                        } else {
+                            Placement::Own
+                        };
+                        Some(Bind { fingerprint: q.fingerprint.clone(), first_seen, to })
+                    })
+                    .collect();
+                let bound = memory.bind(&binds, now + 1).await.unwrap();
+                let got = redis.bind(&binds, now + 1).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(got, bound, "binds after batch {}", i);
+                let windows: Vec<WindowRef> = expected
+                    .iter()
+                    .zip(&batch)
+                    .filter_map(|(v, q)| {
+                        Some(WindowRef {
+                            fingerprint: q.fingerprint.clone(),
+                            first_seen: v.record.as_ref()?.first_seen,
+                        })
+                    })
+                    .collect();
+                let placed = memory.placements(&windows, now + 2).await.unwrap();
+                let got = redis.placements(&windows, now + 2).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(got, placed, "placements after batch {}", i);
             }
             prop_assert_eq!(server.keys_without_ttl(&format!("{root}:*")).await, Vec::<String>::new());
             Ok(())

@@ -18,28 +18,29 @@ fn row<'a>(plan: &'a Plan, keyspace: &str) -> &'a Row {
 
 #[test]
 fn dedup_holds_every_new_incident_for_its_window() {
-    // 1000 alerts/s, 10% new, 300 s window: 30,000 open incidents ≈ 6.4 MB.
+    // 1000 alerts/s, 10% new, 300 s window: 30,000 open incidents, kept up to two windows
+    // (a record's hash expires with its epoch): 60,000 × 212.8 B ≈ 12.8 MB.
     let bytes = EntryBytes { dedup_incident: 212.8, ..MEASURED };
     let plan = Plan::new(load(1000.0), &Config::default(), &bytes);
     let dedup = row(&plan, "dedup");
-    assert_eq!(dedup.entries, 30_000);
-    assert_eq!(dedup.needed, 6_384_000);
-    assert!(dedup.basis.contains("300 s (dedup.window_secs)"), "{}", dedup.basis);
+    assert_eq!(dedup.entries, 60_000);
+    assert_eq!(dedup.needed, 12_768_000);
+    assert!(dedup.basis.contains("2 × 300 s (dedup.window_secs)"), "{}", dedup.basis);
 
     let mut config = Config::default();
     config.dedup.window_secs = 60;
-    assert_eq!(row(&Plan::new(load(1000.0), &config, &MEASURED), "dedup").entries, 6_000);
+    assert_eq!(row(&Plan::new(load(1000.0), &config, &MEASURED), "dedup").entries, 12_000);
 }
 
 #[test]
 fn dedup_remembers_each_notified_delivery_for_the_copy_window() {
-    // 1000 alerts/s, all from Alertmanager, 120 s copy window: 120,000 deliveries on top.
+    // 1000 alerts/s, all from Alertmanager, 120 s copy window: up to 240,000 deliveries on top.
     let bytes = EntryBytes { dedup_incident: 200.0, dedup_delivery: 100.0, ..MEASURED };
     let plan = Plan::new(Load { notified_share: 1.0, ..load(1000.0) }, &Config::default(), &bytes);
     let dedup = row(&plan, "dedup");
-    assert_eq!(dedup.entries, 30_000 + 120_000);
-    assert_eq!(dedup.needed, 30_000 * 200 + 120_000 * 100);
-    assert!(dedup.basis.contains("120 s (dedup.copy_window_secs)"), "{}", dedup.basis);
+    assert_eq!(dedup.entries, 60_000 + 240_000);
+    assert_eq!(dedup.needed, 60_000 * 200 + 240_000 * 100);
+    assert!(dedup.basis.contains("2 × 120 s (dedup.copy_window_secs)"), "{}", dedup.basis);
 }
 
 #[test]
@@ -56,7 +57,7 @@ fn headroom_multiplies_every_estimate() {
             p.needed
         );
     }
-    assert_eq!(row(&padded, "dedup").needed, (30_000.0 * MEASURED.dedup_incident * 1.5_f64).round() as u64);
+    assert_eq!(row(&padded, "dedup").needed, (60_000.0 * MEASURED.dedup_incident * 1.5_f64).round() as u64);
 }
 
 #[test]
@@ -99,24 +100,24 @@ fn ratelimit_is_one_bucket_per_sender() {
 #[test]
 fn budgets_come_from_each_services_redis_config() {
     let mut config = Config::default();
-    config.dedup.redis.memory_budget_bytes = 4 << 20;
+    config.dedup.redis.memory_budget_bytes = 2 << 20;
     config.storm.redis.memory_budget_bytes = 5 << 20;
     config.ratelimit.redis.memory_budget_bytes = 6 << 20;
     let plan = Plan::new(load(1000.0), &config, &MEASURED);
-    assert_eq!(plan.rows.each_ref().map(|r| r.budget), [4 << 20, 5 << 20, 6 << 20]);
+    assert_eq!(plan.rows.each_ref().map(|r| r.budget), [2 << 20, 5 << 20, 6 << 20]);
     let dedup = row(&plan, "dedup");
-    assert_eq!(dedup.short_by(), Some(dedup.needed - 4_194_304));
+    assert_eq!(dedup.short_by(), Some(dedup.needed - 2_097_152));
     assert_eq!(plan.short().map(|r| r.keyspace).collect::<Vec<_>>(), ["dedup"]);
 }
 
 #[test]
 fn table_shows_entries_needed_budget_and_verdict() {
     let mut config = Config::default();
-    config.dedup.redis.memory_budget_bytes = 4 << 20;
+    config.dedup.redis.memory_budget_bytes = 2 << 20;
     let text = Plan::new(load(1000.0), &config, &MEASURED).render();
     let dedup = text.lines().find(|l| l.starts_with("dedup ")).unwrap();
-    assert!(dedup.contains("30,000") && dedup.contains("6.1 MiB") && dedup.contains("4.0 MiB"), "{text}");
-    assert!(dedup.ends_with("short by 2.1 MiB"), "{text}");
+    assert!(dedup.contains("60,000") && dedup.contains("2.7 MiB") && dedup.contains("2.0 MiB"), "{text}");
+    assert!(dedup.ends_with("short by 723.5 KiB"), "{text}");
     let ratelimit = text.lines().find(|l| l.starts_with("ratelimit ")).unwrap();
     assert!(ratelimit.ends_with("fits"), "{text}");
     assert!(text.contains("Redis 7.0.15"), "{text}");

@@ -1,22 +1,37 @@
 #!lua
--- Places open incidents: on their own CR ('') or another one ('<ns>/<name>'),
--- keeping their expiry.
--- KEYS[i]       record key of binding i
--- ARGV[1]       TTL in ms; unused: a binding never extends a window (KEEPTTL)
--- ARGV[2]       now, Unix ms
--- ARGV[3]       window, ms
--- ARGV[2+2i]    first_seen the binding is for
--- ARGV[3+2i]    the placement: '' or '<namespace>/<name>'
+-- Places open incidents: on their own CR ('') or a storm's ('<ns>/<name>'),
+-- keeping their expiry. Records are laid out as in check.lua.
+-- KEYS[1..3]        binding tables of epochs E-1, E, E+1
+-- KEYS[3i+1..3i+3]  the record hashes of binding i in epochs E-1, E, E+1
+-- ARGV[1]           unused
+-- ARGV[2]           now, Unix ms
+-- ARGV[3]           window, ms
+-- ARGV[4]           E
+-- ARGV[2+3i..4+3i]  binding i: the record's field, the first_seen it is for,
+--                   and '' or '#<id>|<namespace>/<name>'
 local now = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
+local epoch = tonumber(ARGV[4])
 local bound = 0
-for i, key in ipairs(KEYS) do
-  local rec = redis.call('GET', key)
-  if rec then
-    local a, b, c = string.match(rec, '^(%-?%d+)|(%-?%d+)|(%d+)|')
-    if a and a == ARGV[2 + 2 * i] and (now - tonumber(b)) < window then
-      redis.call('SET', key, string.format('%s|%s|%s|%s', a, b, c, ARGV[3 + 2 * i]), 'KEEPTTL')
-      bound = bound + 1
+for i = 1, (#ARGV - 4) / 3 do
+  local field, first_seen, to = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  for e = 3, 1, -1 do
+    local key = KEYS[3 * i + e]
+    local rec = redis.call('HGET', key, field)
+    if rec then
+      local a, b, c = string.match(rec, '^(%-?%d+)|(%d+)|(%d+)|')
+      if a and a == first_seen and (now - tonumber(a) - tonumber(b)) < window then
+        local placement = ''
+        local id, name = string.match(to, '^#([^|]+)|(.+)$')
+        if id then
+          placement = '#' .. id
+          redis.call('HSET', KEYS[e], id, name)
+          redis.call('PEXPIRE', KEYS[e], string.format('%d', (epoch + e) * window - now + 1000))
+        end
+        redis.call('HSET', key, field, string.format('%s|%s|%s|%s', a, b, c, placement))
+        bound = bound + 1
+      end
+      break
     end
   end
 end

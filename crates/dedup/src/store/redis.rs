@@ -1,18 +1,30 @@
-//! Redis dedup store: one Lua script per batch over fixed-size string records
-//! `bw:dedup:f:<fingerprint>` whose TTL is the window, and delivery markers
-//! `bw:dedup:d:<delivery key>` whose TTL is the copy window.
+//! Redis dedup store: one Lua script per batch. An open incident is a field of a
+//! small hash, `bw:dedup:r:<window>:<epoch>:<shard>`, about 50 bytes in Redis
+//! where a key of its own cost over 200: see `check.lua` for the layout. Storm
+//! placements are named once per epoch in `bw:dedup:b:<window>:<epoch>`, and
+//! remembered deliveries are fields of `bw:dedup:d:<copy window>:<epoch>:<shard>`.
 
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use breakwater_keyspace::{Keyspace, KeyspaceError, Script, Ttl};
-use breakwater_signal::UnixMillis;
+use breakwater_signal::{UnixMillis, fingerprint_of};
 
 use super::{Bind, DedupStore, WindowRef};
 use crate::window::{Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Status, Verdict};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_check", include_str!("check.lua")));
 static BIND: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_bind", include_str!("bind.lua")));
+static PLACEMENTS: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_placements", include_str!("placements.lua")));
+
+/// Hex characters of a fingerprint that choose its hash: 4,096 hashes per epoch, so a
+/// hash stays within Redis's compact encoding (`hash-max-listpack-entries`, 128 by
+/// default) up to about 500,000 incidents opened or seen per window.
+const SHARD_CHARS: usize = 3;
+/// Hex characters of a fingerprint after the shard's that name its field: with the
+/// shard, 108 bits of the fingerprint (a SHA-256), so two incidents share a record
+/// with odds of about one in 10^20 among a million.
+const FIELD_CHARS: usize = 24;
 
 #[derive(Debug, Clone)]
 pub struct RedisDedupStore {
@@ -29,18 +41,75 @@ impl RedisDedupStore {
         &self.keyspace
     }
 
-    /// The key of a fingerprint's record.
-    pub fn record_key(&self, fingerprint: &str) -> String {
-        self.keyspace.key(&format!("f:{fingerprint}"))
+    /// The hash holding a fingerprint's record when its last alert was seen in `epoch`,
+    /// and the record's field in it.
+    pub fn record_slot(&self, fingerprint: &str, epoch: i64) -> (String, String) {
+        let hashed;
+        let hex =
+            if fingerprint.len() >= SHARD_CHARS + FIELD_CHARS && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+                fingerprint
+            } else {
+                // Not a fingerprint the edge makes (a caller of the store's own API): any text works.
+                hashed = fingerprint_of(&[fingerprint]);
+                &hashed
+            };
+        let (shard, rest) = hex.split_at(SHARD_CHARS);
+        let key = self.keyspace.key(&format!("r:{}:{epoch}:{shard}", self.window.window_ms()));
+        (key, rest[..FIELD_CHARS].to_owned())
     }
 
-    /// The key remembering one delivery.
-    pub fn delivery_key(&self, delivery: DeliveryKey) -> String {
-        self.keyspace.key(&format!("d:{}", delivery.hex()))
+    /// The hash remembering `delivery` when it was seen in `epoch` of the copy window,
+    /// and its field in it.
+    pub fn delivery_slot(&self, delivery: DeliveryKey, epoch: i64) -> (String, String) {
+        let hex = delivery.hex();
+        let (shard, rest) = hex.split_at(SHARD_CHARS);
+        let key = self.keyspace.key(&format!("d:{}:{epoch}:{shard}", self.window.copy_window_ms()));
+        // All of the key: it is a hash already, and a caller may send any 128 bits.
+        (key, rest.to_owned())
+    }
+
+    /// The epoch of `now`: a record is in this one, the one before or the one after.
+    fn epoch(&self, now: UnixMillis) -> i64 {
+        now.div_euclid(self.window.window_ms().max(1))
+    }
+
+    /// The copy window's epoch of `now`, for deliveries.
+    fn copy_epoch(&self, now: UnixMillis) -> i64 {
+        now.div_euclid(self.window.copy_window_ms().max(1))
+    }
+
+    /// The binding tables of the epochs around `epoch`, then the record hashes of each
+    /// fingerprint there (as the scripts take them), and each fingerprint's field.
+    fn slots<'f>(&self, fingerprints: impl Iterator<Item = &'f str>, epoch: i64) -> (Vec<String>, Vec<String>) {
+        let window = self.window.window_ms();
+        let mut keys: Vec<String> = (-1..=1).map(|d| self.keyspace.key(&format!("b:{window}:{}", epoch + d))).collect();
+        let mut fields = Vec::new();
+        for fingerprint in fingerprints {
+            for d in -1..=1 {
+                let (key, field) = self.record_slot(fingerprint, epoch + d);
+                keys.push(key);
+                if d == 1 {
+                    fields.push(field);
+                }
+            }
+        }
+        (keys, fields)
     }
 
     fn ttl(&self) -> Ttl {
         Ttl::from_millis(u64::try_from(self.window.window_ms()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A storm CR's placement as `bind.lua` takes it: a short id of the CR, which records
+/// carry, and the CR it names, kept once per epoch.
+fn encode_binding(placement: &Placement) -> String {
+    match placement {
+        Placement::Bound(b) => {
+            let name = format!("{}/{}", b.namespace, b.name);
+            format!("#{}|{name}", &fingerprint_of(&[&name])[..16])
+        }
+        Placement::Own | Placement::Pending => String::new(),
     }
 }
 
@@ -50,18 +119,30 @@ impl DedupStore for RedisDedupStore {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut keys: Vec<String> = queries.iter().map(|q| self.record_key(&q.fingerprint)).collect();
-        let mut args =
-            vec![now.to_string(), self.window.window_ms().to_string(), self.window.copy_window_ms().to_string()];
-        for q in queries {
+        let (epoch, copy_epoch) = (self.epoch(now), self.copy_epoch(now));
+        let (mut keys, fields) = self.slots(queries.iter().map(|q| q.fingerprint.as_str()), epoch);
+        let mut args = vec![
+            now.to_string(),
+            self.window.window_ms().to_string(),
+            self.window.copy_window_ms().to_string(),
+            epoch.to_string(),
+            copy_epoch.to_string(),
+        ];
+        for (q, field) in queries.iter().zip(fields) {
             let status = if q.status == Status::Firing { "f" } else { "r" };
             match q.delivery {
                 Some(delivery) => {
-                    keys.push(self.delivery_key(delivery));
                     // Lua indexes KEYS from 1.
-                    args.push(format!("{status}:{}", keys.len()));
+                    let first = keys.len() + 1;
+                    let mut delivery_field = String::new();
+                    for d in -1..=1 {
+                        let (key, field) = self.delivery_slot(delivery, copy_epoch + d);
+                        keys.push(key);
+                        delivery_field = field;
+                    }
+                    args.push(format!("{status}{field}:{first}:{delivery_field}"));
                 }
-                None => args.push(status.to_owned()),
+                None => args.push(format!("{status}{field}")),
             }
         }
         let replies: Vec<String> = self.keyspace.run(&CHECK, &keys, self.ttl(), &args).await?;
@@ -75,11 +156,13 @@ impl DedupStore for RedisDedupStore {
         if binds.is_empty() {
             return Ok(0);
         }
-        let keys: Vec<String> = binds.iter().map(|b| self.record_key(&b.fingerprint)).collect();
-        let mut args = vec![now.to_string(), self.window.window_ms().to_string()];
-        for b in binds {
+        let epoch = self.epoch(now);
+        let (keys, fields) = self.slots(binds.iter().map(|b| b.fingerprint.as_str()), epoch);
+        let mut args = vec![now.to_string(), self.window.window_ms().to_string(), epoch.to_string()];
+        for (b, field) in binds.iter().zip(fields) {
+            args.push(field);
             args.push(b.first_seen.to_string());
-            args.push(b.to.encode());
+            args.push(encode_binding(&b.to));
         }
         self.keyspace.run(&BIND, &keys, self.ttl(), &args).await
     }
@@ -92,18 +175,16 @@ impl DedupStore for RedisDedupStore {
         if windows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut mget = redis::cmd("MGET");
-        for w in windows {
-            mget.arg(self.record_key(&w.fingerprint));
+        let (keys, fields) = self.slots(windows.iter().map(|w| w.fingerprint.as_str()), self.epoch(now));
+        let records: Vec<String> = self.keyspace.run(&PLACEMENTS, &keys, self.ttl(), &fields).await?;
+        if records.len() != windows.len() {
+            return Err(bad_reply(&PLACEMENTS, format!("{} replies for {} windows", records.len(), windows.len())));
         }
-        let records: Vec<Option<String>> = self.keyspace.query(&mget).await?;
         Ok(windows
             .iter()
             .zip(records)
             .map(|(w, record)| {
-                record
-                    .as_deref()
-                    .and_then(Record::decode)
+                Record::decode(&record)
                     .filter(|r| r.first_seen == w.first_seen && self.window.is_open(r, now))
                     .map(|r| r.placement)
             })
