@@ -162,6 +162,54 @@ async fn resolved_after_the_finish_then_firing_opens_a_new_cr_at_once_redis_and_
     resolved_after_the_finish_then_firing_opens_a_new_cr_at_once(Backend::RedisAndKube).await;
 }
 
+/// The resolution comes after dedup's window (1 s) closed, so dedup no longer holds the
+/// incident: it is recorded on the incident's latest CR all the same (found by fingerprint),
+/// and the next firing opens a new CR at once, although the cooldown is long.
+async fn a_late_resolution_reaches_the_finished_cr(backend: Backend) {
+    let mut gw = TestGateway::start_with(backend, |c| {
+        c.dedup.window_secs = 1;
+        c.dedup.cooldown_secs = Some(3600);
+    })
+    .await;
+    let firing = webhook(&[Alert::firing("OOMKilled").in_ns("prod").pod("worker-2")]);
+    let (status, first) = gw.post_prometheus(&firing).await;
+    assert_eq!((status, outcome(&first)), (201, "created"), "{first}");
+    let old = cr_name(&first);
+    settles_at(&gw, 1, 1).await;
+    gw.set_status("prod", &old, finished("Completed", 500)).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (status, resolved) =
+        gw.post_prometheus(&webhook(&[Alert::resolved("OOMKilled").in_ns("prod").pod("worker-2")])).await;
+    assert_eq!((status, outcome(&resolved)), (202, "resolved"), "{resolved}");
+    assert_eq!(cr_name(&resolved), old, "{resolved}");
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { gw.remediation("prod", &old).is_some_and(|cr| cr["spec"]["deduplication"]["resolvedAt"].is_string()) },
+        "the finished CR records the resolution: {:#?}",
+        gw.remediation("prod", &old)
+    );
+    let (status, again) = gw.post_prometheus(&firing).await;
+    assert_eq!((status, outcome(&again)), (201, "created"), "{again}");
+    let new_cr = gw.remediation("prod", &cr_name(&again)).expect("the new CR");
+    assert_eq!(new_cr["spec"]["deduplication"]["previousRemediationRequestRef"], old.as_str(), "{new_cr:#}");
+    // A resolution of an incident that never fired has no CR to go to.
+    let (status, unknown) =
+        gw.post_prometheus(&webhook(&[Alert::resolved("OOMKilled").in_ns("prod").pod("worker-9")])).await;
+    assert_eq!((status, outcome(&unknown)), (202, "resolved_unknown"), "{unknown}");
+    settles_at(&gw, 2, 2).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_resolution_reaches_the_finished_cr_embedded() {
+    a_late_resolution_reaches_the_finished_cr(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_late_resolution_reaches_the_finished_cr_redis_and_kube() {
+    a_late_resolution_reaches_the_finished_cr(Backend::RedisAndKube).await;
+}
+
 /// A RemediationRequest as the replaced gateway wrote it (reference §7.2): its name
 /// `rr-<fp[:12]>-<unix s>`, its labels (`managed-by: gateway-service`), one occurrence.
 fn old_gateway_cr(alertname: &str, namespace: &str, pod: &str, created_s: i64) -> Value {

@@ -420,7 +420,7 @@ pub fn count_update(write: &Write) -> CountUpdate {
         }
         update.window_start = 0;
     }
-    if write.kind == WriteKind::Resolution {
+    if write.kind.is_resolution() {
         return CountUpdate {
             resolved_at: last_seen,
             fingerprint: write.signal.fingerprint.clone(),

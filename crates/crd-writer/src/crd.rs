@@ -368,6 +368,9 @@ pub enum WriteKind {
     StormAdd,
     /// Record that the incident was resolved (never creates a CR).
     Resolution,
+    /// Record that the incident was resolved on its latest CR, looked up by fingerprint in
+    /// the target's namespace (the target names no CR): dedup no longer held the incident.
+    LateResolution,
 }
 
 impl WriteKind {
@@ -379,12 +382,18 @@ impl WriteKind {
             Self::StormCreate => "storm_create",
             Self::StormAdd => "storm_add",
             Self::Resolution => "resolution",
+            Self::LateResolution => "late_resolution",
         }
     }
 
     /// Creates are applied at once; counts are coalesced.
     pub fn is_create(self) -> bool {
         matches!(self, Self::Create | Self::StormCreate)
+    }
+
+    /// Whether the write records a resolution.
+    pub fn is_resolution(self) -> bool {
+        matches!(self, Self::Resolution | Self::LateResolution)
     }
 
     /// Whether the write is about a storm's CR.

@@ -27,7 +27,9 @@ use crate::config::CrdWriterConfig;
 use crate::crd::{self, CrRef, RemediationRequest, StormType, StormWrite, Write, WriteKind, is_dns1123_label};
 use crate::error::Error;
 use crate::lifecycle::{Lifecycle, Verdict};
-use crate::sink::{BATCH_CONCURRENCY, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, check_owned};
+use crate::sink::{
+    BATCH_CONCURRENCY, CrPhase, CreateOutcome, Created, RemediationSink, SinkError, UpdateOutcome, check_owned,
+};
 
 /// Suggested pause before retrying a failed create when Kubernetes did not ask for one.
 const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
@@ -142,7 +144,9 @@ impl CrdWriterGrpc {
         let mut unknown: HashMap<CrRef, Vec<(usize, String)>> = HashMap::new();
         for (i, write) in writes.iter().enumerate() {
             let kind = write.kind();
-            if !matches!(kind, pb::WriteKind::Occurrence | pb::WriteKind::StormAdd | pb::WriteKind::Resolution) {
+            if !matches!(kind, pb::WriteKind::Occurrence | pb::WriteKind::StormAdd | pb::WriteKind::Resolution)
+                || write.find_by_fingerprint
+            {
                 continue;
             }
             let (Some(target), Some(signal)) = (&write.remediation, &write.signal) else { continue };
@@ -196,6 +200,7 @@ impl CrdWriterGrpc {
         let mut rrs = Vec::new();
         let mut fallbacks: Vec<(usize, Write, RemediationRequest, LastResort)> = Vec::new();
         let mut immediate: Vec<(usize, Write)> = Vec::new();
+        let mut late: Vec<(usize, Write)> = Vec::new();
         let mut queued: Vec<Write> = Vec::new();
         for (index, raw) in writes.into_iter().enumerate() {
             let kind = kind_label(raw.kind);
@@ -220,6 +225,7 @@ impl CrdWriterGrpc {
                 Ok(write) if write.kind == WriteKind::StormAdd && storm_unavailable => immediate.push((index, write)),
                 // Applied before answering: the incident's next firing must find it closed.
                 Ok(write) if write.kind == WriteKind::Resolution => immediate.push((index, write)),
+                Ok(write) if write.kind == WriteKind::LateResolution => late.push((index, write)),
                 Ok(write) => {
                     record(kind, "queued");
                     results[index] = Some(result(pb::WriteOutcome::Queued, remediation));
@@ -233,11 +239,26 @@ impl CrdWriterGrpc {
         // Journaled in one batch before anything is answered.
         self.coalescer.offer_all(queued);
         let carry_calls: Vec<_> = immediate.iter().map(|(_, write)| self.apply_now(write)).collect();
-        let (outcomes, fallback_outcomes, carry_outcomes) = futures::join!(
+        let late_calls: Vec<_> = late.iter().map(|(_, write)| self.resolve_latest(write)).collect();
+        let (outcomes, fallback_outcomes, carry_outcomes, late_outcomes) = futures::join!(
             self.sink.create_batch(&rrs),
             futures::stream::iter(fallback_calls).buffered(BATCH_CONCURRENCY).collect::<Vec<_>>(),
             futures::stream::iter(carry_calls).buffered(BATCH_CONCURRENCY).collect::<Vec<_>>(),
+            futures::stream::iter(late_calls).buffered(BATCH_CONCURRENCY).collect::<Vec<_>>(),
         );
+        for ((index, write), outcome) in late.into_iter().zip(late_outcomes) {
+            results[index] = Some(match outcome {
+                Ok(Some(at)) => {
+                    record(write.kind.as_str(), "applied");
+                    result(pb::WriteOutcome::Queued, Some(ref_of(&at)))
+                }
+                Ok(None) => {
+                    record(write.kind.as_str(), "nothing_to_do");
+                    result(pb::WriteOutcome::NothingToDo, None)
+                }
+                Err(err) => answer_failed(&write, &err),
+            });
+        }
         for ((index, write), outcome) in immediate.into_iter().zip(carry_outcomes) {
             results[index] = Some(match outcome {
                 Ok(()) => {
@@ -349,6 +370,25 @@ impl CrdWriterGrpc {
             }
         }
         Ok(Fallback::Created(created))
+    }
+
+    /// Records a resolution of an incident dedup no longer held on its latest CR in the
+    /// target's namespace, unless it has none or that CR is resolved already: so a finished
+    /// CR knows its incident was resolved after it finished ([`Lifecycle::decide`]), and an
+    /// open one that the next firing is another incident. Which CR, if any.
+    async fn resolve_latest(&self, write: &Write) -> Result<Option<CrRef>, SinkError> {
+        let namespace =
+            if write.target.namespace.is_empty() { &self.fallback_namespace } else { &write.target.namespace };
+        let Some(latest) = self.sink.find_latest(namespace, &write.signal.fingerprint).await? else {
+            return Ok(None);
+        };
+        if latest.phase == CrPhase::Resolved {
+            return Ok(None);
+        }
+        match self.sink.update_counts(&latest.at, &count_update(write)).await? {
+            UpdateOutcome::NotFound => Ok(None),
+            UpdateOutcome::Updated | UpdateOutcome::Unchanged => Ok(Some(latest.at)),
+        }
     }
 
     /// Adds the alert of a `STORM_ADD` the storm service could not count to its storm CR's
@@ -518,12 +558,18 @@ impl TryFrom<pb::RemediationWrite> for Write {
             pb::WriteKind::Occurrence => WriteKind::Occurrence,
             pb::WriteKind::StormCreate => WriteKind::StormCreate,
             pb::WriteKind::StormAdd => WriteKind::StormAdd,
+            pb::WriteKind::Resolution if raw.find_by_fingerprint => WriteKind::LateResolution,
             pb::WriteKind::Resolution => WriteKind::Resolution,
         };
+        if raw.find_by_fingerprint && kind != WriteKind::LateResolution {
+            return Err(InvalidWrite("find_by_fingerprint is only for a RESOLUTION"));
+        }
         let storm_type = raw.storm_type();
         let signal = raw.signal.ok_or(InvalidWrite("signal is missing"))?;
         let target = raw.remediation.ok_or(InvalidWrite("remediation is missing"))?;
-        if !is_dns1123_label(&target.name) {
+        // A late resolution names no CR: it is looked up.
+        let no_name = kind == WriteKind::LateResolution && target.name.is_empty();
+        if !no_name && !is_dns1123_label(&target.name) {
             return Err(InvalidWrite("remediation.name is not a DNS-1123 label of at most 63 characters"));
         }
         if !target.namespace.is_empty() && !is_dns1123_label(&target.namespace) {
@@ -533,7 +579,7 @@ impl TryFrom<pb::RemediationWrite> for Write {
             return Err(InvalidWrite("signal.fingerprint is not 64 lower-case hex characters"));
         }
         let storm = match kind {
-            WriteKind::Create | WriteKind::Occurrence | WriteKind::Resolution => None,
+            WriteKind::Create | WriteKind::Occurrence | WriteKind::Resolution | WriteKind::LateResolution => None,
             WriteKind::StormCreate | WriteKind::StormAdd => Some(StormWrite {
                 storm_type: match (storm_type, kind) {
                     (pb::StormType::Rate, _) => Some(StormType::Rate),

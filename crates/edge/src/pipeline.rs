@@ -831,6 +831,10 @@ impl CrdWrite {
                             }
                             remediation = (r.namespace.clone(), r.name.clone());
                         }
+                        if outcome == AlertOutcome::ResolvedUnknown && !remediation.1.is_empty() {
+                            // crd-writer found the incident's CR and recorded the resolution there.
+                            outcome = AlertOutcome::Resolved;
+                        }
                         match result.outcome() {
                             pb::WriteOutcome::Failed => {
                                 let after = Duration::from_millis(result.retry_after_ms.max(1000));
@@ -1088,8 +1092,18 @@ fn plan(batch: &Batch, i: usize) -> Planned {
             reported(AlertOutcome::Resolved, &dedup_ref, Some(write))
         }
         pb::DedupOutcome::Resolved => reported(AlertOutcome::Resolved, &dedup_ref, None),
+        // Dedup no longer holds the incident (its window closed, or it never saw the firing):
+        // crd-writer records the resolution on the incident's latest CR, if there is one, so
+        // a finished CR knows it was resolved after it finished.
         pb::DedupOutcome::ResolvedUnknown | pb::DedupOutcome::Unspecified => {
-            reported(AlertOutcome::ResolvedUnknown, &dedup_ref, None)
+            let write = pb::RemediationWrite {
+                kind: pb::WriteKind::Resolution.into(),
+                remediation: Some(pb::RemediationRef { namespace: batch.targets[i].clone(), name: String::new() }),
+                find_by_fingerprint: true,
+                last_seen_unix_ms: signal.received_time_unix_ms,
+                ..base
+            };
+            reported(AlertOutcome::ResolvedUnknown, &dedup_ref, Some(write))
         }
         pb::DedupOutcome::Duplicate if parse_storm_cr_name(&dedup_ref.name).is_some() => {
             match batch.storm[i].as_ref() {

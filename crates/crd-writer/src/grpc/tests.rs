@@ -63,6 +63,7 @@ fn write(kind: pb::WriteKind, name: &str) -> pb::RemediationWrite {
         dedup_window_exact: false,
         storm_unavailable: false,
         storm_window_secs: 60,
+        find_by_fingerprint: false,
     }
 }
 
@@ -129,6 +130,31 @@ async fn one_result_per_write_in_order() -> TestResult {
 
     assert_eq!(sink.objects().await.len(), 2, "rr-a and storm-a");
     assert_eq!(coalescer.pending_len(), 2, "the occurrence and the storm add wait for the flush");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_late_resolution_finds_its_incidents_cr_by_fingerprint() -> TestResult {
+    let sink = Arc::new(MemorySink::new());
+    let (svc, _) = service(sink.clone());
+    let late = || pb::RemediationWrite { find_by_fingerprint: true, ..write(pb::WriteKind::Resolution, "") };
+    // No CR of the incident yet: nothing to do.
+    assert_eq!(outcome(&call(&svc, vec![late()]).await?[0]), pb::WriteOutcome::NothingToDo);
+    assert_eq!(
+        outcome(&call(&svc, vec![write(pb::WriteKind::Create, "rr-late")]).await?[0]),
+        pb::WriteOutcome::Created
+    );
+    let results = call(&svc, vec![late()]).await?;
+    assert_eq!(outcome(&results[0]), pb::WriteOutcome::Queued);
+    assert_eq!(results[0].remediation.as_ref().map(|r| r.name.as_str()), Some("rr-late"));
+    let at = CrRef { namespace: "ops".to_owned(), name: "rr-late".to_owned() };
+    let rr = sink.get(&at).await?.ok_or("the CR")?;
+    assert!(rr.spec.deduplication.resolved_at.is_some());
+    // Resolved already: nothing more to record.
+    assert_eq!(outcome(&call(&svc, vec![late()]).await?[0]), pb::WriteOutcome::NothingToDo);
+    // Only a resolution may be looked up; the rest must name their CR.
+    let odd = pb::RemediationWrite { find_by_fingerprint: true, ..write(pb::WriteKind::Occurrence, "") };
+    assert_eq!(outcome(&call(&svc, vec![odd]).await?[0]), pb::WriteOutcome::Failed);
     Ok(())
 }
 
