@@ -45,23 +45,28 @@ local function expiry(at)
   return string.format('%d', (epoch + at) * window - now + 1000)
 end
 
+-- The epochs to look in, most likely first: now's, the one before, the one after.
+local LOOK = { 2, 1, 3 }
+
 -- Whether the delivery in hashes KEYS[j..j+2] was seen within the copy window;
 -- if not, it is remembered from now.
 local function seen_before(j, field)
   local at, remembered
-  for e = 2, 0, -1 do
-    remembered = tonumber(redis.call('HGET', KEYS[j + e], field))
+  for _, e in ipairs(LOOK) do
+    remembered = tonumber(redis.call('HGET', KEYS[j + e - 1], field))
     if remembered then
-      at = e
+      at = e - 1
       break
     end
   end
   if remembered and now < remembered then return true end
   local to = math.min(2, math.max(0, math.floor(now / copy_ttl) - copy_epoch + 1))
   if at and at ~= to then redis.call('HDEL', KEYS[j + at], field) end
-  redis.call('HSET', KEYS[j + to], field, string.format('%d', now + copy_ttl))
-  -- Until every delivery the hash can hold is forgotten, and a second.
-  redis.call('PEXPIRE', KEYS[j + to], string.format('%d', (copy_epoch + to + 1) * copy_ttl - now + 1000))
+  -- A hash's expiry is set with its first field (it is the same for all of them):
+  -- until every delivery it can hold is forgotten, and a second.
+  if redis.call('HSET', KEYS[j + to], field, string.format('%d', now + copy_ttl)) == 1 then
+    redis.call('PEXPIRE', KEYS[j + to], string.format('%d', (copy_epoch + to + 1) * copy_ttl - now + 1000))
+  end
   return false
 end
 
@@ -81,7 +86,7 @@ for i = 1, n do
   local delivery, delivery_field = string.match(arg, ':(%d+):(.+)$')
   local base = 3 * i
   local rec, at
-  for e = 3, 1, -1 do
+  for _, e in ipairs(LOOK) do
     rec = redis.call('HGET', KEYS[base + e], field)
     if rec then
       at = e
@@ -122,8 +127,10 @@ for i = 1, n do
       end
     end
     local key = KEYS[base + to]
-    redis.call('HSET', key, field, string.format('%d|%d|%d|%s', first, last - first, count, placement))
-    redis.call('PEXPIRE', key, expiry(to))
+    -- A hash's expiry is set with its first field (the same for all of them).
+    if redis.call('HSET', key, field, string.format('%d|%d|%d|%s', first, last - first, count, placement)) == 1 then
+      redis.call('PEXPIRE', key, expiry(to))
+    end
     out[i] = tag .. spelled(first, last, count, placement, to)
   else
     if rec then redis.call('HDEL', KEYS[base + at], field) end
