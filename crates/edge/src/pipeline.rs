@@ -234,7 +234,7 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
     let window_ms = i64::try_from(parts.dedup_fallback_window.as_millis()).unwrap_or(i64::MAX).max(1);
     let health = parts.health;
     let rate_limit = RateLimitStage {
-        client: components.ratelimit.clone(),
+        client: Arc::new(components.ratelimit.clone()),
         fallback: Arc::new(MemoryRateLimitStore::new()),
         limits: Arc::new(parts.ratelimit_fallback),
         clock: parts.clock.clone(),
@@ -242,27 +242,23 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
     };
     let completed = Arc::new(CompletedDeliveries::default());
     let dedup = DedupStage {
-        client: components.dedup.clone(),
+        client: Arc::new(components.dedup.clone()),
         clock: parts.clock,
         window_ms,
         health: health.clone(),
         uncertain_until: Arc::new(AtomicI64::new(0)),
         completed: completed.clone(),
     };
+    let dedup_client = Arc::new(components.dedup.clone());
     let storm =
-        StormStage { client: components.storm.clone(), dedup: components.dedup.clone(), health: health.clone() };
+        StormStage { client: Arc::new(components.storm.clone()), dedup: dedup_client.clone(), health: health.clone() };
     let service = ServiceBuilder::new()
         // Refuses the whole webhook before anything is recorded, so the sender can retry it as is.
         .layer(AsyncFilterLayer::new(rate_limit))
         // Must run before storm: duplicates never count towards a storm (reference §4.1).
         .layer(AsyncFilterLayer::new(dedup))
         .layer(AsyncFilterLayer::new(storm))
-        .service(CrdWrite {
-            client: components.crd_writer.clone(),
-            dedup: components.dedup.clone(),
-            health,
-            completed,
-        });
+        .service(CrdWrite { client: Arc::new(components.crd_writer.clone()), dedup: dedup_client, health, completed });
     BoxCloneSyncService::new(service)
 }
 
@@ -281,8 +277,10 @@ const DEDUP_MEANWHILE: &str =
 const STORM_MEANWHILE: &str = "no storm detection, every alert gets its own CR";
 
 #[derive(Clone)]
+// Each stage holds its clients behind an `Arc`: tower's filters clone the rest of the stack
+// for every call, and a client's clone is a stack of boxed services.
 struct RateLimitStage {
-    client: RateLimitServiceClient<TracedTransport>,
+    client: Arc<RateLimitServiceClient<TracedTransport>>,
     fallback: Arc<MemoryRateLimitStore>,
     limits: Arc<Limits>,
     clock: Arc<dyn Clock>,
@@ -294,7 +292,7 @@ impl AsyncPredicate<Batch> for RateLimitStage {
     type Request = Batch;
 
     fn check(&mut self, mut batch: Batch) -> Self::Future {
-        let mut client = self.client.clone();
+        let mut client = (*self.client).clone();
         let (fallback, clock, health) = (self.fallback.clone(), self.clock.clone(), self.health.clone());
         let limits = self.limits.clone();
         let span = stage_span("ratelimit", batch.signals.len());
@@ -358,7 +356,7 @@ fn namespace_counts(targets: &[String]) -> Vec<(String, u32)> {
 
 #[derive(Clone)]
 struct DedupStage {
-    client: DedupServiceClient<TracedTransport>,
+    client: Arc<DedupServiceClient<TracedTransport>>,
     clock: Arc<dyn Clock>,
     window_ms: i64,
     health: Arc<ComponentHealth>,
@@ -374,7 +372,7 @@ impl AsyncPredicate<Batch> for DedupStage {
     type Request = Batch;
 
     fn check(&mut self, mut batch: Batch) -> Self::Future {
-        let mut client = self.client.clone();
+        let mut client = (*self.client).clone();
         let (clock, window_ms, health) = (self.clock.clone(), self.window_ms, self.health.clone());
         let (uncertain_until, completed) = (self.uncertain_until.clone(), self.completed.clone());
         let span = stage_span("dedup", batch.signals.len());
@@ -475,8 +473,8 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
 
 #[derive(Clone)]
 struct StormStage {
-    client: StormServiceClient<TracedTransport>,
-    dedup: DedupServiceClient<TracedTransport>,
+    client: Arc<StormServiceClient<TracedTransport>>,
+    dedup: Arc<DedupServiceClient<TracedTransport>>,
     health: Arc<ComponentHealth>,
 }
 
@@ -485,7 +483,7 @@ impl AsyncPredicate<Batch> for StormStage {
     type Request = Batch;
 
     fn check(&mut self, mut batch: Batch) -> Self::Future {
-        let (client, dedup, health) = (self.client.clone(), self.dedup.clone(), self.health.clone());
+        let (client, dedup, health) = ((*self.client).clone(), self.dedup.clone(), self.health.clone());
         let span = stage_span("storm", batch.signals.len());
         Box::pin(
             async move {
@@ -505,8 +503,8 @@ impl AsyncPredicate<Batch> for StormStage {
                     return Err(cannot_persist(Duration::from_secs(1), format!("storm failed mid-call: {status}")));
                 }
                 // Placing this batch's new incidents first lets its own repeats resolve at once.
-                let placed = place_new_incidents(dedup.clone(), &batch).await;
-                let resolved = resolve_pending_repeats(dedup, &mut batch).await;
+                let placed = place_new_incidents(&dedup, &batch).await;
+                let resolved = resolve_pending_repeats(&dedup, &mut batch).await;
                 let counted = count_storm_repeats(client, &mut batch).await;
                 if let Err(status) = &counted
                     && (storm_was_up || breakwater_grpc::failed_mid_call(status))
@@ -624,10 +622,7 @@ async fn count_storm_repeats(
 /// Tells dedup which CR counts each new incident: a storm's, or its own.
 /// Until then its repeats wait (see [`resolve_pending_repeats`]), so none is
 /// counted on the wrong CR.
-async fn place_new_incidents(
-    mut dedup: DedupServiceClient<TracedTransport>,
-    batch: &Batch,
-) -> Result<(), tonic::Status> {
+async fn place_new_incidents(dedup: &DedupServiceClient<TracedTransport>, batch: &Batch) -> Result<(), tonic::Status> {
     if batch.dedup_degraded {
         return Ok(());
     }
@@ -645,6 +640,7 @@ async fn place_new_incidents(
     if bindings.is_empty() {
         return Ok(());
     }
+    let mut dedup = dedup.clone();
     if let Err(status) =
         dedup.bind_remediations(idempotent(pb::BindRemediationsRequest { bindings: bindings.clone() })).await
     {
@@ -695,12 +691,16 @@ const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
 
 /// Repeats that raced their incident's first alert learn where it was placed.
 async fn resolve_pending_repeats(
-    mut dedup: DedupServiceClient<TracedTransport>,
+    dedup: &DedupServiceClient<TracedTransport>,
     batch: &mut Batch,
 ) -> Result<(), tonic::Status> {
     let mut outcome = Ok(());
     let mut pending: Vec<usize> = (0..batch.signals.len()).filter(|&i| batch.dedup[i].placement_pending).collect();
+    if pending.is_empty() {
+        return outcome;
+    }
     let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
+    let mut dedup = dedup.clone();
     while !pending.is_empty() {
         let windows = pending
             .iter()
@@ -750,9 +750,9 @@ async fn resolve_pending_repeats(
 /// the per-alert answer.
 #[derive(Clone)]
 struct CrdWrite {
-    client: CrdWriterServiceClient<TracedTransport>,
+    client: Arc<CrdWriterServiceClient<TracedTransport>>,
     /// To point dedup at the CR the dedup of last resort found (see [`rebind_found`]).
-    dedup: DedupServiceClient<TracedTransport>,
+    dedup: Arc<DedupServiceClient<TracedTransport>>,
     health: Arc<ComponentHealth>,
     completed: Arc<CompletedDeliveries>,
 }
@@ -775,7 +775,7 @@ impl Service<Batch> for CrdWrite {
 
 impl CrdWrite {
     fn write(&mut self, batch: Batch) -> BoxFuture<Result<Vec<AlertResult>, BoxError>> {
-        let mut client = self.client.clone();
+        let mut client = (*self.client).clone();
         let (dedup, health, completed) = (self.dedup.clone(), self.health.clone(), self.completed.clone());
         let span = stage_span("crd_write", batch.signals.len());
         Box::pin(
@@ -870,7 +870,7 @@ impl CrdWrite {
                         remediation_path: None,
                     });
                 }
-                if let Err(status) = rebind_found(dedup, found).await {
+                if let Err(status) = rebind_found(&dedup, found).await {
                     degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
                 }
                 match failure {
@@ -893,13 +893,13 @@ impl CrdWrite {
 /// CR outlived a window, or dedup lost its state): dedup counts the window's next alerts
 /// there, so the incident keeps one CR. Once per window at most.
 async fn rebind_found(
-    mut dedup: DedupServiceClient<TracedTransport>,
+    dedup: &DedupServiceClient<TracedTransport>,
     bindings: Vec<pb::DedupBinding>,
 ) -> Result<(), tonic::Status> {
     if bindings.is_empty() {
         return Ok(());
     }
-    dedup.bind_remediations(idempotent(pb::BindRemediationsRequest { bindings })).await?;
+    dedup.clone().bind_remediations(idempotent(pb::BindRemediationsRequest { bindings })).await?;
     Ok(())
 }
 

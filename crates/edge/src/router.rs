@@ -29,9 +29,22 @@ use crate::submit::Summary;
 use breakwater_grpc::ComponentHealth;
 use breakwater_ratelimit::{Limits, Quota};
 
-/// Everything a handler needs; cheap to clone.
+/// Everything a handler needs, shared: axum clones the state for every request, and a
+/// clone of the pipeline and the component clients is a stack of boxed services.
 #[derive(Clone)]
-pub struct EdgeState {
+pub struct EdgeState(Arc<EdgeShared>);
+
+impl std::ops::Deref for EdgeState {
+    type Target = EdgeShared;
+
+    fn deref(&self) -> &EdgeShared {
+        &self.0
+    }
+}
+
+/// What [`EdgeState`] shares.
+#[derive(Clone)]
+pub struct EdgeShared {
     pub(crate) pipeline: Pipeline,
     /// Which components the edge is degrading around, for `/readyz`.
     pub(crate) health: Arc<ComponentHealth>,
@@ -75,7 +88,7 @@ impl EdgeState {
             ratelimit_fallback,
             health: health.clone(),
         };
-        Ok(Self {
+        Ok(Self(Arc::new(EdgeShared {
             classifier,
             webhooks: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             shed: Arc::new(LimitEpisode::new("concurrency")),
@@ -89,14 +102,15 @@ impl EdgeState {
             metrics,
             shutting_down: Arc::new(AtomicBool::new(false)),
             auth: None,
-        })
+        })))
     }
 
     /// Webhooks must then carry a bearer token `auth` accepts, and the identity
     /// it proves is their rate-limit sender.
     #[must_use]
     pub fn with_auth(mut self, auth: Authenticator) -> Self {
-        self.auth = Some(Arc::new(auth));
+        // Called while building, before the state is shared: nothing is copied.
+        Arc::make_mut(&mut self.0).auth = Some(Arc::new(auth));
         self
     }
 
