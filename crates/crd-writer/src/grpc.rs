@@ -208,7 +208,7 @@ impl CrdWriterGrpc {
             let dedup_unavailable = raw.dedup_unavailable;
             let storm_unavailable = raw.storm_unavailable;
             let count = if raw.dedup_window_exact { LastResort::MergeWindow } else { LastResort::AddOne };
-            match Write::try_from(raw).map(|write| Write { shared: shared.clone(), ..write }) {
+            match Write::from_proto(raw, shared.clone()) {
                 Err(InvalidWrite(why)) => {
                     record(kind, "invalid");
                     results[index] = Some(failed(remediation, why.to_owned(), 0));
@@ -551,7 +551,18 @@ pub struct InvalidWrite(pub &'static str);
 impl TryFrom<pb::RemediationWrite> for Write {
     type Error = InvalidWrite;
 
+    /// A write whose signal shares nothing with others.
     fn try_from(raw: pb::RemediationWrite) -> Result<Self, Self::Error> {
+        Write::from_proto(raw, Arc::default())
+    }
+}
+
+impl Write {
+    /// `raw`, whose signal also has the `shared` labels and annotations of its call.
+    ///
+    /// # Errors
+    /// [`InvalidWrite`] naming what is wrong with `raw`.
+    pub fn from_proto(raw: pb::RemediationWrite, shared: Arc<pb::SharedValues>) -> Result<Self, InvalidWrite> {
         let kind = match raw.kind() {
             pb::WriteKind::Unspecified => return Err(InvalidWrite("kind is unspecified")),
             pb::WriteKind::Create => WriteKind::Create,
@@ -600,7 +611,7 @@ impl TryFrom<pb::RemediationWrite> for Write {
             kind,
             target: CrRef { namespace: target.namespace, name: target.name },
             signal,
-            shared: Arc::default(),
+            shared,
             first_seen: raw.first_seen_unix_ms,
             last_seen: raw.last_seen_unix_ms,
             occurrence_count: raw.occurrence_count,

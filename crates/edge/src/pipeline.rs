@@ -241,15 +241,15 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
         health: health.clone(),
     };
     let completed = Arc::new(CompletedDeliveries::default());
+    let dedup_client = Arc::new(components.dedup.clone());
     let dedup = DedupStage {
-        client: Arc::new(components.dedup.clone()),
+        client: dedup_client.clone(),
         clock: parts.clock,
         window_ms,
         health: health.clone(),
         uncertain_until: Arc::new(AtomicI64::new(0)),
         completed: completed.clone(),
     };
-    let dedup_client = Arc::new(components.dedup.clone());
     let storm =
         StormStage { client: Arc::new(components.storm.clone()), dedup: dedup_client.clone(), health: health.clone() };
     let service = ServiceBuilder::new()
@@ -276,9 +276,9 @@ const DEDUP_MEANWHILE: &str =
     "new CRs are named per fallback window and crd-writer counts repeats on the open CR it finds";
 const STORM_MEANWHILE: &str = "no storm detection, every alert gets its own CR";
 
-#[derive(Clone)]
 // Each stage holds its clients behind an `Arc`: tower's filters clone the rest of the stack
 // for every call, and a client's clone is a stack of boxed services.
+#[derive(Clone)]
 struct RateLimitStage {
     client: Arc<RateLimitServiceClient<TracedTransport>>,
     fallback: Arc<MemoryRateLimitStore>,
@@ -774,7 +774,7 @@ impl Service<Batch> for CrdWrite {
 }
 
 impl CrdWrite {
-    fn write(&mut self, batch: Batch) -> BoxFuture<Result<Vec<AlertResult>, BoxError>> {
+    fn write(&mut self, mut batch: Batch) -> BoxFuture<Result<Vec<AlertResult>, BoxError>> {
         let mut client = (*self.client).clone();
         let (dedup, health, completed) = (self.dedup.clone(), self.health.clone(), self.completed.clone());
         let span = stage_span("crd_write", batch.signals.len());
@@ -790,8 +790,9 @@ impl CrdWrite {
                 } else {
                     let n = writes.len();
                     let repeatable = writes.iter().all(write_is_repeatable);
-                    let shared = (!batch.shared.labels.is_empty() || !batch.shared.annotations.is_empty())
-                        .then(|| pb::SharedValues::clone(&batch.shared));
+                    // The batch holds the only reference: moved, not copied.
+                    let shared = Arc::unwrap_or_clone(std::mem::take(&mut batch.shared));
+                    let shared = (!shared.labels.is_empty() || !shared.annotations.is_empty()).then_some(shared);
                     let request = idempotent_if(repeatable, pb::WriteRemediationsRequest { writes, shared });
                     let answer = client
                         .write_remediations(request)

@@ -36,11 +36,6 @@ impl<'a> Layered<'a> {
         let shared = self.shared.into_iter().flatten().filter(move |(k, _)| !own.contains_key(k.as_str()));
         own.iter().chain(shared).map(|(k, v)| (k.as_str(), v.as_str()))
     }
-
-    /// Whether no key is set.
-    pub fn is_empty(&self) -> bool {
-        self.own.is_empty() && self.shared.is_none_or(HashMap::is_empty)
-    }
 }
 
 #[cfg(test)]
@@ -62,7 +57,5 @@ mod tests {
         let mut all: Vec<_> = labels.iter().collect();
         all.sort_unstable();
         assert_eq!(all, [("pod", "p-1"), ("severity", "critical"), ("team", "db")]);
-        assert!(!labels.is_empty());
-        assert!(Layered::new(&StringMap::new(), &StringMap::new()).is_empty());
     }
 }

@@ -40,9 +40,10 @@ local epoch = tonumber(ARGV[5])
 local copy_epoch = tonumber(ARGV[6])
 local n = #ARGV - 6
 
--- Until every record epoch E-2+at can hold is closed, and a second.
-local function expiry(at)
-  return string.format('%d', (epoch + at) * window - now + 1000)
+-- Until every entry the hash of `epoch` (of windows of `ms`) can hold is closed
+-- (the epoch's end and a window), and a second.
+local function expiry(ms, hash_epoch)
+  return string.format('%d', (hash_epoch + 2) * ms - now + 1000)
 end
 
 -- The epochs to look in, most likely first: now's, the one before, the one after.
@@ -62,10 +63,9 @@ local function seen_before(j, field)
   if remembered and now < remembered then return true end
   local to = math.min(2, math.max(0, math.floor(now / copy_ttl) - copy_epoch + 1))
   if at and at ~= to then redis.call('HDEL', KEYS[j + at], field) end
-  -- A hash's expiry is set with its first field (it is the same for all of them):
-  -- until every delivery it can hold is forgotten, and a second.
+  -- A hash's expiry is set with its first field (it is the same for all of them).
   if redis.call('HSET', KEYS[j + to], field, string.format('%d', now + copy_ttl)) == 1 then
-    redis.call('PEXPIRE', KEYS[j + to], string.format('%d', (copy_epoch + to + 1) * copy_ttl - now + 1000))
+    redis.call('PEXPIRE', KEYS[j + to], expiry(copy_ttl, copy_epoch + to - 1))
   end
   return false
 end
@@ -122,14 +122,14 @@ for i = 1, n do
         local binding = redis.call('HGET', KEYS[at], id)
         if binding then
           redis.call('HSET', KEYS[to], id, binding)
-          redis.call('PEXPIRE', KEYS[to], expiry(to))
+          redis.call('PEXPIRE', KEYS[to], expiry(window, epoch + to - 2))
         end
       end
     end
     local key = KEYS[base + to]
     -- A hash's expiry is set with its first field (the same for all of them).
     if redis.call('HSET', key, field, string.format('%d|%d|%d|%s', first, last - first, count, placement)) == 1 then
-      redis.call('PEXPIRE', key, expiry(to))
+      redis.call('PEXPIRE', key, expiry(window, epoch + to - 2))
     end
     out[i] = tag .. spelled(first, last, count, placement, to)
   else

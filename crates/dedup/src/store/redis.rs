@@ -11,7 +11,7 @@ use breakwater_keyspace::{Keyspace, KeyspaceError, Script, Ttl};
 use breakwater_signal::{UnixMillis, fingerprint_of};
 
 use super::{Bind, DedupStore, WindowRef};
-use crate::window::{Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Status, Verdict};
+use crate::window::{Decision, DedupWindow, Placement, Query, Record, Status, Verdict};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_check", include_str!("check.lua")));
 static BIND: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_bind", include_str!("bind.lua")));
@@ -44,28 +44,20 @@ impl RedisDedupStore {
     /// The hash holding a fingerprint's record when its last alert was seen in `epoch`,
     /// and the record's field in it.
     pub fn record_slot(&self, fingerprint: &str, epoch: i64) -> (String, String) {
-        let hashed;
-        let hex =
-            if fingerprint.len() >= SHARD_CHARS + FIELD_CHARS && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-                fingerprint
-            } else {
-                // Not a fingerprint the edge makes (a caller of the store's own API): any text works.
-                hashed = fingerprint_of(&[fingerprint]);
-                &hashed
-            };
-        let (shard, rest) = hex.split_at(SHARD_CHARS);
-        let key = self.keyspace.key(&format!("r:{}:{epoch}:{shard}", self.window.window_ms()));
-        (key, rest[..FIELD_CHARS].to_owned())
+        let (shard, field) = fingerprint_place(fingerprint);
+        (self.hash_key("r", self.window.window_ms(), epoch, &shard), field)
     }
 
-    /// The hash remembering `delivery` when it was seen in `epoch` of the copy window,
-    /// and its field in it.
-    pub fn delivery_slot(&self, delivery: DeliveryKey, epoch: i64) -> (String, String) {
-        let hex = delivery.hex();
-        let (shard, rest) = hex.split_at(SHARD_CHARS);
-        let key = self.keyspace.key(&format!("d:{}:{epoch}:{shard}", self.window.copy_window_ms()));
-        // All of the key: it is a hash already, and a caller may send any 128 bits.
-        (key, rest.to_owned())
+    /// `<prefix><kind>:<window ms>:<epoch>:<shard>`: the hash of records (`r`) or
+    /// deliveries (`d`) of `shard` in `epoch` of a window of `window_ms`.
+    fn hash_key(&self, kind: &str, window_ms: i64, epoch: i64, shard: &str) -> String {
+        self.keyspace.key(&format!("{kind}:{window_ms}:{epoch}:{shard}"))
+    }
+
+    /// The hashes of `shard` in the epochs before, of and after `epoch`, in the order the
+    /// scripts take them.
+    fn hashes_around(&self, kind: &str, window_ms: i64, epoch: i64, shard: &str) -> [String; 3] {
+        [-1, 0, 1].map(|d| self.hash_key(kind, window_ms, epoch + d, shard))
     }
 
     /// The epoch of `now`: a record is in this one, the one before or the one after.
@@ -85,13 +77,9 @@ impl RedisDedupStore {
         let mut keys: Vec<String> = (-1..=1).map(|d| self.keyspace.key(&format!("b:{window}:{}", epoch + d))).collect();
         let mut fields = Vec::new();
         for fingerprint in fingerprints {
-            for d in -1..=1 {
-                let (key, field) = self.record_slot(fingerprint, epoch + d);
-                keys.push(key);
-                if d == 1 {
-                    fields.push(field);
-                }
-            }
+            let (shard, field) = fingerprint_place(fingerprint);
+            keys.extend(self.hashes_around("r", window, epoch, &shard));
+            fields.push(field);
         }
         (keys, fields)
     }
@@ -99,6 +87,20 @@ impl RedisDedupStore {
     fn ttl(&self) -> Ttl {
         Ttl::from_millis(u64::try_from(self.window.window_ms()).unwrap_or(u64::MAX))
     }
+}
+
+/// The shard of a fingerprint's hash and its field there (see [`SHARD_CHARS`] and
+/// [`FIELD_CHARS`]). A fingerprint the edge makes is hex already; other text (from a
+/// caller of the store's own API) is hashed first.
+fn fingerprint_place(fingerprint: &str) -> (String, String) {
+    let hashed;
+    let hex = if fingerprint.len() >= SHARD_CHARS + FIELD_CHARS && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+        fingerprint
+    } else {
+        hashed = fingerprint_of(&[fingerprint]);
+        &hashed
+    };
+    (hex[..SHARD_CHARS].to_owned(), hex[SHARD_CHARS..SHARD_CHARS + FIELD_CHARS].to_owned())
 }
 
 /// A storm CR's placement as `bind.lua` takes it: a short id of the CR, which records
@@ -132,14 +134,12 @@ impl DedupStore for RedisDedupStore {
             let status = if q.status == Status::Firing { "f" } else { "r" };
             match q.delivery {
                 Some(delivery) => {
-                    // Lua indexes KEYS from 1.
+                    // Lua indexes KEYS from 1. A delivery's field is all of it after the
+                    // shard: it is a hash already, and a caller may send any 128 bits.
                     let first = keys.len() + 1;
-                    let mut delivery_field = String::new();
-                    for d in -1..=1 {
-                        let (key, field) = self.delivery_slot(delivery, copy_epoch + d);
-                        keys.push(key);
-                        delivery_field = field;
-                    }
+                    let hex = delivery.hex();
+                    let (shard, delivery_field) = hex.split_at(SHARD_CHARS);
+                    keys.extend(self.hashes_around("d", self.window.copy_window_ms(), copy_epoch, shard));
                     args.push(format!("{status}{field}:{first}:{delivery_field}"));
                 }
                 None => args.push(format!("{status}{field}")),
