@@ -128,6 +128,71 @@ async fn a_finished_cr_counts_until_the_cooldown_then_a_new_cr_opens_redis_and_k
     a_finished_cr_counts_until_the_cooldown_then_a_new_cr_opens(Backend::RedisAndKube).await;
 }
 
+/// The remediation controller finished the CR, and the alert keeps firing less than dedup's
+/// window (4 s) apart, so dedup's window alone would never close: within the cooldown (3 s)
+/// every alert counts on the finished CR; crd-writer tells dedup (through the edge) when
+/// the cooldown ends, and the first alert after it opens a new CR pointing at the old one.
+async fn a_finished_cr_and_an_alert_that_keeps_firing(backend: Backend) {
+    let mut gw = TestGateway::start_with(backend, |c| {
+        c.dedup.window_secs = 4;
+        c.dedup.cooldown_secs = Some(3);
+    })
+    .await;
+    let alert = webhook(&[Alert::firing("CrashLoop").in_ns("prod").pod("api-1")]);
+    let (status, first) = gw.post_prometheus(&alert).await;
+    assert_eq!((status, outcome(&first)), (201, "created"), "{first}");
+    let old = cr_name(&first);
+    settles_at(&gw, 1, 1).await;
+    // completedAt is in whole seconds, so the cooldown ends 2 to 3 s from now.
+    let completed_at = jiff::Timestamp::from_second(time_at(0).parse::<jiff::Timestamp>().unwrap().as_second())
+        .unwrap()
+        .as_millisecond();
+    gw.set_status("prod", &old, finished("Completed", 0)).await;
+    let cooldown_ends = completed_at + 3_000;
+    let (mut repeats, mut new) = (0u64, None);
+    let give_up = std::time::Instant::now() + Duration::from_secs(12);
+    while new.is_none() && std::time::Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let sent_at = now_ms();
+        let (status, answer) = gw.post_prometheus(&alert).await;
+        match (status, outcome(&answer)) {
+            (202, "duplicate") => {
+                assert_eq!(cr_name(&answer), old, "counted on the finished CR: {answer}");
+                repeats += 1;
+            }
+            (201, "created") => {
+                assert!(sent_at >= cooldown_ends, "a new CR {} ms before the cooldown ended", cooldown_ends - sent_at);
+                new = Some(cr_name(&answer));
+            }
+            other => panic!("unexpected answer {other:?}: {answer}"),
+        }
+    }
+    let new = new.expect("no new CR within 12 s: dedup's window never ended although the cooldown did");
+    assert!(repeats >= 6, "the alert kept firing within the cooldown: {repeats} repeats");
+    settles_at(&gw, repeats + 2, 2).await;
+    let old_cr = gw.remediation("prod", &old).expect("the finished CR");
+    assert_eq!(old_cr["spec"]["deduplication"]["occurrenceCount"], repeats + 1, "{old_cr:#}");
+    assert_eq!(old_cr["spec"]["deduplication"]["occurrencesAfterCompletion"], repeats, "{old_cr:#}");
+    let new_cr = gw.remediation("prod", &new).expect("the new CR");
+    assert_eq!(new_cr["spec"]["deduplication"]["previousRemediationRequestRef"], old.as_str(), "{new_cr:#}");
+    gw.stop().await;
+}
+
+fn now_ms() -> i64 {
+    use breakwater_signal::Clock as _;
+    breakwater_signal::SystemClock.now()
+}
+
+#[tokio::test]
+async fn a_finished_cr_and_an_alert_that_keeps_firing_embedded() {
+    a_finished_cr_and_an_alert_that_keeps_firing(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_finished_cr_and_an_alert_that_keeps_firing_redis_and_kube() {
+    a_finished_cr_and_an_alert_that_keeps_firing(Backend::RedisAndKube).await;
+}
+
 /// The CR finished, then the alert resolved and fired again: a new CR at once (the cooldown
 /// is long), linked to the finished one.
 async fn resolved_after_the_finish_then_firing_opens_a_new_cr_at_once(backend: Backend) {

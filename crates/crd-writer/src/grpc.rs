@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use breakwater_proto::v1 as pb;
 use breakwater_proto::v1::crd_writer_service_server::{CrdWriterService, CrdWriterServiceServer};
-use breakwater_signal::{Clock, NamespacePolicy, fingerprint};
+use breakwater_signal::{Clock, NamespacePolicy, UnixMillis, fingerprint};
 use futures::StreamExt;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -228,7 +228,11 @@ impl CrdWriterGrpc {
                 Ok(write) if write.kind == WriteKind::LateResolution => late.push((index, write)),
                 Ok(write) => {
                     record(kind, "queued");
-                    results[index] = Some(result(pb::WriteOutcome::Queued, remediation));
+                    let mut answer = result(pb::WriteOutcome::Queued, remediation);
+                    if write.kind == WriteKind::Occurrence {
+                        answer.window_ends_unix_ms = self.window_end(&write, now).unwrap_or(0);
+                    }
+                    results[index] = Some(answer);
                     queued.push(write);
                 }
             }
@@ -279,10 +283,12 @@ impl CrdWriterGrpc {
         }
         for ((index, write, _, count), outcome) in fallbacks.into_iter().zip(fallback_outcomes) {
             let (label, answer) = match outcome {
-                Ok(Fallback::Counted { at, on_open }) => {
+                Ok(Fallback::Counted { at, on_open, window_ends }) => {
                     record(write.kind.as_str(), "already_existed");
                     let label = if on_open { "counted_on_open" } else { "counted_on_existing" };
-                    (label, result(pb::WriteOutcome::AlreadyExisted, Some(ref_of(&at))))
+                    let mut answer = result(pb::WriteOutcome::AlreadyExisted, Some(ref_of(&at)));
+                    answer.window_ends_unix_ms = window_ends.unwrap_or(0);
+                    (label, answer)
                 }
                 Ok(Fallback::Created(created)) => {
                     let label = match created.outcome {
@@ -329,15 +335,19 @@ impl CrdWriterGrpc {
         let namespace = rr.metadata.namespace.as_deref().unwrap_or_default();
         let own = |open: &CrRef| open.name == write.target.name;
         let mut previous = None;
+        let now = self.clock.now();
         match self.sink.find_latest(namespace, &write.signal.fingerprint).await {
-            Ok(latest) => match self.lifecycle.decide(latest, self.clock.now()) {
+            Ok(latest) => match self.lifecycle.decide(latest.clone(), now) {
                 Verdict::CountOn { at, after_completion } if !(count == LastResort::Vouched && own(&at)) => {
                     match self.count_on(&at, write, count).await? {
                         UpdateOutcome::Updated | UpdateOutcome::Unchanged => {
+                            let mut window_ends = None;
                             if after_completion {
                                 tracing::debug!(%at, "counted on a finished CR, within the cooldown");
+                                window_ends =
+                                    latest.and_then(|latest| self.lifecycle.window_end(&at, latest.phase, now));
                             }
-                            return Ok(Fallback::Counted { at, on_open: true });
+                            return Ok(Fallback::Counted { at, on_open: true, window_ends });
                         }
                         // Deleted since the lookup: create as usual.
                         UpdateOutcome::NotFound => {}
@@ -366,10 +376,19 @@ impl CrdWriterGrpc {
             let at = CrRef { namespace: created.namespace.clone(), name: write.target.name.clone() };
             if self.count_on(&at, write, count).await? != UpdateOutcome::NotFound {
                 self.coalescer.note_placement(&write.target, &created.namespace);
-                return Ok(Fallback::Counted { at, on_open: false });
+                return Ok(Fallback::Counted { at, on_open: false, window_ends: None });
             }
         }
         Ok(Fallback::Created(created))
+    }
+
+    /// When the dedup window of a repeat should end: its CR is finished (as the sink knows
+    /// without a request), so the cooldown after the finish ends the window, and the first
+    /// alert after it opens a new CR. The edge passes it on to dedup once per window.
+    fn window_end(&self, write: &Write, now: UnixMillis) -> Option<UnixMillis> {
+        let at = self.coalescer.placement(&write.target);
+        let phase = self.sink.known_phase(&at, &write.signal.fingerprint)?;
+        self.lifecycle.window_end(&at, phase, now)
     }
 
     /// Records a resolution of an incident dedup no longer held on its latest CR in the
@@ -477,7 +496,8 @@ enum LastResort {
 enum Fallback {
     /// Counted on an existing CR: the open one found by fingerprint (`on_open`), or the one
     /// of the create's own name.
-    Counted { at: CrRef, on_open: bool },
+    /// `window_ends`: `at` is finished, and the incident's dedup window should end then.
+    Counted { at: CrRef, on_open: bool, window_ends: Option<UnixMillis> },
     /// No open CR: created as usual.
     Created(Created),
 }
@@ -656,7 +676,13 @@ fn result(outcome: pb::WriteOutcome, remediation: Option<pb::RemediationRef>) ->
 }
 
 fn failed(remediation: Option<pb::RemediationRef>, error: String, retry_after_ms: u64) -> pb::WriteResult {
-    pb::WriteResult { outcome: pb::WriteOutcome::Failed.into(), remediation, error, retry_after_ms }
+    pb::WriteResult {
+        outcome: pb::WriteOutcome::Failed.into(),
+        remediation,
+        error,
+        retry_after_ms,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

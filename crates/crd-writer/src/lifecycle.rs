@@ -83,6 +83,21 @@ impl Lifecycle {
         }
     }
 
+    /// When dedup's window of an incident counted on the CR `at` should end, given the
+    /// CR's `phase`: once it is finished, when the cooldown after the finish ends (at once
+    /// if the incident was resolved after it finished), so the first alert after that is a
+    /// new window, which [`Lifecycle::decide`] gives a new CR. `None` while it is not
+    /// finished.
+    pub fn window_end(&self, at: &CrRef, phase: CrPhase, now: UnixMillis) -> Option<UnixMillis> {
+        let CrPhase::Finished { completed_at, resolved_at } = phase else { return None };
+        let finished_at = completed_at.unwrap_or_else(|| self.first_seen_finished(at, now));
+        match resolved_at {
+            // Resolved after the finish: the window was over then.
+            Some(resolved_at) if resolved_at > finished_at => Some(resolved_at),
+            _ => Some(finished_at.saturating_add(self.cooldown_ms)),
+        }
+    }
+
     fn first_seen_finished(&self, at: &CrRef, now: UnixMillis) -> UnixMillis {
         // Each change is one insert or a clear: a poisoned map is still sound.
         let mut seen = self.finished_seen.lock().unwrap_or_else(PoisonError::into_inner);

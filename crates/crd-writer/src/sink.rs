@@ -237,18 +237,24 @@ impl LatestCr {
             namespace: rr.metadata.namespace.clone().unwrap_or_default(),
             name: rr.metadata.name.clone().unwrap_or_default(),
         };
+        Self { at, phase: CrPhase::of(rr) }
+    }
+}
+
+impl CrPhase {
+    /// Where `rr`'s life stands.
+    pub fn of(rr: &RemediationRequest) -> Self {
         let millis = |t: &Time| t.0.as_millisecond();
-        let phase = if is_finished(rr) {
-            CrPhase::Finished {
+        if is_finished(rr) {
+            Self::Finished {
                 completed_at: rr.status.as_ref().and_then(|s| s.completed_at.as_ref()).map(millis),
                 resolved_at: rr.spec.deduplication.resolved_at.as_ref().map(millis),
             }
         } else if is_open(rr) {
-            CrPhase::Open
+            Self::Open
         } else {
-            CrPhase::Resolved
-        };
-        Self { at, phase }
+            Self::Resolved
+        }
     }
 }
 
@@ -439,6 +445,13 @@ pub trait RemediationSink: Send + Sync {
     async fn find_open(&self, namespace: &str, fingerprint: &str) -> Result<Option<CrRef>, SinkError> {
         let latest = self.find_latest(namespace, fingerprint).await?;
         Ok(latest.filter(|l| l.phase == CrPhase::Open).map(|l| l.at))
+    }
+
+    /// The phase of the CR `at` of incident `fingerprint`, if the sink knows it without a
+    /// request (the Kubernetes sink's index, the directory sink's last reading of the file):
+    /// asked for every repeat, so it must be cheap. `None`: unknown.
+    fn known_phase(&self, _at: &CrRef, _fingerprint: &str) -> Option<CrPhase> {
+        None
     }
 
     /// Follows what others change (the remediation controller's phases) until dropped, so

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::Error;
-use crate::store::{Bind, DedupStore, WindowRef};
+use crate::store::{Bind, DedupStore, WindowEnd, WindowRef};
 use crate::window::{Binding, Decision, DeliveryKey, Placement, Query, Record, Status as SignalStatus};
 
 /// A first alert still unplaced after this long is taken as placed on its own
@@ -138,6 +138,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                     verdict.first_seen_unix_ms = r.first_seen;
                     verdict.last_seen_unix_ms = r.last_seen;
                     verdict.occurrence_count = r.count;
+                    verdict.window_ends_unix_ms = r.ends_at.unwrap_or(0);
                 }
                 verdict
             })
@@ -150,8 +151,17 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         &self,
         request: Request<pb::BindRemediationsRequest>,
     ) -> Result<Response<pb::BindRemediationsResponse>, Status> {
-        let bindings = request.into_inner().bindings;
+        let pb::BindRemediationsRequest { bindings, ends } = request.into_inner();
         check_len("bindings", bindings.len())?;
+        check_len("ends", ends.len())?;
+        let ends = ends
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                check_fingerprint(i, "ends", &e.fingerprint)?;
+                Ok(WindowEnd { fingerprint: e.fingerprint, first_seen: e.first_seen_unix_ms, ends_at: e.ends_unix_ms })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
         let binds = bindings
             .into_iter()
             .enumerate()
@@ -167,8 +177,10 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                 Ok(Bind { fingerprint: b.fingerprint, first_seen: b.first_seen_unix_ms, to })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let bound = self.observe(self.store.bind(&binds, self.clock.now()).await).map_err(Status::from)?;
-        Ok(Response::new(pb::BindRemediationsResponse { bound }))
+        let now = self.clock.now();
+        let bound = self.observe(self.store.bind(&binds, now).await).map_err(Status::from)?;
+        let ended = self.observe(self.store.end(&ends, now).await).map_err(Status::from)?;
+        Ok(Response::new(pb::BindRemediationsResponse { bound, ended }))
     }
 
     #[tracing::instrument(skip_all, fields(breakwater.component = "dedup", windows = request.get_ref().windows.len()))]
@@ -195,7 +207,13 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
             .map(|(w, placement)| match placement {
                 None => pb::Placement { state: pb::PlacementState::Closed.into(), remediation: None },
                 Some(p) => {
-                    let record = Record { first_seen: w.first_seen_unix_ms, last_seen: now, count: 0, placement: p };
+                    let record = Record {
+                        first_seen: w.first_seen_unix_ms,
+                        last_seen: now,
+                        count: 0,
+                        placement: p,
+                        ends_at: None,
+                    };
                     if is_pending(&record, now) {
                         pb::Placement { state: pb::PlacementState::Pending.into(), remediation: None }
                     } else {

@@ -29,7 +29,7 @@ use breakwater_proto::v1::dedup_service_server::DedupServiceServer;
 pub use config::{DedupConfig, StoreKind};
 pub use error::{Error, Result};
 pub use grpc::DedupGrpc;
-pub use store::{Bind, DedupStore, EmbeddedDedupStore, MemoryDedupStore, RedisDedupStore, WindowRef};
+pub use store::{Bind, DedupStore, EmbeddedDedupStore, MemoryDedupStore, RedisDedupStore, WindowEnd, WindowRef};
 pub use window::{Binding, Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Status, Verdict};
 
 /// The store `config` asks for. Redis builds lazily: nothing connects yet.

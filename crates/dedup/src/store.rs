@@ -22,6 +22,16 @@ pub struct Bind {
     pub to: Placement,
 }
 
+/// An end for an incident window: the incident `fingerprint` whose window opened at
+/// `first_seen` closes at `ends_at` (or its last alert's window, if sooner), however
+/// often it fires until then. Its CR was finished, and the cooldown after that ends then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowEnd {
+    pub fingerprint: String,
+    pub first_seen: UnixMillis,
+    pub ends_at: UnixMillis,
+}
+
 /// Which incident window: a fingerprint and when its window opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowRef {
@@ -39,6 +49,10 @@ pub trait DedupStore: Send + Sync {
     /// Places incidents whose window is still open and still the one named by
     /// `first_seen`; returns how many applied.
     async fn bind(&self, binds: &[Bind], now: UnixMillis) -> Result<u32, KeyspaceError>;
+
+    /// Sets the end of windows still open and still the ones named by `first_seen`;
+    /// returns how many applied.
+    async fn end(&self, ends: &[WindowEnd], now: UnixMillis) -> Result<u32, KeyspaceError>;
 
     /// The current placement of each window, in order; `None` when that
     /// window is no longer open. Reads only.

@@ -49,18 +49,26 @@ pub struct Record {
     pub count: u64,
     /// Which CR counts this incident.
     pub placement: Placement,
+    /// When the window ends whatever alerts still arrive: its CR was finished, and the
+    /// cooldown after that ends here (crd-writer says so once it sees the finish).
+    pub ends_at: Option<UnixMillis>,
 }
 
 impl Record {
-    /// The record's text form, `<first_seen>|<last_seen>|<count>|<placement>` (what
-    /// `store/check.lua` keeps in Redis and the embedded store on disk).
+    /// The record's text form, `<first_seen>|<last_seen>|<count>|<placement>`, then
+    /// `|<ends_at>` when the window has an end (what the embedded store keeps on disk, and
+    /// the form `store/check.lua` replies in).
     pub fn encode(&self) -> String {
-        format!("{}|{}|{}|{}", self.first_seen, self.last_seen, self.count, self.placement.encode())
+        let (first, last, count, placement) = (self.first_seen, self.last_seen, self.count, self.placement.encode());
+        match self.ends_at {
+            Some(ends_at) => format!("{first}|{last}|{count}|{placement}|{ends_at}"),
+            None => format!("{first}|{last}|{count}|{placement}"),
+        }
     }
 
     /// Parses [`Record::encode`]'s form; `None` for anything else.
     pub fn decode(s: &str) -> Option<Self> {
-        let mut parts = s.splitn(4, '|');
+        let mut parts = s.splitn(5, '|');
         let first_seen = parts.next()?.parse().ok()?;
         let last_seen = parts.next()?.parse().ok()?;
         let count = parts.next()?.parse().ok()?;
@@ -72,7 +80,11 @@ impl Record {
                 Placement::Bound(Binding { namespace: namespace.to_owned(), name: name.to_owned() })
             }
         };
-        Some(Self { first_seen, last_seen, count, placement })
+        let ends_at = match parts.next() {
+            Some(ends_at) => Some(ends_at.parse().ok()?),
+            None => None,
+        };
+        Some(Self { first_seen, last_seen, count, placement, ends_at })
     }
 }
 
@@ -175,9 +187,10 @@ impl DedupWindow {
         Verdict { decision: Decision::Copy, record: seen.filter(|r| self.is_open(r, now)).cloned() }
     }
 
-    /// Whether `record` still holds an open incident at `now`.
+    /// Whether `record` still holds an open incident at `now`: its last alert is less
+    /// than a window old, and its end (if it has one) has not come.
     pub fn is_open(&self, record: &Record, now: UnixMillis) -> bool {
-        now.saturating_sub(record.last_seen) < self.window_ms
+        now.saturating_sub(record.last_seen) < self.window_ms && record.ends_at.is_none_or(|end| now < end)
     }
 
     pub fn decide(&self, seen: Option<&Record>, status: Status, now: UnixMillis) -> (Verdict, Change) {
@@ -188,7 +201,8 @@ impl DedupWindow {
                 (Verdict { decision: Decision::Duplicate, record: Some(next.clone()) }, Change::Put(next))
             }
             (Status::Firing, None) => {
-                let next = Record { first_seen: now, last_seen: now, count: 1, placement: Placement::Pending };
+                let next =
+                    Record { first_seen: now, last_seen: now, count: 1, placement: Placement::Pending, ends_at: None };
                 (Verdict { decision: Decision::New, record: Some(next.clone()) }, Change::Put(next))
             }
             (Status::Resolved, Some(r)) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use breakwater_dedup::{
     Bind, Binding, Decision, DedupStore, DedupWindow, DeliveryKey, MemoryDedupStore, Placement, Query, RedisDedupStore,
-    Status, WindowRef,
+    Status, WindowEnd, WindowRef,
 };
 use breakwater_keyspace::{Keyspace, RedisConfig};
 use breakwater_signal::{UnixMillis, fingerprint_of};
@@ -179,6 +179,40 @@ async fn bind_points_only_the_open_window_redis() {
     bind_points_only_the_open_window(&redis_store(&server, &unique_key_root("dedup_bind")).await).await;
 }
 
+/// Issue 14: a window given an end (its CR finished) closes then although its alert keeps
+/// firing less than a window apart; an end for another window changes nothing.
+async fn an_end_closes_the_window_while_alerts_keep_coming(store: &dyn DedupStore) {
+    store.check(&[firing(1), firing(2)], T0).await.unwrap();
+    let end = |f, first_seen| WindowEnd { fingerprint: fp(f), first_seen, ends_at: T0 + 3_000 };
+    assert_eq!(store.end(&[end(1, T0), end(2, T0 - 1), end(9, T0)], T0 + 1).await.unwrap(), 1);
+    for at in [T0 + 1_000, T0 + 2_000, T0 + 2_999] {
+        let v = store.check(&[firing(1)], at).await.unwrap().remove(0);
+        assert_eq!(v.decision, Decision::Duplicate, "at {at}");
+        assert_eq!(v.record.and_then(|r| r.ends_at), Some(T0 + 3_000), "the verdict tells the end");
+    }
+    let to = Placement::Bound(Binding { namespace: "prod".into(), name: "rr-found".into() });
+    let rebind = Bind { fingerprint: fp(1), first_seen: T0, to: to.clone() };
+    assert_eq!(store.bind(&[rebind], T0 + 2_999).await.unwrap(), 1, "a binding keeps the end");
+    let v = store.check(&[firing(1), firing(2)], T0 + 3_000).await.unwrap();
+    assert_eq!(v[0].decision, Decision::New, "the end came: a new incident");
+    assert_eq!(v[0].record.as_ref().and_then(|r| r.ends_at), None, "with no end of its own");
+    assert_eq!(v[1].decision, Decision::Duplicate, "a window without an end stays open");
+    let ended = store.end(&[end(1, T0)], T0 + 3_001).await.unwrap();
+    assert_eq!(ended, 0, "an end for a closed window is ignored");
+}
+
+#[tokio::test]
+async fn an_end_closes_the_window_while_alerts_keep_coming_memory() {
+    an_end_closes_the_window_while_alerts_keep_coming(&MemoryDedupStore::new(window())).await;
+}
+
+#[tokio::test]
+async fn an_end_closes_the_window_while_alerts_keep_coming_redis() {
+    let server = RedisServer::start().await;
+    let store = redis_store(&server, &unique_key_root("dedup_end")).await;
+    an_end_closes_the_window_while_alerts_keep_coming(&store).await;
+}
+
 /// Reference §11.2 "should persist deduplication state across Gateway restart":
 /// a new store (a restarted service) on the same Redis keeps deciding.
 #[tokio::test]
@@ -245,6 +279,21 @@ fn memory_and_redis_agree_on_random_sequences() {
                 let bound = memory.bind(&binds, now + 1).await.unwrap();
                 let got = redis.bind(&binds, now + 1).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(got, bound, "binds after batch {}", i);
+                // Some repeats' CRs were finished: their windows end a little later, so later
+                // steps cross some ends and not others.
+                let ends: Vec<WindowEnd> = batch
+                    .iter()
+                    .zip(&expected)
+                    .enumerate()
+                    .filter(|(j, (_, v))| v.decision == Decision::Duplicate && (i + j) % 3 == 0)
+                    .filter_map(|(_, (q, v))| {
+                        let first_seen = v.record.as_ref()?.first_seen;
+                        Some(WindowEnd { fingerprint: q.fingerprint.clone(), first_seen, ends_at: now + 1_500 })
+                    })
+                    .collect();
+                let ended = memory.end(&ends, now + 1).await.unwrap();
+                let got = redis.end(&ends, now + 1).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(got, ended, "ends after batch {}", i);
                 let windows: Vec<WindowRef> = expected
                     .iter()
                     .zip(&batch)

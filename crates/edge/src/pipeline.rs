@@ -466,6 +466,7 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
                 occurrence_count: 1,
                 placement_pending: false,
                 state_uncertain: true,
+                window_ends_unix_ms: 0,
             }
         })
         .collect();
@@ -641,8 +642,9 @@ async fn place_new_incidents(dedup: &DedupServiceClient<TracedTransport>, batch:
         return Ok(());
     }
     let mut dedup = dedup.clone();
-    if let Err(status) =
-        dedup.bind_remediations(idempotent(pb::BindRemediationsRequest { bindings: bindings.clone() })).await
+    if let Err(status) = dedup
+        .bind_remediations(idempotent(pb::BindRemediationsRequest { bindings: bindings.clone(), ends: Vec::new() }))
+        .await
     {
         retry_bindings_later(dedup, bindings);
         return Err(status);
@@ -672,7 +674,7 @@ fn retry_bindings_later(mut dedup: DedupServiceClient<TracedTransport>, bindings
         let mut result = "given_up";
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let request = pb::BindRemediationsRequest { bindings: bindings.clone() };
+            let request = pb::BindRemediationsRequest { bindings: bindings.clone(), ends: Vec::new() };
             if dedup.bind_remediations(idempotent(request)).await.is_ok() {
                 result = "bound";
                 break;
@@ -810,6 +812,7 @@ impl CrdWrite {
                 let mut results = results.into_iter();
                 let mut failure: Option<(Duration, String)> = None;
                 let mut found: Vec<pb::DedupBinding> = Vec::new();
+                let mut ends: Vec<pb::DedupWindowEnd> = Vec::new();
                 let mut out = Vec::with_capacity(plan.len());
                 for (index, (p, signal)) in plan.into_iter().zip(&batch.signals).enumerate() {
                     let mut outcome = p.outcome;
@@ -831,6 +834,18 @@ impl CrdWrite {
                                 });
                             }
                             remediation = (r.namespace.clone(), r.name.clone());
+                        }
+                        // The CR is finished: dedup ends the window when its cooldown does, once.
+                        let verdict = batch.dedup.get(index).filter(|_| !batch.dedup_degraded);
+                        if let Some(verdict) = verdict
+                            && result.window_ends_unix_ms != 0
+                            && result.window_ends_unix_ms != verdict.window_ends_unix_ms
+                        {
+                            ends.push(pb::DedupWindowEnd {
+                                fingerprint: signal.fingerprint.clone(),
+                                first_seen_unix_ms: verdict.first_seen_unix_ms,
+                                ends_unix_ms: result.window_ends_unix_ms,
+                            });
                         }
                         if outcome == AlertOutcome::ResolvedUnknown && !remediation.1.is_empty() {
                             // crd-writer found the incident's CR and recorded the resolution there.
@@ -871,7 +886,7 @@ impl CrdWrite {
                         remediation_path: None,
                     });
                 }
-                if let Err(status) = rebind_found(&dedup, found).await {
+                if let Err(status) = rebind_found(&dedup, found, ends).await {
                     degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
                 }
                 match failure {
@@ -892,15 +907,18 @@ impl CrdWrite {
 
 /// crd-writer found an incident's open CR under another name than dedup's window names (the
 /// CR outlived a window, or dedup lost its state): dedup counts the window's next alerts
-/// there, so the incident keeps one CR. Once per window at most.
+/// there, so the incident keeps one CR. Once per window at most. And crd-writer said that
+/// a window's CR is finished: dedup ends the window when the cooldown after the finish
+/// does, so the first alert after it opens a new CR (once per window and finish).
 async fn rebind_found(
     dedup: &DedupServiceClient<TracedTransport>,
     bindings: Vec<pb::DedupBinding>,
+    ends: Vec<pb::DedupWindowEnd>,
 ) -> Result<(), tonic::Status> {
-    if bindings.is_empty() {
+    if bindings.is_empty() && ends.is_empty() {
         return Ok(());
     }
-    dedup.clone().bind_remediations(idempotent(pb::BindRemediationsRequest { bindings })).await?;
+    dedup.clone().bind_remediations(idempotent(pb::BindRemediationsRequest { bindings, ends })).await?;
     Ok(())
 }
 

@@ -384,6 +384,34 @@ async fn a_cr_in_a_terminal_phase_is_not_open() -> TestResult {
     Ok(())
 }
 
+/// Issue 14: a repeat counted on a finished CR says when its dedup window should end (the
+/// cooldown after the finish), whether the CR was found by a create or named by dedup; a
+/// repeat on an open CR says nothing.
+#[tokio::test]
+async fn a_repeat_on_a_finished_cr_says_when_its_window_ends() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, coalescer) = service_with_cooldown(Arc::clone(&sink), Duration::from_secs(60));
+        seed(sink.as_ref(), ("ops", "rr-done"), FP, Some("Completed"), T0).await?;
+        let results = call(&svc, vec![write(pb::WriteKind::Create, "rr-window")]).await?;
+        assert_eq!(results[0].remediation, named("ops", "rr-done"), "counted on the finished CR");
+        assert_eq!(results[0].window_ends_unix_ms, T0 + 60_000, "found by the create");
+        // A repeat dedup placed there: the sink knows the phase once it has read the CR.
+        let mut repeat = write(pb::WriteKind::Occurrence, "rr-done");
+        repeat.occurrence_count = 2;
+        coalescer.flush().await;
+        let results = call(&svc, vec![repeat.clone()]).await?;
+        assert_eq!(outcome(&results[0]), pb::WriteOutcome::Queued);
+        assert_eq!(results[0].window_ends_unix_ms, T0 + 60_000, "named by dedup");
+        // A repeat on an open CR: no end.
+        let open = seed(sink.as_ref(), ("ops", "rr-open"), FP, Some("Processing"), T0).await?;
+        coalescer.flush().await;
+        repeat.remediation = named(&open.namespace, &open.name);
+        let results = call(&svc, vec![repeat]).await?;
+        assert_eq!(results[0].window_ends_unix_ms, 0, "an open CR keeps its window");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn crs_of_other_fingerprints_namespaces_and_storms_are_ignored() -> TestResult {
     // Same first 63 characters, so the same label value: only the spec tells them apart.

@@ -58,3 +58,17 @@ fn without_completed_at_the_cooldown_counts_from_when_it_was_first_seen_finished
     assert_eq!(lifecycle.decide(done.clone(), T0 + 59_000), Verdict::CountOn { at: at("a"), after_completion: true });
     assert_eq!(lifecycle.decide(done, T0 + 60_000), Verdict::Create { previous: Some(at("a")) });
 }
+
+#[test]
+fn a_finished_crs_window_ends_when_its_cooldown_does() {
+    let lifecycle = Lifecycle::new(Duration::from_secs(60));
+    let end = |phase| lifecycle.window_end(&at("a"), phase, T0 + 5_000);
+    assert_eq!(end(CrPhase::Open), None, "an open CR keeps counting");
+    assert_eq!(end(CrPhase::Resolved), None);
+    assert_eq!(end(finished(Some(T0), None)), Some(T0 + 60_000), "the cooldown after completedAt");
+    assert_eq!(end(finished(Some(T0), Some(T0 - 1))), Some(T0 + 60_000), "resolved before the finish");
+    assert_eq!(end(finished(Some(T0), Some(T0 + 2_000))), Some(T0 + 2_000), "resolved after it: over then");
+    // Without completedAt, from when crd-writer first saw it finished, the same each time.
+    assert_eq!(end(finished(None, None)), Some(T0 + 65_000));
+    assert_eq!(lifecycle.window_end(&at("a"), finished(None, None), T0 + 9_000), Some(T0 + 65_000));
+}

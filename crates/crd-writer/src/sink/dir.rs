@@ -34,8 +34,8 @@ use tokio::sync::Mutex;
 use breakwater_signal::{Clock, SystemClock, UnixMillis};
 
 use super::{
-    CountUpdate, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to,
-    change_counts, check_owned, is_finished, latest_incident,
+    CountUpdate, CrPhase, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome,
+    add_occurrences_to, change_counts, check_owned, is_finished, latest_incident,
 };
 use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, is_dns1123_label};
 
@@ -57,7 +57,13 @@ pub struct DirSink {
     index: std::sync::Mutex<HashMap<String, HashMap<String, Vec<String>>>>,
     /// CR files read, for tests of the index.
     files_read: AtomicU64,
+    /// The phase of each finished CR as last read from its file, so a repeat counted on it
+    /// learns it without a read ([`RemediationSink::known_phase`]).
+    finished: std::sync::Mutex<HashMap<CrRef, CrPhase>>,
 }
+
+/// Finished CRs whose phase [`DirSink`] remembers at most; past this it starts over.
+const MAX_FINISHED_KNOWN: usize = 65_536;
 
 impl DirSink {
     /// A sink writing under `root`, which is created on first write.
@@ -68,6 +74,7 @@ impl DirSink {
             write_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             index: std::sync::Mutex::new(HashMap::new()),
             files_read: AtomicU64::new(0),
+            finished: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -100,6 +107,23 @@ impl DirSink {
     fn lock_index(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Vec<String>>>> {
         // Each change is one insert: a panic elsewhere cannot leave the map half-changed.
         self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers the phase of the CR `at` as read now: only finished ones are kept.
+    fn note_phase(&self, at: &CrRef, rr: &RemediationRequest) {
+        // Each change is one insert, remove or clear: a poisoned map is still sound.
+        let mut finished = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match CrPhase::of(rr) {
+            phase @ CrPhase::Finished { .. } => {
+                if finished.len() >= MAX_FINISHED_KNOWN && !finished.contains_key(at) {
+                    finished.clear();
+                }
+                finished.insert(at.clone(), phase);
+            }
+            CrPhase::Open | CrPhase::Resolved => {
+                finished.remove(at);
+            }
+        }
     }
 
     /// The write lock of the file at `path`.
@@ -223,6 +247,7 @@ impl DirSink {
             Err(err) => return Err(err),
         };
         check_owned(&rr, target, fingerprint)?;
+        self.note_phase(target, &rr);
         let finished = is_finished(&rr);
         if !change_counts(&mut rr.spec, finished, change) {
             return Ok(UpdateOutcome::Unchanged);
@@ -346,6 +371,10 @@ impl RemediationSink for DirSink {
         self.read_modify_write(target, &update.fingerprint, |spec| update.apply_to(spec, self.cap)).await
     }
 
+    fn known_phase(&self, at: &CrRef, _fingerprint: &str) -> Option<CrPhase> {
+        self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(at).copied()
+    }
+
     async fn find_latest(&self, namespace: &str, fingerprint: &str) -> Result<Option<LatestCr>, SinkError> {
         if !is_dns1123_label(namespace) {
             return Err(SinkError::InvalidName(namespace.to_owned()));
@@ -356,6 +385,7 @@ impl RemediationSink for DirSink {
             // Gone or unreadable since it was indexed: not this incident's CR. Its phase is
             // read from the file, so a person closes an incident by editing it.
             if let Ok(Some(mut rr)) = self.read(&self.path_of(&target)?).await {
+                self.note_phase(&target, &rr);
                 rr.metadata.namespace = Some(target.namespace);
                 rr.metadata.name = Some(target.name);
                 candidates.push(rr);

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use kube::runtime::watcher::Event;
 
-use super::{IncidentEntry, LatestCr, latest_of};
+use super::{CrPhase, IncidentEntry, LatestCr, latest_of};
 use crate::crd::{CrRef, RemediationRequest};
 
 /// Entries by (namespace, fingerprint), then by name.
@@ -38,6 +38,13 @@ impl CrIndex {
         }
         let entries = state.entries.get(&(namespace.to_owned(), fingerprint.to_owned()));
         Some(entries.and_then(|by_name| latest_of(by_name.values())))
+    }
+
+    /// The phase of the CR `at` of `fingerprint`, if the index holds it.
+    pub fn phase(&self, at: &CrRef, fingerprint: &str) -> Option<CrPhase> {
+        let state = self.lock();
+        let by_name = state.entries.get(&(at.namespace.clone(), fingerprint.to_owned()))?;
+        by_name.get(&at.name).map(|entry| entry.latest.phase)
     }
 
     /// Records `rr` as it is now (a write of ours, or a watch event), unless a newer version

@@ -40,7 +40,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use super::{
-    CountUpdate, CrIndex, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome,
+    CountUpdate, CrIndex, CrPhase, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome,
     add_occurrences_to, change_counts, check_owned, is_finished, latest_incident,
 };
 use crate::config::RetryConfig;
@@ -288,6 +288,10 @@ impl RemediationSink for KubeSink {
             rr
         });
         Ok(latest_incident(items, fingerprint))
+    }
+
+    fn known_phase(&self, at: &CrRef, fingerprint: &str) -> Option<CrPhase> {
+        self.index.phase(at, fingerprint)
     }
 
     /// Watches every RemediationRequest into the index, listing again (with backoff) when the

@@ -9,8 +9,8 @@ use breakwater_signal::UnixMillis;
 use tokio::sync::Mutex;
 
 use super::{
-    CountUpdate, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome, add_occurrences_to,
-    change_counts, check_owned, is_finished, latest_incident,
+    CountUpdate, CrPhase, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome,
+    add_occurrences_to, change_counts, check_owned, is_finished, latest_incident,
 };
 use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, relocate};
 
@@ -141,5 +141,11 @@ impl RemediationSink for MemorySink {
 
     async fn add_occurrences(&self, target: &CrRef, n: u64, last_seen: UnixMillis) -> Result<UpdateOutcome, SinkError> {
         self.change(target, "", |spec| add_occurrences_to(spec, n, last_seen)).await
+    }
+
+    fn known_phase(&self, at: &CrRef, fingerprint: &str) -> Option<CrPhase> {
+        // Never waits: busy means unknown this time.
+        let objects = self.objects.try_lock().ok()?;
+        objects.get(at).filter(|rr| rr.spec.signal_fingerprint == fingerprint).map(CrPhase::of)
     }
 }

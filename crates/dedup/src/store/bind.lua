@@ -1,6 +1,6 @@
 #!lua
 -- Places open incidents: on their own CR ('') or a storm's ('<ns>/<name>'),
--- keeping their expiry. Records are laid out as in check.lua.
+-- keeping their expiry and end. Records are laid out as in check.lua.
 -- KEYS[1..3]        binding tables of epochs E-1, E, E+1
 -- KEYS[3i+1..3i+3]  the record hashes of binding i in epochs E-1, E, E+1
 -- ARGV[1]           unused
@@ -19,8 +19,9 @@ for i = 1, (#ARGV - 4) / 3 do
     local key = KEYS[3 * i + e]
     local rec = redis.call('HGET', key, field)
     if rec then
-      local a, b, c = string.match(rec, '^(%-?%d+)|(%d+)|(%d+)|')
-      if a and a == first_seen and (now - tonumber(a) - tonumber(b)) < window then
+      local a, b, c, _, ends = string.match(rec, '^(%-?%d+)|(%d+)|(%d+)|([^|]*)(.*)$')
+      local ended = a ~= nil and ends ~= '' and now >= tonumber(string.sub(ends, 2))
+      if a and a == first_seen and (now - tonumber(a) - tonumber(b)) < window and not ended then
         local placement = ''
         local id, name = string.match(to, '^#([^|]+)|(.+)$')
         if id then
@@ -28,7 +29,7 @@ for i = 1, (#ARGV - 4) / 3 do
           redis.call('HSET', KEYS[e], id, name)
           redis.call('PEXPIRE', KEYS[e], string.format('%d', (epoch + e) * window - now + 1000))
         end
-        redis.call('HSET', key, field, string.format('%s|%s|%s|%s', a, b, c, placement))
+        redis.call('HSET', key, field, string.format('%s|%s|%s|%s%s', a, b, c, placement, ends))
         bound = bound + 1
       end
       break

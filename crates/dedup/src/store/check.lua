@@ -25,14 +25,15 @@
 --                   hashes and <field> its delivery's field there
 -- Record: '<first_seen>|<last_seen - first_seen>|<count>|<placement>', placement
 -- '?' (pending: the first alert's edge has not said yet which CR counts it), ''
--- (own CR) or '#<id>' (a storm's CR, named in the epoch's binding table). A
+-- (own CR) or '#<id>' (a storm's CR, named in the epoch's binding table), then
+-- '|<ends_at>' when the window has an end (its CR finished; see end.lua). A
 -- delivery is remembered the same way, by the epoch of the copy window it was
 -- seen in: its value is the time until which its copies are recognised
 -- (compared with ARGV[2], as records are, so the script agrees with the memory
 -- store whatever the clock; the TTLs only clean up).
 -- Reply per query, the placement spelled out ('<namespace>/<name>'):
--- "N|<first>|<last>|<count>|<placement>", "D|…", "R|…", "U", or for a copy of a
--- delivery already counted "C|…" (its window open) or "C".
+-- "N|<first>|<last>|<count>|<placement>[|<ends_at>]", "D|…", "R|…", "U", or for a
+-- copy of a delivery already counted "C|…" (its window open) or "C".
 local now = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local copy_ttl = tonumber(ARGV[4])
@@ -70,12 +71,18 @@ local function seen_before(j, field)
   return false
 end
 
-local function spelled(first, last, count, placement, at)
+-- '|<ends_at>', or '' for a window without an end.
+local function end_part(ends)
+  if ends then return string.format('|%d', ends) end
+  return ''
+end
+
+local function spelled(first, last, count, placement, ends, at)
   if string.sub(placement, 1, 1) == '#' then
     -- A binding lost to eviction leaves the incident pending: its edge asks again.
     placement = redis.call('HGET', KEYS[at], string.sub(placement, 2)) or '?'
   end
-  return string.format('%d|%d|%d|%s', first, last, count, placement)
+  return string.format('%d|%d|%d|%s', first, last, count, placement) .. end_part(ends)
 end
 
 local out = {}
@@ -93,18 +100,18 @@ for i = 1, n do
       break
     end
   end
-  local first, last, count, placement
+  local first, last, count, placement, ends
   local open = false
   if rec then
-    local a, b, c, d = string.match(rec, '^(%-?%d+)|(%d+)|(%d+)|(.*)$')
+    local a, b, c, d, e = string.match(rec, '^(%-?%d+)|(%d+)|(%d+)|([^|]*)|?(%-?%d*)$')
     if a then
-      first, last, count, placement = tonumber(a), tonumber(a) + tonumber(b), tonumber(c), d
-      open = (now - last) < window
+      first, last, count, placement, ends = tonumber(a), tonumber(a) + tonumber(b), tonumber(c), d, tonumber(e)
+      open = (now - last) < window and (ends == nil or now < ends)
     end
   end
   local copy = delivery ~= nil and seen_before(tonumber(delivery), delivery_field)
   if copy then
-    if open then out[i] = 'C|' .. spelled(first, last, count, placement, at) else out[i] = 'C' end
+    if open then out[i] = 'C|' .. spelled(first, last, count, placement, ends, at) else out[i] = 'C' end
   elseif firing then
     local tag = 'D|'
     if open then
@@ -112,7 +119,7 @@ for i = 1, n do
       count = count + 1
     else
       tag = 'N|'
-      first, last, count, placement = now, now, 1, '?'
+      first, last, count, placement, ends = now, now, 1, '?', nil
     end
     local to = math.min(3, math.max(1, math.floor(last / window) - epoch + 2))
     if rec and at ~= to then
@@ -128,13 +135,14 @@ for i = 1, n do
     end
     local key = KEYS[base + to]
     -- A hash's expiry is set with its first field (the same for all of them).
-    if redis.call('HSET', key, field, string.format('%d|%d|%d|%s', first, last - first, count, placement)) == 1 then
+    local value = string.format('%d|%d|%d|%s', first, last - first, count, placement) .. end_part(ends)
+    if redis.call('HSET', key, field, value) == 1 then
       redis.call('PEXPIRE', key, expiry(window, epoch + to - 2))
     end
-    out[i] = tag .. spelled(first, last, count, placement, to)
+    out[i] = tag .. spelled(first, last, count, placement, ends, to)
   else
     if rec then redis.call('HDEL', KEYS[base + at], field) end
-    if open then out[i] = 'R|' .. spelled(first, last, count, placement, at) else out[i] = 'U' end
+    if open then out[i] = 'R|' .. spelled(first, last, count, placement, ends, at) else out[i] = 'U' end
   end
 end
 return out

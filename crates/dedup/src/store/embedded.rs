@@ -3,9 +3,9 @@
 //! store before the call answers; opening restores the open incidents.
 //!
 //! Entries:
-//! - `f<fingerprint>` → `first|last|count|placement` (placement `?` pending,
-//!   empty for its own CR, or `namespace/name`) per open incident, expiring
-//!   when its window closes, `last + window`;
+//! - `f<fingerprint>` → `first|last|count|placement[|ends_at]` (placement `?`
+//!   pending, empty for its own CR, or `namespace/name`) per open incident,
+//!   expiring when its window closes, `last + window`;
 //! - `d<delivery key, 32 hex>` → until when a copy of that delivery is
 //!   recognised, expiring then.
 
@@ -14,7 +14,7 @@ use breakwater_embedded::{EmbeddedError, EmbeddedStore, Namespace, Op};
 use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
-use super::{Bind, DedupStore, MemoryDedupStore, WindowRef};
+use super::{Bind, DedupStore, MemoryDedupStore, WindowEnd, WindowRef};
 use crate::window::{Decision, DedupWindow, DeliveryKey, Placement, Query, Record, Verdict};
 
 /// The namespace of the dedup service in a state directory.
@@ -76,8 +76,13 @@ impl EmbeddedDedupStore {
         // The memory store can only insert: what did not exist comes back
         // closed (a window long over, a delivery forgotten), which every
         // decision treats as absent.
-        let closed =
-            Record { first_seen: UnixMillis::MIN, last_seen: UnixMillis::MIN, count: 0, placement: Placement::Own };
+        let closed = Record {
+            first_seen: UnixMillis::MIN,
+            last_seen: UnixMillis::MIN,
+            count: 0,
+            placement: Placement::Own,
+            ends_at: None,
+        };
         self.memory.restore(before.records.into_iter().map(|(fp, r)| (fp, r.unwrap_or_else(|| closed.clone()))));
         self.memory
             .restore_deliveries(before.deliveries.into_iter().map(|(d, until)| (d, until.unwrap_or(UnixMillis::MIN))));
@@ -149,6 +154,21 @@ impl DedupStore for EmbeddedDedupStore {
             .collect();
         self.write_or_undo(&ops, before)?;
         Ok(bound)
+    }
+
+    async fn end(&self, ends: &[WindowEnd], now: UnixMillis) -> Result<u32, KeyspaceError> {
+        let _order = self.order.lock().await;
+        let before = Before {
+            records: ends.iter().map(|e| (e.fingerprint.clone(), self.memory.record(&e.fingerprint))).collect(),
+            deliveries: Vec::new(),
+        };
+        let ended = self.memory.end(ends, now).await?;
+        let ops: Vec<Op> = ends
+            .iter()
+            .filter_map(|e| self.memory.record(&e.fingerprint).map(|record| self.put(&e.fingerprint, &record)))
+            .collect();
+        self.write_or_undo(&ops, before)?;
+        Ok(ended)
     }
 
     async fn placements(
@@ -318,7 +338,7 @@ mod tests {
     fn records_round_trip() {
         let bound = Placement::Bound(Binding { namespace: "prod".into(), name: "storm-a-1".into() });
         for placement in [Placement::Pending, Placement::Own, bound] {
-            let r = Record { first_seen: 10, last_seen: -20, count: 3, placement };
+            let r = Record { first_seen: 10, last_seen: -20, count: 3, placement, ends_at: None };
             assert_eq!(Record::decode(&r.encode()), Some(r));
         }
         for damaged in ["", "1|2|3", "a|2|3|", "1|2|3|noslash", "1|2|-3|"] {
@@ -328,7 +348,7 @@ mod tests {
 
     #[test]
     fn entries_are_told_apart_by_their_key() {
-        let r = Record { first_seen: 1, last_seen: 2, count: 3, placement: Placement::Pending };
+        let r = Record { first_seen: 1, last_seen: 2, count: 3, placement: Placement::Pending, ends_at: None };
         let Some(Entry::Record(fp, got)) = decode_entry(&record_key("dd1b"), r.encode().as_bytes()) else {
             panic!("record did not decode");
         };

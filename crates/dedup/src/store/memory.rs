@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
-use super::{Bind, DedupStore, WindowRef};
+use super::{Bind, DedupStore, WindowEnd, WindowRef};
 use crate::window::{Change, DedupWindow, DeliveryKey, Placement, Query, Record, Verdict};
 
 /// Open incidents and recent deliveries in maps; closed incidents and expired
@@ -126,6 +126,21 @@ impl DedupStore for MemoryDedupStore {
             }
         }
         Ok(bound)
+    }
+
+    async fn end(&self, ends: &[WindowEnd], now: UnixMillis) -> Result<u32, KeyspaceError> {
+        let mut state = self.lock();
+        let mut ended = 0;
+        for e in ends {
+            if let Some(r) = state.records.get_mut(&e.fingerprint)
+                && r.first_seen == e.first_seen
+                && self.window.is_open(r, now)
+            {
+                r.ends_at = Some(e.ends_at);
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     async fn placements(

@@ -10,11 +10,12 @@ use async_trait::async_trait;
 use breakwater_keyspace::{Keyspace, KeyspaceError, Script, Ttl};
 use breakwater_signal::{UnixMillis, fingerprint_of};
 
-use super::{Bind, DedupStore, WindowRef};
+use super::{Bind, DedupStore, WindowEnd, WindowRef};
 use crate::window::{Decision, DedupWindow, Placement, Query, Record, Status, Verdict};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_check", include_str!("check.lua")));
 static BIND: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_bind", include_str!("bind.lua")));
+static END: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_end", include_str!("end.lua")));
 static PLACEMENTS: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_placements", include_str!("placements.lua")));
 
 /// Hex characters of a fingerprint that choose its hash: 4,096 hashes per epoch, so a
@@ -167,6 +168,20 @@ impl DedupStore for RedisDedupStore {
         self.keyspace.run(&BIND, &keys, self.ttl(), &args).await
     }
 
+    async fn end(&self, ends: &[WindowEnd], now: UnixMillis) -> Result<u32, KeyspaceError> {
+        if ends.is_empty() {
+            return Ok(0);
+        }
+        let (keys, fields) = self.slots(ends.iter().map(|e| e.fingerprint.as_str()), self.epoch(now));
+        let mut args = vec![now.to_string(), self.window.window_ms().to_string()];
+        for (e, field) in ends.iter().zip(fields) {
+            args.push(field);
+            args.push(e.first_seen.to_string());
+            args.push(e.ends_at.to_string());
+        }
+        self.keyspace.run(&END, &keys, self.ttl(), &args).await
+    }
+
     async fn placements(
         &self,
         windows: &[WindowRef],
@@ -232,9 +247,11 @@ mod tests {
                 first_seen: 10,
                 last_seen: 20,
                 count: 3,
-                placement: Placement::Bound(Binding { namespace: "prod".into(), name: "storm-a".into() })
+                placement: Placement::Bound(Binding { namespace: "prod".into(), name: "storm-a".into() }),
+                ends_at: None,
             })
         );
+        assert_eq!(parse_verdict("D|1|1|2||7000").and_then(|v| v.record).and_then(|r| r.ends_at), Some(7_000));
         assert_eq!(parse_verdict("N|1|1|1|?").and_then(|v| v.record).map(|r| r.placement), Some(Placement::Pending));
         assert_eq!(parse_verdict("D|1|1|2|").and_then(|v| v.record).map(|r| r.placement), Some(Placement::Own));
         assert_eq!(parse_verdict("C"), Some(Verdict { decision: Decision::Copy, record: None }));
