@@ -163,6 +163,8 @@ impl Coalescer {
     /// Queues the counts of `writes`, journaling them in one batch.
     pub fn offer_all(&self, writes: impl IntoIterator<Item = Write>) {
         let mut pending = lock(&self.pending);
+        // Each entry is journaled once per call, however many of the writes it took: the
+        // alerts of a storm's webhook all land on one entry, whose resource list is long.
         let mut touched = Vec::new();
         for write in writes {
             let update = count_update(&write);
@@ -179,6 +181,8 @@ impl Coalescer {
             }
             touched.push(key);
         }
+        touched.sort_unstable();
+        touched.dedup();
         self.journal(&pending, &touched);
     }
 

@@ -782,11 +782,15 @@ impl CrdWrite {
         let span = stage_span("crd_write", batch.signals.len());
         Box::pin(
             async move {
-                let plan = plan_batch(&batch);
+                let alerts = batch.signals.len();
+                let mut plan = plan_batch(&mut batch);
                 if let Some(why) = plan.iter().find_map(|p| p.unsettled) {
                     return Err(cannot_persist(Duration::from_secs(1), why.to_owned()));
                 }
-                let writes: Vec<pb::RemediationWrite> = plan.iter().filter_map(|p| p.write.clone()).collect();
+                // Moved into the request; `written` says which alerts have a result, of which kind.
+                let written: Vec<Option<pb::WriteKind>> =
+                    plan.iter().map(|p| p.write.as_ref().map(|w| w.kind())).collect();
+                let writes: Vec<pb::RemediationWrite> = plan.iter_mut().filter_map(|p| p.write.take()).collect();
                 let results = if writes.is_empty() {
                     Vec::new()
                 } else {
@@ -814,21 +818,21 @@ impl CrdWrite {
                 let mut found: Vec<pb::DedupBinding> = Vec::new();
                 let mut ends: Vec<pb::DedupWindowEnd> = Vec::new();
                 let mut out = Vec::with_capacity(plan.len());
-                for (index, (p, signal)) in plan.into_iter().zip(&batch.signals).enumerate() {
+                for (index, (p, written)) in plan.into_iter().zip(written).enumerate() {
                     let mut outcome = p.outcome;
                     let mut remediation = p.remediation;
-                    if p.write.is_some() {
+                    if let Some(kind) = written {
                         let result = results.next().unwrap_or_default();
                         // Where the CR really is: crd-writer may have used its fallback namespace.
                         // crd-writer counted a CREATE on its incident's open CR, found under
                         // another name (it looks for one before every create).
                         let mut found_open = false;
                         if let Some(r) = result.remediation.as_ref().filter(|r| !r.name.is_empty()) {
-                            let create = p.write.as_ref().is_some_and(|w| w.kind() == pb::WriteKind::Create);
+                            let create = kind == pb::WriteKind::Create;
                             found_open = create && r.name != remediation.1;
                             if found_open && !batch.dedup_degraded {
                                 found.push(pb::DedupBinding {
-                                    fingerprint: signal.fingerprint.clone(),
+                                    fingerprint: p.fingerprint.clone(),
                                     first_seen_unix_ms: batch.dedup[index].first_seen_unix_ms,
                                     remediation: Some(r.clone()),
                                 });
@@ -842,7 +846,7 @@ impl CrdWrite {
                             && result.window_ends_unix_ms != verdict.window_ends_unix_ms
                         {
                             ends.push(pb::DedupWindowEnd {
-                                fingerprint: signal.fingerprint.clone(),
+                                fingerprint: p.fingerprint.clone(),
                                 first_seen_unix_ms: verdict.first_seen_unix_ms,
                                 ends_unix_ms: result.window_ends_unix_ms,
                             });
@@ -873,8 +877,8 @@ impl CrdWrite {
                     out.push(AlertResult {
                         index,
                         outcome,
-                        fingerprint: signal.fingerprint.clone(),
-                        alert_name: signal.alert_name.clone(),
+                        fingerprint: p.fingerprint,
+                        alert_name: p.alert_name,
                         remediation_request_namespace: Some(remediation.0).filter(|s| !s.is_empty()),
                         remediation_request_name: Some(remediation.1).filter(|s| !s.is_empty()),
                         occurrence_count: p.occurrence_count,
@@ -895,7 +899,7 @@ impl CrdWrite {
                         Err(cannot_persist(retry_after, cause))
                     }
                     None => {
-                        completed.insert_all((0..batch.signals.len()).filter_map(|i| batch.delivery(i)));
+                        completed.insert_all((0..alerts).filter_map(|i| batch.delivery(i)));
                         Ok(out)
                     }
                 }
@@ -982,6 +986,9 @@ impl AlertOutcome {
 
 /// What to write for one alert, and how to report it.
 struct Planned {
+    /// The alert's fingerprint and name, for its result (its signal moved into `write`).
+    fingerprint: String,
+    alert_name: String,
     write: Option<pb::RemediationWrite>,
     /// The CREATE asks crd-writer for the dedup of last resort: dedup could not
     /// vouch that the incident is new.
@@ -998,8 +1005,12 @@ struct Planned {
 /// Plans every alert of `batch`. A copy completes its CR only once per batch, and not at
 /// all when an alert of the batch creates or counts on that CR anyway: a retried
 /// notification of 20,000 identical alerts is one write, not 20,000.
-fn plan_batch(batch: &Batch) -> Vec<Planned> {
-    let mut plans: Vec<Planned> = (0..batch.signals.len()).map(|i| plan(batch, i)).collect();
+///
+/// The signals move out of `batch` into the writes: a write carries its alert's signal, and
+/// copying every label and annotation of every alert cost more than planning them.
+fn plan_batch(batch: &mut Batch) -> Vec<Planned> {
+    let signals = std::mem::take(&mut batch.signals);
+    let mut plans: Vec<Planned> = signals.into_iter().enumerate().map(|(i, signal)| plan(batch, i, signal)).collect();
     let mut written: HashSet<(String, String)> = plans
         .iter()
         .filter(|p| p.write.is_some() && p.outcome != AlertOutcome::DuplicateDelivery)
@@ -1019,7 +1030,11 @@ fn plan_batch(batch: &Batch) -> Vec<Planned> {
 /// doing it again changes nothing.
 fn plan_copy(batch: &Batch, i: usize, base: pb::RemediationWrite) -> Planned {
     let dedup = &batch.dedup[i];
+    let (fingerprint, alert_name) =
+        base.signal.as_ref().map(|s| (s.fingerprint.clone(), s.alert_name.clone())).unwrap_or_default();
     let reported = |r: &pb::RemediationRef, write, occurrence_count, storm_alert_count| Planned {
+        fingerprint: fingerprint.clone(),
+        alert_name: alert_name.clone(),
         write,
         last_resort: false,
         outcome: AlertOutcome::DuplicateDelivery,
@@ -1075,12 +1090,13 @@ fn plan_copy(batch: &Batch, i: usize, base: pb::RemediationWrite) -> Planned {
     Planned { last_resort, ..reported(target, Some(write), Some(dedup.occurrence_count), None) }
 }
 
-fn plan(batch: &Batch, i: usize) -> Planned {
-    let signal = &batch.signals[i];
+fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
     let dedup = &batch.dedup[i];
     let dedup_ref = dedup.remediation.clone().unwrap_or_default();
+    let (fingerprint, alert_name) = (signal.fingerprint.clone(), signal.alert_name.clone());
+    let received_at = signal.received_time_unix_ms;
     let base = pb::RemediationWrite {
-        signal: Some(signal.clone()),
+        signal: Some(signal),
         first_seen_unix_ms: dedup.first_seen_unix_ms,
         last_seen_unix_ms: dedup.last_seen_unix_ms,
         occurrence_count: dedup.occurrence_count,
@@ -1089,6 +1105,8 @@ fn plan(batch: &Batch, i: usize) -> Planned {
     // Dedup cannot vouch that no CR is open for this incident: crd-writer looks first.
     let last_resort = batch.dedup_degraded || dedup.state_uncertain;
     let reported = |outcome, r: &pb::RemediationRef, write: Option<pb::RemediationWrite>| Planned {
+        fingerprint: fingerprint.clone(),
+        alert_name: alert_name.clone(),
         write,
         last_resort: false,
         outcome,
@@ -1105,7 +1123,7 @@ fn plan(batch: &Batch, i: usize) -> Planned {
             let write = pb::RemediationWrite {
                 kind: pb::WriteKind::Resolution.into(),
                 remediation: Some(dedup_ref.clone()),
-                last_seen_unix_ms: signal.received_time_unix_ms,
+                last_seen_unix_ms: received_at,
                 ..base
             };
             reported(AlertOutcome::Resolved, &dedup_ref, Some(write))
@@ -1119,7 +1137,7 @@ fn plan(batch: &Batch, i: usize) -> Planned {
                 kind: pb::WriteKind::Resolution.into(),
                 remediation: Some(pb::RemediationRef { namespace: batch.targets[i].clone(), name: String::new() }),
                 find_by_fingerprint: true,
-                last_seen_unix_ms: signal.received_time_unix_ms,
+                last_seen_unix_ms: received_at,
                 ..base
             };
             reported(AlertOutcome::ResolvedUnknown, &dedup_ref, Some(write))
