@@ -69,7 +69,8 @@ enum Applied {
     Created,
     /// The CR vanished between create and update: try again next flush.
     Retry,
-    /// A restored entry's CR does not exist, and the entry cannot build it.
+    /// The CR does not exist, and the entry cannot build it (restored from the journal, or
+    /// made of writes with the signal's identity only).
     Gone,
 }
 
@@ -170,13 +171,16 @@ impl Coalescer {
             let update = count_update(&write);
             let key = (write.target.clone(), update.window_start);
             match pending.entry(key.clone()) {
+                // A write with the signal's identity only cannot build the CR if it is missing.
                 Entry::Occupied(mut entry) => {
                     let entry = entry.get_mut();
                     entry.update.merge(&update, self.cap);
-                    entry.first.get_or_insert(write);
+                    if entry.first.is_none() && !write.identity_only {
+                        entry.first = Some(write);
+                    }
                 }
                 Entry::Vacant(entry) => {
-                    entry.insert(Pending { update, first: Some(write) });
+                    entry.insert(Pending { update, first: (!write.identity_only).then_some(write) });
                 }
             }
             touched.push(key);
@@ -268,7 +272,7 @@ impl Coalescer {
             match result {
                 Ok(Applied::Updated | Applied::Unchanged | Applied::Created) => report.applied += 1,
                 Ok(Applied::Gone) => {
-                    tracing::warn!(%target, lost = ?pending.update, "restored count update dropped: its CR no longer exists");
+                    tracing::warn!(%target, lost = ?pending.update, "count update dropped: its CR no longer exists, and the update (restored from the journal, or with the signal's identity only) cannot build it");
                     report.dropped += 1;
                 }
                 Ok(Applied::Retry) => {

@@ -433,6 +433,9 @@ pub struct Write {
     pub occurrence_count: u64,
     /// Set for [`WriteKind::StormCreate`] and [`WriteKind::StormAdd`].
     pub storm: Option<StormWrite>,
+    /// The signal carries only its identity (fingerprint, alert name, received time): no CR
+    /// is ever built from this write. Only counts and resolutions may be sent so.
+    pub identity_only: bool,
 }
 
 /// The CR `write` asks for, as of `now`.

@@ -595,6 +595,10 @@ impl Write {
         if raw.find_by_fingerprint && kind != WriteKind::LateResolution {
             return Err(InvalidWrite("find_by_fingerprint is only for a RESOLUTION"));
         }
+        let identity_only = raw.signal_identity_only;
+        if identity_only && !matches!(kind, WriteKind::Occurrence | WriteKind::Resolution | WriteKind::LateResolution) {
+            return Err(InvalidWrite("signal_identity_only is only for an OCCURRENCE or a RESOLUTION"));
+        }
         let storm_type = raw.storm_type();
         let signal = raw.signal.ok_or(InvalidWrite("signal is missing"))?;
         let target = raw.remediation.ok_or(InvalidWrite("remediation is missing"))?;
@@ -636,6 +640,7 @@ impl Write {
             last_seen: raw.last_seen_unix_ms,
             occurrence_count: raw.occurrence_count,
             storm,
+            identity_only,
         })
     }
 }

@@ -53,6 +53,7 @@ fn incident(name: &str, fingerprint: &str) -> RemediationRequest {
         first_seen: T0,
         last_seen: T0,
         occurrence_count: 1,
+        identity_only: false,
         storm: None,
     };
     crd::build(&write, T0, "kubernaut-system")
@@ -309,6 +310,7 @@ fn occurrence_of(name: &str) -> Write {
         first_seen: T0,
         last_seen: T0,
         occurrence_count: 1,
+        identity_only: false,
         storm: None,
     }
 }

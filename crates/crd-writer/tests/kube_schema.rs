@@ -70,6 +70,7 @@ fn incident(namespace: &str, name: &str, fingerprint: &str) -> RemediationReques
         first_seen: T0,
         last_seen: T0,
         occurrence_count: 3,
+        identity_only: false,
         storm: None,
     };
     crd::build(&write, T0 + 10, "kubernaut-system")
@@ -84,6 +85,7 @@ fn storm(namespace: &str, name: &str) -> RemediationRequest {
         first_seen: 0,
         last_seen: T0,
         occurrence_count: 1,
+        identity_only: false,
         storm: Some(StormWrite {
             storm_type: Some(StormType::Rate),
             window_start: T0 - 60_000,

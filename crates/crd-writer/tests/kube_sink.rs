@@ -58,6 +58,7 @@ fn incident_of(namespace: &str, name: &str, fingerprint: &str, now: i64) -> Reme
         first_seen: T0,
         last_seen: T0,
         occurrence_count: 1,
+        identity_only: false,
         storm: None,
     };
     crd::build(&write, now, "kubernaut-system")

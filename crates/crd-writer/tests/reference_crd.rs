@@ -133,6 +133,7 @@ fn written() -> Vec<Value> {
             first_seen: T0,
             last_seen: T0,
             occurrence_count: 1,
+            identity_only: false,
             storm: None,
         }
     };
@@ -140,6 +141,7 @@ fn written() -> Vec<Value> {
         shared: Default::default(),
         kind: WriteKind::StormCreate,
         target: CrRef { namespace: "prod".to_owned(), name: storm_cr_name("prod", "KubePodCrashLooping", T0) },
+        identity_only: false,
         storm: Some(StormWrite {
             storm_type: Some(StormType::Pattern),
             window_start: T0,

@@ -1090,6 +1090,21 @@ fn plan_copy(batch: &Batch, i: usize, base: pb::RemediationWrite) -> Planned {
     Planned { last_resort, ..reported(target, Some(write), Some(dedup.occurrence_count), None) }
 }
 
+/// Repeats of a window up to this count carry their whole signal, so one that races its
+/// incident's first alert can create the CR if that alert's create has not landed; later
+/// ones find the CR made (see `signal_identity_only` in `crd_writer.proto`).
+const WHOLE_SIGNAL_REPEATS: u64 = 3;
+
+/// The identity of `signal`, for a write that never builds a CR: counts and resolutions.
+fn identity_of(signal: &pb::Signal) -> pb::Signal {
+    pb::Signal {
+        fingerprint: signal.fingerprint.clone(),
+        alert_name: signal.alert_name.clone(),
+        received_time_unix_ms: signal.received_time_unix_ms,
+        ..Default::default()
+    }
+}
+
 fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
     let dedup = &batch.dedup[i];
     let dedup_ref = dedup.remediation.clone().unwrap_or_default();
@@ -1124,6 +1139,8 @@ fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
                 kind: pb::WriteKind::Resolution.into(),
                 remediation: Some(dedup_ref.clone()),
                 last_seen_unix_ms: received_at,
+                signal: base.signal.as_ref().map(identity_of),
+                signal_identity_only: true,
                 ..base
             };
             reported(AlertOutcome::Resolved, &dedup_ref, Some(write))
@@ -1138,6 +1155,8 @@ fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
                 remediation: Some(pb::RemediationRef { namespace: batch.targets[i].clone(), name: String::new() }),
                 find_by_fingerprint: true,
                 last_seen_unix_ms: received_at,
+                signal: base.signal.as_ref().map(identity_of),
+                signal_identity_only: true,
                 ..base
             };
             reported(AlertOutcome::ResolvedUnknown, &dedup_ref, Some(write))
@@ -1173,11 +1192,15 @@ fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
             }
         }
         pb::DedupOutcome::Duplicate => {
-            let write = pb::RemediationWrite {
+            let mut write = pb::RemediationWrite {
                 kind: pb::WriteKind::Occurrence.into(),
                 remediation: Some(dedup_ref.clone()),
                 ..base
             };
+            if dedup.occurrence_count > WHOLE_SIGNAL_REPEATS {
+                write.signal = write.signal.as_ref().map(identity_of);
+                write.signal_identity_only = true;
+            }
             Planned {
                 occurrence_count: Some(dedup.occurrence_count),
                 ..reported(AlertOutcome::Duplicate, &dedup_ref, Some(write))
@@ -1224,3 +1247,6 @@ fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
         },
     }
 }
+
+#[cfg(test)]
+mod tests;

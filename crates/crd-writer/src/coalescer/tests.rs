@@ -81,6 +81,7 @@ fn occurrence(count: u64) -> Write {
         first_seen: T0,
         last_seen: T0 + i64::try_from(count).unwrap_or(0),
         occurrence_count: count,
+        identity_only: false,
         storm: None,
     }
 }
@@ -94,6 +95,7 @@ fn storm_add(pod: &str, alert_count: u64, listed: bool) -> Write {
         first_seen: 0,
         last_seen: 0,
         occurrence_count: 0,
+        identity_only: false,
         storm: Some(StormWrite {
             storm_type: Some(StormType::Rate),
             window_start: T0,

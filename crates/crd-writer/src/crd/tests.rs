@@ -41,6 +41,7 @@ fn create(signal: pb::Signal) -> Write {
         first_seen: NOW - 1000,
         last_seen: NOW - 1000,
         occurrence_count: 1,
+        identity_only: false,
         storm: None,
     }
 }
@@ -54,6 +55,7 @@ fn storm_create(signal: pb::Signal) -> Write {
         first_seen: 0,
         last_seen: 0,
         occurrence_count: 0,
+        identity_only: false,
         storm: Some(StormWrite {
             storm_type: Some(StormType::Pattern),
             window_start: NOW - 30_000,

@@ -64,6 +64,7 @@ fn write(kind: pb::WriteKind, name: &str) -> pb::RemediationWrite {
         storm_unavailable: false,
         storm_window_secs: 60,
         find_by_fingerprint: false,
+        signal_identity_only: false,
     }
 }
 
@@ -408,6 +409,40 @@ async fn a_repeat_on_a_finished_cr_says_when_its_window_ends() -> TestResult {
         repeat.remediation = named(&open.namespace, &open.name);
         let results = call(&svc, vec![repeat]).await?;
         assert_eq!(results[0].window_ends_unix_ms, 0, "an open CR keeps its window");
+    }
+    Ok(())
+}
+
+/// Issue 10, item 3: a repeat that carries only its signal's identity counts on its CR, but
+/// never builds one (it has not the labels to), and a create may not be sent so.
+#[tokio::test]
+async fn a_repeat_with_its_signals_identity_only_counts_but_never_creates() -> TestResult {
+    for (sink, _dir) in sinks()? {
+        let (svc, coalescer) = service(Arc::clone(&sink));
+        let made = seed(sink.as_ref(), ("ops", "rr-made"), FP, None, T0).await?;
+        let slim = |name: &str, count| {
+            let mut write = write(pb::WriteKind::Occurrence, name);
+            write.signal = write.signal.map(|s| pb::Signal {
+                fingerprint: s.fingerprint,
+                alert_name: s.alert_name,
+                ..pb::Signal::default()
+            });
+            write.signal_identity_only = true;
+            write.occurrence_count = count;
+            write
+        };
+        let results = call(&svc, vec![slim("rr-made", 7), slim("rr-missing", 5)]).await?;
+        assert_eq!(results.iter().map(outcome).collect::<Vec<_>>(), [pb::WriteOutcome::Queued; 2]);
+        coalescer.flush().await;
+        assert_eq!(occurrences(sink.as_ref(), &made).await?, 7, "counted on the CR that exists");
+        let missing = CrRef { namespace: "ops".to_owned(), name: "rr-missing".to_owned() };
+        assert_eq!(sink.get(&missing).await?, None, "no CR built from an identity");
+        assert_eq!(coalescer.pending_len(), 0, "dropped, not retried for ever");
+        let mut create = write(pb::WriteKind::Create, "rr-new");
+        create.signal_identity_only = true;
+        let results = call(&svc, vec![create]).await?;
+        assert_eq!(outcome(&results[0]), pb::WriteOutcome::Failed);
+        assert!(results[0].error.contains("signal_identity_only"), "{}", results[0].error);
     }
     Ok(())
 }

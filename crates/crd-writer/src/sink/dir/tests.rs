@@ -33,6 +33,7 @@ fn write(namespace: &str, name: &str, storm: bool) -> Write {
         first_seen: 1_700_000_000_000,
         last_seen: 1_700_000_000_000,
         occurrence_count: 1,
+        identity_only: false,
         storm: storm.then_some(StormWrite {
             storm_type: Some(StormType::Rate),
             window_start: 1_700_000_000_000,

@@ -22,6 +22,7 @@ fn cr(name: &str, version: u64, phase: Option<&str>) -> RemediationRequest {
         first_seen: 1_000,
         last_seen: 1_000,
         occurrence_count: 1,
+        identity_only: false,
         storm: None,
     };
     let mut rr = crd::build(&write, 1_000, "kubernaut-system");
