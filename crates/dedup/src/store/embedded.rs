@@ -9,6 +9,8 @@
 //! - `d<delivery key, 32 hex>` → until when a copy of that delivery is
 //!   recognised, expiring then.
 
+use std::future::Future;
+
 use async_trait::async_trait;
 use breakwater_embedded::{EmbeddedError, EmbeddedStore, Namespace, Op};
 use breakwater_keyspace::KeyspaceError;
@@ -67,6 +69,23 @@ impl EmbeddedDedupStore {
             records: queries.iter().map(|q| (q.fingerprint.clone(), self.memory.record(&q.fingerprint))).collect(),
             deliveries: queries.iter().filter_map(|q| q.delivery).map(|d| (d, self.memory.delivery(d))).collect(),
         }
+    }
+
+    /// Runs `change` (a change of the memory store to the records of `fingerprints`) and
+    /// journals those records as it left them, undoing it if the journal fails.
+    async fn journaled(
+        &self,
+        fingerprints: &[&str],
+        change: impl Future<Output = Result<u32, KeyspaceError>>,
+    ) -> Result<u32, KeyspaceError> {
+        let _order = self.order.lock().await;
+        let records = fingerprints.iter().map(|&fp| (fp.to_owned(), self.memory.record(fp))).collect();
+        let before = Before { records, deliveries: Vec::new() };
+        let changed = change.await?;
+        let ops: Vec<Op> =
+            fingerprints.iter().filter_map(|&fp| self.memory.record(fp).map(|record| self.put(fp, &record))).collect();
+        self.write_or_undo(&ops, before)?;
+        Ok(changed)
     }
 
     /// Writes `ops`; when that fails, puts back what the call changed as it
@@ -142,33 +161,13 @@ impl DedupStore for EmbeddedDedupStore {
     }
 
     async fn bind(&self, binds: &[Bind], now: UnixMillis) -> Result<u32, KeyspaceError> {
-        let _order = self.order.lock().await;
-        let before = Before {
-            records: binds.iter().map(|b| (b.fingerprint.clone(), self.memory.record(&b.fingerprint))).collect(),
-            deliveries: Vec::new(),
-        };
-        let bound = self.memory.bind(binds, now).await?;
-        let ops: Vec<Op> = binds
-            .iter()
-            .filter_map(|b| self.memory.record(&b.fingerprint).map(|record| self.put(&b.fingerprint, &record)))
-            .collect();
-        self.write_or_undo(&ops, before)?;
-        Ok(bound)
+        let fingerprints: Vec<&str> = binds.iter().map(|b| b.fingerprint.as_str()).collect();
+        self.journaled(&fingerprints, self.memory.bind(binds, now)).await
     }
 
     async fn end(&self, ends: &[WindowEnd], now: UnixMillis) -> Result<u32, KeyspaceError> {
-        let _order = self.order.lock().await;
-        let before = Before {
-            records: ends.iter().map(|e| (e.fingerprint.clone(), self.memory.record(&e.fingerprint))).collect(),
-            deliveries: Vec::new(),
-        };
-        let ended = self.memory.end(ends, now).await?;
-        let ops: Vec<Op> = ends
-            .iter()
-            .filter_map(|e| self.memory.record(&e.fingerprint).map(|record| self.put(&e.fingerprint, &record)))
-            .collect();
-        self.write_or_undo(&ops, before)?;
-        Ok(ended)
+        let fingerprints: Vec<&str> = ends.iter().map(|e| e.fingerprint.as_str()).collect();
+        self.journaled(&fingerprints, self.memory.end(ends, now)).await
     }
 
     async fn placements(

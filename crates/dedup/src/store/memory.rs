@@ -71,6 +71,28 @@ impl MemoryDedupStore {
         state.sweep_at = (state.held() * 2).max(1024);
     }
 
+    /// Applies `change` to the record of each window (fingerprint, first_seen) that is still
+    /// open and still that window, with the window's index; how many there were.
+    fn change_open<'a>(
+        &self,
+        windows: impl Iterator<Item = (&'a str, UnixMillis)>,
+        now: UnixMillis,
+        mut change: impl FnMut(&mut Record, usize),
+    ) -> u32 {
+        let mut state = self.lock();
+        let mut changed = 0;
+        for (i, (fingerprint, first_seen)) in windows.enumerate() {
+            if let Some(r) = state.records.get_mut(fingerprint)
+                && r.first_seen == first_seen
+                && self.window.is_open(r, now)
+            {
+                change(r, i);
+                changed += 1;
+            }
+        }
+        changed
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a record half-written
         // (each change is one insert or remove), so a poisoned map is still sound.
@@ -114,33 +136,15 @@ impl DedupStore for MemoryDedupStore {
     }
 
     async fn bind(&self, binds: &[Bind], now: UnixMillis) -> Result<u32, KeyspaceError> {
-        let mut state = self.lock();
-        let mut bound = 0;
-        for b in binds {
-            if let Some(r) = state.records.get_mut(&b.fingerprint)
-                && r.first_seen == b.first_seen
-                && self.window.is_open(r, now)
-            {
-                r.placement = b.to.clone();
-                bound += 1;
-            }
-        }
-        Ok(bound)
+        Ok(self.change_open(binds.iter().map(|b| (b.fingerprint.as_str(), b.first_seen)), now, |r, i| {
+            r.placement = binds[i].to.clone();
+        }))
     }
 
     async fn end(&self, ends: &[WindowEnd], now: UnixMillis) -> Result<u32, KeyspaceError> {
-        let mut state = self.lock();
-        let mut ended = 0;
-        for e in ends {
-            if let Some(r) = state.records.get_mut(&e.fingerprint)
-                && r.first_seen == e.first_seen
-                && self.window.is_open(r, now)
-            {
-                r.ends_at = Some(e.ends_at);
-                ended += 1;
-            }
-        }
-        Ok(ended)
+        Ok(self.change_open(ends.iter().map(|e| (e.fingerprint.as_str(), e.first_seen)), now, |r, i| {
+            r.ends_at = Some(ends[i].ends_at);
+        }))
     }
 
     async fn placements(
