@@ -26,7 +26,7 @@
 -- Record: '<first_seen>|<last_seen - first_seen>|<count>|<placement>', placement
 -- '?' (pending: the first alert's edge has not said yet which CR counts it), ''
 -- (own CR) or '#<id>' (a storm's CR, named in the epoch's binding table), then
--- '|<ends_at>' when the window has an end (its CR finished; see end.lua). A
+-- '|<ends_at>' when the window has an end (its CR finished; see bind.lua). A
 -- delivery is remembered the same way, by the epoch of the copy window it was
 -- seen in: its value is the time until which its copies are recognised
 -- (compared with ARGV[2], as records are, so the script agrees with the memory

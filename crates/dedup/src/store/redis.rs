@@ -15,7 +15,6 @@ use crate::window::{Decision, DedupWindow, Placement, Query, Record, Status, Ver
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_check", include_str!("check.lua")));
 static BIND: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_bind", include_str!("bind.lua")));
-static END: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_end", include_str!("end.lua")));
 static PLACEMENTS: LazyLock<Script> = LazyLock::new(|| Script::new("dedup_placements", include_str!("placements.lua")));
 
 /// Hex characters of a fingerprint that choose its hash: 4,096 hashes per epoch, so a
@@ -172,14 +171,16 @@ impl DedupStore for RedisDedupStore {
         if ends.is_empty() {
             return Ok(0);
         }
-        let (keys, fields) = self.slots(ends.iter().map(|e| e.fingerprint.as_str()), self.epoch(now));
-        let mut args = vec![now.to_string(), self.window.window_ms().to_string()];
+        let epoch = self.epoch(now);
+        let (keys, fields) = self.slots(ends.iter().map(|e| e.fingerprint.as_str()), epoch);
+        let mut args = vec![now.to_string(), self.window.window_ms().to_string(), epoch.to_string()];
         for (e, field) in ends.iter().zip(fields) {
             args.push(field);
             args.push(e.first_seen.to_string());
-            args.push(e.ends_at.to_string());
+            // bind.lua's form of an end.
+            args.push(format!("!{}", e.ends_at));
         }
-        self.keyspace.run(&END, &keys, self.ttl(), &args).await
+        self.keyspace.run(&BIND, &keys, self.ttl(), &args).await
     }
 
     async fn placements(
