@@ -84,6 +84,25 @@ impl RedisDedupStore {
         (keys, fields)
     }
 
+    /// Runs `bind.lua` over `(fingerprint, first_seen, what to set)` per window.
+    async fn run_bind(
+        &self,
+        windows: impl Iterator<Item = (&str, UnixMillis, String)>,
+        now: UnixMillis,
+    ) -> Result<u32, KeyspaceError> {
+        let windows: Vec<_> = windows.collect();
+        if windows.is_empty() {
+            return Ok(0);
+        }
+        let epoch = self.epoch(now);
+        let (keys, fields) = self.slots(windows.iter().map(|&(fingerprint, ..)| fingerprint), epoch);
+        let mut args = vec![now.to_string(), self.window.window_ms().to_string(), epoch.to_string()];
+        for ((_, first_seen, to), field) in windows.into_iter().zip(fields) {
+            args.extend([field, first_seen.to_string(), to]);
+        }
+        self.keyspace.run(&BIND, &keys, self.ttl(), &args).await
+    }
+
     fn ttl(&self) -> Ttl {
         Ttl::from_millis(u64::try_from(self.window.window_ms()).unwrap_or(u64::MAX))
     }
@@ -153,34 +172,12 @@ impl DedupStore for RedisDedupStore {
     }
 
     async fn bind(&self, binds: &[Bind], now: UnixMillis) -> Result<u32, KeyspaceError> {
-        if binds.is_empty() {
-            return Ok(0);
-        }
-        let epoch = self.epoch(now);
-        let (keys, fields) = self.slots(binds.iter().map(|b| b.fingerprint.as_str()), epoch);
-        let mut args = vec![now.to_string(), self.window.window_ms().to_string(), epoch.to_string()];
-        for (b, field) in binds.iter().zip(fields) {
-            args.push(field);
-            args.push(b.first_seen.to_string());
-            args.push(encode_binding(&b.to));
-        }
-        self.keyspace.run(&BIND, &keys, self.ttl(), &args).await
+        self.run_bind(binds.iter().map(|b| (b.fingerprint.as_str(), b.first_seen, encode_binding(&b.to))), now).await
     }
 
     async fn end(&self, ends: &[WindowEnd], now: UnixMillis) -> Result<u32, KeyspaceError> {
-        if ends.is_empty() {
-            return Ok(0);
-        }
-        let epoch = self.epoch(now);
-        let (keys, fields) = self.slots(ends.iter().map(|e| e.fingerprint.as_str()), epoch);
-        let mut args = vec![now.to_string(), self.window.window_ms().to_string(), epoch.to_string()];
-        for (e, field) in ends.iter().zip(fields) {
-            args.push(field);
-            args.push(e.first_seen.to_string());
-            // bind.lua's form of an end.
-            args.push(format!("!{}", e.ends_at));
-        }
-        self.keyspace.run(&BIND, &keys, self.ttl(), &args).await
+        // bind.lua's form of an end.
+        self.run_bind(ends.iter().map(|e| (e.fingerprint.as_str(), e.first_seen, format!("!{}", e.ends_at))), now).await
     }
 
     async fn placements(
