@@ -7,7 +7,7 @@
 //! cannot be reached degrades its own feature only (design brief, degradation
 //! table); only a CR that cannot be written fails the request.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -620,6 +620,18 @@ async fn count_storm_repeats(
     Ok(())
 }
 
+/// The CR that counts new incident `i` of `batch`: the storm's that took it, or its own.
+fn placement_of_new(batch: &Batch, i: usize) -> pb::RemediationRef {
+    let storm = batch.storm[i].as_ref().filter(|s| s.outcome() != pb::StormOutcome::None);
+    match storm.and_then(|s| s.remediation.clone()) {
+        Some(storm) => storm,
+        None => pb::RemediationRef {
+            namespace: batch.targets[i].clone(),
+            name: incident_cr_name(&batch.signals[i].fingerprint, batch.dedup[i].first_seen_unix_ms),
+        },
+    }
+}
+
 /// Tells dedup which CR counts each new incident: a storm's, or its own.
 /// Until then its repeats wait (see [`resolve_pending_repeats`]), so none is
 /// counted on the wrong CR.
@@ -698,6 +710,33 @@ async fn resolve_pending_repeats(
 ) -> Result<(), tonic::Status> {
     let mut outcome = Ok(());
     let mut pending: Vec<usize> = (0..batch.signals.len()).filter(|&i| batch.dedup[i].placement_pending).collect();
+    if pending.is_empty() {
+        return outcome;
+    }
+    // Repeats of this batch's own new incidents go where their first alert went: the edge
+    // placed it itself, so dedup need not be asked (20,000 identical alerts ask nothing).
+    let placed_here: HashMap<(&str, i64), pb::RemediationRef> = (0..batch.signals.len())
+        .filter(|&j| batch.dedup[j].outcome() == pb::DedupOutcome::New && !batch.dedup_degraded)
+        .map(|j| {
+            let (fingerprint, first_seen) = (batch.signals[j].fingerprint.as_str(), batch.dedup[j].first_seen_unix_ms);
+            ((fingerprint, first_seen), placement_of_new(batch, j))
+        })
+        .collect();
+    let mut here = Vec::new();
+    pending.retain(|&i| {
+        let window = (batch.signals[i].fingerprint.as_str(), batch.dedup[i].first_seen_unix_ms);
+        match placed_here.get(&window) {
+            Some(placement) => {
+                here.push((i, placement.clone()));
+                false
+            }
+            None => true,
+        }
+    });
+    drop(placed_here);
+    for (i, placement) in here {
+        batch.dedup[i].remediation = Some(placement);
+    }
     if pending.is_empty() {
         return outcome;
     }

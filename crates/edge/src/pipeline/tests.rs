@@ -88,3 +88,50 @@ fn a_new_incident_carries_its_whole_signal() {
     assert!(!write.signal_identity_only);
     assert_eq!(write.signal, Some(signal(5)));
 }
+
+/// Dedup at an address where nothing listens: any call to it fails.
+fn unreachable_dedup() -> DedupServiceClient<TracedTransport> {
+    let urls = ComponentUrls { dedup: "http://127.0.0.1:1".into(), ..ComponentUrls::default() };
+    Components::connect_lazy(&urls, Duration::from_secs(1)).expect("valid URLs").dedup
+}
+
+// Issue 10, item 1: a repeat of an incident whose first alert is in the same webhook is placed
+// where the edge placed that alert, without asking dedup (nothing answers here).
+#[tokio::test]
+async fn repeats_of_this_batchs_new_incidents_are_placed_without_asking_dedup() {
+    let new = pb::DedupVerdict { outcome: pb::DedupOutcome::New.into(), remediation: on("rr-own"), ..duplicate(1) };
+    let pending = pb::DedupVerdict { remediation: None, placement_pending: true, ..duplicate(2) };
+    let storm_ref = on("storm-0123456789abcdef-1");
+    let folded = pb::StormVerdict {
+        outcome: pb::StormOutcome::Joined.into(),
+        remediation: storm_ref.clone(),
+        ..Default::default()
+    };
+    for (storm, expected) in [
+        (
+            None,
+            Some(pb::RemediationRef { namespace: "prod".into(), name: incident_cr_name(&signal(0).fingerprint, 1) }),
+        ),
+        (Some(folded), storm_ref),
+    ] {
+        let mut batch = Batch {
+            signals: vec![signal(1), signal(1), signal(1)],
+            targets: vec!["prod".into(); 3],
+            dedup: vec![new.clone(), pending.clone(), pb::DedupVerdict { occurrence_count: 3, ..pending.clone() }],
+            storm: vec![storm.clone(), None, None],
+            ..Batch::default()
+        };
+        resolve_pending_repeats(&unreachable_dedup(), &mut batch).await.expect("dedup was not asked");
+        assert_eq!(batch.dedup[1].remediation, expected, "storm {storm:?}");
+        assert_eq!(batch.dedup[2].remediation, expected, "storm {storm:?}");
+    }
+    // A repeat of an incident opened by another webhook still asks dedup.
+    let mut batch = Batch {
+        signals: vec![signal(1)],
+        targets: vec!["prod".into()],
+        dedup: vec![pending],
+        storm: vec![None],
+        ..Batch::default()
+    };
+    assert!(resolve_pending_repeats(&unreachable_dedup(), &mut batch).await.is_err(), "dedup is asked");
+}
