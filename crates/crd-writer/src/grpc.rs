@@ -337,15 +337,14 @@ impl CrdWriterGrpc {
         let mut previous = None;
         let now = self.clock.now();
         match self.sink.find_latest(namespace, &write.signal.fingerprint).await {
-            Ok(latest) => match self.lifecycle.decide(latest.clone(), now) {
-                Verdict::CountOn { at, after_completion } if !(count == LastResort::Vouched && own(&at)) => {
+            Ok(latest) => match (latest.as_ref().map(|l| l.phase), self.lifecycle.decide(latest, now)) {
+                (phase, Verdict::CountOn { at, after_completion }) if !(count == LastResort::Vouched && own(&at)) => {
                     match self.count_on(&at, write, count).await? {
                         UpdateOutcome::Updated | UpdateOutcome::Unchanged => {
                             let mut window_ends = None;
                             if after_completion {
                                 tracing::debug!(%at, "counted on a finished CR, within the cooldown");
-                                window_ends =
-                                    latest.and_then(|latest| self.lifecycle.window_end(&at, latest.phase, now));
+                                window_ends = phase.and_then(|phase| self.lifecycle.window_end(&at, phase, now));
                             }
                             return Ok(Fallback::Counted { at, on_open: true, window_ends });
                         }
@@ -353,8 +352,8 @@ impl CrdWriterGrpc {
                         UpdateOutcome::NotFound => {}
                     }
                 }
-                Verdict::CountOn { .. } => {}
-                Verdict::Create { previous: latest } => previous = latest,
+                (_, Verdict::CountOn { .. }) => {}
+                (_, Verdict::Create { previous: latest }) => previous = latest,
             },
             Err(err @ SinkError::Unavailable { .. }) => return Err(err),
             Err(err) => {

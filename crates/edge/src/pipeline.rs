@@ -620,16 +620,17 @@ async fn count_storm_repeats(
     Ok(())
 }
 
+/// The storm CR that took new incident `i` of `batch`, if one did.
+fn storm_of_new(batch: &Batch, i: usize) -> Option<pb::RemediationRef> {
+    batch.storm[i].as_ref().filter(|s| s.outcome() != pb::StormOutcome::None).and_then(|s| s.remediation.clone())
+}
+
 /// The CR that counts new incident `i` of `batch`: the storm's that took it, or its own.
 fn placement_of_new(batch: &Batch, i: usize) -> pb::RemediationRef {
-    let storm = batch.storm[i].as_ref().filter(|s| s.outcome() != pb::StormOutcome::None);
-    match storm.and_then(|s| s.remediation.clone()) {
-        Some(storm) => storm,
-        None => pb::RemediationRef {
-            namespace: batch.targets[i].clone(),
-            name: incident_cr_name(&batch.signals[i].fingerprint, batch.dedup[i].first_seen_unix_ms),
-        },
-    }
+    storm_of_new(batch, i).unwrap_or_else(|| pb::RemediationRef {
+        namespace: batch.targets[i].clone(),
+        name: incident_cr_name(&batch.signals[i].fingerprint, batch.dedup[i].first_seen_unix_ms),
+    })
 }
 
 /// Tells dedup which CR counts each new incident: a storm's, or its own.
@@ -644,10 +645,7 @@ async fn place_new_incidents(dedup: &DedupServiceClient<TracedTransport>, batch:
         .map(|i| pb::DedupBinding {
             fingerprint: batch.signals[i].fingerprint.clone(),
             first_seen_unix_ms: batch.dedup[i].first_seen_unix_ms,
-            remediation: batch.storm[i]
-                .as_ref()
-                .filter(|s| s.outcome() != pb::StormOutcome::None)
-                .and_then(|s| s.remediation.clone()),
+            remediation: storm_of_new(batch, i),
         })
         .collect();
     if bindings.is_empty() {
@@ -715,8 +713,9 @@ async fn resolve_pending_repeats(
     }
     // Repeats of this batch's own new incidents go where their first alert went: the edge
     // placed it itself, so dedup need not be asked (20,000 identical alerts ask nothing).
+    // (Pending repeats exist only when dedup answered.)
     let placed_here: HashMap<(&str, i64), pb::RemediationRef> = (0..batch.signals.len())
-        .filter(|&j| batch.dedup[j].outcome() == pb::DedupOutcome::New && !batch.dedup_degraded)
+        .filter(|&j| batch.dedup[j].outcome() == pb::DedupOutcome::New)
         .map(|j| {
             let (fingerprint, first_seen) = (batch.signals[j].fingerprint.as_str(), batch.dedup[j].first_seen_unix_ms);
             ((fingerprint, first_seen), placement_of_new(batch, j))
@@ -1134,14 +1133,17 @@ fn plan_copy(batch: &Batch, i: usize, base: pb::RemediationWrite) -> Planned {
 /// ones find the CR made (see `signal_identity_only` in `crd_writer.proto`).
 const WHOLE_SIGNAL_REPEATS: u64 = 3;
 
-/// The identity of `signal`, for a write that never builds a CR: counts and resolutions.
-fn identity_of(signal: &pb::Signal) -> pb::Signal {
-    pb::Signal {
-        fingerprint: signal.fingerprint.clone(),
-        alert_name: signal.alert_name.clone(),
+/// `write` with only its signal's identity, for a write that never builds a CR: counts and
+/// resolutions.
+fn identity_only(mut write: pb::RemediationWrite) -> pb::RemediationWrite {
+    write.signal = write.signal.map(|signal| pb::Signal {
+        fingerprint: signal.fingerprint,
+        alert_name: signal.alert_name,
         received_time_unix_ms: signal.received_time_unix_ms,
         ..Default::default()
-    }
+    });
+    write.signal_identity_only = true;
+    write
 }
 
 fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
@@ -1178,11 +1180,9 @@ fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
                 kind: pb::WriteKind::Resolution.into(),
                 remediation: Some(dedup_ref.clone()),
                 last_seen_unix_ms: received_at,
-                signal: base.signal.as_ref().map(identity_of),
-                signal_identity_only: true,
                 ..base
             };
-            reported(AlertOutcome::Resolved, &dedup_ref, Some(write))
+            reported(AlertOutcome::Resolved, &dedup_ref, Some(identity_only(write)))
         }
         pb::DedupOutcome::Resolved => reported(AlertOutcome::Resolved, &dedup_ref, None),
         // Dedup no longer holds the incident (its window closed, or it never saw the firing):
@@ -1194,11 +1194,9 @@ fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
                 remediation: Some(pb::RemediationRef { namespace: batch.targets[i].clone(), name: String::new() }),
                 find_by_fingerprint: true,
                 last_seen_unix_ms: received_at,
-                signal: base.signal.as_ref().map(identity_of),
-                signal_identity_only: true,
                 ..base
             };
-            reported(AlertOutcome::ResolvedUnknown, &dedup_ref, Some(write))
+            reported(AlertOutcome::ResolvedUnknown, &dedup_ref, Some(identity_only(write)))
         }
         pb::DedupOutcome::Duplicate if parse_storm_cr_name(&dedup_ref.name).is_some() => {
             match batch.storm[i].as_ref() {
@@ -1231,15 +1229,12 @@ fn plan(batch: &Batch, i: usize, signal: pb::Signal) -> Planned {
             }
         }
         pb::DedupOutcome::Duplicate => {
-            let mut write = pb::RemediationWrite {
+            let write = pb::RemediationWrite {
                 kind: pb::WriteKind::Occurrence.into(),
                 remediation: Some(dedup_ref.clone()),
                 ..base
             };
-            if dedup.occurrence_count > WHOLE_SIGNAL_REPEATS {
-                write.signal = write.signal.as_ref().map(identity_of);
-                write.signal_identity_only = true;
-            }
+            let write = if dedup.occurrence_count > WHOLE_SIGNAL_REPEATS { identity_only(write) } else { write };
             Planned {
                 occurrence_count: Some(dedup.occurrence_count),
                 ..reported(AlertOutcome::Duplicate, &dedup_ref, Some(write))

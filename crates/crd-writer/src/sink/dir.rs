@@ -35,7 +35,7 @@ use breakwater_signal::{Clock, SystemClock, UnixMillis};
 
 use super::{
     CountUpdate, CrPhase, CreateOutcome, Created, LatestCr, RemediationSink, SinkError, UpdateOutcome,
-    add_occurrences_to, change_counts, check_owned, is_finished, latest_incident,
+    add_occurrences_to, change_counts, check_owned, latest_incident,
 };
 use crate::crd::{CrRef, RemediationRequest, RemediationRequestSpec, is_dns1123_label};
 
@@ -109,11 +109,11 @@ impl DirSink {
         self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Remembers the phase of the CR `at` as read now: only finished ones are kept.
-    fn note_phase(&self, at: &CrRef, rr: &RemediationRequest) {
+    /// Remembers `phase`, the phase of the CR `at` as read now: only finished ones are kept.
+    fn note_phase(&self, at: &CrRef, phase: CrPhase) {
         // Each change is one insert, remove or clear: a poisoned map is still sound.
         let mut finished = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match CrPhase::of(rr) {
+        match phase {
             phase @ CrPhase::Finished { .. } => {
                 if finished.len() >= MAX_FINISHED_KNOWN && !finished.contains_key(at) {
                     finished.clear();
@@ -247,8 +247,9 @@ impl DirSink {
             Err(err) => return Err(err),
         };
         check_owned(&rr, target, fingerprint)?;
-        self.note_phase(target, &rr);
-        let finished = is_finished(&rr);
+        let phase = CrPhase::of(&rr);
+        self.note_phase(target, phase);
+        let finished = matches!(phase, CrPhase::Finished { .. });
         if !change_counts(&mut rr.spec, finished, change) {
             return Ok(UpdateOutcome::Unchanged);
         }
@@ -385,7 +386,7 @@ impl RemediationSink for DirSink {
             // Gone or unreadable since it was indexed: not this incident's CR. Its phase is
             // read from the file, so a person closes an incident by editing it.
             if let Ok(Some(mut rr)) = self.read(&self.path_of(&target)?).await {
-                self.note_phase(&target, &rr);
+                self.note_phase(&target, CrPhase::of(&rr));
                 rr.metadata.namespace = Some(target.namespace);
                 rr.metadata.name = Some(target.name);
                 candidates.push(rr);
