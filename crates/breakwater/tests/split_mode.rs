@@ -145,6 +145,13 @@ async fn a_component_serves_its_own_metrics() {
         .check_signals(breakwater_proto::v1::CheckSignalsRequest { queries: vec![query] })
         .await
         .expect("dedup answers");
-    let text = reqwest::get(dedup_process.metrics_url()).await.expect("GET /metrics").text().await.expect("text");
-    assert!(text.contains("breakwater_dedup_decisions_total{decision=\"new\"} 1"), "{text}");
+    // The exporter may answer an empty page before its first render: scrape until it has one.
+    let scrape =
+        || async { reqwest::get(dedup_process.metrics_url()).await.expect("GET /metrics").text().await.expect("text") };
+    assert_eventually!(
+        Duration::from_secs(5),
+        async { scrape().await.contains("breakwater_dedup_decisions_total{decision=\"new\"} 1") },
+        "{}",
+        scrape().await
+    );
 }
