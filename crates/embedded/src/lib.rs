@@ -1,51 +1,49 @@
 //! The embedded on-disk store behind `breakwater up`: a directory holding one
-//! journaled key-value namespace per service (`dedup`, `storm`), where every
-//! entry expires, as every Redis key has a TTL.
+//! journaled key-value namespace per service (`dedup`, `storm`,
+//! `crd-writer`), where every entry expires, as every Redis key has a TTL.
+//!
+//! The services keep their state in memory; the store only has to make each
+//! change durable and give the state back at start. So it is a journal, not
+//! a database: an append per batch, and a snapshot now and then that replaces
+//! what it covers and drops what has expired (see `journal.rs` for the files
+//! and records).
 //!
 //! # Durability, like Redis's `appendfsync everysec`
 //! [`Namespace::apply`] appends its batch to the journal and hands it to the
 //! operating system (a `write`, no `fsync`) before it returns, so a killed
 //! process (even `kill -9`) loses nothing that was applied. A background
 //! thread fsyncs the journal every second, so a machine crash or power loss
-//! loses at most about the last second. The thread also deletes expired
-//! entries every [`Options::sweep_interval`].
+//! loses at most about the last second; a batch cut short by one is dropped
+//! whole when the journal is opened. The thread also compacts each namespace
+//! every [`Options::sweep_interval`], and sooner once its journal has grown by
+//! [`Options::compact_after_bytes`].
 //!
-//! # Why fjall
-//! [fjall](https://docs.rs/fjall) is a pure-Rust LSM store with a write-ahead
-//! journal: a write is one buffered append, and "flush the buffer to the OS"
-//! is a per-batch option, which is exactly the guarantee above. redb, the
-//! other well-kept candidate, copies B-tree pages on commit; its non-durable
-//! commits are only persisted by a later durable commit, so they do not
-//! survive a process crash, and a durable commit per request costs an fsync.
-//! fjall 2 is used: fjall 3 needs Rust 1.90, above the workspace's 1.89.
-//!
-//! Measured on the 2-core build machine (`cargo run --release -p
-//! breakwater-embedded --example apply_rate`), 60-byte values, each batch
-//! flushed to the OS before the next: 270,000 to 340,000 one-put batches/s,
-//! and 430,000 to 490,000 puts/s in batches of 50 (two runs); start-up reads
-//! about a million entries/s. A dedup or storm call costs one batch, so the store is far from
-//! the gateway's bottleneck.
+//! # Why not an LSM engine
+//! Until this journal, the store was fjall, an LSM engine: it kept every
+//! write sorted in memory and compacted sorted tables, for reads the services
+//! never make. A profile of `up` at 50 new alerts per webhook put 26% of its
+//! CPU there. An append is a copy into one buffer and one `write`.
 //!
 //! # Layout of a state directory
 //! `breakwater.lock` (held while a process uses the directory, so a second
-//! one fails to start with an error naming it) and `fjall/` (the journal and
-//! tables). Each value on disk is its expiry (8 bytes, Unix milliseconds)
-//! followed by the caller's bytes.
+//! one fails to start with an error naming it) and `journal/<namespace>/`.
 
 // Library code must not panic on input: failures are typed errors. Tests may
 // unwrap (`.clippy.toml` allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use breakwater_signal::{Clock, UnixMillis};
-use fjall::{PartitionCreateOptions, PartitionHandle, PersistMode};
+
+mod journal;
+
+use journal::{Journal, JournalError};
 
 /// Why the embedded store cannot do what was asked. Every variant names the
 /// state directory, so an operator knows which one is meant.
@@ -64,37 +62,46 @@ pub enum EmbeddedError {
         #[source]
         source: std::io::Error,
     },
-    /// The storage engine failed: I/O, a damaged journal, or a write after an
+    /// The journal cannot be read or written: I/O, or a write after an
     /// earlier fsync failure (then it refuses every write until restarted).
     #[error("embedded store in {dir} failed")]
     Store {
         dir: PathBuf,
         #[source]
-        source: fjall::Error,
+        source: std::io::Error,
     },
-    /// A namespace name the engine cannot use as a directory name.
+    /// A namespace name that cannot be a directory name.
     #[error("namespace name {0:?} is not allowed: use lowercase letters, digits, '-' and '_'")]
     BadNamespace(String),
-    /// An entry on disk is shorter than its expiry header.
-    #[error("embedded store in {dir}: entry of namespace {namespace} is damaged")]
-    Damaged { dir: PathBuf, namespace: String },
+    /// A record of the journal, other than a last one cut short by a crash,
+    /// cannot be read: the store will not start from part of its state.
+    #[error("embedded store in {dir}: the journal of namespace {namespace} is damaged ({detail})")]
+    Damaged { dir: PathBuf, namespace: String, detail: String },
 }
 
 pub type Result<T, E = EmbeddedError> = std::result::Result<T, E>;
 
-/// How often the background thread fsyncs and sweeps.
+/// How often the background thread fsyncs and compacts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     /// Journal fsync period; default 1 s (`appendfsync everysec`).
     pub fsync_interval: Duration,
-    /// Expired entries are deleted this often; default 60 s. They are never
-    /// returned meanwhile: [`Namespace::load_live`] skips them.
+    /// Each namespace is compacted this often (expired entries are dropped
+    /// then); default 60 s. Expired entries are never returned meanwhile:
+    /// [`Namespace::load_live`] skips them.
     pub sweep_interval: Duration,
+    /// A namespace whose journal has grown by this many bytes since its last
+    /// compaction is compacted at the next fsync; default 64 MiB.
+    pub compact_after_bytes: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { fsync_interval: Duration::from_secs(1), sweep_interval: Duration::from_secs(60) }
+        Self {
+            fsync_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(60),
+            compact_after_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -103,14 +110,6 @@ impl Default for Options {
 pub enum Op {
     Put { key: Vec<u8>, value: Vec<u8>, expires_at: UnixMillis },
     Remove { key: Vec<u8> },
-}
-
-impl Op {
-    fn key(&self) -> &[u8] {
-        match self {
-            Self::Put { key, .. } | Self::Remove { key } => key,
-        }
-    }
 }
 
 /// An open state directory; cheap to clone. The directory stays locked, and
@@ -122,7 +121,7 @@ pub struct EmbeddedStore {
 }
 
 /// What handles share. Dropping it stops the background thread, waits for
-/// it, closes the engine, then releases the lock (field order matters).
+/// it, fsyncs, then releases the lock (field order matters).
 struct Inner {
     shared: Arc<Shared>,
     stop: Option<mpsc::Sender<()>>,
@@ -134,7 +133,6 @@ struct Inner {
 /// last handle, not that thread, runs `Inner`'s drop and can wait for it.
 struct Shared {
     dir: PathBuf,
-    keyspace: fjall::Keyspace,
     clock: Arc<dyn Clock>,
     namespaces: Mutex<Vec<Arc<NamespaceCore>>>,
 }
@@ -151,7 +149,7 @@ impl EmbeddedStore {
     ///
     /// # Errors
     /// [`EmbeddedError::Locked`] when another process uses `dir`; others when
-    /// it cannot be created or its journal cannot be recovered.
+    /// it cannot be created.
     pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self> {
         Self::open_with(dir, Options::default(), clock)
     }
@@ -175,16 +173,15 @@ impl EmbeddedStore {
             Err(TryLockError::WouldBlock) => return Err(EmbeddedError::Locked { dir: dir.to_owned() }),
             Err(TryLockError::Error(e)) => return Err(open_err(e)),
         }
-        let keyspace = fjall::Config::new(dir.join("fjall"))
-            // Two cores: one flush and one compaction thread are plenty for a few
-            // small entries per request; the cache only serves start-up and sweeps.
-            .flush_workers(1)
-            .compaction_workers(1)
-            .cache_size(8 * 1024 * 1024)
-            .max_write_buffer_size(16 * 1024 * 1024)
-            .open()
-            .map_err(|source| EmbeddedError::Store { dir: dir.to_owned(), source })?;
-        let shared = Arc::new(Shared { dir: dir.to_owned(), keyspace, clock, namespaces: Mutex::new(Vec::new()) });
+        if dir.join("fjall").exists() {
+            // Releases before the journal kept their state in `fjall/`.
+            tracing::warn!(
+                dir = %dir.join("fjall").display(),
+                "this directory holds state of an older release's store, which is no longer read; \
+                 it may be deleted"
+            );
+        }
+        let shared = Arc::new(Shared { dir: dir.to_owned(), clock, namespaces: Mutex::new(Vec::new()) });
         let (stop, stopped) = mpsc::channel();
         let background = {
             let shared = shared.clone();
@@ -223,11 +220,8 @@ impl EmbeddedStore {
         if let Some(core) = namespaces.iter().find(|core| core.name == name) {
             return Ok(Namespace { store: self.inner.clone(), core: core.clone() });
         }
-        let partition = shared
-            .keyspace
-            .open_partition(name, PartitionCreateOptions::default())
-            .map_err(|source| shared.store_err(source))?;
-        let core = Arc::new(NamespaceCore { name: name.to_owned(), partition, writer: Mutex::new(()) });
+        let journal = Journal::open(shared.dir.join("journal").join(name)).map_err(|e| shared.journal_err(name, e))?;
+        let core = Arc::new(NamespaceCore { name: name.to_owned(), journal });
         namespaces.push(core.clone());
         Ok(Namespace { store: self.inner.clone(), core })
     }
@@ -242,12 +236,36 @@ impl EmbeddedStore {
 }
 
 impl Shared {
-    fn store_err(&self, source: fjall::Error) -> EmbeddedError {
-        EmbeddedError::Store { dir: self.dir.clone(), source }
+    fn journal_err(&self, namespace: &str, source: JournalError) -> EmbeddedError {
+        match source {
+            JournalError::Io(source) => EmbeddedError::Store { dir: self.dir.clone(), source },
+            failed @ JournalError::Failed { .. } => {
+                EmbeddedError::Store { dir: self.dir.clone(), source: std::io::Error::other(failed) }
+            }
+            damaged @ JournalError::Damaged { .. } => EmbeddedError::Damaged {
+                dir: self.dir.clone(),
+                namespace: namespace.to_owned(),
+                detail: damaged.to_string(),
+            },
+        }
     }
 
+    fn cores(&self) -> Vec<Arc<NamespaceCore>> {
+        self.namespaces.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Fsyncs every namespace's journal; the first failure is returned, after
+    /// trying them all.
     fn sync(&self) -> Result<()> {
-        self.keyspace.persist(PersistMode::SyncAll).map_err(|e| self.store_err(e))
+        let mut first = Ok(());
+        for core in self.cores() {
+            if let Err(e) = core.journal.sync()
+                && first.is_ok()
+            {
+                first = Err(self.journal_err(&core.name, e));
+            }
+        }
+        first
     }
 }
 
@@ -264,8 +282,8 @@ impl Drop for Inner {
     }
 }
 
-/// Fsyncs every `fsync_interval` and sweeps every `sweep_interval` until the
-/// store is dropped.
+/// Fsyncs every `fsync_interval` and compacts every `sweep_interval` (or once
+/// a journal has grown by `compact_after_bytes`) until the store is dropped.
 fn background(shared: &Shared, stopped: &mpsc::Receiver<()>, options: Options) {
     let mut next_sweep = Instant::now() + options.sweep_interval;
     loop {
@@ -274,18 +292,21 @@ fn background(shared: &Shared, stopped: &mpsc::Receiver<()>, options: Options) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         if let Err(e) = shared.sync() {
-            // fjall refuses further writes after a failed fsync, so callers see it too.
+            // The journal refuses further writes after a failed fsync, so callers see it too.
             tracing::error!(dir = %shared.dir.display(), cause = %e, "fsync of the state directory failed");
         }
-        if Instant::now() >= next_sweep {
+        let sweep = Instant::now() >= next_sweep;
+        if sweep {
             next_sweep = Instant::now() + options.sweep_interval;
-            let now = shared.clock.now();
-            let namespaces = shared.namespaces.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            for core in namespaces {
-                if let Err(e) = core.sweep_expired(shared, now) {
-                    tracing::warn!(dir = %shared.dir.display(), namespace = %core.name, cause = %e,
-                        "sweeping expired state failed");
-                }
+        }
+        let now = shared.clock.now();
+        for core in shared.cores() {
+            if !sweep && core.journal.unsnapshotted_bytes() < options.compact_after_bytes {
+                continue;
+            }
+            if let Err(e) = core.journal.compact(now) {
+                tracing::warn!(dir = %shared.dir.display(), namespace = %core.name, cause = %e,
+                    "compacting the journal failed; it is retried at the next sweep");
             }
         }
     }
@@ -300,10 +321,7 @@ pub struct Namespace {
 
 struct NamespaceCore {
     name: String,
-    partition: PartitionHandle,
-    /// Orders [`Namespace::apply`] with the sweep's read-check-delete, so a
-    /// sweep never deletes an entry that was just rewritten.
-    writer: Mutex<()>,
+    journal: Journal,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -314,8 +332,6 @@ impl std::fmt::Debug for Namespace {
             .finish_non_exhaustive()
     }
 }
-
-const EXPIRY_BYTES: usize = 8;
 
 impl Namespace {
     pub fn name(&self) -> &str {
@@ -334,7 +350,10 @@ impl Namespace {
     /// # Errors
     /// A storage error; then none of `ops` was applied.
     pub fn apply(&self, ops: &[Op]) -> Result<()> {
-        self.core.apply(&self.store.shared, ops)
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.core.journal.append(ops).map_err(|e| self.store.shared.journal_err(&self.core.name, e))
     }
 
     /// Every entry still live at `now`, in key order, for a service to start
@@ -343,107 +362,28 @@ impl Namespace {
     /// # Errors
     /// A storage error, or [`EmbeddedError::Damaged`].
     pub fn load_live(&self, now: UnixMillis) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let (store, core) = (&*self.store.shared, &*self.core);
+        let err = |e| self.store.shared.journal_err(&self.core.name, e);
         let mut live = Vec::new();
         let mut expired = Vec::new();
-        for item in core.partition.iter() {
-            let (key, stored) = item.map_err(|e| store.store_err(e))?;
-            let (expires_at, value) = core.decode(store, &stored)?;
+        for (key, (expires_at, value)) in self.core.journal.replay().map_err(err)? {
             if expires_at > now {
-                live.push((key.to_vec(), value.to_vec()));
+                live.push((key, value));
             } else {
-                expired.push(key.to_vec());
+                expired.push(Op::Remove { key });
             }
         }
-        core.remove_if_expired(store, expired, now)?;
+        self.apply(&expired)?;
         Ok(live)
     }
 
-    /// Deletes the entries expired at `now`; returns how many. The background
-    /// thread calls this every [`Options::sweep_interval`].
+    /// Compacts the journal, dropping the entries expired at `now`; returns
+    /// how many. The background thread calls this every
+    /// [`Options::sweep_interval`].
     ///
     /// # Errors
     /// A storage error, or [`EmbeddedError::Damaged`].
     pub fn sweep_expired(&self, now: UnixMillis) -> Result<usize> {
-        self.core.sweep_expired(&self.store.shared, now)
-    }
-}
-
-impl NamespaceCore {
-    fn apply(&self, store: &Shared, ops: &[Op]) -> Result<()> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        // One batch has one sequence number, so two writes of a key in it would
-        // not be ordered: keep only the last write of each key.
-        let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(ops.len());
-        for (i, op) in ops.iter().enumerate() {
-            last.insert(op.key(), i);
-        }
-        let _writer = self.lock_writer();
-        // `batch()` carries PersistMode::Buffer: commit flushes the journal to the OS.
-        let mut batch = store.keyspace.batch();
-        for (i, op) in ops.iter().enumerate() {
-            if last.get(op.key()) != Some(&i) {
-                continue;
-            }
-            match op {
-                Op::Put { key, value, expires_at } => {
-                    let mut stored = Vec::with_capacity(EXPIRY_BYTES + value.len());
-                    stored.extend_from_slice(&expires_at.to_be_bytes());
-                    stored.extend_from_slice(value);
-                    batch.insert(&self.partition, key.as_slice(), stored);
-                }
-                Op::Remove { key } => batch.remove(&self.partition, key.as_slice()),
-            }
-        }
-        batch.commit().map_err(|e| store.store_err(e))
-    }
-
-    fn sweep_expired(&self, store: &Shared, now: UnixMillis) -> Result<usize> {
-        let mut expired = Vec::new();
-        for item in self.partition.iter() {
-            let (key, stored) = item.map_err(|e| store.store_err(e))?;
-            if self.decode(store, &stored)?.0 <= now {
-                expired.push(key.to_vec());
-            }
-        }
-        self.remove_if_expired(store, expired, now)
-    }
-
-    /// Removes those of `keys` that are still expired, checked under the
-    /// writer lock: one may have been rewritten since it was read.
-    fn remove_if_expired(&self, store: &Shared, keys: Vec<Vec<u8>>, now: UnixMillis) -> Result<usize> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let _writer = self.lock_writer();
-        let mut batch = store.keyspace.batch();
-        for key in keys {
-            let current = self.partition.get(&key).map_err(|e| store.store_err(e))?;
-            if let Some(stored) = current
-                && self.decode(store, &stored)?.0 <= now
-            {
-                batch.remove(&self.partition, key);
-            }
-        }
-        let removed = batch.len();
-        if removed == 0 {
-            return Ok(0);
-        }
-        batch.commit().map_err(|e| store.store_err(e))?;
-        Ok(removed)
-    }
-
-    fn decode<'a>(&self, store: &Shared, stored: &'a [u8]) -> Result<(UnixMillis, &'a [u8])> {
-        let damaged = || EmbeddedError::Damaged { dir: store.dir.clone(), namespace: self.name.clone() };
-        let (expiry, value) = stored.split_first_chunk::<EXPIRY_BYTES>().ok_or_else(damaged)?;
-        Ok((UnixMillis::from_be_bytes(*expiry), value))
-    }
-
-    fn lock_writer(&self) -> MutexGuard<'_, ()> {
-        // The guard protects no data, only order: a poisoned one is as good.
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+        self.core.journal.compact(now).map_err(|e| self.store.shared.journal_err(&self.core.name, e))
     }
 }
 

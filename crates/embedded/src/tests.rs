@@ -126,7 +126,11 @@ fn bad_namespace_names_are_errors_not_panics() {
 fn the_background_thread_sweeps_expired_entries() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let options = Options { fsync_interval: Duration::from_millis(10), sweep_interval: Duration::from_millis(10) };
+    let options = Options {
+        fsync_interval: Duration::from_millis(10),
+        sweep_interval: Duration::from_millis(10),
+        ..Options::default()
+    };
     let store = EmbeddedStore::open_with(dir.path(), options, Arc::new(clock.clone())).unwrap();
     let ns = store.namespace("dedup").unwrap();
     ns.apply(&[put("k", "v", T0 + 5)]).unwrap();
@@ -137,4 +141,106 @@ fn the_background_thread_sweeps_expired_entries() {
         assert!(Instant::now() < deadline, "the entry was not swept");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The segment files of `namespace`, oldest first.
+fn segments(dir: &Path, namespace: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("journal").join(namespace))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_batch_cut_short_by_a_crash_is_dropped_whole_and_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    {
+        let ns = open(dir.path(), &clock).namespace("dedup").unwrap();
+        ns.apply(&[put("a", "1", T0 + 100)]).unwrap();
+        ns.apply(&[put("b", "2", T0 + 100), put("c", "3", T0 + 100)]).unwrap();
+    }
+    // A machine crash while the second batch was written: its last bytes never reached the disk.
+    let segment = segments(dir.path(), "dedup").pop().unwrap();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    OpenOptions::new().write(true).open(&segment).unwrap().set_len(len - 3).unwrap();
+    let store = open(dir.path(), &clock);
+    let ns = store.namespace("dedup").unwrap();
+    assert_eq!(live(&ns, T0), pairs(&[("a", "1")]), "the cut batch is dropped whole, never in part");
+    ns.apply(&[put("d", "4", T0 + 100)]).unwrap();
+    drop((ns, store));
+    let ns = open(dir.path(), &clock).namespace("dedup").unwrap();
+    assert_eq!(live(&ns, T0), pairs(&[("a", "1"), ("d", "4")]));
+}
+
+#[test]
+fn a_damaged_record_with_records_after_it_stops_the_start_naming_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    {
+        let ns = open(dir.path(), &clock).namespace("storm").unwrap();
+        ns.apply(&[put("a", "first", T0 + 100)]).unwrap();
+        ns.apply(&[put("b", "second", T0 + 100)]).unwrap();
+    }
+    let segment = segments(dir.path(), "storm").pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // A byte of the first record's value ("first"), not its length.
+    let at = bytes.windows(5).position(|w| w == b"first").unwrap();
+    bytes[at] ^= 0x20;
+    std::fs::write(&segment, bytes).unwrap();
+    let err = open(dir.path(), &clock).namespace("storm").unwrap_err();
+    assert!(matches!(err, EmbeddedError::Damaged { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("storm") && message.contains("checksum"), "{message}");
+}
+
+#[test]
+fn a_compaction_keeps_the_live_entries_drops_the_rest_and_shrinks_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let store = open(dir.path(), &clock);
+    let ns = store.namespace("dedup").unwrap();
+    for round in 0..200 {
+        ns.apply(&[put("kept", &format!("v{round}"), T0 + 1_000), put(&format!("short{round}"), "x", T0 + 5)]).unwrap();
+    }
+    ns.apply(&[put("removed", "x", T0 + 1_000)]).unwrap();
+    ns.apply(&[remove("removed")]).unwrap();
+    let journal_bytes = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir.join("journal").join("dedup"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let before = journal_bytes(dir.path());
+    assert_eq!(ns.sweep_expired(T0 + 10).unwrap(), 200);
+    assert!(journal_bytes(dir.path()) * 20 < before, "{} of {before} bytes left", journal_bytes(dir.path()));
+    assert_eq!(live(&ns, T0), pairs(&[("kept", "v199")]));
+    // Appends after a compaction go on top of its snapshot, also after reopening.
+    ns.apply(&[put("later", "y", T0 + 1_000)]).unwrap();
+    drop((ns, store));
+    let ns = open(dir.path(), &clock).namespace("dedup").unwrap();
+    assert_eq!(live(&ns, T0), pairs(&[("kept", "v199"), ("later", "y")]));
+    assert_eq!(segments(dir.path(), "dedup").len(), 1, "compacted segments are deleted");
+}
+
+#[test]
+fn appends_during_compactions_are_all_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let options = Options {
+        fsync_interval: Duration::from_millis(1),
+        sweep_interval: Duration::from_millis(1),
+        compact_after_bytes: 1,
+    };
+    let store = EmbeddedStore::open_with(dir.path(), options, Arc::new(clock.clone())).unwrap();
+    let ns = store.namespace("storm").unwrap();
+    for i in 0..2_000 {
+        ns.apply(&[put(&format!("k{i:05}"), "v", T0 + 100)]).unwrap();
+    }
+    drop((ns, store));
+    let ns = open(dir.path(), &clock).namespace("storm").unwrap();
+    assert_eq!(live(&ns, T0).len(), 2_000);
 }
