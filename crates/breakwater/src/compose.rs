@@ -15,7 +15,7 @@ use breakwater_edge::classify::Namespaces;
 use breakwater_edge::config::ClassificationConfig;
 use breakwater_edge::{AuthConfig, AuthMode, Authenticator, NamespaceSource};
 use breakwater_embedded::EmbeddedStore;
-use breakwater_grpc::{ComponentHealth, Incoming, Transport};
+use breakwater_grpc::{ComponentHealth, InProcess, Incoming};
 use breakwater_keyspace::{Keyspace, KeyspaceError, RedisConfig, StoreKind};
 use breakwater_signal::{Clock, SystemClock};
 use tokio::net::TcpListener;
@@ -364,15 +364,15 @@ pub fn spawn_ingest(
     }))
 }
 
-/// Waits for a starting component's transport. A component that hands none
-/// over failed to start, and its task says why.
+/// Waits for a starting component to hand itself over. A component that
+/// hands nothing over failed to start, and its task says why.
 async fn handed_over(
     component: Component,
-    transport: oneshot::Receiver<Transport>,
+    handoff: oneshot::Receiver<InProcess>,
     task: &mut JoinHandle<anyhow::Result<()>>,
-) -> anyhow::Result<Transport> {
-    if let Ok(transport) = transport.await {
-        return Ok(transport);
+) -> anyhow::Result<InProcess> {
+    if let Ok(in_process) = handoff.await {
+        return Ok(in_process);
     }
     match task.await {
         Ok(Err(e)) => Err(e),
@@ -427,22 +427,24 @@ impl Gateway {
             }));
             handoffs.push((component, handoff));
         }
-        // All four start at once; each hands its transport over once built and checked.
-        let mut transports = Vec::new();
+        // All four start at once; each hands itself over once built and checked.
+        let mut in_process = Vec::new();
         for ((component, handoff), task) in handoffs.into_iter().zip(&mut components) {
             match handed_over(component, handoff, task).await {
-                Ok(transport) => transports.push(transport),
+                Ok(handed) => in_process.push(handed),
                 Err(e) => {
                     stop_components.trigger();
                     return Err(e);
                 }
             }
         }
-        let [ratelimit, dedup, storm, crd_writer]: [Transport; 4] =
-            transports.try_into().map_err(|_| anyhow::anyhow!("a component handed over no transport"))?;
         let timeout = Duration::from_millis(config.edge.component_timeout_ms);
-        let components_of_edge = breakwater_edge::Components::new(ratelimit, dedup, storm, crd_writer, timeout);
-        let state = match edge_state_over(&config, clock, components_of_edge, auth, namespaces) {
+        let components_of_edge = <[InProcess; 4]>::try_from(in_process)
+            .map_err(|_| anyhow::anyhow!("a component handed nothing over"))
+            .and_then(|parts| breakwater_edge::Components::in_process(parts, timeout).map_err(anyhow::Error::msg));
+        let state = match components_of_edge
+            .and_then(|components| edge_state_over(&config, clock, components, auth, namespaces))
+        {
             Ok(state) => state,
             Err(e) => {
                 stop_components.trigger();

@@ -185,7 +185,12 @@ impl CrdWriterGrpc {
     }
 
     pub fn into_server(self) -> CrdWriterServiceServer<Self> {
-        CrdWriterServiceServer::new(self)
+        Self::server(Arc::new(self))
+    }
+
+    /// The gRPC server of `grpc`.
+    pub fn server(grpc: Arc<Self>) -> CrdWriterServiceServer<Self> {
+        CrdWriterServiceServer::from_arc(grpc)
             .max_decoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
     }

@@ -179,7 +179,9 @@ pub async fn run(
     });
 
     tracing::info!(addr = ?incoming.local_addr(), "crd-writer serving");
-    let served = breakwater_grpc::serve(grpc.into_server(), "crd-writer", incoming, shutdown).await;
+    let grpc = Arc::new(grpc);
+    let incoming = incoming.with_local(|| breakwater_grpc::LocalService::CrdWriter(grpc.clone()));
+    let served = breakwater_grpc::serve(CrdWriterGrpc::server(grpc), "crd-writer", incoming, shutdown).await;
 
     let _ = stop_flusher.send(());
     if let Err(err) = flusher.await {

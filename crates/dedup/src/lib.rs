@@ -73,7 +73,9 @@ pub async fn run(
     incoming: impl Into<Incoming>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let server = DedupServiceServer::new(grpc)
+    let grpc = Arc::new(grpc);
+    let incoming = incoming.into().with_local(|| breakwater_grpc::LocalService::Dedup(grpc.clone()));
+    let server = DedupServiceServer::from_arc(grpc)
         .max_decoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES);
     breakwater_grpc::serve_with_status(server, health, incoming, shutdown).await?;

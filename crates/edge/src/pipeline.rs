@@ -15,12 +15,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use breakwater_grpc::{ComponentHealth, MAX_MESSAGE_BYTES, TracedTransport, Transport};
+use breakwater_grpc::{
+    ComponentHealth, CrdWriterClient, DedupClient, InProcess, RateLimitClient, StormClient, TracedTransport, Transport,
+};
 use breakwater_proto::v1 as pb;
-use breakwater_proto::v1::crd_writer_service_client::CrdWriterServiceClient;
-use breakwater_proto::v1::dedup_service_client::DedupServiceClient;
-use breakwater_proto::v1::rate_limit_service_client::RateLimitServiceClient;
-use breakwater_proto::v1::storm_service_client::StormServiceClient;
 use breakwater_ratelimit::{Limits, MemoryRateLimitStore, Quota, RateLimitStore};
 use breakwater_signal::{Clock, incident_cr_name, parse_delivery_key, parse_storm_cr_name, resource_id};
 use serde::Serialize;
@@ -47,17 +45,18 @@ pub struct Processed {
     pub quota: Option<Quota>,
 }
 
-/// The four components as the edge calls them: tonic clients over each one's
-/// [`Transport`] (a lazy channel in split mode, the component itself in `up`),
-/// inside the same layers either way (deadline, tracing, metrics).
+/// The four components as the edge calls them: over each one's [`Transport`]
+/// (a lazy channel) in split mode, or, in `up`, each component's service
+/// implementation called directly; with the same deadline, spans and metrics
+/// either way.
 #[derive(Clone, Debug)]
 pub struct Components {
-    pub ratelimit: RateLimitServiceClient<TracedTransport>,
-    pub dedup: DedupServiceClient<TracedTransport>,
-    pub storm: StormServiceClient<TracedTransport>,
-    pub crd_writer: CrdWriterServiceClient<TracedTransport>,
-    /// The same services by component name, for health and status checks
-    /// (which the telemetry layer leaves untraced).
+    pub ratelimit: RateLimitClient,
+    pub dedup: DedupClient,
+    pub storm: StormClient,
+    pub crd_writer: CrdWriterClient,
+    /// The same components by name, for health and status checks (which the
+    /// telemetry layer leaves untraced).
     pub transports: [(&'static str, TracedTransport); 4],
 }
 
@@ -73,40 +72,53 @@ impl Components {
         let every = Duration::from_millis(urls.resolve_interval_ms);
         let tls = urls.tls().tonic()?;
         let replicas = |component, list: &str| Transport::replicas(component, list, timeout / 2, every, tls.clone());
-        Ok(Self::new(
+        let [ratelimit, dedup, storm, crd_writer] = [
             replicas("ratelimit", &urls.ratelimit)?,
             replicas("dedup", &urls.dedup)?,
             replicas("storm", &urls.storm)?,
             replicas("crd-writer", &urls.crd_writer)?,
-            timeout,
-        ))
+        ];
+        Ok(Self {
+            ratelimit: RateLimitClient::remote(ratelimit.clone(), "edge", timeout),
+            dedup: DedupClient::remote(dedup.clone(), "edge", timeout),
+            storm: StormClient::remote(storm.clone(), "edge", timeout),
+            crd_writer: CrdWriterClient::remote(crd_writer.clone(), "edge", timeout),
+            transports: Self::by_name([ratelimit, dedup, storm, crd_writer], timeout),
+        })
     }
 
-    /// The components behind these transports, each call bounded by `timeout`.
-    pub fn new(
-        ratelimit: Transport,
-        dedup: Transport,
-        storm: Transport,
-        crd_writer: Transport,
-        timeout: Duration,
-    ) -> Self {
-        let [ratelimit, dedup, storm, crd_writer] =
-            [ratelimit, dedup, storm, crd_writer].map(|t| breakwater_grpc::client(t, "edge", timeout));
-        Self {
-            ratelimit: RateLimitServiceClient::new(ratelimit.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            dedup: DedupServiceClient::new(dedup.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            storm: StormServiceClient::new(storm.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            crd_writer: CrdWriterServiceClient::new(crd_writer.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            transports: [("ratelimit", ratelimit), ("dedup", dedup), ("storm", storm), ("crd-writer", crd_writer)],
-        }
+    /// `breakwater up`: the components of this process, in the order ratelimit,
+    /// dedup, storm, crd-writer, each call bounded by `timeout`.
+    ///
+    /// # Errors
+    /// Naming a component that did not offer its service implementation.
+    pub fn in_process(components: [InProcess; 4], timeout: Duration) -> Result<Self, String> {
+        let [ratelimit, dedup, storm, crd_writer] = components;
+        let missing = |name: &str| format!("{name} did not hand over its service to call in process");
+        let local = |c: &InProcess| c.local.clone();
+        let clients = (
+            local(&ratelimit)
+                .and_then(|l| RateLimitClient::local(l, "edge", timeout))
+                .ok_or_else(|| missing("ratelimit"))?,
+            local(&dedup).and_then(|l| DedupClient::local(l, "edge", timeout)).ok_or_else(|| missing("dedup"))?,
+            local(&storm).and_then(|l| StormClient::local(l, "edge", timeout)).ok_or_else(|| missing("storm"))?,
+            local(&crd_writer)
+                .and_then(|l| CrdWriterClient::local(l, "edge", timeout))
+                .ok_or_else(|| missing("crd-writer"))?,
+        );
+        let transports = [ratelimit, dedup, storm, crd_writer].map(|c| c.transport);
+        Ok(Self {
+            ratelimit: clients.0,
+            dedup: clients.1,
+            storm: clients.2,
+            crd_writer: clients.3,
+            transports: Self::by_name(transports, timeout),
+        })
+    }
+
+    fn by_name(transports: [Transport; 4], timeout: Duration) -> [(&'static str, TracedTransport); 4] {
+        let [ratelimit, dedup, storm, crd_writer] = transports.map(|t| breakwater_grpc::client(t, "edge", timeout));
+        [("ratelimit", ratelimit), ("dedup", dedup), ("storm", storm), ("crd-writer", crd_writer)]
     }
 }
 
@@ -280,7 +292,7 @@ const STORM_MEANWHILE: &str = "no storm detection, every alert gets its own CR";
 // for every call, and a client's clone is a stack of boxed services.
 #[derive(Clone)]
 struct RateLimitStage {
-    client: Arc<RateLimitServiceClient<TracedTransport>>,
+    client: Arc<RateLimitClient>,
     fallback: Arc<MemoryRateLimitStore>,
     limits: Arc<Limits>,
     clock: Arc<dyn Clock>,
@@ -292,7 +304,7 @@ impl AsyncPredicate<Batch> for RateLimitStage {
     type Request = Batch;
 
     fn check(&mut self, mut batch: Batch) -> Self::Future {
-        let mut client = (*self.client).clone();
+        let client = (*self.client).clone();
         let (fallback, clock, health) = (self.fallback.clone(), self.clock.clone(), self.health.clone());
         let limits = self.limits.clone();
         let span = stage_span("ratelimit", batch.signals.len());
@@ -356,7 +368,7 @@ fn namespace_counts(targets: &[String]) -> Vec<(String, u32)> {
 
 #[derive(Clone)]
 struct DedupStage {
-    client: Arc<DedupServiceClient<TracedTransport>>,
+    client: Arc<DedupClient>,
     clock: Arc<dyn Clock>,
     window_ms: i64,
     health: Arc<ComponentHealth>,
@@ -372,7 +384,7 @@ impl AsyncPredicate<Batch> for DedupStage {
     type Request = Batch;
 
     fn check(&mut self, mut batch: Batch) -> Self::Future {
-        let mut client = (*self.client).clone();
+        let client = (*self.client).clone();
         let (clock, window_ms, health) = (self.clock.clone(), self.window_ms, self.health.clone());
         let (uncertain_until, completed) = (self.uncertain_until.clone(), self.completed.clone());
         let span = stage_span("dedup", batch.signals.len());
@@ -474,8 +486,8 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
 
 #[derive(Clone)]
 struct StormStage {
-    client: Arc<StormServiceClient<TracedTransport>>,
-    dedup: Arc<DedupServiceClient<TracedTransport>>,
+    client: Arc<StormClient>,
+    dedup: Arc<DedupClient>,
     health: Arc<ComponentHealth>,
 }
 
@@ -533,10 +545,7 @@ impl AsyncPredicate<Batch> for StormStage {
 
 /// New firing incidents may open or join a storm. Without an answer there is
 /// no storm detection: every alert gets its own CR.
-async fn detect_storms(
-    mut client: StormServiceClient<TracedTransport>,
-    batch: &mut Batch,
-) -> Result<(), tonic::Status> {
+async fn detect_storms(client: StormClient, batch: &mut Batch) -> Result<(), tonic::Status> {
     let asked: Vec<usize> = (0..batch.signals.len())
         .filter(|&i| {
             batch.signals[i].status() == pb::SignalStatus::Firing && batch.dedup[i].outcome() == pb::DedupOutcome::New
@@ -573,10 +582,7 @@ async fn detect_storms(
 /// its delivery key, so a copy of a delivery counts only if its first attempt
 /// died before storm counted it, and learns the storm's total, so the write
 /// that completes a half-done first delivery carries it.
-async fn count_storm_repeats(
-    mut client: StormServiceClient<TracedTransport>,
-    batch: &mut Batch,
-) -> Result<(), tonic::Status> {
+async fn count_storm_repeats(client: StormClient, batch: &mut Batch) -> Result<(), tonic::Status> {
     let repeats: Vec<(usize, pb::RemediationRef)> = (0..batch.signals.len())
         .filter(|&i| matches!(batch.dedup[i].outcome(), pb::DedupOutcome::Duplicate | pb::DedupOutcome::Copy))
         .filter(|&i| !batch.is_settled(i))
@@ -636,7 +642,7 @@ fn placement_of_new(batch: &Batch, i: usize) -> pb::RemediationRef {
 /// Tells dedup which CR counts each new incident: a storm's, or its own.
 /// Until then its repeats wait (see [`resolve_pending_repeats`]), so none is
 /// counted on the wrong CR.
-async fn place_new_incidents(dedup: &DedupServiceClient<TracedTransport>, batch: &Batch) -> Result<(), tonic::Status> {
+async fn place_new_incidents(dedup: &DedupClient, batch: &Batch) -> Result<(), tonic::Status> {
     if batch.dedup_degraded {
         return Ok(());
     }
@@ -651,7 +657,7 @@ async fn place_new_incidents(dedup: &DedupServiceClient<TracedTransport>, batch:
     if bindings.is_empty() {
         return Ok(());
     }
-    let mut dedup = dedup.clone();
+    let dedup = dedup.clone();
     if let Err(status) = dedup
         .bind_remediations(idempotent(pb::BindRemediationsRequest { bindings: bindings.clone(), ends: Vec::new() }))
         .await
@@ -673,7 +679,7 @@ static PLACEMENT_RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::At
 /// and then fall back to the incident's own CR with dedup's count, which would count the first
 /// alert a second time when a storm counted it. So the placement is retried until dedup is back
 /// (each try is idempotent), bounded in time and in number.
-fn retry_bindings_later(mut dedup: DedupServiceClient<TracedTransport>, bindings: Vec<pb::DedupBinding>) {
+fn retry_bindings_later(dedup: DedupClient, bindings: Vec<pb::DedupBinding>) {
     if PLACEMENT_RETRIES.fetch_add(1, Ordering::Relaxed) >= PLACEMENT_RETRIES_AT_MOST {
         PLACEMENT_RETRIES.fetch_sub(1, Ordering::Relaxed);
         metrics::counter!("breakwater_edge_placement_retries_total", "result" => "given_up").increment(1);
@@ -702,10 +708,7 @@ fn retry_bindings_later(mut dedup: DedupServiceClient<TracedTransport>, bindings
 const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
 
 /// Repeats that raced their incident's first alert learn where it was placed.
-async fn resolve_pending_repeats(
-    dedup: &DedupServiceClient<TracedTransport>,
-    batch: &mut Batch,
-) -> Result<(), tonic::Status> {
+async fn resolve_pending_repeats(dedup: &DedupClient, batch: &mut Batch) -> Result<(), tonic::Status> {
     let mut outcome = Ok(());
     let mut pending: Vec<usize> = (0..batch.signals.len()).filter(|&i| batch.dedup[i].placement_pending).collect();
     if pending.is_empty() {
@@ -740,7 +743,6 @@ async fn resolve_pending_repeats(
         return outcome;
     }
     let deadline = tokio::time::Instant::now() + PLACEMENT_WAIT;
-    let mut dedup = dedup.clone();
     while !pending.is_empty() {
         let windows = pending
             .iter()
@@ -790,9 +792,9 @@ async fn resolve_pending_repeats(
 /// the per-alert answer.
 #[derive(Clone)]
 struct CrdWrite {
-    client: Arc<CrdWriterServiceClient<TracedTransport>>,
+    client: Arc<CrdWriterClient>,
     /// To point dedup at the CR the dedup of last resort found (see [`rebind_found`]).
-    dedup: Arc<DedupServiceClient<TracedTransport>>,
+    dedup: Arc<DedupClient>,
     health: Arc<ComponentHealth>,
     completed: Arc<CompletedDeliveries>,
 }
@@ -815,7 +817,7 @@ impl Service<Batch> for CrdWrite {
 
 impl CrdWrite {
     fn write(&mut self, mut batch: Batch) -> BoxFuture<Result<Vec<AlertResult>, BoxError>> {
-        let mut client = (*self.client).clone();
+        let client = (*self.client).clone();
         let (dedup, health, completed) = (self.dedup.clone(), self.health.clone(), self.completed.clone());
         let span = stage_span("crd_write", batch.signals.len());
         Box::pin(
@@ -953,7 +955,7 @@ impl CrdWrite {
 /// a window's CR is finished: dedup ends the window when the cooldown after the finish
 /// does, so the first alert after it opens a new CR (once per window and finish).
 async fn rebind_found(
-    dedup: &DedupServiceClient<TracedTransport>,
+    dedup: &DedupClient,
     bindings: Vec<pb::DedupBinding>,
     ends: Vec<pb::DedupWindowEnd>,
 ) -> Result<(), tonic::Status> {

@@ -3,10 +3,12 @@
 //! A component's routes are its service next to `grpc.health.v1` and
 //! `breakwater.v1.StatusService` (fed by a [`ComponentHealth`]). [`serve`]
 //! takes calls for them from an [`Incoming`]: a TCP listener in split mode,
-//! where reflection is served too, or, in `breakwater up`, a [`Transport`]
-//! handed to the edge that calls the routes in this process (no socket, no
-//! HTTP/2). [`Transport::replicas`] is the split-mode transport, and
-//! [`client`] wraps either in the layers every call to a component gets.
+//! where reflection is served too, or, in `breakwater up`, an [`InProcess`]
+//! handed to the edge: a [`Transport`] that calls the routes in this process
+//! (no socket, no HTTP/2) and the component's service implementation, which
+//! the edge's [`DedupClient`] and the others call without encoding anything.
+//! [`Transport::replicas`] is the split-mode transport, and [`client`] wraps
+//! either in the layers every call to a component gets.
 //! Keeping both here gives the components one shape, and makes the transport
 //! the only thing `up` and split mode compose differently.
 
@@ -14,11 +16,13 @@
 // unwrap (`.clippy.toml` allows it there).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+mod clients;
 mod health;
 mod rpc_telemetry;
 pub mod tls;
 mod transport;
 
+pub use clients::{CrdWriterClient, DedupClient, Local, LocalService, RateLimitClient, StormClient};
 pub use health::{ComponentHealth, failed_mid_call, is_store_unavailable, nothing_applied, store_unavailable};
 pub use rpc_telemetry::{RpcTelemetry, RpcTelemetryLayer};
 pub use transport::{Deadline, Idempotent, TracedTransport, Transport, client};
@@ -123,24 +127,43 @@ pub enum Incoming {
     Tcp(TcpListener, Reflection),
     /// Split mode with TLS (`[tls]`): gRPC over HTTP/2 over TLS on this listener.
     Tls(TcpListener, Box<tonic::transport::ServerTlsConfig>, Reflection),
-    /// `breakwater up`: the component's [`Transport`] goes to this channel once
-    /// its routes are built; the caller calls them directly.
-    InProcess(oneshot::Sender<Transport>),
+    /// `breakwater up`: the component goes to this channel once its routes
+    /// are built ([`InProcess`]); the caller calls it directly.
+    InProcess(oneshot::Sender<InProcess>, Option<LocalService>),
+}
+
+/// A component of this process, as its caller gets it: its routes (health
+/// and status checks) and its service implementation (its calls).
+#[derive(Debug)]
+pub struct InProcess {
+    pub transport: Transport,
+    /// `None` when the component did not offer it ([`Incoming::with_local`]).
+    pub local: Option<LocalService>,
 }
 
 impl Incoming {
-    /// An in-process incoming, and where its transport will arrive. The
-    /// sender is dropped without a transport when the component fails to start.
-    pub fn in_process() -> (Self, oneshot::Receiver<Transport>) {
-        let (handoff, transport) = oneshot::channel();
-        (Self::InProcess(handoff), transport)
+    /// An in-process incoming, and where its component will arrive. The
+    /// sender is dropped without a component when it fails to start.
+    pub fn in_process() -> (Self, oneshot::Receiver<InProcess>) {
+        let (handoff, component) = oneshot::channel();
+        (Self::InProcess(handoff, None), component)
+    }
+
+    /// In process, the service implementation the caller calls, built by
+    /// `local`; over the network, nothing changes.
+    #[must_use]
+    pub fn with_local(self, local: impl FnOnce() -> LocalService) -> Self {
+        match self {
+            Self::InProcess(handoff, _) => Self::InProcess(handoff, Some(local())),
+            other => other,
+        }
     }
 
     /// The listener's address; `None` in process.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Self::Tcp(listener, _) | Self::Tls(listener, _, _) => listener.local_addr().ok(),
-            Self::InProcess(_) => None,
+            Self::InProcess(..) => None,
         }
     }
 }
@@ -193,10 +216,10 @@ where
     let (listener, tls, reflection) = match incoming {
         Incoming::Tcp(listener, reflection) => (listener, None, reflection),
         Incoming::Tls(listener, tls, reflection) => (listener, Some(*tls), reflection),
-        Incoming::InProcess(handoff) => {
+        Incoming::InProcess(handoff, local) => {
             // A dropped receiver means no one will call; the component still runs until
             // shutdown, like a server nobody connects to.
-            let _ = handoff.send(Transport::in_process(routes, component));
+            let _ = handoff.send(InProcess { transport: Transport::in_process(routes, component), local });
             shutdown.await;
             return Ok(());
         }

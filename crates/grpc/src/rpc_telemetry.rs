@@ -14,7 +14,7 @@ use tracing::field::Empty;
 
 /// Which end of a call the layer sits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub(crate) enum Side {
     Client,
     Server,
 }
@@ -103,20 +103,7 @@ where
         let path = request.uri().path().to_owned();
         // "/breakwater.v1.DedupService/CheckBatch" → ("breakwater.v1.DedupService", "CheckBatch")
         let (service, method) = path.trim_start_matches('/').rsplit_once('/').unwrap_or((&path, ""));
-        let rpc = format!("{service}/{method}");
-        let method = method.to_owned();
-        let span = tracing::info_span!(
-            "grpc",
-            otel.name = %rpc,
-            otel.kind = self.side.span_kind(),
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = Empty,
-            request_id = Empty,
-            breakwater.component = self.component,
-        );
+        let span = rpc_span(self.side, self.component, service, method);
         match self.side {
             Side::Client => {
                 breakwater_telemetry::context::inject(&span, request.headers_mut());
@@ -133,33 +120,64 @@ where
                 }
             }
         }
-        let (component, side) = (self.component, self.side);
+        let (component, side, method) = (self.component, self.side, method.to_owned());
         let call = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
                 let start = Instant::now();
                 let result = call.await;
                 let code = match &result {
-                    Ok(response) => {
-                        let code = status(response.headers());
-                        tracing::Span::current().record("rpc.grpc.status_code", code as i32);
-                        format!("{code:?}")
-                    }
-                    Err(_) => "transport".to_owned(),
+                    Ok(response) => Some(status(response.headers())),
+                    Err(_) => None,
                 };
-                if code != "Ok" {
-                    tracing::Span::current().record("otel.status_code", "error");
-                }
-                let elapsed = start.elapsed().as_secs_f64();
-                let (requests, duration) = side.metric_names();
-                metrics::counter!(requests, "component" => component, "rpc" => method.clone(), "code" => code)
-                    .increment(1);
-                metrics::histogram!(duration, "component" => component, "rpc" => method).record(elapsed);
+                record_rpc(side, component, method, code, start);
                 result
             }
             .instrument(span),
         )
     }
+}
+
+/// The span of one call of `service`'s `method` at `side`, by `component`.
+pub(crate) fn rpc_span(side: Side, component: &'static str, service: &str, method: &str) -> tracing::Span {
+    tracing::info_span!(
+        "grpc",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = side.span_kind(),
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = Empty,
+        request_id = Empty,
+        breakwater.component = component,
+    )
+}
+
+/// Records a call's outcome on the current span (an RPC span) and in the
+/// request count and duration metrics of `side`: `code` is the gRPC status,
+/// `None` when no answer came (a transport failure).
+pub(crate) fn record_rpc(
+    side: Side,
+    component: &'static str,
+    method: String,
+    code: Option<tonic::Code>,
+    start: Instant,
+) {
+    let code = match code {
+        Some(code) => {
+            tracing::Span::current().record("rpc.grpc.status_code", code as i32);
+            format!("{code:?}")
+        }
+        None => "transport".to_owned(),
+    };
+    if code != "Ok" {
+        tracing::Span::current().record("otel.status_code", "error");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (requests, duration) = side.metric_names();
+    metrics::counter!(requests, "component" => component, "rpc" => method.clone(), "code" => code).increment(1);
+    metrics::histogram!(duration, "component" => component, "rpc" => method).record(elapsed);
 }
 
 /// The gRPC status of a response whose headers are in: failures come as

@@ -23,8 +23,8 @@ use replicas::Replicas;
 
 /// One component as a `tower::Service` of gRPC requests: a lazy tonic channel
 /// (split mode), or the component's routes called in this process
-/// (`breakwater up`: no socket, no HTTP/2; messages are still protobuf-encoded,
-/// so both carry the same bytes through the same codecs and size limits).
+/// (`breakwater up`, no socket, no HTTP/2; its health and status checks: the
+/// calls that carry alerts skip encoding too, see [`crate::DedupClient`]).
 #[derive(Clone, Debug)]
 pub struct Transport(Boxed);
 

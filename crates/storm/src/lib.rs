@@ -82,7 +82,9 @@ pub async fn run(
             }
         }
     };
-    let server = StormServiceServer::new(grpc)
+    let grpc = Arc::new(grpc);
+    let incoming = incoming.into().with_local(|| breakwater_grpc::LocalService::Storm(grpc.clone()));
+    let server = StormServiceServer::from_arc(grpc)
         .max_decoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(breakwater_grpc::MAX_MESSAGE_BYTES);
     let serve = breakwater_grpc::serve_with_status(server, health, incoming, shutdown);

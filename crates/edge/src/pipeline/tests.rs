@@ -90,7 +90,7 @@ fn a_new_incident_carries_its_whole_signal() {
 }
 
 /// Dedup at an address where nothing listens: any call to it fails.
-fn unreachable_dedup() -> DedupServiceClient<TracedTransport> {
+fn unreachable_dedup() -> DedupClient {
     let urls = ComponentUrls { dedup: "http://127.0.0.1:1".into(), ..ComponentUrls::default() };
     Components::connect_lazy(&urls, Duration::from_secs(1)).expect("valid URLs").dedup
 }

@@ -35,7 +35,7 @@ async fn in_process(health: Arc<ComponentHealth>) -> (Transport, tokio::sync::on
     tokio::spawn(serve_with_status(RateLimitServiceServer::new(TenAtATime), health, incoming, async {
         let _ = stopped.await;
     }));
-    (transport.await.unwrap(), stop)
+    (transport.await.unwrap().transport, stop)
 }
 
 #[tokio::test]
