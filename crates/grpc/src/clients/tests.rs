@@ -18,7 +18,7 @@ impl DedupService for FakeDedup {
             return Err(crate::store_unavailable("dedup store unavailable"));
         }
         let verdicts = request.into_inner().queries.iter().map(|_| pb::DedupVerdict::default()).collect();
-        Ok(Response::new(pb::CheckSignalsResponse { verdicts, ..Default::default() }))
+        Ok(Response::new(pb::CheckSignalsResponse { verdicts }))
     }
 
     async fn bind_remediations(
