@@ -42,10 +42,7 @@ fn local_dedup(delay: Duration, store_down: bool, deadline: Duration) -> DedupCl
 }
 
 fn two_queries() -> pb::CheckSignalsRequest {
-    pb::CheckSignalsRequest {
-        queries: vec![pb::DedupQuery::default(), pb::DedupQuery::default()],
-        ..Default::default()
-    }
+    pb::CheckSignalsRequest { queries: vec![pb::DedupQuery::default(), pb::DedupQuery::default()] }
 }
 
 #[tokio::test]
