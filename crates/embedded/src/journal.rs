@@ -13,10 +13,10 @@
 //! batch of ops: `1 | key len: u32 | key | expiry: u64 | value len: u32 |
 //! value` for a put, `2 | key len: u32 | key` for a removal. One batch is one
 //! record, written with one `write`, so a batch is applied whole or not at
-//! all: a record cut short by a machine crash (the tail of the last segment
-//! after at most a second since its last fsync) fails its length or checksum
-//! and is cut off when the journal is opened. A bad record anywhere else is
-//! damage, reported, never skipped.
+//! all: a record cut short by a machine crash (at the end of a segment, what
+//! was written after its last fsync, at most about a second) fails its length
+//! or checksum and is cut off when the journal is opened. A bad record with
+//! others after it in its file is damage, reported, never skipped.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -83,10 +83,14 @@ impl Journal {
         for stale in &files.leftovers {
             std::fs::remove_file(stale)?;
         }
+        // A crash can leave the newest segment's last record unfinished, and the one before
+        // it too when it came during a compaction (see `compact`).
+        for &n in &files.segments {
+            cut_torn_tail(&segment_path(&dir, n))?;
+        }
         let (number, file, unsnapshotted) = match files.segments.last() {
             Some(&last) => {
                 let path = segment_path(&dir, last);
-                cut_torn_tail(&path)?;
                 let file = OpenOptions::new().append(true).open(&path)?;
                 let mut bytes = 0;
                 for &n in &files.segments {
@@ -158,19 +162,28 @@ impl Journal {
     /// meanwhile, to a new segment.
     pub(crate) fn compact(&self, now: UnixMillis) -> Result<usize, JournalError> {
         let _one = self.compacting.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only compactions change the segment number, so the next one can be made before
+        // appends move to it: they wait only for the switch, not for the file system.
         let covered = {
-            let mut active = self.lock_active();
+            let active = self.lock_active();
             if active.failed {
                 return Err(JournalError::Failed { file: segment_path(&self.dir, active.number) });
             }
-            let next = create_segment(&self.dir, active.number + 1)?;
-            sync_dir(&self.dir)?;
-            // What the old segment holds is in the snapshot once it is written.
-            active.file.sync_data()?;
-            let covered = active.number;
-            *active = Active { number: covered + 1, file: Arc::new(next), unsnapshotted: 0, failed: false };
-            covered
+            active.number
         };
+        let next = create_segment(&self.dir, covered + 1)?;
+        sync_dir(&self.dir)?;
+        let old = {
+            let mut active = self.lock_active();
+            let failed = active.failed;
+            std::mem::replace(
+                &mut *active,
+                Active { number: covered + 1, file: Arc::new(next), unsnapshotted: 0, failed },
+            )
+        };
+        // Its last second, as the background fsync would have made it durable. A crash
+        // before that cuts its tail at the next start, as for the newest segment.
+        old.file.sync_data()?;
         let files = Files::list(&self.dir)?;
         let mut entries = Entries::new();
         if let Some(snapshot) = files.snapshot {
