@@ -244,3 +244,25 @@ fn appends_during_compactions_are_all_kept() {
     let ns = open(dir.path(), &clock).namespace("storm").unwrap();
     assert_eq!(live(&ns, T0).len(), 2_000);
 }
+
+#[test]
+fn a_crash_during_a_compaction_cuts_the_unfinished_batch_of_the_older_segment_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    {
+        let ns = open(dir.path(), &clock).namespace("dedup").unwrap();
+        ns.apply(&[put("a", "1", T0 + 100)]).unwrap();
+        ns.apply(&[put("b", "2", T0 + 100)]).unwrap();
+    }
+    // The compaction had switched to a new segment, and the crash came before the old one's
+    // last batch was on disk and before the snapshot was written.
+    let old = segments(dir.path(), "dedup").pop().unwrap();
+    let len = std::fs::metadata(&old).unwrap().len();
+    OpenOptions::new().write(true).open(&old).unwrap().set_len(len - 2).unwrap();
+    let name = old.file_name().unwrap().to_str().unwrap();
+    let next: u64 = name.trim_end_matches(".log").parse::<u64>().unwrap() + 1;
+    std::fs::write(old.with_file_name(format!("{next:020}.log")), b"").unwrap();
+    let ns = open(dir.path(), &clock).namespace("dedup").unwrap();
+    ns.apply(&[put("c", "3", T0 + 100)]).unwrap();
+    assert_eq!(live(&ns, T0), pairs(&[("a", "1"), ("c", "3")]));
+}
