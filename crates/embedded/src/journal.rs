@@ -121,13 +121,10 @@ impl Journal {
 
     /// Fsyncs the segment appended to; after a failure every append fails.
     pub(crate) fn sync(&self) -> Result<(), JournalError> {
-        let (file, number) = {
-            let active = self.lock_active();
-            (active.file.clone(), active.number)
-        };
+        let file = self.lock_active().file.clone();
+        // The caller reports it (the background thread logs it once per failure).
         if let Err(e) = file.sync_data() {
             self.lock_active().failed = true;
-            tracing::error!(file = %segment_path(&self.dir, number).display(), cause = %e, "journal fsync failed");
             return Err(e.into());
         }
         Ok(())
@@ -143,15 +140,21 @@ impl Journal {
         // A compaction deletes the files it replaced.
         let _no_compaction = self.compacting.lock().unwrap_or_else(PoisonError::into_inner);
         let files = Files::list(&self.dir)?;
+        // The last segment may be being appended to: a record not yet whole there is one
+        // not yet written.
+        self.replay_files(&files, u64::MAX, Tail::MayBeCut)
+    }
+
+    /// The snapshot's entries with those of segments up to `last_segment` applied; `tail`
+    /// for the newest of those segments, the others must be whole.
+    fn replay_files(&self, files: &Files, last_segment: u64, tail: Tail) -> Result<Entries, JournalError> {
         let mut entries = Entries::new();
         if let Some(snapshot) = files.snapshot {
             replay_file(&snapshot_path(&self.dir, snapshot), &mut entries, Tail::MustBeWhole)?;
         }
-        let last = files.segments.last().copied();
-        for n in files.segments {
-            // The last segment may be being appended to: a record not yet
-            // whole there is one not yet written.
-            let tail = if Some(n) == last { Tail::MayBeCut } else { Tail::MustBeWhole };
+        let segments: Vec<u64> = files.segments.iter().copied().filter(|&n| n <= last_segment).collect();
+        for (i, &n) in segments.iter().enumerate() {
+            let tail = if i + 1 == segments.len() { tail } else { Tail::MustBeWhole };
             replay_file(&segment_path(&self.dir, n), &mut entries, tail)?;
         }
         Ok(entries)
@@ -185,17 +188,11 @@ impl Journal {
         // before that cuts its tail at the next start, as for the newest segment.
         old.file.sync_data()?;
         let files = Files::list(&self.dir)?;
-        let mut entries = Entries::new();
-        if let Some(snapshot) = files.snapshot {
-            replay_file(&snapshot_path(&self.dir, snapshot), &mut entries, Tail::MustBeWhole)?;
-        }
-        for &n in files.segments.iter().filter(|&&n| n <= covered) {
-            replay_file(&segment_path(&self.dir, n), &mut entries, Tail::MustBeWhole)?;
-        }
+        let mut entries = self.replay_files(&files, covered, Tail::MustBeWhole)?;
         let before = entries.len();
         entries.retain(|_, (expires_at, _)| *expires_at > now);
         let expired = before - entries.len();
-        write_snapshot(&self.dir, covered, &entries)?;
+        write_snapshot(&self.dir, covered, entries)?;
         for old in files
             .snapshot
             .iter()
@@ -268,13 +265,13 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Writes `entries` as the snapshot covering segments up to `covered`: to a
 /// temporary file, fsynced, then renamed, so a snapshot is whole or absent.
-fn write_snapshot(dir: &Path, covered: u64, entries: &Entries) -> Result<(), JournalError> {
+fn write_snapshot(dir: &Path, covered: u64, entries: Entries) -> Result<(), JournalError> {
     let tmp = dir.join(format!("{covered:020}.snap.tmp"));
     let file = OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(&tmp)?;
     let mut out = BufWriter::new(file);
     let mut puts: Vec<Op> = Vec::with_capacity(SNAPSHOT_OPS_PER_RECORD);
     for (key, (expires_at, value)) in entries {
-        puts.push(Op::Put { key: key.clone(), value: value.clone(), expires_at: *expires_at });
+        puts.push(Op::Put { key, value, expires_at });
         if puts.len() == SNAPSHOT_OPS_PER_RECORD {
             out.write_all(&encode_record(&puts))?;
             puts.clear();
