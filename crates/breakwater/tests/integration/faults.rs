@@ -18,11 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{SplitMode, accounted, cr_count, is_storm};
 use breakwater_signal::{Clock, SystemClock};
 use serde_json::{Value, json};
-use support::{SplitMode, accounted, cr_count, is_storm};
-
-mod support;
 
 /// Concurrent Alertmanager-like senders.
 const SENDERS: usize = 4;

@@ -6,15 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::Component;
 use breakwater_keyspace::{Keyspace, RedisConfig};
 use breakwater_testkit::{OtlpReceiver, RedisServer, TestCa};
 use serde_json::json;
-use support::Component;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::rustls;
-
-#[allow(dead_code, reason = "tls.rs uses the restartable Component of the split-mode harness, not SplitMode")]
-mod support;
 
 fn utf8(path: &Path) -> String {
     path.to_str().expect("utf-8 path").to_owned()

@@ -7,11 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::{SplitMode, accounted, cr_count};
 use breakwater_testkit::{Alertmanager, prometheus};
 use serde_json::{Value, json};
-use support::{SplitMode, accounted, cr_count};
-
-mod support;
 
 /// crd-writer's flush interval.
 const FLUSH_MS: u64 = 100;

@@ -12,12 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{Component, cr_count};
 use breakwater_testkit::{FakeApiServer, RedisServer, unique_key_root};
 use serde_json::{Value, json};
-use support::{Component, cr_count};
-
-#[allow(dead_code, reason = "replicas.rs uses the restartable Component of the split-mode harness, not SplitMode")]
-mod support;
 
 /// Concurrent Alertmanager-like senders, alternating between the two edges.
 const SENDERS: usize = 8;
