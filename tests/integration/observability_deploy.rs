@@ -248,7 +248,7 @@ fn check_expr(expr: &str, place: &str, errors: &mut Vec<String>) -> BTreeSet<&'s
             "by" | "without" => {}
             "on" | "ignoring" | "group_left" | "group_right" => {
                 errors.push(format!(
-                    "{place}: {word}(…) is not checked by tests/observability_deploy.rs: aggregate both sides \
+                    "{place}: {word}(…) is not checked by tests/integration/observability_deploy.rs: aggregate both sides \
                      by the same labels instead, or teach the scanner"
                 ));
                 continue;
