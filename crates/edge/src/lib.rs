@@ -11,7 +11,7 @@
 //! - [`adapters`] — payload → signals (Prometheus webhook v4, Kubernetes events).
 //! - [`classify`] — each alert's environment (namespace label, overrides ConfigMap or the
 //!   `environments` table, then its own label), priority (a Rego policy) and remediation path.
-//! - [`pipeline`] — the tower stages calling the components (tonic clients over
+//! - [`pipeline`] — the awaited steps calling the components (tonic clients over
 //!   a channel in split mode, or directly in `breakwater up`).
 //! - [`serve`] — the accept loop: connection cap, header timeout, bounded drain.
 //! - `submit` — one batch through the pipeline, whichever route it came by.

@@ -1,18 +1,14 @@
-//! The signal pipeline: ratelimit → dedup → storm → crd-writer, as tower
-//! stages over one [`Batch`] per webhook, each calling its component through
-//! a tonic client. `breakwater up` and split mode run exactly this code.
-//!
-//! Each stage is an [`AsyncPredicate`] wrapped by tower's `AsyncFilterLayer`:
-//! it annotates the batch (or refuses it) and hands it on. A component that
-//! cannot be reached degrades its own feature only (design brief, degradation
-//! table); only a CR that cannot be written fails the request.
+//! The signal pipeline: ratelimit → dedup → storm → crd-writer, as plain awaited
+//! steps over one [`Batch`] per webhook, each calling its component through its
+//! client (a tonic client in split mode, the component's service itself in
+//! `breakwater up`; both wrapped in the same tower middleware). Each step
+//! annotates the batch or refuses it with a typed [`PipelineError`]. A
+//! component that cannot be reached degrades its own feature only (design
+//! brief, degradation table); only a CR that cannot be written fails the request.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use breakwater_grpc::{
@@ -22,19 +18,38 @@ use breakwater_proto::v1 as pb;
 use breakwater_ratelimit::{Limits, MemoryRateLimitStore, Quota, RateLimitStore};
 use breakwater_signal::{Clock, incident_cr_name, parse_delivery_key, parse_storm_cr_name, resource_id};
 use serde::Serialize;
-use tower::filter::{AsyncFilterLayer, AsyncPredicate};
-use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Service, ServiceBuilder};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::completed::CompletedDeliveries;
 use crate::config::ComponentUrls;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// The whole pipeline; a clone shares its steps and clients.
+#[derive(Clone)]
+pub struct Pipeline(Arc<Steps>);
 
-/// The whole pipeline as one cloneable service.
-pub type Pipeline = BoxCloneSyncService<Batch, Processed, BoxError>;
+struct Steps {
+    rate_limit: RateLimitStage,
+    dedup: DedupStage,
+    storm: StormStage,
+    write: CrdWrite,
+}
+
+impl Pipeline {
+    /// Runs `batch` through ratelimit, dedup, storm and crd-writer, in that order.
+    ///
+    /// # Errors
+    /// The sender is over its rate (nothing was recorded), or a CR could not be written.
+    pub async fn process(&self, batch: Batch) -> Result<Processed, PipelineError> {
+        // Refuses the whole webhook before anything is recorded, so the sender can retry it as is.
+        let batch = self.0.rate_limit.check(batch).await?;
+        // Must run before storm: duplicates never count towards a storm (reference §4.1).
+        let batch = self.0.dedup.check(batch).await?;
+        let batch = self.0.storm.check(batch).await?;
+        let quota = batch.quota;
+        Ok(Processed { results: self.0.write.write(batch).await?, quota })
+    }
+}
 
 /// What the pipeline answers for a batch it took: one result per signal, and
 /// the sender's rate-limit quota for the `RateLimit-*` headers.
@@ -228,6 +243,9 @@ pub enum PipelineError {
     RateLimited { retry_after: Duration, quota: Option<Quota> },
     #[error("remediation requests could not be written: {cause}")]
     CannotPersist { retry_after: Duration, cause: String },
+    /// A bug, not a condition: the in-process limiter failed.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What the pipeline needs besides the component clients.
@@ -264,14 +282,8 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
     };
     let storm =
         StormStage { client: Arc::new(components.storm.clone()), dedup: dedup_client.clone(), health: health.clone() };
-    let service = ServiceBuilder::new()
-        // Refuses the whole webhook before anything is recorded, so the sender can retry it as is.
-        .layer(AsyncFilterLayer::new(rate_limit))
-        // Must run before storm: duplicates never count towards a storm (reference §4.1).
-        .layer(AsyncFilterLayer::new(dedup))
-        .layer(AsyncFilterLayer::new(storm))
-        .service(CrdWrite { client: Arc::new(components.crd_writer.clone()), dedup: dedup_client, health, completed });
-    BoxCloneSyncService::new(service)
+    let write = CrdWrite { client: Arc::new(components.crd_writer.clone()), dedup: dedup_client, health, completed };
+    Pipeline(Arc::new(Steps { rate_limit, dedup, storm, write }))
 }
 
 /// Records that `component` could not be used for this batch: counted per
@@ -299,54 +311,53 @@ struct RateLimitStage {
     health: Arc<ComponentHealth>,
 }
 
-impl AsyncPredicate<Batch> for RateLimitStage {
-    type Future = BoxFuture<Result<Batch, BoxError>>;
-    type Request = Batch;
-
-    fn check(&mut self, mut batch: Batch) -> Self::Future {
+impl RateLimitStage {
+    async fn check(&self, mut batch: Batch) -> Result<Batch, PipelineError> {
         let client = (*self.client).clone();
         let (fallback, clock, health) = (self.fallback.clone(), self.clock.clone(), self.health.clone());
         let limits = self.limits.clone();
         let span = stage_span("ratelimit", batch.signals.len());
-        Box::pin(
-            async move {
-                let signals = u32::try_from(batch.signals.len()).unwrap_or(u32::MAX);
-                let namespaces = namespace_counts(&batch.targets);
-                let request = pb::CheckRateLimitRequest {
-                    sender: batch.sender.clone(),
-                    signal_count: signals,
-                    namespaces: namespaces
-                        .iter()
-                        .map(|(namespace, n)| pb::NamespaceSignals { namespace: namespace.clone(), signal_count: *n })
-                        .collect(),
-                };
-                let (allowed, retry_after_ms, quota) = match client.check_rate_limit(request).await {
-                    Ok(answer) => {
-                        health.set("ratelimit", None);
-                        let a = answer.get_ref();
-                        let quota = Quota { limit: a.limit, remaining: a.remaining, reset_ms: a.reset_ms };
-                        (a.allowed, a.retry_after_ms, quota)
-                    }
-                    Err(status) => {
-                        degraded(&health, "ratelimit", &status, RATELIMIT_MEANWHILE);
-                        let charges = limits.charges(&batch.sender, signals, &namespaces);
-                        // The in-process store cannot fail.
-                        let (d, quota) = fallback.check(&charges, clock.now()).await.map_err(BoxError::from)?;
-                        (d.allowed, d.retry_after_ms, quota)
-                    }
-                };
-                // A limit of 0 is no limit: ratelimit is switched off.
-                let quota = (quota.limit > 0).then_some(quota);
-                tracing::Span::current().record("allowed", allowed);
-                if allowed {
-                    batch.quota = quota;
-                    Ok(batch)
-                } else {
-                    Err(PipelineError::RateLimited { retry_after: Duration::from_millis(retry_after_ms), quota }.into())
+        async move {
+            let signals = u32::try_from(batch.signals.len()).unwrap_or(u32::MAX);
+            let namespaces = namespace_counts(&batch.targets);
+            let request = pb::CheckRateLimitRequest {
+                sender: batch.sender.clone(),
+                signal_count: signals,
+                namespaces: namespaces
+                    .iter()
+                    .map(|(namespace, n)| pb::NamespaceSignals { namespace: namespace.clone(), signal_count: *n })
+                    .collect(),
+            };
+            let (allowed, retry_after_ms, quota) = match client.check_rate_limit(request).await {
+                Ok(answer) => {
+                    health.set("ratelimit", None);
+                    let a = answer.get_ref();
+                    let quota = Quota { limit: a.limit, remaining: a.remaining, reset_ms: a.reset_ms };
+                    (a.allowed, a.retry_after_ms, quota)
                 }
+                Err(status) => {
+                    degraded(&health, "ratelimit", &status, RATELIMIT_MEANWHILE);
+                    let charges = limits.charges(&batch.sender, signals, &namespaces);
+                    // The in-process store cannot fail.
+                    let (d, quota) = fallback
+                        .check(&charges, clock.now())
+                        .await
+                        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+                    (d.allowed, d.retry_after_ms, quota)
+                }
+            };
+            // A limit of 0 is no limit: ratelimit is switched off.
+            let quota = (quota.limit > 0).then_some(quota);
+            tracing::Span::current().record("allowed", allowed);
+            if allowed {
+                batch.quota = quota;
+                Ok(batch)
+            } else {
+                Err(PipelineError::RateLimited { retry_after: Duration::from_millis(retry_after_ms), quota })
             }
-            .instrument(span),
-        )
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -379,76 +390,72 @@ struct DedupStage {
     completed: Arc<CompletedDeliveries>,
 }
 
-impl AsyncPredicate<Batch> for DedupStage {
-    type Future = BoxFuture<Result<Batch, BoxError>>;
-    type Request = Batch;
-
-    fn check(&mut self, mut batch: Batch) -> Self::Future {
+impl DedupStage {
+    async fn check(&self, mut batch: Batch) -> Result<Batch, PipelineError> {
         let client = (*self.client).clone();
         let (clock, window_ms, health) = (self.clock.clone(), self.window_ms, self.health.clone());
         let (uncertain_until, completed) = (self.uncertain_until.clone(), self.completed.clone());
         let span = stage_span("dedup", batch.signals.len());
-        Box::pin(
-            async move {
-                let queries: Vec<pb::DedupQuery> = (0..batch.signals.len())
-                    .map(|i| pb::DedupQuery {
-                        fingerprint: batch.signals[i].fingerprint.clone(),
-                        status: batch.signals[i].status,
-                        namespace: batch.targets[i].clone(),
-                        delivery_key: batch.delivery_key(i),
-                    })
-                    .collect();
-                // When every signal has a delivery identity, a second try of the call is a copy
-                // of the first (dedup counts each delivery once), so a replica that died with it
-                // costs the sender nothing; without one, a second try could count it twice.
-                let every_delivery_known = queries.iter().all(|q| !q.delivery_key.is_empty());
-                let request = idempotent_if(every_delivery_known, pb::CheckSignalsRequest { queries });
-                let dedup_was_up = !health.has("dedup");
-                match client.check_signals(request).await {
-                    Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
-                        health.set("dedup", None);
-                        batch.dedup = answer.into_inner().verdicts;
-                        batch.settled = (0..batch.signals.len())
-                            .map(|i| {
-                                batch.dedup[i].outcome() == pb::DedupOutcome::Copy
-                                    && batch.delivery(i).is_some_and(|key| completed.contains(key))
-                            })
-                            .collect();
-                        if clock.now() < uncertain_until.load(Ordering::Relaxed) {
-                            for verdict in &mut batch.dedup {
-                                verdict.state_uncertain |=
-                                    matches!(verdict.outcome(), pb::DedupOutcome::New | pb::DedupOutcome::Copy);
-                            }
+        async move {
+            let queries: Vec<pb::DedupQuery> = (0..batch.signals.len())
+                .map(|i| pb::DedupQuery {
+                    fingerprint: batch.signals[i].fingerprint.clone(),
+                    status: batch.signals[i].status,
+                    namespace: batch.targets[i].clone(),
+                    delivery_key: batch.delivery_key(i),
+                })
+                .collect();
+            // When every signal has a delivery identity, a second try of the call is a copy
+            // of the first (dedup counts each delivery once), so a replica that died with it
+            // costs the sender nothing; without one, a second try could count it twice.
+            let every_delivery_known = queries.iter().all(|q| !q.delivery_key.is_empty());
+            let request = idempotent_if(every_delivery_known, pb::CheckSignalsRequest { queries });
+            let dedup_was_up = !health.has("dedup");
+            match client.check_signals(request).await {
+                Ok(answer) if answer.get_ref().verdicts.len() == batch.signals.len() => {
+                    health.set("dedup", None);
+                    batch.dedup = answer.into_inner().verdicts;
+                    batch.settled = (0..batch.signals.len())
+                        .map(|i| {
+                            batch.dedup[i].outcome() == pb::DedupOutcome::Copy
+                                && batch.delivery(i).is_some_and(|key| completed.contains(key))
+                        })
+                        .collect();
+                    if clock.now() < uncertain_until.load(Ordering::Relaxed) {
+                        for verdict in &mut batch.dedup {
+                            verdict.state_uncertain |=
+                                matches!(verdict.outcome(), pb::DedupOutcome::New | pb::DedupOutcome::Copy);
                         }
                     }
-                    Ok(_) => {
-                        let status = tonic::Status::internal("dedup answered the wrong number of verdicts");
-                        uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
-                        fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
-                    }
-                    // Failed in transport while dedup was answering: it may have counted the
-                    // batch (it died mid-call), and degrading would count it again. Answered
-                    // 503; the retry's copies are recognised. Once dedup is known to be down
-                    // (or says its store failed: nothing applied), we degrade.
-                    // With replicas, dedup still answers while one that died had calls: each
-                    // of those may have been applied, however many failed before.
-                    Err(status)
-                        if (dedup_was_up || breakwater_grpc::failed_mid_call(&status))
-                            && !breakwater_grpc::nothing_applied(&status) =>
-                    {
-                        uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
-                        degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
-                        return Err(cannot_persist(Duration::from_secs(1), format!("dedup failed mid-call: {status}")));
-                    }
-                    Err(status) => {
-                        uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
-                        fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
-                    }
                 }
-                Ok(batch)
+                Ok(_) => {
+                    let status = tonic::Status::internal("dedup answered the wrong number of verdicts");
+                    uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
+                    fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
+                }
+                // Failed in transport while dedup was answering: it may have counted the
+                // batch (it died mid-call), and degrading would count it again. Answered
+                // 503; the retry's copies are recognised. Once dedup is known to be down
+                // (or says its store failed: nothing applied), we degrade.
+                // With replicas, dedup still answers while one that died had calls: each
+                // of those may have been applied, however many failed before.
+                Err(status)
+                    if (dedup_was_up || breakwater_grpc::failed_mid_call(&status))
+                        && !breakwater_grpc::nothing_applied(&status) =>
+                {
+                    uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
+                    degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+                    return Err(cannot_persist(Duration::from_secs(1), format!("dedup failed mid-call: {status}")));
+                }
+                Err(status) => {
+                    uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
+                    fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
+                }
             }
-            .instrument(span),
-        )
+            Ok(batch)
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -491,55 +498,51 @@ struct StormStage {
     health: Arc<ComponentHealth>,
 }
 
-impl AsyncPredicate<Batch> for StormStage {
-    type Future = BoxFuture<Result<Batch, BoxError>>;
-    type Request = Batch;
-
-    fn check(&mut self, mut batch: Batch) -> Self::Future {
+impl StormStage {
+    async fn check(&self, mut batch: Batch) -> Result<Batch, PipelineError> {
         let (client, dedup, health) = ((*self.client).clone(), self.dedup.clone(), self.health.clone());
         let span = stage_span("storm", batch.signals.len());
-        Box::pin(
-            async move {
-                batch.storm = vec![None; batch.signals.len()];
-                // A call that fails in transport while storm was answering may have been applied
-                // (storm died mid-call): degrading around it could count an alert twice. The
-                // webhook is answered 503 instead, and its retry is a copy that storm recognises.
-                // Once storm is known to be down, calls fail before reaching it, and we degrade;
-                // so we do when storm itself answers that its store failed (nothing applied).
-                let storm_was_up = !health.has("storm");
-                let storm_up = detect_storms(client.clone(), &mut batch).await;
-                if let Err(status) = &storm_up
-                    && (storm_was_up || breakwater_grpc::failed_mid_call(status))
-                    && !breakwater_grpc::nothing_applied(status)
-                {
-                    degraded(&health, "storm", status, STORM_MEANWHILE);
-                    return Err(cannot_persist(Duration::from_secs(1), format!("storm failed mid-call: {status}")));
-                }
-                // Placing this batch's new incidents first lets its own repeats resolve at once.
-                let placed = place_new_incidents(&dedup, &batch).await;
-                let resolved = resolve_pending_repeats(&dedup, &mut batch).await;
-                let counted = count_storm_repeats(client, &mut batch).await;
-                if let Err(status) = &counted
-                    && (storm_was_up || breakwater_grpc::failed_mid_call(status))
-                    && !breakwater_grpc::nothing_applied(status)
-                {
-                    degraded(&health, "storm", status, STORM_MEANWHILE);
-                    return Err(cannot_persist(Duration::from_secs(1), format!("storm failed mid-call: {status}")));
-                }
-                match storm_up.and(counted) {
-                    Ok(()) => health.set("storm", None),
-                    Err(status) => {
-                        batch.storm_degraded = true;
-                        degraded(&health, "storm", &status, STORM_MEANWHILE);
-                    }
-                }
-                if let Err(status) = placed.and(resolved) {
-                    degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
-                }
-                Ok(batch)
+        async move {
+            batch.storm = vec![None; batch.signals.len()];
+            // A call that fails in transport while storm was answering may have been applied
+            // (storm died mid-call): degrading around it could count an alert twice. The
+            // webhook is answered 503 instead, and its retry is a copy that storm recognises.
+            // Once storm is known to be down, calls fail before reaching it, and we degrade;
+            // so we do when storm itself answers that its store failed (nothing applied).
+            let storm_was_up = !health.has("storm");
+            let storm_up = detect_storms(client.clone(), &mut batch).await;
+            if let Err(status) = &storm_up
+                && (storm_was_up || breakwater_grpc::failed_mid_call(status))
+                && !breakwater_grpc::nothing_applied(status)
+            {
+                degraded(&health, "storm", status, STORM_MEANWHILE);
+                return Err(cannot_persist(Duration::from_secs(1), format!("storm failed mid-call: {status}")));
             }
-            .instrument(span),
-        )
+            // Placing this batch's new incidents first lets its own repeats resolve at once.
+            let placed = place_new_incidents(&dedup, &batch).await;
+            let resolved = resolve_pending_repeats(&dedup, &mut batch).await;
+            let counted = count_storm_repeats(client, &mut batch).await;
+            if let Err(status) = &counted
+                && (storm_was_up || breakwater_grpc::failed_mid_call(status))
+                && !breakwater_grpc::nothing_applied(status)
+            {
+                degraded(&health, "storm", status, STORM_MEANWHILE);
+                return Err(cannot_persist(Duration::from_secs(1), format!("storm failed mid-call: {status}")));
+            }
+            match storm_up.and(counted) {
+                Ok(()) => health.set("storm", None),
+                Err(status) => {
+                    batch.storm_degraded = true;
+                    degraded(&health, "storm", &status, STORM_MEANWHILE);
+                }
+            }
+            if let Err(status) = placed.and(resolved) {
+                degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+            }
+            Ok(batch)
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -799,153 +802,135 @@ struct CrdWrite {
     completed: Arc<CompletedDeliveries>,
 }
 
-impl Service<Batch> for CrdWrite {
-    type Response = Processed;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Processed, BoxError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, batch: Batch) -> Self::Future {
-        let quota = batch.quota;
-        let written = self.write(batch);
-        Box::pin(async move { Ok(Processed { results: written.await?, quota }) })
-    }
-}
-
 impl CrdWrite {
-    fn write(&mut self, mut batch: Batch) -> BoxFuture<Result<Vec<AlertResult>, BoxError>> {
+    async fn write(&self, mut batch: Batch) -> Result<Vec<AlertResult>, PipelineError> {
         let client = (*self.client).clone();
         let (dedup, health, completed) = (self.dedup.clone(), self.health.clone(), self.completed.clone());
         let span = stage_span("crd_write", batch.signals.len());
-        Box::pin(
-            async move {
-                let alerts = batch.signals.len();
-                let mut plan = plan_batch(&mut batch);
-                if let Some(why) = plan.iter().find_map(|p| p.unsettled) {
-                    return Err(cannot_persist(Duration::from_secs(1), why.to_owned()));
+        async move {
+            let alerts = batch.signals.len();
+            let mut plan = plan_batch(&mut batch);
+            if let Some(why) = plan.iter().find_map(|p| p.unsettled) {
+                return Err(cannot_persist(Duration::from_secs(1), why.to_owned()));
+            }
+            // Moved into the request; `written` says which alerts have a result, of which kind.
+            let written: Vec<Option<pb::WriteKind>> = plan.iter().map(|p| p.write.as_ref().map(|w| w.kind())).collect();
+            let writes: Vec<pb::RemediationWrite> = plan.iter_mut().filter_map(|p| p.write.take()).collect();
+            let results = if writes.is_empty() {
+                Vec::new()
+            } else {
+                let n = writes.len();
+                let repeatable = writes.iter().all(write_is_repeatable);
+                // The batch holds the only reference: moved, not copied.
+                let shared = Arc::unwrap_or_clone(std::mem::take(&mut batch.shared));
+                let shared = (!shared.labels.is_empty() || !shared.annotations.is_empty()).then_some(shared);
+                let request = idempotent_if(repeatable, pb::WriteRemediationsRequest { writes, shared });
+                let answer = client
+                    .write_remediations(request)
+                    .await
+                    .map_err(|status| cannot_persist(Duration::from_secs(5), format!("crd-writer: {status}")))?
+                    .into_inner();
+                if answer.results.len() != n {
+                    return Err(cannot_persist(
+                        Duration::from_secs(5),
+                        "crd-writer answered the wrong number of results".into(),
+                    ));
                 }
-                // Moved into the request; `written` says which alerts have a result, of which kind.
-                let written: Vec<Option<pb::WriteKind>> =
-                    plan.iter().map(|p| p.write.as_ref().map(|w| w.kind())).collect();
-                let writes: Vec<pb::RemediationWrite> = plan.iter_mut().filter_map(|p| p.write.take()).collect();
-                let results = if writes.is_empty() {
-                    Vec::new()
-                } else {
-                    let n = writes.len();
-                    let repeatable = writes.iter().all(write_is_repeatable);
-                    // The batch holds the only reference: moved, not copied.
-                    let shared = Arc::unwrap_or_clone(std::mem::take(&mut batch.shared));
-                    let shared = (!shared.labels.is_empty() || !shared.annotations.is_empty()).then_some(shared);
-                    let request = idempotent_if(repeatable, pb::WriteRemediationsRequest { writes, shared });
-                    let answer = client
-                        .write_remediations(request)
-                        .await
-                        .map_err(|status| cannot_persist(Duration::from_secs(5), format!("crd-writer: {status}")))?
-                        .into_inner();
-                    if answer.results.len() != n {
-                        return Err(cannot_persist(
-                            Duration::from_secs(5),
-                            "crd-writer answered the wrong number of results".into(),
-                        ));
-                    }
-                    answer.results
-                };
-                let mut results = results.into_iter();
-                let mut failure: Option<(Duration, String)> = None;
-                let mut found: Vec<pb::DedupBinding> = Vec::new();
-                let mut ends: Vec<pb::DedupWindowEnd> = Vec::new();
-                let mut out = Vec::with_capacity(plan.len());
-                for (index, (p, written)) in plan.into_iter().zip(written).enumerate() {
-                    let mut outcome = p.outcome;
-                    let mut remediation = p.remediation;
-                    if let Some(kind) = written {
-                        let result = results.next().unwrap_or_default();
-                        // Where the CR really is: crd-writer may have used its fallback namespace.
-                        // crd-writer counted a CREATE on its incident's open CR, found under
-                        // another name (it looks for one before every create).
-                        let mut found_open = false;
-                        if let Some(r) = result.remediation.as_ref().filter(|r| !r.name.is_empty()) {
-                            let create = kind == pb::WriteKind::Create;
-                            found_open = create && r.name != remediation.1;
-                            if found_open && !batch.dedup_degraded {
-                                found.push(pb::DedupBinding {
-                                    fingerprint: p.fingerprint.clone(),
-                                    first_seen_unix_ms: batch.dedup[index].first_seen_unix_ms,
-                                    remediation: Some(r.clone()),
-                                });
-                            }
-                            remediation = (r.namespace.clone(), r.name.clone());
-                        }
-                        // The CR is finished: dedup ends the window when its cooldown does, once.
-                        let verdict = batch.dedup.get(index).filter(|_| !batch.dedup_degraded);
-                        if let Some(verdict) = verdict
-                            && result.window_ends_unix_ms != 0
-                            && result.window_ends_unix_ms != verdict.window_ends_unix_ms
-                        {
-                            ends.push(pb::DedupWindowEnd {
+                answer.results
+            };
+            let mut results = results.into_iter();
+            let mut failure: Option<(Duration, String)> = None;
+            let mut found: Vec<pb::DedupBinding> = Vec::new();
+            let mut ends: Vec<pb::DedupWindowEnd> = Vec::new();
+            let mut out = Vec::with_capacity(plan.len());
+            for (index, (p, written)) in plan.into_iter().zip(written).enumerate() {
+                let mut outcome = p.outcome;
+                let mut remediation = p.remediation;
+                if let Some(kind) = written {
+                    let result = results.next().unwrap_or_default();
+                    // Where the CR really is: crd-writer may have used its fallback namespace.
+                    // crd-writer counted a CREATE on its incident's open CR, found under
+                    // another name (it looks for one before every create).
+                    let mut found_open = false;
+                    if let Some(r) = result.remediation.as_ref().filter(|r| !r.name.is_empty()) {
+                        let create = kind == pb::WriteKind::Create;
+                        found_open = create && r.name != remediation.1;
+                        if found_open && !batch.dedup_degraded {
+                            found.push(pb::DedupBinding {
                                 fingerprint: p.fingerprint.clone(),
-                                first_seen_unix_ms: verdict.first_seen_unix_ms,
-                                ends_unix_ms: result.window_ends_unix_ms,
+                                first_seen_unix_ms: batch.dedup[index].first_seen_unix_ms,
+                                remediation: Some(r.clone()),
                             });
                         }
-                        if outcome == AlertOutcome::ResolvedUnknown && !remediation.1.is_empty() {
-                            // crd-writer found the incident's CR and recorded the resolution there.
-                            outcome = AlertOutcome::Resolved;
+                        remediation = (r.namespace.clone(), r.name.clone());
+                    }
+                    // The CR is finished: dedup ends the window when its cooldown does, once.
+                    let verdict = batch.dedup.get(index).filter(|_| !batch.dedup_degraded);
+                    if let Some(verdict) = verdict
+                        && result.window_ends_unix_ms != 0
+                        && result.window_ends_unix_ms != verdict.window_ends_unix_ms
+                    {
+                        ends.push(pb::DedupWindowEnd {
+                            fingerprint: p.fingerprint.clone(),
+                            first_seen_unix_ms: verdict.first_seen_unix_ms,
+                            ends_unix_ms: result.window_ends_unix_ms,
+                        });
+                    }
+                    if outcome == AlertOutcome::ResolvedUnknown && !remediation.1.is_empty() {
+                        // crd-writer found the incident's CR and recorded the resolution there.
+                        outcome = AlertOutcome::Resolved;
+                    }
+                    match result.outcome() {
+                        pb::WriteOutcome::Failed => {
+                            let after = Duration::from_millis(result.retry_after_ms.max(1000));
+                            let cause = format!("{}: {}", remediation.1, result.error);
+                            failure = Some(failure.map_or((after, cause.clone()), |(a, c)| (a.max(after), c)));
                         }
-                        match result.outcome() {
-                            pb::WriteOutcome::Failed => {
-                                let after = Duration::from_millis(result.retry_after_ms.max(1000));
-                                let cause = format!("{}: {}", remediation.1, result.error);
-                                failure = Some(failure.map_or((after, cause.clone()), |(a, c)| (a.max(after), c)));
-                            }
-                            // The dedup of last resort, or the lookup of an open CR, found the
-                            // incident's CR. Otherwise (dedup vouched the incident is new) a
-                            // racing repeat's count merely created its CR first.
-                            pb::WriteOutcome::AlreadyExisted if p.last_resort || found_open => {
-                                outcome = match outcome {
-                                    AlertOutcome::Created => AlertOutcome::Duplicate,
-                                    AlertOutcome::StormCreated => AlertOutcome::StormAggregated,
-                                    other => other,
-                                };
-                            }
-                            _ => {}
+                        // The dedup of last resort, or the lookup of an open CR, found the
+                        // incident's CR. Otherwise (dedup vouched the incident is new) a
+                        // racing repeat's count merely created its CR first.
+                        pb::WriteOutcome::AlreadyExisted if p.last_resort || found_open => {
+                            outcome = match outcome {
+                                AlertOutcome::Created => AlertOutcome::Duplicate,
+                                AlertOutcome::StormCreated => AlertOutcome::StormAggregated,
+                                other => other,
+                            };
                         }
+                        _ => {}
                     }
-                    out.push(AlertResult {
-                        index,
-                        outcome,
-                        fingerprint: p.fingerprint,
-                        alert_name: p.alert_name,
-                        remediation_request_namespace: Some(remediation.0).filter(|s| !s.is_empty()),
-                        remediation_request_name: Some(remediation.1).filter(|s| !s.is_empty()),
-                        occurrence_count: p.occurrence_count,
-                        storm_alert_count: p.storm_alert_count,
-                        reason: None,
-                        // Filled in by the caller, which classified the alert.
-                        environment: None,
-                        priority: None,
-                        remediation_path: None,
-                    });
                 }
-                if let Err(status) = rebind_found(&dedup, found, ends).await {
-                    degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+                out.push(AlertResult {
+                    index,
+                    outcome,
+                    fingerprint: p.fingerprint,
+                    alert_name: p.alert_name,
+                    remediation_request_namespace: Some(remediation.0).filter(|s| !s.is_empty()),
+                    remediation_request_name: Some(remediation.1).filter(|s| !s.is_empty()),
+                    occurrence_count: p.occurrence_count,
+                    storm_alert_count: p.storm_alert_count,
+                    reason: None,
+                    // Filled in by the caller, which classified the alert.
+                    environment: None,
+                    priority: None,
+                    remediation_path: None,
+                });
+            }
+            if let Err(status) = rebind_found(&dedup, found, ends).await {
+                degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+            }
+            match failure {
+                Some((retry_after, cause)) => {
+                    tracing::Span::current().record("otel.status_code", "error");
+                    Err(cannot_persist(retry_after, cause))
                 }
-                match failure {
-                    Some((retry_after, cause)) => {
-                        tracing::Span::current().record("otel.status_code", "error");
-                        Err(cannot_persist(retry_after, cause))
-                    }
-                    None => {
-                        completed.insert_all((0..alerts).filter_map(|i| batch.delivery(i)));
-                        Ok(out)
-                    }
+                None => {
+                    completed.insert_all((0..alerts).filter_map(|i| batch.delivery(i)));
+                    Ok(out)
                 }
             }
-            .instrument(span),
-        )
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -990,8 +975,8 @@ fn write_is_repeatable(write: &pb::RemediationWrite) -> bool {
     !adds_one
 }
 
-fn cannot_persist(retry_after: Duration, cause: String) -> BoxError {
-    PipelineError::CannotPersist { retry_after, cause }.into()
+fn cannot_persist(retry_after: Duration, cause: String) -> PipelineError {
+    PipelineError::CannotPersist { retry_after, cause }
 }
 
 /// One span per stage and batch, under the request's span.

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use breakwater_signal::is_dns1123_label;
-use tower::ServiceExt;
 
 use crate::adapters::{Incoming, InvalidAlert, Signals};
 use crate::classify::Classification;
@@ -93,7 +92,7 @@ pub(crate) async fn submit(
     let (results, quota) = if batch.signals.is_empty() {
         (Vec::new(), None)
     } else {
-        match state.pipeline.clone().oneshot(batch).await {
+        match state.pipeline.process(batch).await {
             Ok(processed) => (processed.results, processed.quota),
             Err(e) => {
                 return Err(pipeline_failure(e, source, count, state.config.rate_limited_status.for_source(source)));
@@ -182,23 +181,19 @@ fn log_batch(source: &'static str, results: &[AlertResult]) {
     }
 }
 
-fn pipeline_failure(e: tower::BoxError, source: &'static str, count: u64, rate_limited_status: u16) -> EdgeError {
-    match e.downcast::<PipelineError>() {
-        Ok(e) => {
-            let reason = match *e {
-                PipelineError::RateLimited { .. } => "rate_limited",
-                PipelineError::CannotPersist { .. } => "cannot_persist",
-            };
-            metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason)
-                .increment(count);
-            match *e {
-                PipelineError::RateLimited { retry_after, quota } => {
-                    EdgeError::RateLimited { retry_after, status: rate_limited_status, quota }
-                }
-                PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
-            }
+fn pipeline_failure(e: PipelineError, source: &'static str, count: u64, rate_limited_status: u16) -> EdgeError {
+    let reason = match e {
+        PipelineError::RateLimited { .. } => "rate_limited",
+        PipelineError::CannotPersist { .. } => "cannot_persist",
+        PipelineError::Internal(_) => return EdgeError::Internal(e.to_string()),
+    };
+    metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason).increment(count);
+    match e {
+        PipelineError::RateLimited { retry_after, quota } => {
+            EdgeError::RateLimited { retry_after, status: rate_limited_status, quota }
         }
-        Err(other) => EdgeError::Internal(other.to_string()),
+        PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
+        PipelineError::Internal(cause) => EdgeError::Internal(cause),
     }
 }
 
