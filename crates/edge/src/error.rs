@@ -11,7 +11,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use breakwater_ratelimit::Quota;
+use breakwater_limiter::Quota;
 use serde::Serialize;
 
 const TYPE_PREFIX: &str = "https://kubernaut.io/errors/";

@@ -14,8 +14,8 @@ use std::time::Duration;
 use breakwater_grpc::{
     ComponentHealth, CrdWriterClient, DedupClient, InProcess, RateLimitClient, StormClient, TracedTransport, Transport,
 };
+use breakwater_limiter::{Limits, MemoryLimiter, Quota};
 use breakwater_proto::v1 as pb;
-use breakwater_ratelimit::{Limits, MemoryRateLimitStore, Quota, RateLimitStore};
 use breakwater_signal::{Clock, incident_cr_name, parse_delivery_key, parse_storm_cr_name, resource_id};
 use serde::Serialize;
 use tracing::Instrument as _;
@@ -243,9 +243,6 @@ pub enum PipelineError {
     RateLimited { retry_after: Duration, quota: Option<Quota> },
     #[error("remediation requests could not be written: {cause}")]
     CannotPersist { retry_after: Duration, cause: String },
-    /// A bug, not a condition: the in-process limiter failed.
-    #[error("{0}")]
-    Internal(String),
 }
 
 /// What the pipeline needs besides the component clients.
@@ -265,7 +262,7 @@ pub fn pipeline(components: &Components, parts: PipelineParts) -> Pipeline {
     let health = parts.health;
     let rate_limit = RateLimitStage {
         client: Arc::new(components.ratelimit.clone()),
-        fallback: Arc::new(MemoryRateLimitStore::new()),
+        fallback: Arc::new(MemoryLimiter::new()),
         limits: Arc::new(parts.ratelimit_fallback),
         clock: parts.clock.clone(),
         health: health.clone(),
@@ -305,7 +302,7 @@ const STORM_MEANWHILE: &str = "no storm detection, every alert gets its own CR";
 #[derive(Clone)]
 struct RateLimitStage {
     client: Arc<RateLimitClient>,
-    fallback: Arc<MemoryRateLimitStore>,
+    fallback: Arc<MemoryLimiter>,
     limits: Arc<Limits>,
     clock: Arc<dyn Clock>,
     health: Arc<ComponentHealth>,
@@ -338,11 +335,7 @@ impl RateLimitStage {
                 Err(status) => {
                     degraded(&health, "ratelimit", &status, RATELIMIT_MEANWHILE);
                     let charges = limits.charges(&batch.sender, signals, &namespaces);
-                    // The in-process store cannot fail.
-                    let (d, quota) = fallback
-                        .check(&charges, clock.now())
-                        .await
-                        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+                    let (d, quota) = fallback.check(&charges, clock.now());
                     (d.allowed, d.retry_after_ms, quota)
                 }
             };

@@ -27,7 +27,7 @@ use crate::pipeline::{AlertResult, Components, Pipeline, PipelineParts};
 use crate::serve::LimitEpisode;
 use crate::submit::Summary;
 use breakwater_grpc::ComponentHealth;
-use breakwater_ratelimit::{Limits, Quota};
+use breakwater_limiter::{Limits, Quota};
 
 /// Everything a handler needs, shared: axum clones the state for every request, and a
 /// clone of the pipeline and the component clients is a stack of boxed services.

@@ -11,7 +11,7 @@ use crate::classify::Classification;
 use crate::error::EdgeError;
 use crate::pipeline::{AlertOutcome, AlertResult, Batch, PipelineError};
 use crate::router::EdgeState;
-use breakwater_ratelimit::Quota;
+use breakwater_limiter::Quota;
 
 /// Runs `signals` (one entry per alert, in order) from `sender` through the pipeline and
 /// answers one result per alert, in order.
@@ -185,7 +185,6 @@ fn pipeline_failure(e: PipelineError, source: &'static str, count: u64, rate_lim
     let reason = match e {
         PipelineError::RateLimited { .. } => "rate_limited",
         PipelineError::CannotPersist { .. } => "cannot_persist",
-        PipelineError::Internal(_) => return EdgeError::Internal(e.to_string()),
     };
     metrics::counter!("breakwater_signals_rejected_total", "source" => source, "reason" => reason).increment(count);
     match e {
@@ -193,7 +192,6 @@ fn pipeline_failure(e: PipelineError, source: &'static str, count: u64, rate_lim
             EdgeError::RateLimited { retry_after, status: rate_limited_status, quota }
         }
         PipelineError::CannotPersist { retry_after, cause } => EdgeError::CannotPersist { retry_after, cause },
-        PipelineError::Internal(cause) => EdgeError::Internal(cause),
     }
 }
 

@@ -19,7 +19,8 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
-pub mod limiter;
+/// The pure decision and its in-process store, shared with the edge.
+pub use breakwater_limiter as limiter;
 pub mod store;
 
 use std::future::Future;

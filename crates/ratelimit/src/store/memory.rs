@@ -1,103 +1,40 @@
 //! In-process rate-limit store: the embedded default, and the fallback the
 //! degradation table names when the Redis store fails.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use async_trait::async_trait;
 use breakwater_keyspace::KeyspaceError;
+use breakwater_limiter::{BucketState, Charge, Decision, MemoryLimiter, Quota};
 use breakwater_signal::UnixMillis;
 
 use super::RateLimitStore;
-use crate::limiter::{BucketState, Charge, Decision, Quota, TokenBucket, decide_all};
 
-/// Buckets in a map, each with the limits it was last charged under; full ones
-/// (the same as no bucket) are swept whenever the map has doubled since the
-/// last sweep, so memory follows the number of senders that recently sent.
-#[derive(Debug)]
-pub struct MemoryRateLimitStore {
-    state: Mutex<State>,
-}
-
+/// [`MemoryLimiter`] as a [`RateLimitStore`]: it cannot fail.
 #[derive(Debug, Default)]
-struct State {
-    buckets: HashMap<String, (BucketState, TokenBucket)>,
-    sweep_at: usize,
-}
-
-impl Default for MemoryRateLimitStore {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+pub struct MemoryRateLimitStore(MemoryLimiter);
 
 impl MemoryRateLimitStore {
     pub fn new() -> Self {
-        Self { state: Mutex::new(State { buckets: HashMap::new(), sweep_at: 1024 }) }
+        Self(MemoryLimiter::new())
     }
 
     /// Buckets held right now (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.lock().buckets.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     /// The stored bucket under `key` (`b:<sender>`, `n:<namespace>`), if any (for tests).
     pub fn bucket(&self, key: &str) -> Option<BucketState> {
-        self.lock().buckets.get(key).map(|(state, _)| *state)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave a bucket half-written
-        // (each change is one insert), so a poisoned map is still sound.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.bucket(key)
     }
 }
 
 #[async_trait]
 impl RateLimitStore for MemoryRateLimitStore {
     async fn check(&self, charges: &[Charge], now: UnixMillis) -> Result<(Decision, Quota), KeyspaceError> {
-        let mut state = self.lock();
-        let stored: Vec<Option<BucketState>> =
-            charges.iter().map(|c| state.buckets.get(&c.key).map(|(b, _)| *b)).collect();
-        let (decision, quota, next) = decide_all(charges, &stored, now);
-        for (charge, next) in charges.iter().zip(next) {
-            match state.buckets.get_mut(&charge.key) {
-                Some(b) => *b = (next, charge.bucket),
-                None => {
-                    state.buckets.insert(charge.key.clone(), (next, charge.bucket));
-                }
-            }
-        }
-        if state.buckets.len() >= state.sweep_at {
-            state.buckets.retain(|_, (b, limits)| !limits.is_full_at(*b, now));
-            state.sweep_at = (state.buckets.len() * 2).max(1024);
-        }
-        Ok((decision, quota))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn charge(key: &str, signals: u32) -> Vec<Charge> {
-        vec![Charge { key: key.to_owned(), bucket: TokenBucket::new(1_000.0, 10), signals }]
-    }
-
-    #[tokio::test]
-    async fn sweeps_full_buckets_once_the_map_has_doubled() {
-        let store = MemoryRateLimitStore::new();
-        for i in 0..1023 {
-            store.check(&charge(&format!("b:10.0.0.{i}"), 1), 0).await.unwrap();
-        }
-        assert_eq!(store.len(), 1023);
-        // 10 ms later every bucket is full again except the newest one.
-        store.check(&charge("b:busy", 10), 10).await.unwrap();
-        assert_eq!(store.len(), 1);
-        assert_eq!(store.bucket("b:busy"), Some(BucketState { tokens: 0.0, updated_at: 10 }));
+        Ok(self.0.check(charges, now))
     }
 }

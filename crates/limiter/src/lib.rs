@@ -1,11 +1,18 @@
 //! The rate-limit decision, pure: a token bucket per sender (and per namespace
 //! with an override), as a function of the stored buckets, the webhook's size
-//! and the time. `MemoryRateLimitStore` calls [`decide_all`]; `store/check.lua`
-//! is its Redis twin, doing the same float arithmetic in the same order, and a
-//! property test holds them to the same answers. [`Limits`] says which buckets
-//! a webhook is charged to.
+//! and the time. [`MemoryLimiter`] calls [`decide_all`]; the ratelimit service's
+//! `store/check.lua` is its Redis twin, doing the same float arithmetic in the
+//! same order, and a property test holds them to the same answers. [`Limits`]
+//! says which buckets a webhook is charged to.
+//!
+//! Its own crate so that the edge's fallback limiter and the ratelimit service
+//! share one implementation without the edge linking the service's Redis store.
 
 use std::collections::HashMap;
+
+mod memory;
+
+pub use memory::MemoryLimiter;
 
 use breakwater_signal::UnixMillis;
 
