@@ -1,9 +1,9 @@
 //! `breakwater.v1.DedupService`: proto in, store call, proto out.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
-use breakwater_grpc::ComponentHealth;
+use breakwater_grpc::{ComponentHealth, StoreHealth};
 use breakwater_proto::v1 as pb;
 use breakwater_signal::{Clock, fingerprint, incident_cr_name, is_dns1123_label};
 use tonic::{Request, Response, Status};
@@ -23,7 +23,7 @@ pub struct DedupGrpc {
     store: Arc<dyn DedupStore>,
     clock: Arc<dyn Clock>,
     /// Where store failures and recoveries are reported (`StatusService`).
-    health: Arc<ComponentHealth>,
+    store_health: Arc<StoreHealth>,
     memory: Arc<StoreMemory>,
 }
 
@@ -31,7 +31,6 @@ pub struct DedupGrpc {
 /// gone) or started empty (in-process store), and how long that matters.
 #[derive(Debug)]
 struct StoreMemory {
-    failing: AtomicBool,
     /// Start of the period in which state may be missing; 0 for none.
     since: AtomicI64,
     window_ms: i64,
@@ -50,8 +49,8 @@ impl DedupGrpc {
     ) -> Self {
         let since = if starts_empty { clock.now() } else { 0 };
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        let memory = Arc::new(StoreMemory { failing: AtomicBool::new(false), since: AtomicI64::new(since), window_ms });
-        Self { store, clock, health, memory }
+        let memory = Arc::new(StoreMemory { since: AtomicI64::new(since), window_ms });
+        Self { store, clock, store_health: Arc::new(StoreHealth::new(health, DEGRADED)), memory }
     }
 
     fn state_uncertain(&self, now: i64) -> bool {
@@ -71,18 +70,15 @@ impl DedupGrpc {
 
     fn observe_as<T>(&self, write: bool, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
         match result {
-            Ok(value) if !write => Ok(value),
             Ok(value) => {
-                if self.memory.failing.swap(false, Ordering::Relaxed) {
+                if self.store_health.succeeded(write) {
                     // Whatever was open when the store failed may be gone now.
                     self.memory.since.store(self.clock.now(), Ordering::Relaxed);
                 }
-                self.health.set("redis", None);
                 Ok(value)
             }
             Err(e) => {
-                self.memory.failing.store(true, Ordering::Relaxed);
-                self.health.set("redis", Some(format!("{}{}", redis_problem(e.metric_label()), DEGRADED)));
+                self.store_health.failed(e.metric_label());
                 Err(Error::from(e))
             }
         }
@@ -91,10 +87,6 @@ impl DedupGrpc {
 
 /// What the edge does meanwhile (design brief, degradation table).
 const DEGRADED: &str = "the edge names new CRs per fallback window and Kubernetes' AlreadyExists is the dedup of last resort until it answers again";
-
-fn redis_problem(kind: &str) -> String {
-    format!("dedup's Redis failed ({kind}): ")
-}
 
 #[tonic::async_trait]
 impl pb::dedup_service_server::DedupService for DedupGrpc {

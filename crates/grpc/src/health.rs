@@ -66,6 +66,41 @@ impl ComponentHealth {
     }
 }
 
+/// A component's one observer of its store (Redis, or the embedded store): every store call's
+/// outcome goes through it. A failure is reported once under the `redis` concern, saying what
+/// happens meanwhile; the first write that succeeds again reports the recovery. Reads do not
+/// prove recovery: they still work when Redis is out of memory.
+#[derive(Debug)]
+pub struct StoreHealth {
+    health: Arc<ComponentHealth>,
+    /// What the gateway does while the store fails (design brief, degradation table).
+    meanwhile: &'static str,
+    failing: AtomicBool,
+}
+
+impl StoreHealth {
+    pub fn new(health: Arc<ComponentHealth>, meanwhile: &'static str) -> Self {
+        Self { health, meanwhile, failing: AtomicBool::new(false) }
+    }
+
+    /// A call succeeded; `write` says whether it wrote. True when this write ends a failure:
+    /// whatever the store held when it failed may be gone.
+    pub fn succeeded(&self, write: bool) -> bool {
+        if !write {
+            return false;
+        }
+        self.health.set("redis", None);
+        self.failing.swap(false, Ordering::Relaxed)
+    }
+
+    /// A call failed with an error of `kind` (the error's metric label).
+    pub fn failed(&self, kind: &str) {
+        self.failing.store(true, Ordering::Relaxed);
+        let component = self.health.component();
+        self.health.set("redis", Some(format!("{component}'s Redis failed ({kind}): {}", self.meanwhile)));
+    }
+}
+
 /// Metadata key marking an answer in which the service refused a call because its store
 /// failed: the call reached it and changed nothing. A caller can tell that apart from a
 /// transport failure, after which the call may or may not have been applied.
@@ -146,5 +181,19 @@ mod tests {
         assert_eq!(h.problems(), vec!["maxmemory too low".to_owned(), "redis down".to_owned()]);
         h.set("redis", None);
         assert_eq!(h.problems(), vec!["maxmemory too low".to_owned()]);
+    }
+
+    #[test]
+    fn a_store_failure_is_reported_until_a_write_succeeds_which_reports_the_recovery_once() {
+        let h = ComponentHealth::new("storm");
+        let store = StoreHealth::new(h.clone(), "no storm detection");
+        assert!(!store.succeeded(true), "nothing to recover from");
+        store.failed("oom");
+        assert_eq!(h.problems(), vec!["storm's Redis failed (oom): no storm detection".to_owned()]);
+        assert!(!store.succeeded(false), "a read works while Redis is out of memory");
+        assert!(h.has("redis"));
+        assert!(store.succeeded(true));
+        assert!(h.problems().is_empty());
+        assert!(!store.succeeded(true), "recovered once");
     }
 }

@@ -23,7 +23,9 @@ pub mod tls;
 mod transport;
 
 pub use clients::{CrdWriterClient, DedupClient, Local, LocalService, RateLimitClient, StormClient};
-pub use health::{ComponentHealth, failed_mid_call, is_store_unavailable, nothing_applied, store_unavailable};
+pub use health::{
+    ComponentHealth, StoreHealth, failed_mid_call, is_store_unavailable, nothing_applied, store_unavailable,
+};
 pub use rpc_telemetry::{RpcTelemetry, RpcTelemetryLayer};
 pub use transport::{Deadline, Idempotent, TracedTransport, Transport, client};
 

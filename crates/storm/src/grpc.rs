@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use breakwater_grpc::ComponentHealth;
+use breakwater_grpc::{ComponentHealth, StoreHealth};
 use breakwater_proto::v1 as pb;
 use breakwater_signal::{Clock, is_dns1123_label, parse_storm_cr_name, storm_cr_name};
 use tonic::{Request, Response, Status};
@@ -19,7 +19,7 @@ pub struct StormGrpc {
     store: Arc<dyn StormStore>,
     clock: Arc<dyn Clock>,
     /// Where store failures and recoveries are reported (`StatusService`).
-    health: Arc<ComponentHealth>,
+    store_health: Arc<StoreHealth>,
     active: Arc<ActiveStorms>,
 }
 
@@ -32,7 +32,7 @@ impl StormGrpc {
         rules: StormRules,
     ) -> Self {
         let active = Arc::new(ActiveStorms { rules, open: Mutex::new(HashMap::new()) });
-        Self { store, clock, health, active }
+        Self { store, clock, store_health: Arc::new(StoreHealth::new(health, DEGRADED)), active }
     }
 
     /// Brings `breakwater_storms_active` up to date without waiting for an alert.
@@ -44,11 +44,12 @@ impl StormGrpc {
     fn observe<T>(&self, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
         match result {
             Ok(value) => {
-                self.health.set("redis", None);
+                // Every storm call writes.
+                self.store_health.succeeded(true);
                 Ok(value)
             }
             Err(e) => {
-                self.health.set("redis", Some(format!("{}{}", redis_problem(e.metric_label()), DEGRADED)));
+                self.store_health.failed(e.metric_label());
                 Err(Error::from(e))
             }
         }
@@ -89,10 +90,6 @@ impl ActiveStorms {
 
 /// What the edge does meanwhile (design brief, degradation table).
 const DEGRADED: &str = "no storm detection, every alert gets its own CR until it answers again";
-
-fn redis_problem(kind: &str) -> String {
-    format!("storm's Redis failed ({kind}): ")
-}
 
 #[tonic::async_trait]
 impl pb::storm_service_server::StormService for StormGrpc {

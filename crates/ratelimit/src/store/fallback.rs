@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use breakwater_grpc::ComponentHealth;
+use breakwater_grpc::{ComponentHealth, StoreHealth};
 use breakwater_keyspace::KeyspaceError;
 use breakwater_signal::UnixMillis;
 
@@ -15,32 +15,29 @@ use crate::limiter::{Charge, Decision, Quota};
 pub struct FallbackRateLimitStore {
     primary: Arc<dyn RateLimitStore>,
     fallback: MemoryRateLimitStore,
-    health: Arc<ComponentHealth>,
+    store_health: StoreHealth,
 }
 
 impl FallbackRateLimitStore {
     pub fn new(primary: Arc<dyn RateLimitStore>, fallback: MemoryRateLimitStore, health: Arc<ComponentHealth>) -> Self {
-        Self { primary, fallback, health }
+        Self { primary, fallback, store_health: StoreHealth::new(health, MEANWHILE) }
     }
 }
+
+/// What happens while Redis fails (design brief, degradation table).
+const MEANWHILE: &str = "the in-process limiter is in use until it answers again";
 
 #[async_trait]
 impl RateLimitStore for FallbackRateLimitStore {
     async fn check(&self, charges: &[Charge], now: UnixMillis) -> Result<(Decision, Quota), KeyspaceError> {
         match self.primary.check(charges, now).await {
             Ok(decision) => {
-                self.health.set("redis", None);
+                self.store_health.succeeded(true);
                 Ok(decision)
             }
             Err(e) => {
                 metrics::counter!("breakwater_ratelimit_store_errors_total", "kind" => e.metric_label()).increment(1);
-                self.health.set(
-                    "redis",
-                    Some(format!(
-                        "ratelimit's Redis failed ({}): the in-process limiter is in use until it answers again",
-                        e.metric_label()
-                    )),
-                );
+                self.store_health.failed(e.metric_label());
                 self.fallback.check(charges, now).await
             }
         }
