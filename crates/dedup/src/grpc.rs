@@ -1,39 +1,22 @@
-//! `breakwater.v1.DedupService`: proto in, store call, proto out.
+//! `breakwater.v1.DedupService`: checks and converts messages; [`Incidents`] decides.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
-use breakwater_grpc::{ComponentHealth, StoreHealth};
+use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1 as pb;
-use breakwater_signal::{Clock, fingerprint, incident_cr_name, is_dns1123_label};
+use breakwater_signal::{Clock, fingerprint, is_dns1123_label};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::Error;
+use crate::incidents::{Incidents, WindowPlacement};
 use crate::store::{Bind, DedupStore, WindowEnd, WindowRef};
-use crate::window::{Binding, Decision, DeliveryKey, Placement, Query, Record, Status as SignalStatus};
-
-/// A first alert still unplaced after this long is taken as placed on its own
-/// CR: the edge that was placing it is gone.
-const PENDING_TIMEOUT_MS: i64 = 10_000;
+use crate::window::{Binding, Decision, DeliveryKey, Placement, Query, Status as SignalStatus};
 
 /// The gRPC face of dedup.
 #[derive(Clone)]
 pub struct DedupGrpc {
-    store: Arc<dyn DedupStore>,
-    clock: Arc<dyn Clock>,
-    /// Where store failures and recoveries are reported (`StatusService`).
-    store_health: Arc<StoreHealth>,
-    memory: Arc<StoreMemory>,
-}
-
-/// When the store may have lost incidents: it failed (Redis down, state maybe
-/// gone) or started empty (in-process store), and how long that matters.
-#[derive(Debug)]
-struct StoreMemory {
-    /// Start of the period in which state may be missing; 0 for none.
-    since: AtomicI64,
-    window_ms: i64,
+    incidents: Arc<Incidents>,
 }
 
 impl DedupGrpc {
@@ -47,46 +30,9 @@ impl DedupGrpc {
         window: std::time::Duration,
         starts_empty: bool,
     ) -> Self {
-        let since = if starts_empty { clock.now() } else { 0 };
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        let memory = Arc::new(StoreMemory { since: AtomicI64::new(since), window_ms });
-        Self { store, clock, store_health: Arc::new(StoreHealth::new(health, DEGRADED)), memory }
-    }
-
-    fn state_uncertain(&self, now: i64) -> bool {
-        let since = self.memory.since.load(Ordering::Relaxed);
-        since != 0 && now.saturating_sub(since) < self.memory.window_ms
-    }
-
-    /// Passes a store result through, recording Redis trouble and recovery.
-    /// Only a write proves recovery: reads still work when Redis is out of memory.
-    fn observe<T>(&self, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
-        self.observe_as(true, result)
-    }
-
-    fn observe_read<T>(&self, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
-        self.observe_as(false, result)
-    }
-
-    fn observe_as<T>(&self, write: bool, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
-        match result {
-            Ok(value) => {
-                if self.store_health.succeeded(write) {
-                    // Whatever was open when the store failed may be gone now.
-                    self.memory.since.store(self.clock.now(), Ordering::Relaxed);
-                }
-                Ok(value)
-            }
-            Err(e) => {
-                self.store_health.failed(e.metric_label());
-                Err(Error::from(e))
-            }
-        }
+        Self { incidents: Arc::new(Incidents::new(store, clock, health, window, starts_empty)) }
     }
 }
-
-/// What the edge does meanwhile (design brief, degradation table).
-const DEGRADED: &str = "the edge names new CRs per fallback window and Kubernetes' AlreadyExists is the dedup of last resort until it answers again";
 
 #[tonic::async_trait]
 impl pb::dedup_service_server::DedupService for DedupGrpc {
@@ -99,17 +45,12 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
         check_len("queries", request.queries.len())?;
         let queries =
             request.queries.iter().enumerate().map(|(i, q)| query_from_pb(i, q)).collect::<Result<Vec<_>, Status>>()?;
-        let now = self.clock.now();
-        let verdicts = self.observe(self.store.check(&queries, now).await).map_err(Status::from)?;
-        let uncertain = self.state_uncertain(now);
-        let verdicts = request
-            .queries
-            .iter()
-            .zip(verdicts)
-            .map(|(q, v)| {
-                metrics::counter!("breakwater_dedup_decisions_total", "decision" => decision_label(v.decision))
-                    .increment(1);
-                let outcome = match v.decision {
+        let namespaces: Vec<&str> = request.queries.iter().map(|q| q.namespace.as_str()).collect();
+        let answers = self.incidents.check(&queries, &namespaces).await.map_err(Status::from)?;
+        let verdicts = answers
+            .into_iter()
+            .map(|a| {
+                let outcome = match a.decision {
                     Decision::New => pb::DedupOutcome::New,
                     Decision::Duplicate => pb::DedupOutcome::Duplicate,
                     Decision::Resolved => pb::DedupOutcome::Resolved,
@@ -118,19 +59,16 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                 };
                 let mut verdict = pb::DedupVerdict {
                     outcome: outcome.into(),
-                    // A copy may complete a first delivery that was new: it looks first as well.
-                    state_uncertain: matches!(v.decision, Decision::New | Decision::Copy) && uncertain,
+                    state_uncertain: a.state_uncertain,
                     ..Default::default()
                 };
-                if let Some(r) = v.record {
-                    // A new incident is the one being placed: it names its own CR to create.
-                    let pending = v.decision != Decision::New && is_pending(&r, now);
-                    verdict.remediation = (!pending).then(|| placed_on(&r, &q.fingerprint, &q.namespace));
-                    verdict.placement_pending = pending;
-                    verdict.first_seen_unix_ms = r.first_seen;
-                    verdict.last_seen_unix_ms = r.last_seen;
-                    verdict.occurrence_count = r.count;
-                    verdict.window_ends_unix_ms = r.ends_at.unwrap_or(0);
+                if let Some(w) = a.window {
+                    verdict.placement_pending = w.counted_on.is_none();
+                    verdict.remediation = w.counted_on.map(remediation_ref);
+                    verdict.first_seen_unix_ms = w.first_seen;
+                    verdict.last_seen_unix_ms = w.last_seen;
+                    verdict.occurrence_count = w.count;
+                    verdict.window_ends_unix_ms = w.ends_at.unwrap_or(0);
                 }
                 verdict
             })
@@ -169,9 +107,7 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                 Ok(Bind { fingerprint: b.fingerprint, first_seen: b.first_seen_unix_ms, to })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let now = self.clock.now();
-        let bound = self.observe(self.store.bind(&binds, now).await).map_err(Status::from)?;
-        let ended = self.observe(self.store.end(&ends, now).await).map_err(Status::from)?;
+        let (bound, ended) = self.incidents.bind(&binds, &ends).await.map_err(Status::from)?;
         Ok(Response::new(pb::BindRemediationsResponse { bound, ended }))
     }
 
@@ -191,27 +127,19 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
                 Ok(WindowRef { fingerprint: w.fingerprint.clone(), first_seen: w.first_seen_unix_ms })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let now = self.clock.now();
-        let found = self.observe_read(self.store.placements(&refs, now).await).map_err(Status::from)?;
-        let placements = windows
-            .iter()
-            .zip(found)
-            .map(|(w, placement)| match placement {
-                None => pb::Placement { state: pb::PlacementState::Closed.into(), remediation: None },
-                Some(p) => {
-                    let record = Record {
-                        first_seen: w.first_seen_unix_ms,
-                        last_seen: now,
-                        count: 0,
-                        placement: p,
-                        ends_at: None,
-                    };
-                    if is_pending(&record, now) {
-                        pb::Placement { state: pb::PlacementState::Pending.into(), remediation: None }
-                    } else {
-                        let remediation = Some(placed_on(&record, &w.fingerprint, &w.namespace));
-                        pb::Placement { state: pb::PlacementState::Placed.into(), remediation }
-                    }
+        let namespaces: Vec<&str> = windows.iter().map(|w| w.namespace.as_str()).collect();
+        let found = self.incidents.placements(&refs, &namespaces).await.map_err(Status::from)?;
+        let placements = found
+            .into_iter()
+            .map(|placement| match placement {
+                WindowPlacement::Closed => {
+                    pb::Placement { state: pb::PlacementState::Closed.into(), remediation: None }
+                }
+                WindowPlacement::Pending => {
+                    pb::Placement { state: pb::PlacementState::Pending.into(), remediation: None }
+                }
+                WindowPlacement::Placed(cr) => {
+                    pb::Placement { state: pb::PlacementState::Placed.into(), remediation: Some(remediation_ref(cr)) }
                 }
             })
             .collect();
@@ -219,19 +147,8 @@ impl pb::dedup_service_server::DedupService for DedupGrpc {
     }
 }
 
-fn is_pending(record: &Record, now: i64) -> bool {
-    record.placement == Placement::Pending && now.saturating_sub(record.first_seen) < PENDING_TIMEOUT_MS
-}
-
-/// The CR counting an incident (a stale pending placement counts as its own).
-fn placed_on(record: &Record, fingerprint: &str, namespace: &str) -> pb::RemediationRef {
-    match &record.placement {
-        Placement::Bound(b) => pb::RemediationRef { namespace: b.namespace.clone(), name: b.name.clone() },
-        Placement::Own | Placement::Pending => pb::RemediationRef {
-            namespace: namespace.to_owned(),
-            name: incident_cr_name(fingerprint, record.first_seen),
-        },
-    }
+fn remediation_ref(cr: Binding) -> pb::RemediationRef {
+    pb::RemediationRef { namespace: cr.namespace, name: cr.name }
 }
 
 /// A query checked as strictly as the edge makes it: a resolution from anyone
@@ -282,16 +199,6 @@ fn check_len(list: &str, len: usize) -> Result<(), Status> {
 fn invalid(field: String, expected: &str) -> Status {
     let details = ErrorDetails::with_bad_request_violation(field.clone(), format!("must be {expected}"));
     Status::with_error_details(tonic::Code::InvalidArgument, format!("invalid {field}"), details)
-}
-
-fn decision_label(d: Decision) -> &'static str {
-    match d {
-        Decision::New => "new",
-        Decision::Duplicate => "duplicate",
-        Decision::Resolved => "resolved",
-        Decision::ResolvedUnknown => "resolved_unknown",
-        Decision::Copy => "copy",
-    }
 }
 
 impl From<Error> for Status {

@@ -5,6 +5,8 @@
 //! - [`store`] — [`DedupStore`], batch-shaped, with [`MemoryDedupStore`] (tests),
 //!   [`EmbeddedDedupStore`] (`breakwater up`: the memory store journaled to disk) and
 //!   [`RedisDedupStore`] (one Lua script per batch, fixed-size records).
+//! - [`incidents`] — [`incidents::Incidents`]: where each incident is counted, whether
+//!   dedup's state may miss incidents, and the store's health, between face and store.
 //! - [`grpc`] — [`DedupGrpc`], the thin `breakwater.v1.DedupService` face.
 //! - [`config`] — [`DedupConfig`].
 //!
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod incidents;
 pub mod store;
 pub mod window;
 
