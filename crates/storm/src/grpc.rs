@@ -1,26 +1,22 @@
-//! `breakwater.v1.StormService`: proto in, store call, proto out.
+//! `breakwater.v1.StormService`: checks and converts messages; [`Storms`] decides.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use breakwater_grpc::{ComponentHealth, StoreHealth};
+use breakwater_grpc::ComponentHealth;
 use breakwater_proto::v1 as pb;
-use breakwater_signal::{Clock, is_dns1123_label, parse_storm_cr_name, storm_cr_name};
+use breakwater_signal::{Clock, is_dns1123_label, parse_storm_cr_name};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::Error;
-use crate::detector::{Outcome, StormRules, StormType, Window};
+use crate::detector::{Outcome, StormRules, StormType};
 use crate::store::{StormCount, StormQuery, StormStore};
+use crate::storms::Storms;
 
 /// The gRPC face of the storm service.
 #[derive(Clone)]
 pub struct StormGrpc {
-    store: Arc<dyn StormStore>,
-    clock: Arc<dyn Clock>,
-    /// Where store failures and recoveries are reported (`StatusService`).
-    store_health: Arc<StoreHealth>,
-    active: Arc<ActiveStorms>,
+    storms: Arc<Storms>,
 }
 
 impl StormGrpc {
@@ -31,65 +27,14 @@ impl StormGrpc {
         health: Arc<ComponentHealth>,
         rules: StormRules,
     ) -> Self {
-        let active = Arc::new(ActiveStorms { rules, open: Mutex::new(HashMap::new()) });
-        Self { store, clock, store_health: Arc::new(StoreHealth::new(health, DEGRADED)), active }
+        Self { storms: Arc::new(Storms::new(store, clock, health, rules)) }
     }
 
     /// Brings `breakwater_storms_active` up to date without waiting for an alert.
     pub fn refresh_active_storms(&self) {
-        self.active.expire(self.clock.now());
-    }
-
-    /// Passes a store result through, recording Redis trouble and recovery.
-    fn observe<T>(&self, result: Result<T, breakwater_keyspace::KeyspaceError>) -> Result<T, Error> {
-        match result {
-            Ok(value) => {
-                // Every storm call writes.
-                self.store_health.succeeded(true);
-                Ok(value)
-            }
-            Err(e) => {
-                self.store_health.failed(e.metric_label());
-                Err(Error::from(e))
-            }
-        }
+        self.storms.refresh_active_storms();
     }
 }
-
-/// Storms this instance opened, until their window closes by inactivity or
-/// age (the same rule the detector applies): the `breakwater_storms_active` gauge.
-struct ActiveStorms {
-    rules: StormRules,
-    /// Storm CR name → its window's start and last alert.
-    open: Mutex<HashMap<String, Window>>,
-}
-
-impl ActiveStorms {
-    /// Records an alert opening (`opened`) or joining a storm at `now`. Ended
-    /// storms are dropped by [`ActiveStorms::expire`], not on this per-alert path.
-    fn record(&self, name: &str, window_start: i64, opened: bool, now: i64) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        match open.get_mut(name) {
-            Some(window) => window.last = now,
-            None if opened => {
-                let window = Window { start: window_start, last: now, alerts: 0, distinct: 0, omitted: 0, storm: None };
-                open.insert(name.to_owned(), window);
-                metrics::gauge!("breakwater_storms_active").set(open.len() as f64);
-            }
-            None => {}
-        }
-    }
-
-    /// Drops storms whose window has closed by `now` and sets the gauge.
-    fn expire(&self, now: i64) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.retain(|_, window| self.rules.is_open(window, now));
-        metrics::gauge!("breakwater_storms_active").set(open.len() as f64);
-    }
-}
-
-/// What the edge does meanwhile (design brief, degradation table).
-const DEGRADED: &str = "no storm detection, every alert gets its own CR until it answers again";
 
 #[tonic::async_trait]
 impl pb::storm_service_server::StormService for StormGrpc {
@@ -131,38 +76,26 @@ impl pb::storm_service_server::StormService for StormGrpc {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let now = self.clock.now();
-        let verdicts = self.observe(self.store.detect(&queries, now).await).map_err(Status::from)?;
+        let detected = self.storms.detect(&queries).await.map_err(Status::from)?;
+        let window_secs = self.storms.window_secs();
         let verdicts = request
             .queries
             .iter()
-            .zip(verdicts)
-            .map(|(q, v)| {
+            .zip(detected)
+            .map(|(q, d)| {
+                let v = d.verdict;
                 let outcome = match v.outcome {
                     Outcome::None => pb::StormOutcome::None,
                     Outcome::Opened => pb::StormOutcome::Opened,
                     Outcome::Joined => pb::StormOutcome::Joined,
                 };
-                let label = match v.outcome {
-                    Outcome::None => "none",
-                    Outcome::Opened => "opened",
-                    Outcome::Joined => "joined",
-                };
-                metrics::counter!("breakwater_storm_decisions_total", "outcome" => label).increment(1);
                 let storm_type = match v.storm {
                     None => pb::StormType::Unspecified,
                     Some(StormType::Rate) => pb::StormType::Rate,
                     Some(StormType::Pattern) => pb::StormType::Pattern,
                 };
-                if v.outcome == Outcome::Opened {
-                    let kind = if v.storm == Some(StormType::Pattern) { "pattern" } else { "rate" };
-                    metrics::counter!("breakwater_storms_opened_total", "type" => kind).increment(1);
-                }
-                let remediation = (v.outcome != Outcome::None).then(|| {
-                    let name = storm_cr_name(&q.namespace, &q.alert_name, v.window_start);
-                    self.active.record(&name, v.window_start, v.outcome == Outcome::Opened, now);
-                    pb::RemediationRef { namespace: q.remediation_namespace.clone(), name }
-                });
+                let remediation =
+                    d.storm_cr.map(|name| pb::RemediationRef { namespace: q.remediation_namespace.clone(), name });
                 pb::StormVerdict {
                     outcome: outcome.into(),
                     remediation,
@@ -171,7 +104,7 @@ impl pb::storm_service_server::StormService for StormGrpc {
                     storm_alert_count: v.storm_alerts,
                     resource_listed: v.resource_listed,
                     resources_omitted: v.omitted,
-                    window_secs: u64::try_from(self.active.rules.inactivity_ms / 1000).unwrap_or(0),
+                    window_secs,
                 }
             })
             .collect();
@@ -207,8 +140,7 @@ impl pb::storm_service_server::StormService for StormGrpc {
                 Ok(StormCount { name, alerts: c.alerts, delivery })
             })
             .collect::<Result<Vec<_>, Status>>()?;
-        let storm_alert_counts =
-            self.observe(self.store.count(&counts, self.clock.now()).await).map_err(Status::from)?;
+        let storm_alert_counts = self.storms.count(&counts).await.map_err(Status::from)?;
         Ok(Response::new(pb::CountStormAlertsResponse { storm_alert_counts }))
     }
 }
@@ -261,7 +193,7 @@ mod tests {
     }
 
     fn active(grpc: &StormGrpc) -> usize {
-        grpc.active.open.lock().unwrap().len()
+        grpc.storms.active_storms()
     }
 
     #[tokio::test]

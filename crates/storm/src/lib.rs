@@ -6,6 +6,8 @@
 //!   [`EmbeddedStormStore`] (`breakwater up`: the memory store journaled to disk)
 //!   and [`RedisStormStore`] (one Lua script per batch; a constant-size window record
 //!   plus a capped resource set per (namespace, alertname)).
+//! - [`storms`] — [`storms::Storms`]: each verdict's storm CR, the active-storm gauge,
+//!   the decision metrics and the store's health, between face and store.
 //! - [`grpc`] — [`StormGrpc`], the thin `breakwater.v1.StormService` face.
 //! - [`config`] — [`StormConfig`].
 //!
@@ -20,6 +22,7 @@ pub mod detector;
 pub mod error;
 pub mod grpc;
 pub mod store;
+pub mod storms;
 
 use std::future::Future;
 use std::sync::Arc;
