@@ -22,7 +22,9 @@
 //! - [`lifecycle`] — where an incident's next alert counts, from its latest CR's phase
 //!   (open, finished within the cooldown, or a new CR).
 //! - [`coalescer`] — pending counts per CR and their periodic flush.
-//! - [`grpc`] — [`CrdWriterGrpc`], the tonic service and proto ↔ domain conversion.
+//! - [`writer`] — [`writer::Writer`]: applies a call's writes (creates first looked up as an
+//!   open incident, counts queued), checks a count goes to its incident's CR, answers each.
+//! - [`grpc`] — [`CrdWriterGrpc`], the thin tonic face: checks a call, converts proto ↔ domain.
 //!
 //! The entry point is [`run`]; [`sink_from_config`] picks the backend.
 
@@ -44,6 +46,7 @@ pub mod error;
 pub mod grpc;
 pub mod lifecycle;
 pub mod sink;
+pub mod writer;
 
 pub use coalescer::Coalescer;
 pub use config::{CrdWriterConfig, RetryConfig, SinkKind};

@@ -5,8 +5,9 @@ use async_trait::async_trait;
 use breakwater_signal::ManualClock;
 
 use super::*;
-use crate::crd::{RemediationRequestStatus, time};
-use crate::sink::{CountUpdate, DirSink, MemorySink, TERMINAL_PHASES};
+use crate::crd::{self, RemediationRequest, RemediationRequestStatus, time};
+use crate::sink::{CountUpdate, Created, DirSink, MemorySink, SinkError, TERMINAL_PHASES, UpdateOutcome};
+use crate::writer::DEFAULT_RETRY_AFTER_MS;
 
 const T0: i64 = 1_700_000_000_000;
 const FP: &str = "abcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcdefabcd";
