@@ -7,7 +7,8 @@ For every container that runs the breakwater image:
 - the config file it mounts (BREAKWATER_CONFIG) passes `breakwater config check`, with the
   container's environment, without a warning (`--up` for `breakwater up`);
 - every variable it sets is one the binary reads: BREAKWATER_CONFIG, a BREAKWATER_<SECTION>__<KEY>
-  that `config check` accepts, or a name the binary holds as a string (OTEL_*, RUST_LOG);
+  that `config check` accepts, a name the binary holds as a string (OTEL_*, RUST_LOG), or an
+  allocator option listed in MIMALLOC_OPTIONS;
 - its subcommand exists, the Redis password file of its section is mounted, so are the edge's
   static token files (edge.auth.token_files), and its state
   directory (embedded.dir) is a writable volume, since the root filesystem is read-only.
@@ -32,6 +33,9 @@ import yaml
 
 SUBCOMMANDS = {"up", "edge", "ratelimit", "dedup", "storm", "crd-writer"}
 REDIS_SERVICES = ("ratelimit", "dedup", "storm")
+# mimalloc options a manifest may set (mimalloc reads MIMALLOC_<OPTION> at start); each is a
+# name of the allocator linked into breakwater, so a typo is still refused.
+MIMALLOC_OPTIONS = {"MIMALLOC_PURGE_DELAY"}
 problems = []
 
 
@@ -110,6 +114,8 @@ def check_container(overlay, pod, container, configmaps, secrets, binary_strings
     for name in env:
         if name == "BREAKWATER_CONFIG" or re.fullmatch(r"BREAKWATER_[A-Z0-9_]+__[A-Z0-9_]+", name):
             continue  # config check below refuses unknown sections and keys
+        if name in MIMALLOC_OPTIONS:
+            continue  # read by the allocator at start, under a name it builds at run time
         if name.startswith("BREAKWATER_") or name.encode() not in binary_strings:
             problem(where, f"sets {name}, which breakwater does not read")
     files, writable = mounted_files(pod, container, configmaps, secrets)
