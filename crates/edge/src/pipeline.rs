@@ -297,9 +297,7 @@ const DEDUP_MEANWHILE: &str =
     "new CRs are named per fallback window and crd-writer counts repeats on the open CR it finds";
 const STORM_MEANWHILE: &str = "no storm detection, every alert gets its own CR";
 
-// Each stage holds its clients behind an `Arc`: tower's filters clone the rest of the stack
-// for every call, and a client's clone is a stack of boxed services.
-#[derive(Clone)]
+// Each step borrows its clients for the call: a client's clone is a stack of boxed services.
 struct RateLimitStage {
     client: Arc<RateLimitClient>,
     fallback: Arc<MemoryLimiter>,
@@ -310,9 +308,8 @@ struct RateLimitStage {
 
 impl RateLimitStage {
     async fn check(&self, mut batch: Batch) -> Result<Batch, PipelineError> {
-        let client = (*self.client).clone();
-        let (fallback, clock, health) = (self.fallback.clone(), self.clock.clone(), self.health.clone());
-        let limits = self.limits.clone();
+        let (client, fallback, limits) = (&*self.client, &self.fallback, &self.limits);
+        let (clock, health) = (&self.clock, &self.health);
         let span = stage_span("ratelimit", batch.signals.len());
         async move {
             let signals = u32::try_from(batch.signals.len()).unwrap_or(u32::MAX);
@@ -333,7 +330,7 @@ impl RateLimitStage {
                     (a.allowed, a.retry_after_ms, quota)
                 }
                 Err(status) => {
-                    degraded(&health, "ratelimit", &status, RATELIMIT_MEANWHILE);
+                    degraded(health, "ratelimit", &status, RATELIMIT_MEANWHILE);
                     let charges = limits.charges(&batch.sender, signals, &namespaces);
                     let (d, quota) = fallback.check(&charges, clock.now());
                     (d.allowed, d.retry_after_ms, quota)
@@ -370,7 +367,6 @@ fn namespace_counts(targets: &[String]) -> Vec<(String, u32)> {
     counts
 }
 
-#[derive(Clone)]
 struct DedupStage {
     client: Arc<DedupClient>,
     clock: Arc<dyn Clock>,
@@ -385,9 +381,8 @@ struct DedupStage {
 
 impl DedupStage {
     async fn check(&self, mut batch: Batch) -> Result<Batch, PipelineError> {
-        let client = (*self.client).clone();
-        let (clock, window_ms, health) = (self.clock.clone(), self.window_ms, self.health.clone());
-        let (uncertain_until, completed) = (self.uncertain_until.clone(), self.completed.clone());
+        let (client, clock, window_ms, health) = (&*self.client, &self.clock, self.window_ms, &self.health);
+        let (uncertain_until, completed) = (&self.uncertain_until, &self.completed);
         let span = stage_span("dedup", batch.signals.len());
         async move {
             let queries: Vec<pb::DedupQuery> = (0..batch.signals.len())
@@ -424,7 +419,7 @@ impl DedupStage {
                 Ok(_) => {
                     let status = tonic::Status::internal("dedup answered the wrong number of verdicts");
                     uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
-                    fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
+                    fallback_dedup(&mut batch, clock.now(), window_ms, &status, health);
                 }
                 // Failed in transport while dedup was answering: it may have counted the
                 // batch (it died mid-call), and degrading would count it again. Answered
@@ -437,12 +432,12 @@ impl DedupStage {
                         && !breakwater_grpc::nothing_applied(&status) =>
                 {
                     uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
-                    degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+                    degraded(health, "dedup", &status, DEDUP_MEANWHILE);
                     return Err(cannot_persist(Duration::from_secs(1), format!("dedup failed mid-call: {status}")));
                 }
                 Err(status) => {
                     uncertain_until.store(clock.now().saturating_add(window_ms), Ordering::Relaxed);
-                    fallback_dedup(&mut batch, clock.now(), window_ms, &status, &health);
+                    fallback_dedup(&mut batch, clock.now(), window_ms, &status, health);
                 }
             }
             Ok(batch)
@@ -484,7 +479,6 @@ fn fallback_dedup(batch: &mut Batch, now: i64, window_ms: i64, status: &tonic::S
         .collect();
 }
 
-#[derive(Clone)]
 struct StormStage {
     client: Arc<StormClient>,
     dedup: Arc<DedupClient>,
@@ -493,7 +487,7 @@ struct StormStage {
 
 impl StormStage {
     async fn check(&self, mut batch: Batch) -> Result<Batch, PipelineError> {
-        let (client, dedup, health) = ((*self.client).clone(), self.dedup.clone(), self.health.clone());
+        let (client, dedup, health) = (&*self.client, &*self.dedup, &self.health);
         let span = stage_span("storm", batch.signals.len());
         async move {
             batch.storm = vec![None; batch.signals.len()];
@@ -503,34 +497,34 @@ impl StormStage {
             // Once storm is known to be down, calls fail before reaching it, and we degrade;
             // so we do when storm itself answers that its store failed (nothing applied).
             let storm_was_up = !health.has("storm");
-            let storm_up = detect_storms(client.clone(), &mut batch).await;
+            let storm_up = detect_storms(client, &mut batch).await;
             if let Err(status) = &storm_up
                 && (storm_was_up || breakwater_grpc::failed_mid_call(status))
                 && !breakwater_grpc::nothing_applied(status)
             {
-                degraded(&health, "storm", status, STORM_MEANWHILE);
+                degraded(health, "storm", status, STORM_MEANWHILE);
                 return Err(cannot_persist(Duration::from_secs(1), format!("storm failed mid-call: {status}")));
             }
             // Placing this batch's new incidents first lets its own repeats resolve at once.
-            let placed = place_new_incidents(&dedup, &batch).await;
-            let resolved = resolve_pending_repeats(&dedup, &mut batch).await;
+            let placed = place_new_incidents(dedup, &batch).await;
+            let resolved = resolve_pending_repeats(dedup, &mut batch).await;
             let counted = count_storm_repeats(client, &mut batch).await;
             if let Err(status) = &counted
                 && (storm_was_up || breakwater_grpc::failed_mid_call(status))
                 && !breakwater_grpc::nothing_applied(status)
             {
-                degraded(&health, "storm", status, STORM_MEANWHILE);
+                degraded(health, "storm", status, STORM_MEANWHILE);
                 return Err(cannot_persist(Duration::from_secs(1), format!("storm failed mid-call: {status}")));
             }
             match storm_up.and(counted) {
                 Ok(()) => health.set("storm", None),
                 Err(status) => {
                     batch.storm_degraded = true;
-                    degraded(&health, "storm", &status, STORM_MEANWHILE);
+                    degraded(health, "storm", &status, STORM_MEANWHILE);
                 }
             }
             if let Err(status) = placed.and(resolved) {
-                degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+                degraded(health, "dedup", &status, DEDUP_MEANWHILE);
             }
             Ok(batch)
         }
@@ -541,7 +535,7 @@ impl StormStage {
 
 /// New firing incidents may open or join a storm. Without an answer there is
 /// no storm detection: every alert gets its own CR.
-async fn detect_storms(client: StormClient, batch: &mut Batch) -> Result<(), tonic::Status> {
+async fn detect_storms(client: &StormClient, batch: &mut Batch) -> Result<(), tonic::Status> {
     let asked: Vec<usize> = (0..batch.signals.len())
         .filter(|&i| {
             batch.signals[i].status() == pb::SignalStatus::Firing && batch.dedup[i].outcome() == pb::DedupOutcome::New
@@ -578,7 +572,7 @@ async fn detect_storms(client: StormClient, batch: &mut Batch) -> Result<(), ton
 /// its delivery key, so a copy of a delivery counts only if its first attempt
 /// died before storm counted it, and learns the storm's total, so the write
 /// that completes a half-done first delivery carries it.
-async fn count_storm_repeats(client: StormClient, batch: &mut Batch) -> Result<(), tonic::Status> {
+async fn count_storm_repeats(client: &StormClient, batch: &mut Batch) -> Result<(), tonic::Status> {
     let repeats: Vec<(usize, pb::RemediationRef)> = (0..batch.signals.len())
         .filter(|&i| matches!(batch.dedup[i].outcome(), pb::DedupOutcome::Duplicate | pb::DedupOutcome::Copy))
         .filter(|&i| !batch.is_settled(i))
@@ -786,7 +780,6 @@ async fn resolve_pending_repeats(dedup: &DedupClient, batch: &mut Batch) -> Resu
 
 /// The last stage: turns verdicts into CR writes and the writes' results into
 /// the per-alert answer.
-#[derive(Clone)]
 struct CrdWrite {
     client: Arc<CrdWriterClient>,
     /// To point dedup at the CR the dedup of last resort found (see [`rebind_found`]).
@@ -797,8 +790,7 @@ struct CrdWrite {
 
 impl CrdWrite {
     async fn write(&self, mut batch: Batch) -> Result<Vec<AlertResult>, PipelineError> {
-        let client = (*self.client).clone();
-        let (dedup, health, completed) = (self.dedup.clone(), self.health.clone(), self.completed.clone());
+        let (client, dedup, health, completed) = (&*self.client, &*self.dedup, &self.health, &self.completed);
         let span = stage_span("crd_write", batch.signals.len());
         async move {
             let alerts = batch.signals.len();
@@ -908,8 +900,8 @@ impl CrdWrite {
                     remediation_path: None,
                 });
             }
-            if let Err(status) = rebind_found(&dedup, found, ends).await {
-                degraded(&health, "dedup", &status, DEDUP_MEANWHILE);
+            if let Err(status) = rebind_found(dedup, found, ends).await {
+                degraded(health, "dedup", &status, DEDUP_MEANWHILE);
             }
             match failure {
                 Some((retry_after, cause)) => {
