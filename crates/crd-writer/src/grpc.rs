@@ -31,14 +31,13 @@ use crate::writer::{Answer, Incoming, LastResort, NotOwned, Outcome, Writer, rec
 pub struct CrdWriterGrpc {
     writer: Writer,
     clock: Arc<dyn Clock>,
-    fallback_namespace: String,
     max_batch: usize,
     namespaces: NamespacePolicy,
 }
 
 impl std::fmt::Debug for CrdWriterGrpc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CrdWriterGrpc").field("fallback_namespace", &self.fallback_namespace).finish_non_exhaustive()
+        f.debug_struct("CrdWriterGrpc").field("writer", &self.writer).finish_non_exhaustive()
     }
 }
 
@@ -52,7 +51,6 @@ impl CrdWriterGrpc {
         Self {
             writer: Writer::new(sink, coalescer, clock.clone(), config.fallback_namespace.clone()),
             clock,
-            fallback_namespace: config.fallback_namespace.clone(),
             max_batch: config.max_batch,
             namespaces: config.namespaces.clone(),
         }
@@ -70,7 +68,8 @@ impl CrdWriterGrpc {
             crate::bounds::check(i, write, now)
                 .map_err(|v| bad_request(Code::InvalidArgument, &v.field, &v.expected))?;
             let Some(target) = &write.remediation else { continue };
-            let namespace = if target.namespace.is_empty() { &self.fallback_namespace } else { &target.namespace };
+            let namespace =
+                if target.namespace.is_empty() { self.writer.fallback_namespace() } else { &target.namespace };
             if !self.namespaces.permits(namespace) {
                 metrics::counter!("breakwater_crd_writes_refused_total", "reason" => "namespace").increment(1);
                 return Err(bad_request(

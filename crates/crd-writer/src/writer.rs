@@ -103,6 +103,11 @@ impl Writer {
         }
     }
 
+    /// Where CRs without a namespace go.
+    pub fn fallback_namespace(&self) -> &str {
+        &self.fallback_namespace
+    }
+
     /// Refuses counts and resolutions for an existing CR that is not crd-writer's, or is
     /// another incident's: `uses` are (write index, target CR, the incident's fingerprint, or
     /// empty for any incident: a storm CR). A CR that does not exist (yet) is fine:
